@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: MIT
+// Turning a call into a request message, running it in the worker, and reading its outcome.
+#pragma once
+
+#include <cxxabi.h>
+
+#include <array>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "../codec.hpp"
+#include "../errors.hpp"
+#include "../options.hpp"
+#include "demangle.hpp"
+#include "serialize.hpp"
+#include "wire.hpp"
+
+namespace multicore::detail {
+
+/// What the worker tells an entry about the request besides its payload.
+struct CallContext {
+  Format format = Format::binary;
+  unsigned threads = 1;
+};
+
+/// The code a request names. Decodes its payload, runs the user's function and writes the
+/// outcome to `out`. Never throws: every failure becomes an outcome the parent can read.
+using Entry = void (*)(Reader& payload, Writer& out, const CallContext& context) noexcept;
+
+/// First byte of every outcome a worker writes for one call (or one item of a map chunk).
+enum class Outcome : std::uint8_t {
+  value = 0,                ///< followed by the encoded result (nothing for void)
+  remote_error = 1,         ///< followed by the thrown type's name and its message
+  serialization_error = 2,  ///< followed by a message
+};
+
+inline void write_string(Writer& out, std::string_view s) {
+  const auto n = static_cast<std::uint32_t>(s.size());
+  out.write(&n, sizeof n);
+  out.write(s.data(), s.size());
+}
+
+inline std::string read_string(Reader& in) {
+  std::uint32_t n = 0;
+  in.read(&n, sizeof n);
+  const auto bytes = in.take(n);
+  return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+}
+
+inline void write_outcome(Writer& out, Outcome o) { out.write(&o, 1); }
+
+/// Records the exception being handled as a remote error: its type and, where it has one, its
+/// message. Works for anything thrown, std::exception or not.
+inline void write_current_exception(Writer& out) noexcept {
+  std::string type = "unknown exception";
+  std::string message;
+  try {
+    if (const std::type_info* t = abi::__cxa_current_exception_type()) type = demangle(t->name());
+    try {
+      throw;
+    } catch (const std::exception& e) {
+      message = e.what();
+    } catch (const std::string& s) {
+      message = s;
+    } catch (const char* s) {
+      message = s;
+    } catch (...) {
+    }
+    write_outcome(out, Outcome::remote_error);
+    write_string(out, type);
+    write_string(out, message);
+  } catch (...) {
+    // Out of memory while describing the error: say so in as few bytes as possible.
+    out.resize(0);
+  }
+}
+
+/// Records a serialization failure that happened while `doing` something in the worker.
+inline void write_serialization_failure(Writer& out, std::size_t mark, const char* doing) noexcept {
+  out.resize(mark);
+  std::string message = std::string("multicore: ") + doing + " failed";
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    message = e.what();
+  } catch (...) {
+  }
+  try {
+    write_outcome(out, Outcome::serialization_error);
+    write_string(out, message);
+  } catch (...) {
+    out.resize(mark);
+  }
+}
+
+/// Reads one outcome; returns the value or throws what the worker reported.
+template <class R>
+R read_outcome(Reader& in, Format format) {
+  Outcome o{};
+  in.read(&o, 1);
+  switch (o) {
+    case Outcome::value:
+      if constexpr (std::is_void_v<R>) {
+        return;
+      } else {
+        return decode<R>(in, format);
+      }
+    case Outcome::remote_error: {
+      std::string type = read_string(in);
+      std::string message = read_string(in);
+      throw RemoteError(std::move(type), message);
+    }
+    case Outcome::serialization_error:
+      throw SerializationError(read_string(in));
+  }
+  throw SerializationError("multicore: corrupt result from worker: unknown outcome " +
+                           std::to_string(static_cast<unsigned>(o)));
+}
+
+// The callable crosses as raw bytes when it is trivially copyable: a function pointer or a
+// lambda's captures are meaningful in a fork of the same program. Anything else must be
+// serializable like an argument.
+template <class Fn>
+void encode_callable(Writer& out, const Fn& fn, Format format) {
+  if constexpr (std::is_trivially_copyable_v<Fn>) {
+    if constexpr (!std::is_empty_v<Fn>) out.write(&fn, sizeof fn);
+  } else {
+    encode(out, fn, format);
+  }
+}
+
+template <class Fn>
+Fn decode_callable(Reader& in, Format format) {
+  if constexpr (std::is_trivially_copyable_v<Fn>) {
+    std::array<std::byte, sizeof(Fn)> bytes{};
+    if constexpr (!std::is_empty_v<Fn>) in.read(bytes.data(), bytes.size());
+    return std::bit_cast<Fn>(bytes);
+  } else {
+    return decode<Fn>(in, format);
+  }
+}
+
+/// Runs `fn(args...)` and appends its outcome to `out`.
+template <class Fn, class... Args>
+void run_and_write(Writer& out, Format format, Fn& fn, std::tuple<Args...>& args) noexcept {
+  // Called as rvalues: the worker's copies are its own, and this matches the result type
+  // Pool::submit promises (std::invoke_result_t<F, Args...> with decayed types).
+  using Result = std::invoke_result_t<Fn, Args...>;
+  const std::size_t mark = out.size();
+  std::optional<std::conditional_t<std::is_void_v<Result>, char, Result>> result;
+  try {
+    if constexpr (std::is_void_v<Result>) {
+      std::apply(std::move(fn), std::move(args));
+      result.emplace();
+    } else {
+      result.emplace(std::apply(std::move(fn), std::move(args)));
+    }
+  } catch (...) {
+    out.resize(mark);
+    write_current_exception(out);
+    return;
+  }
+  try {
+    write_outcome(out, Outcome::value);
+    if constexpr (!std::is_void_v<Result>) encode(out, *result, format);
+  } catch (...) {
+    write_serialization_failure(out, mark, "encoding the result in the worker");
+  }
+}
+
+/// The entry for `Pool::submit(fn, args...)`: payload = callable, then each argument.
+template <class Fn, class... Args>
+struct Call {
+  static void entry(Reader& in, Writer& out, const CallContext& context) noexcept {
+    const std::size_t mark = out.size();
+    std::optional<Fn> fn;
+    std::optional<std::tuple<Args...>> args;
+    try {
+      fn.emplace(decode_callable<Fn>(in, context.format));
+      // Braced initialisation evaluates the decodes left to right, in wire order.
+      args.emplace(std::tuple<Args...>{decode<Args>(in, context.format)...});
+    } catch (...) {
+      write_serialization_failure(out, mark, "decoding the arguments in the worker");
+      return;
+    }
+    run_and_write(out, context.format, *fn, *args);
+  }
+};
+
+template <class Fn>
+std::uint64_t entry_id() noexcept {
+  return reinterpret_cast<std::uintptr_t>(&Fn::entry);
+}
+
+/// Starts a request message: room for the header, which `finish_request` fills in.
+inline void begin_request(Writer& msg) { msg.resize(sizeof(RequestHeader)); }
+
+inline void finish_request(Writer& msg, std::uint64_t entry, Format format, unsigned threads) {
+  RequestHeader h;
+  h.entry = entry;
+  h.payload_bytes = msg.size() - sizeof(RequestHeader);
+  h.format = static_cast<std::uint32_t>(format);
+  h.threads = threads;
+  std::memcpy(msg.data(), &h, sizeof h);
+}
+
+/// Encodes `fn(args...)` as a complete request message (task id still 0).
+template <class Fn, class... Args>
+void encode_call(Writer& msg, Format format, const Fn& fn, const Args&... args) {
+  begin_request(msg);
+  encode_callable(msg, fn, format);
+  (encode(msg, args, format), ...);
+  finish_request(msg, entry_id<Call<Fn, Args...>>(), format, 1);
+}
+
+/// Runs a request message in this process, exactly as a worker would: the inline mode and the
+/// load gate's fallback use it, so a task behaves the same wherever it runs.
+inline void run_request(std::span<const std::byte> msg, Writer& out) noexcept {
+  RequestHeader h;
+  std::memcpy(&h, msg.data(), sizeof h);
+  Reader payload(msg.subspan(sizeof h));
+  const CallContext context{static_cast<Format>(h.format), h.threads};
+  // NOLINTNEXTLINE(performance-no-int-to-ptr): the id is the entry's address (see RequestHeader)
+  reinterpret_cast<Entry>(static_cast<std::uintptr_t>(h.entry))(payload, out, context);
+}
+
+}  // namespace multicore::detail

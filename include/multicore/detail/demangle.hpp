@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: MIT
+// Readable C++ type names for error messages ("std::vector<int>", not "St6vectorIiSaIiEE").
+#pragma once
+
+#include <cxxabi.h>
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <typeinfo>
+
+namespace multicore::detail {
+
+/// Removes every occurrence of `, <prefix>...>` (a defaulted template argument such as
+/// `, std::allocator<int> >`) from `name`, matching angle brackets so nested arguments go too.
+inline void erase_template_argument(std::string& name, std::string_view prefix) {
+  std::size_t at = 0;
+  while ((at = name.find(prefix, at)) != std::string::npos) {
+    std::size_t depth = 1;  // the prefix ends with the opening '<'
+    std::size_t end = at + prefix.size();
+    for (; end < name.size(); ++end) {
+      if (name[end] == '<') {
+        ++depth;
+      } else if (name[end] == '>' && --depth == 0) {
+        break;
+      }
+    }
+    if (end == name.size()) return;  // unbalanced: leave the name as it is
+    name.erase(at, end + 1 - at);
+  }
+}
+
+/// Replaces every occurrence of `from` in `name` with `to`.
+inline void replace_all(std::string& name, std::string_view from, std::string_view to) {
+  for (std::size_t at = 0; (at = name.find(from, at)) != std::string::npos; at += to.size()) {
+    name.replace(at, from.size(), to);
+  }
+}
+
+/// Shortens a demangled libstdc++ name the way a user writes it: drops `__cxx11::` and
+/// `(anonymous namespace)::`, defaulted allocators, comparators, hashers, traits and deleters,
+/// and spells `std::string`. Only the standard defaults are dropped, so a custom allocator or
+/// comparator stays visible.
+inline std::string tidy_type_name(std::string name) {
+  replace_all(name, "std::__cxx11::", "std::");
+  replace_all(name, "(anonymous namespace)::", "");
+  for (std::string_view defaulted :
+       {", std::char_traits<", ", std::allocator<", ", std::less<", ", std::hash<",
+        ", std::equal_to<", ", std::default_delete<"}) {
+    erase_template_argument(name, defaulted);
+  }
+  replace_all(name, " >", ">");
+  replace_all(name, "std::basic_string<char>", "std::string");
+  replace_all(name, "std::basic_string_view<char>", "std::string_view");
+  return name;
+}
+
+/// Demangles an Itanium ABI name (a `typeid(...).name()` or a symbol) into a readable type name;
+/// returns `mangled` unchanged when it cannot be demangled. Never throws but std::bad_alloc.
+inline std::string demangle(const char* mangled) {
+  if (mangled == nullptr) return {};
+  int status = 0;
+  const std::unique_ptr<char, void (*)(void*)> demangled(
+      abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);
+  if (status != 0 || demangled == nullptr) return mangled;
+  return tidy_type_name(demangled.get());
+}
+
+/// The readable name of `T` (cv-qualifiers and references are dropped, as `typeid` does).
+template <class T>
+std::string type_name() {
+  return demangle(typeid(T).name());
+}
+
+}  // namespace multicore::detail

@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: MIT
+// Waiting across processes: a bounded, adaptive spin, then a process-shared futex.
+#pragma once
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <ctime>
+
+namespace multicore::detail {
+
+/// Tells the CPU we are spinning (saves power, frees the sibling hyperthread).
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+// libstdc++'s std::atomic::wait uses FUTEX_PRIVATE_FLAG, which keys the futex on the virtual
+// address in one process and so never wakes a waiter in another process. These calls leave the
+// flag off: the kernel then keys on the shared page, which works across fork.
+inline void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
+                       const timespec* relative_timeout) noexcept {
+  static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+  // EAGAIN (value changed), EINTR and ETIMEDOUT all just mean "look again".
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT, expected, relative_timeout,
+          nullptr, 0);
+}
+
+inline void futex_wake_all(std::atomic<std::uint32_t>* word) noexcept {
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr,
+          0);
+}
+
+/// A process-shared wake-up channel with one sleeper (its owner) and any number of ringers.
+/// Lives in shared memory. The ringer pays one fence and one load when nobody sleeps; the
+/// futex syscall only happens when the owner really went to sleep.
+///
+/// Protocol (Dekker-style; both sides use seq_cst fences so at least one sees the other):
+///   owner:  seq0 = seq; sleeping = 1; fence; if (!ready()) futex_wait(seq, seq0); sleeping = 0
+///   ringer: publish data; fence; if (sleeping) { ++seq; futex_wake(seq) }
+/// Only the owner ever clears `sleeping`: a ringer that cleared it could let a second ringer
+/// skip the wake while the owner is still asleep (a lost wake-up).
+struct Doorbell {
+  std::atomic<std::uint32_t> seq{0};
+  std::atomic<std::uint32_t> sleeping{0};
+
+  void ring() noexcept {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (sleeping.load(std::memory_order_relaxed) != 0) {
+      seq.fetch_add(1, std::memory_order_seq_cst);
+      futex_wake_all(&seq);
+    }
+  }
+
+  /// Sleeps until rung or `timeout` passes, unless `ready()` already holds. Returns ready().
+  template <class Ready>
+  bool sleep_unless(Ready&& ready, std::chrono::nanoseconds timeout) noexcept {
+    const std::uint32_t seq0 = seq.load(std::memory_order_seq_cst);
+    sleeping.store(1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (ready()) {
+      sleeping.store(0, std::memory_order_relaxed);
+      return true;
+    }
+    const timespec relative{static_cast<time_t>(timeout.count() / 1'000'000'000),
+                            static_cast<long>(timeout.count() % 1'000'000'000)};
+    futex_wait(&seq, seq0, timeout.count() > 0 ? &relative : nullptr);
+    sleeping.store(0, std::memory_order_relaxed);
+    return ready();
+  }
+};
+
+/// How long to spin before sleeping, adapted to what spinning has been buying us: it grows
+/// while spins succeed and shrinks while they fail, so a process waiting on long tasks stops
+/// burning a core that, on a small machine, the tasks themselves need.
+class SpinBudget {
+ public:
+  static constexpr std::uint32_t min_spins = 64;
+  static constexpr std::uint32_t max_spins = 8192;
+
+  /// Spins up to the budget waiting for `ready()`; true if it became ready meanwhile.
+  template <class Ready>
+  bool spin(Ready&& ready) noexcept {
+    for (std::uint32_t i = 0; i < budget_; ++i) {
+      if (ready()) {
+        budget_ = std::min(max_spins, budget_ * 2);
+        return true;
+      }
+      cpu_relax();
+    }
+    budget_ = std::max(min_spins, budget_ / 2);
+    return ready();
+  }
+
+ private:
+  std::uint32_t budget_ = 1024;
+};
+
+/// Spins, then sleeps on `bell` until `ready()` or until `timeout` has passed in total.
+/// `timeout` <= 0 waits without limit. Returns ready().
+template <class Ready>
+bool wait_for(Doorbell& bell, SpinBudget& budget, Ready&& ready,
+              std::chrono::nanoseconds timeout = std::chrono::nanoseconds{0}) noexcept {
+  if (budget.spin(ready)) return true;
+  if (timeout.count() <= 0) {
+    while (!bell.sleep_unless(ready, std::chrono::nanoseconds{0})) {
+    }
+    return true;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const auto left = deadline - std::chrono::steady_clock::now();
+    if (left <= std::chrono::nanoseconds{0}) return ready();
+    if (bell.sleep_unless(ready, left)) return true;
+  }
+}
+
+}  // namespace multicore::detail

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: MIT
+// The pool's shared memory: who owns which field, and how the region is carved up.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <new>
+
+#include "futex.hpp"
+#include "ring.hpp"
+
+namespace multicore::detail {
+
+/// Life of one worker slot. Each transition has exactly one writer:
+///   parent:  -> spawning (before asking the fork server for a process)
+///   worker:  spawning -> ready (after on_worker_start returned)
+///   fork server: spawning -> spawn_failed (fork failed), any -> dead (after reaping the worker)
+enum class SlotState : std::uint32_t { empty, spawning, ready, spawn_failed, dead };
+
+/// Per-worker shared state. The worker's hot fields and the parent-written fields sit on
+/// separate cache lines.
+struct SlotShared {
+  // Lifecycle (cold).
+  alignas(cache_line_size) std::atomic<SlotState> state{SlotState::empty};
+  std::atomic<std::int32_t> pid{0};            ///< fork server, after fork
+  std::atomic<std::int32_t> wait_status{0};    ///< fork server, raw waitpid() status
+  std::atomic<std::int32_t> spawn_errno{0};    ///< fork server, when fork failed
+  std::atomic<std::uint32_t> start_failed{0};  ///< worker: on_worker_start threw (see start_error)
+  char start_error[256]{};                     ///< worker, NUL-terminated, before start_failed
+
+  // Progress, written only by the worker.
+  alignas(cache_line_size) std::atomic<std::uint64_t> running{
+      0};  ///< task being processed, 0: none
+  /// When the entry (the user's code) started, steady clock; 0 while the task's payloads stream.
+  std::atomic<std::int64_t> running_since_ns{0};
+  std::atomic<std::uint64_t> completed{0};  ///< responses fully published (head moved past them)
+
+  // The worker sleeps here; the parent rings after it publishes requests or frees response
+  // space, or asks the worker to stop.
+  alignas(cache_line_size) Doorbell worker_bell;
+  /// 0: nothing; 1 (parent): a partly sent request waits for room; 2 (worker, 1 -> 2 only):
+  /// room was made, and parent_bell rung. The worker's compare-and-swap cannot resurrect a
+  /// wait the parent has since cancelled.
+  std::atomic<std::uint32_t> parent_wants_space{0};
+
+  RingControl request;   ///< parent -> worker
+  RingControl response;  ///< worker -> parent
+};
+static_assert(offsetof(SlotShared, running) % cache_line_size == 0);
+static_assert(offsetof(SlotShared, worker_bell) % cache_line_size == 0);
+static_assert(offsetof(SlotShared, request) % cache_line_size == 0);
+
+/// Pool-wide shared state.
+struct PoolShared {
+  /// The parent's collector sleeps here; workers ring it when they publish a response (or free
+  /// request space the parent waits for), the fork server when a worker died or failed to start.
+  alignas(cache_line_size) Doorbell parent_bell;
+};
+
+/// Carves the region: [PoolShared][SlotShared x n][request data, response data] x n.
+/// Ring data is page-aligned so a ring never shares a page with control fields.
+struct Layout {
+  static constexpr std::size_t page = 4096;
+
+  unsigned workers;
+  std::size_t ring_bytes;  // a power of two >= page
+
+  static constexpr std::size_t align_up(std::size_t n, std::size_t a) noexcept {
+    return (n + a - 1) / a * a;
+  }
+  std::size_t header_bytes() const noexcept {
+    return align_up(sizeof(PoolShared) + workers * sizeof(SlotShared), page);
+  }
+  std::size_t total_bytes() const noexcept {
+    return header_bytes() + std::size_t{2} * workers * ring_bytes;
+  }
+
+  PoolShared* pool(std::byte* base) const noexcept {
+    return std::launder(reinterpret_cast<PoolShared*>(base));
+  }
+  SlotShared* slot(std::byte* base, unsigned k) const noexcept {
+    return std::launder(reinterpret_cast<SlotShared*>(base + sizeof(PoolShared)) + k);
+  }
+  RingMemory request(std::byte* base, unsigned k) const noexcept {
+    return {&slot(base, k)->request, base + header_bytes() + std::size_t{2} * k * ring_bytes,
+            ring_bytes};
+  }
+  RingMemory response(std::byte* base, unsigned k) const noexcept {
+    return {&slot(base, k)->response, base + header_bytes() + (std::size_t{2} * k + 1) * ring_bytes,
+            ring_bytes};
+  }
+
+  /// Constructs the control blocks in fresh (zero-filled) shared memory.
+  void construct(std::byte* base) const {
+    new (base) PoolShared{};
+    for (unsigned k = 0; k < workers; ++k) new (slot(base, k)) SlotShared{};
+  }
+};
+static_assert(sizeof(PoolShared) % cache_line_size == 0);
+static_assert(sizeof(SlotShared) % cache_line_size == 0);
+
+}  // namespace multicore::detail

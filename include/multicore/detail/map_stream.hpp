@@ -1,0 +1,512 @@
+// SPDX-License-Identifier: MIT
+// Pool::map and Pool::map_unordered: inputs cut into chunks, a bounded window of chunks in
+// flight, results streamed back in input order (or as they come).
+#pragma once
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../codec.hpp"
+#include "../errors.hpp"
+#include "../options.hpp"
+#include "call.hpp"
+#include "pool_core.hpp"
+#include "promise.hpp"
+#include "scheduler.hpp"
+#include "serialize.hpp"
+#include "thread_team.hpp"
+
+namespace multicore::detail {
+
+/// One item's result: the value, or the error to throw in its place.
+template <class Out>
+struct ItemResult {
+  std::optional<Out> value;
+  std::exception_ptr error;
+};
+
+/// How a chunk's answer is laid out after its item count.
+enum class ChunkLayout : std::uint8_t {
+  outcomes = 0,  ///< one Outcome per item (see call.hpp)
+  raw = 1,       ///< every item succeeded and its result is raw bytes: one block, no tags
+  failed = 2,    ///< the chunk could not be decoded at all: one serialization error message
+};
+
+/// The entry for a map chunk: payload = callable, item count, items. Items run on
+/// `threads` threads of the worker (processes x threads for blocking functions).
+template <class Fn, class In>
+struct MapChunk {
+  using Out = std::invoke_result_t<Fn&, In>;
+
+  static void entry(Reader& in, Writer& out, const CallContext& context) noexcept {
+    const std::size_t mark = out.size();
+    std::optional<Fn> fn;
+    std::vector<In> items;
+    try {
+      fn.emplace(decode_callable<Fn>(in, context.format));
+      std::uint64_t n = 0;
+      in.read(&n, sizeof n);
+      if (n > in.remaining()) throw SerializationError("multicore: corrupt chunk: bad count");
+      items.reserve(static_cast<std::size_t>(n));
+      for (std::uint64_t i = 0; i < n; ++i) items.push_back(decode<In>(in, context.format));
+    } catch (...) {
+      write_chunk_failure(out, mark);
+      return;
+    }
+    const std::size_t n = items.size();
+    std::vector<std::optional<Out>> values(n);
+    std::vector<std::pair<std::size_t, Writer>> errors;
+    std::mutex errors_mutex;
+    auto body = [&](std::size_t i) noexcept {
+      try {
+        values[i].emplace(std::invoke(*fn, std::move(items[i])));
+      } catch (...) {
+        Writer error;
+        write_current_exception(error);
+        std::lock_guard lock(errors_mutex);
+        errors.emplace_back(i, std::move(error));
+      }
+    };
+    ThreadTeam::instance().run(n, context.threads, body);
+    try {
+      const std::uint64_t count = n;
+      out.write(&count, sizeof count);
+      if constexpr (raw_value<Out> && !has_codec<Out>) {
+        if (errors.empty() && context.format == Format::binary) {
+          const auto layout = ChunkLayout::raw;
+          out.write(&layout, 1);
+          for (const auto& v : values) out.write(&*v, sizeof(Out));
+          return;
+        }
+      }
+      const auto layout = ChunkLayout::outcomes;
+      out.write(&layout, 1);
+      std::sort(errors.begin(), errors.end(),
+                [](const auto& a, const auto& b) { return a.first < b.first; });
+      auto error = errors.begin();
+      for (std::size_t i = 0; i < n; ++i) {
+        if (error != errors.end() && error->first == i) {
+          out.write(error->second.data(), error->second.size());
+          ++error;
+          continue;
+        }
+        const std::size_t item_mark = out.size();
+        try {
+          write_outcome(out, Outcome::value);
+          encode(out, *values[i], context.format);
+        } catch (...) {
+          write_serialization_failure(out, item_mark, "encoding a result in the worker");
+        }
+      }
+    } catch (...) {
+      write_chunk_failure(out, mark);
+    }
+  }
+
+  static void write_chunk_failure(Writer& out, std::size_t mark) noexcept {
+    try {
+      out.resize(mark);
+      const std::uint64_t count = 0;
+      out.write(&count, sizeof count);
+      const auto layout = ChunkLayout::failed;
+      out.write(&layout, 1);
+      write_serialization_failure(out, out.size(), "decoding a map chunk in the worker");
+    } catch (...) {
+      out.resize(mark);
+    }
+  }
+};
+
+/// Reads a chunk's answer into one result per item. Never throws: a malformed answer becomes
+/// an error on every item.
+template <class Out>
+std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected, Format format) {
+  std::vector<ItemResult<Out>> results(expected);
+  const auto fail_all = [&](std::exception_ptr e) {
+    for (auto& r : results) {
+      r.value.reset();
+      r.error = e;
+    }
+  };
+  try {
+    std::uint64_t count = 0;
+    ChunkLayout layout{};
+    in.read(&count, sizeof count);
+    in.read(&layout, 1);
+    if (layout == ChunkLayout::failed) {
+      Outcome o{};
+      in.read(&o, 1);
+      fail_all(std::make_exception_ptr(SerializationError(read_string(in))));
+      return results;
+    }
+    if (count != expected) {
+      throw SerializationError("multicore: corrupt map answer: " + std::to_string(count) +
+                               " results for " + std::to_string(expected) + " inputs");
+    }
+    if (layout == ChunkLayout::raw) {
+      if constexpr (raw_value<Out>) {
+        for (auto& r : results) r.value.emplace(decode<Out>(in, Format::binary));
+      } else {
+        throw SerializationError("multicore: corrupt map answer: unexpected raw layout");
+      }
+    } else if (layout == ChunkLayout::outcomes) {
+      for (auto& r : results) {
+        try {
+          r.value.emplace(read_outcome<Out>(in, format));
+        } catch (...) {
+          r.error = std::current_exception();
+        }
+      }
+    } else {
+      throw SerializationError("multicore: corrupt map answer: unknown layout");
+    }
+    expect_end(in);
+  } catch (...) {
+    fail_all(std::current_exception());
+  }
+  return results;
+}
+
+/// Where chunk completions put their results for the consuming thread. Shared with the
+/// completions, which can outlive an abandoned stream.
+template <class Out>
+struct MapInbox {
+  struct Arrival {
+    std::size_t first = 0;  // key of the chunk (index of its first input)
+    std::vector<ItemResult<Out>> results;
+    std::exception_ptr failure;  // the chunk got no answer at all
+    std::uint64_t run_nanos = 0;
+  };
+  std::mutex mutex;
+  std::condition_variable arrived_cv;
+  std::vector<Arrival> arrived;
+  std::atomic<bool> abandoned{false};
+};
+
+template <class Out>
+class ChunkCompletion final : public Completion {
+ public:
+  ChunkCompletion(std::shared_ptr<MapInbox<Out>> inbox, std::size_t first, std::size_t count)
+      : inbox_(std::move(inbox)), first_(first), count_(count) {}
+
+  void deliver(Reader& payload, std::uint64_t run_nanos) noexcept override {
+    if (abandoned()) return;
+    try {
+      auto results = read_chunk<Out>(payload, count_, Format::binary);
+      post({first_, std::move(results), nullptr, run_nanos});
+    } catch (...) {
+      fail(std::current_exception());
+    }
+  }
+
+  void fail(std::exception_ptr error) noexcept override {
+    try {
+      post({first_, {}, std::move(error), 0});
+    } catch (...) {
+      std::fputs("multicore: out of memory while failing a map chunk\n", stderr);
+    }
+  }
+
+  bool abandoned() const noexcept override {
+    return inbox_->abandoned.load(std::memory_order_relaxed);
+  }
+
+ private:
+  void post(typename MapInbox<Out>::Arrival arrival) {
+    {
+      std::lock_guard lock(inbox_->mutex);
+      inbox_->arrived.push_back(std::move(arrival));
+    }
+    inbox_->arrived_cv.notify_one();
+  }
+
+  std::shared_ptr<MapInbox<Out>> inbox_;
+  std::size_t first_;
+  std::size_t count_;
+};
+
+inline void check_map_options(const MapOptions& o) {
+  if (o.threads_per_worker == 0 || o.threads_per_worker > 1024) {
+    throw std::invalid_argument("multicore: MapOptions::threads_per_worker is " +
+                                std::to_string(o.threads_per_worker) +
+                                "; it must be between 1 and 1024");
+  }
+}
+
+/// The lazy result range of Pool::map (Ordered) and Pool::map_unordered. A single-pass input
+/// range: iterate it once, from one thread. Destroying it early abandons the map: chunks not
+/// yet sent are dropped, answers still coming are discarded, the pool stays usable.
+template <class Fn, class View, bool Ordered>
+class MapStream {
+ public:
+  using In = wire_t<std::ranges::range_reference_t<View>>;
+  using Out = std::invoke_result_t<Fn&, In>;
+  using value_type = std::conditional_t<Ordered, Out, std::pair<std::size_t, Out>>;
+
+ private:
+  struct Chunk {
+    std::vector<In> inputs;  // kept to resend items one by one if the chunk's worker died
+    std::vector<ItemResult<Out>> results;
+    bool done = false;
+  };
+
+  class State {
+   public:
+    State(PoolCore& core, Fn fn, View view, MapOptions options)
+        : core_(core),
+          fn_(std::move(fn)),
+          view_(std::move(view)),
+          options_(options),
+          inbox_(std::make_shared<MapInbox<Out>>()) {
+      check_map_options(options_);
+      window_ = std::max<std::size_t>(2, std::size_t{2} * core_.size());
+    }
+
+    ~State() { inbox_->abandoned.store(true, std::memory_order_relaxed); }
+
+    void start() {
+      it_.emplace(std::ranges::begin(view_));
+      next_item();
+    }
+
+    bool at_end() const noexcept { return current_ == nullptr; }
+
+    value_type& current() {
+      ItemResult<Out>& r = current_->results[position_];
+      if (r.error) std::rethrow_exception(r.error);
+      if constexpr (Ordered) {
+        return *r.value;
+      } else {
+        if (!yielded_) yielded_.emplace(current_key_ + position_, std::move(*r.value));
+        return *yielded_;
+      }
+    }
+
+    void next_item() {
+      if constexpr (!Ordered) yielded_.reset();
+      if (current_ != nullptr && ++position_ < current_->results.size()) return;
+      if (current_ != nullptr) {
+        chunks_.erase(current_key_);
+        current_ = nullptr;
+      }
+      for (;;) {
+        fill();
+        if (chunks_.empty()) return;  // input exhausted and everything yielded
+        if (take_done_chunk()) return;
+        wait_for_arrivals();
+      }
+    }
+
+   private:
+    /// Makes the next ready chunk current (for map: only the one next in input order).
+    bool take_done_chunk() {
+      auto found = chunks_.end();
+      if constexpr (Ordered) {
+        found = chunks_.begin();  // keys are input indices: the first one is next in order
+        if (!found->second.done) return false;
+      } else {
+        found = std::find_if(chunks_.begin(), chunks_.end(),
+                             [](const auto& c) { return c.second.done; });
+        if (found == chunks_.end()) return false;
+      }
+      current_key_ = found->first;
+      current_ = &found->second;
+      position_ = 0;
+      return true;
+    }
+
+    void wait_for_arrivals() {
+      std::vector<typename MapInbox<Out>::Arrival> arrivals;
+      {
+        std::unique_lock lock(inbox_->mutex);
+        inbox_->arrived_cv.wait(lock, [&] { return !inbox_->arrived.empty(); });
+        arrivals.swap(inbox_->arrived);
+      }
+      for (auto& a : arrivals) settle(std::move(a));
+    }
+
+    void settle(typename MapInbox<Out>::Arrival a) {
+      auto found = chunks_.find(a.first);
+      if (found == chunks_.end()) return;
+      Chunk& chunk = found->second;
+      const std::size_t n = chunk.inputs.size();
+      if (!a.failure) {
+        learn(a.run_nanos, n);
+        chunk.results = std::move(a.results);
+        chunk.done = true;
+        chunk.inputs.clear();
+        return;
+      }
+      if (n > 1 && is_worker_failure(a.failure)) {
+        // The chunk's worker died or overran: run its items one by one, so that only the item
+        // that really crashes (or hangs) fails, and every other one gets its value.
+        std::vector<In> inputs = std::move(chunk.inputs);
+        chunks_.erase(found);
+        for (std::size_t i = 0; i < n; ++i) {
+          std::vector<In> one;
+          one.push_back(std::move(inputs[i]));
+          send(a.first + i, std::move(one));
+        }
+        return;
+      }
+      chunk.results.assign(n, ItemResult<Out>{std::nullopt, a.failure});
+      chunk.done = true;
+      chunk.inputs.clear();
+    }
+
+    static bool is_worker_failure(const std::exception_ptr& e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const WorkerLost&) {
+        return true;
+      } catch (const TaskTimeout&) {
+        return true;
+      } catch (...) {
+        return false;
+      }
+    }
+
+    /// Keeps the window full: reads inputs, cuts them into chunks, sends them.
+    void fill() {
+      while (!input_done_ && chunks_.size() < window_) {
+        const std::size_t want = chunk_size();
+        std::vector<In> inputs;
+        inputs.reserve(std::min<std::size_t>(want, 4096));
+        auto& it = *it_;
+        const auto end = std::ranges::end(view_);
+        while (inputs.size() < want && it != end) {
+          inputs.emplace_back(*it);
+          ++it;
+        }
+        if (it == end) input_done_ = true;
+        if (inputs.empty()) return;
+        const std::size_t first = consumed_;
+        consumed_ += inputs.size();
+        send(first, std::move(inputs));
+      }
+    }
+
+    void send(std::size_t first, std::vector<In> inputs) {
+      Writer msg;
+      begin_request(msg);
+      encode_callable(msg, fn_, Format::binary);
+      const std::uint64_t n = inputs.size();
+      msg.write(&n, sizeof n);
+      for (const In& x : inputs) encode(msg, x, Format::binary);
+      finish_request(msg, entry_id<MapChunk<Fn, In>>(), Format::binary,
+                     options_.threads_per_worker);
+      auto completion = std::make_unique<ChunkCompletion<Out>>(inbox_, first, inputs.size());
+      Chunk& chunk = chunks_[first];
+      chunk.inputs = std::move(inputs);
+      try {
+        core_.submit(std::move(msg), std::move(completion));
+      } catch (...) {
+        chunks_.erase(first);
+        throw;
+      }
+    }
+
+    /// Items per chunk: fixed if the user chose, else sized so a chunk runs ~0.5 ms (fast
+    /// items batch up, slow ones travel alone), growing at most 8x per step.
+    std::size_t chunk_size() {
+      if (options_.chunk_size != 0) return options_.chunk_size;
+      const std::size_t threads = options_.threads_per_worker;
+      std::size_t size = threads;
+      if (item_ns_ > 0) {
+        const double fit = 500'000.0 / item_ns_;
+        size = static_cast<std::size_t>(std::clamp(fit, 1.0, 262144.0));
+        size = std::clamp(size, threads, std::max(threads, last_size_ * 8));
+      }
+      if constexpr (std::ranges::sized_range<View>) {
+        // Keep at least two chunks per worker while inputs last, so the end balances.
+        const auto total = static_cast<std::size_t>(std::ranges::size(view_));
+        const std::size_t left = total > consumed_ ? total - consumed_ : 0;
+        size = std::min(size, std::max(threads, left / (std::size_t{2} * core_.size())));
+      }
+      last_size_ = std::max<std::size_t>(size, 1);
+      return last_size_;
+    }
+
+    void learn(std::uint64_t run_nanos, std::size_t items) {
+      if (items == 0) return;
+      const double per_item = std::max(1.0, static_cast<double>(run_nanos) / items);
+      item_ns_ = item_ns_ > 0 ? (item_ns_ + per_item) / 2 : per_item;
+    }
+
+    PoolCore& core_;
+    Fn fn_;
+    View view_;
+    MapOptions options_;
+    std::shared_ptr<MapInbox<Out>> inbox_;
+    std::optional<std::ranges::iterator_t<View>> it_;
+    bool input_done_ = false;
+    std::size_t consumed_ = 0;
+    std::size_t window_ = 2;
+    std::size_t last_size_ = 1;
+    double item_ns_ = 0;
+    std::map<std::size_t, Chunk> chunks_;  // in flight or ready, keyed by first input index
+    Chunk* current_ = nullptr;
+    std::size_t current_key_ = 0;
+    std::size_t position_ = 0;
+    std::optional<value_type> yielded_;  // map_unordered's current (index, value)
+  };
+
+ public:
+  class iterator {
+   public:
+    using value_type = MapStream::value_type;
+    using difference_type = std::ptrdiff_t;
+    using iterator_concept = std::input_iterator_tag;
+
+    iterator() = default;
+    explicit iterator(State* state) noexcept : state_(state) {}
+
+    /// The current result. Throws the task's error (RemoteError, WorkerLost, ...) in place of
+    /// a value that could not be computed; ++ then moves on to the next one.
+    value_type& operator*() const { return state_->current(); }
+    iterator& operator++() {
+      state_->next_item();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
+      return it.state_ == nullptr || it.state_->at_end();
+    }
+
+   private:
+    State* state_ = nullptr;
+  };
+
+  MapStream(PoolCore& core, Fn fn, View view, MapOptions options)
+      : state_(std::make_unique<State>(core, std::move(fn), std::move(view), options)) {}
+
+  /// Starts the map (sends the first window of chunks) and waits for the first result.
+  /// Call once: this is a single-pass range.
+  iterator begin() {
+    if (started_) throw std::logic_error("multicore: a map's results can be iterated only once");
+    started_ = true;
+    state_->start();
+    return iterator(state_.get());
+  }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+ private:
+  std::unique_ptr<State> state_;
+  bool started_ = false;
+};
+
+}  // namespace multicore::detail

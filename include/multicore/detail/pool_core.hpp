@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: MIT
+// What a Pool is underneath: validated options, and either worker processes or inline mode.
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "../codec.hpp"
+#include "../errors.hpp"
+#include "../options.hpp"
+#include "../system.hpp"
+#include "call.hpp"
+#include "scheduler.hpp"
+#include "transport.hpp"
+#include "worker.hpp"
+
+namespace multicore::detail {
+
+inline constexpr unsigned max_workers = 1024;
+inline constexpr std::size_t min_ring_bytes = std::size_t{4} << 10;
+inline constexpr std::size_t max_ring_bytes = std::size_t{1} << 30;
+
+/// True when MULTICORE_INLINE is set to something other than "0" or "".
+inline bool inline_requested_by_environment() noexcept {
+  const char* v = std::getenv("MULTICORE_INLINE");
+  return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+}
+
+/// Checks the options a user gave and fills in the defaults. Throws std::invalid_argument
+/// naming the field and the offending value.
+inline PoolOptions validated(PoolOptions o) {
+  if (o.workers == 0) o.workers = usable_cores();
+  if (o.workers > max_workers) {
+    throw std::invalid_argument("multicore: PoolOptions::workers is " + std::to_string(o.workers) +
+                                "; the maximum is " + std::to_string(max_workers));
+  }
+  if (o.ring_bytes < min_ring_bytes || o.ring_bytes > max_ring_bytes) {
+    throw std::invalid_argument("multicore: PoolOptions::ring_bytes is " +
+                                std::to_string(o.ring_bytes) + "; it must be between " +
+                                std::to_string(min_ring_bytes) + " and " +
+                                std::to_string(max_ring_bytes));
+  }
+  o.ring_bytes = std::bit_ceil(o.ring_bytes);
+  if (o.task_timeout.count() < 0) {
+    throw std::invalid_argument("multicore: PoolOptions::task_timeout is negative (" +
+                                std::to_string(o.task_timeout.count()) + " ms)");
+  }
+  if (inline_requested_by_environment()) o.run_inline = true;
+  return o;
+}
+
+/// The machinery shared by Pool, Pool::map and Task: accepts encoded jobs and resolves their
+/// completions, in worker processes or, in inline mode, right here.
+class PoolCore {
+ public:
+  explicit PoolCore(PoolOptions options) : options_(validated(std::move(options))) {
+    if (options_.run_inline) {
+      if (options_.on_worker_start) {
+        try {
+          options_.on_worker_start();
+        } catch (const std::exception& e) {
+          throw Error(std::string("multicore: on_worker_start threw: ") + e.what());
+        } catch (...) {
+          throw Error(
+              "multicore: on_worker_start threw an exception not derived from "
+              "std::exception");
+        }
+      }
+      return;
+    }
+    auto transport =
+        std::make_unique<ShmTransport>(options_.workers, options_.ring_bytes,
+                                       options_.on_worker_start, options_.max_tasks_per_worker);
+    SchedulerOptions s;
+    s.task_timeout = options_.task_timeout;
+    s.max_tasks_per_worker = options_.max_tasks_per_worker;
+    scheduler_ = std::make_unique<Scheduler>(std::move(transport), s);
+  }
+
+  unsigned size() const noexcept { return options_.workers; }
+  bool is_inline() const noexcept { return options_.run_inline; }
+
+  /// Queues an encoded request. Throws PoolClosed after shutdown()/terminate(), and Error when
+  /// called from inside one of this pool's workers.
+  void submit(Writer&& request, std::unique_ptr<Completion> completion) {
+    if (in_worker_process()) {
+      throw Error("multicore: a Pool cannot be used from inside one of its own workers");
+    }
+    if (scheduler_) {
+      scheduler_->submit(std::move(request), std::move(completion));
+      return;
+    }
+    if (closed_.load(std::memory_order_acquire)) {
+      throw PoolClosed("multicore: the pool is shut down; no new tasks are accepted");
+    }
+    run_here(request.bytes(), *completion);
+  }
+
+  void shutdown() noexcept {
+    closed_.store(true, std::memory_order_release);
+    if (scheduler_) scheduler_->shutdown();
+  }
+
+  void terminate() noexcept {
+    closed_.store(true, std::memory_order_release);
+    if (scheduler_) scheduler_->terminate();
+  }
+
+  /// Runs a request in this process, through the same entry and decoding as a worker would.
+  static void run_here(std::span<const std::byte> request, Completion& completion) {
+    Writer answer;
+    const std::int64_t began = steady_now_ns();
+    run_request(request, answer);
+    Reader reader(std::span<const std::byte>(answer.bytes()));
+    completion.deliver(reader, static_cast<std::uint64_t>(steady_now_ns() - began));
+  }
+
+ private:
+  PoolOptions options_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::atomic<bool> closed_{false};
+};
+
+}  // namespace multicore::detail

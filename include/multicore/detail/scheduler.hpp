@@ -1,0 +1,716 @@
+// SPDX-License-Identifier: MIT
+// Jobs, dispatch to the least-loaded worker, the collector thread, and what happens to every
+// job when a worker dies, hangs, lies or the pool closes.
+#pragma once
+
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "../codec.hpp"
+#include "../errors.hpp"
+#include "transport.hpp"
+#include "wire.hpp"
+
+namespace multicore::detail {
+
+/// Where a job's answer goes. Exactly one of deliver() and fail() is called, exactly once.
+class Completion {
+ public:
+  virtual ~Completion() = default;
+  /// The worker answered; `payload` is what the entry wrote (untrusted bytes: decode with care).
+  virtual void deliver(Reader& payload, std::uint64_t run_nanos) noexcept = 0;
+  /// The job has no answer: its worker died, it timed out, or the pool closed.
+  virtual void fail(std::exception_ptr error) noexcept = 0;
+  /// Nobody wants the answer any more (an abandoned map): a job not yet sent is dropped.
+  virtual bool abandoned() const noexcept { return false; }
+};
+
+/// One unit of work: a complete request message and where its answer goes.
+struct Job {
+  std::uint64_t id = 0;
+  Writer request;
+  std::unique_ptr<Completion> completion;
+};
+
+struct SchedulerOptions {
+  std::chrono::nanoseconds task_timeout{0};  ///< 0: none
+  std::size_t max_tasks_per_worker = 0;      ///< 0: unlimited
+  std::size_t max_in_flight = 2;             ///< per worker: one running, the rest queued
+};
+
+inline std::string describe_exit(int pid, int wait_status) {
+  const std::string who = "multicore: worker process " + std::to_string(pid);
+  if (WIFSIGNALED(wait_status)) {
+    const int sig = WTERMSIG(wait_status);
+    const char* name = strsignal(sig);
+    return who + " was killed by signal " + std::to_string(sig) + " (" +
+           (name != nullptr ? name : "unknown") + ")";
+  }
+  return who + " exited with code " + std::to_string(WEXITSTATUS(wait_status));
+}
+
+inline WorkerLost worker_lost(int pid, int wait_status, const std::string& what) {
+  const bool signalled = WIFSIGNALED(wait_status);
+  return WorkerLost(describe_exit(pid, wait_status) + " " + what,
+                    signalled ? WTERMSIG(wait_status) : 0,
+                    signalled ? -1 : WEXITSTATUS(wait_status));
+}
+
+class Scheduler {
+ public:
+  /// Starts every worker and waits until each has run on_worker_start. Throws SystemError if a
+  /// process cannot be forked, Error if a worker fails to start; nothing is left running then.
+  Scheduler(std::unique_ptr<Transport> transport, SchedulerOptions options)
+      : transport_(std::move(transport)), options_(options), slots_(transport_->size()) {
+    start_all();
+    pending_check_ = [this] { return has_news(); };
+    collector_ = std::thread([this] { collect(); });
+  }
+
+  ~Scheduler() { shutdown(); }
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  unsigned size() const noexcept { return static_cast<unsigned>(slots_.size()); }
+
+  /// Queues a job and sends it if a worker has room. Thread-safe. Throws PoolClosed once the
+  /// pool is closing (the completion is then destroyed without being called).
+  void submit(Writer&& request, std::unique_ptr<Completion> completion) {
+    auto job = std::make_unique<Job>();
+    job->request = std::move(request);
+    job->completion = std::move(completion);
+    std::lock_guard lock(mutex_);
+    if (closed_) throw PoolClosed(closed_reason_);
+    job->id = ++last_id_;
+    stamp_id(*job);
+    pending_.push_back(std::move(job));
+    outstanding_.fetch_add(1, std::memory_order_relaxed);
+    dispatch_locked();
+  }
+
+  /// Stops accepting, waits for every submitted job to resolve, stops the workers. Bounded
+  /// once the work is done: workers that do not stop in time are killed.
+  void shutdown() noexcept { close(false); }
+
+  /// Stops now: unfinished jobs fail with PoolClosed, workers are killed. Bounded.
+  void terminate() noexcept {
+    {
+      std::lock_guard lock(mutex_);
+      terminating_ = true;
+      mark_closed_locked("multicore: the pool was terminated");
+    }
+    changed_.notify_all();
+    close(true);
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  enum class Life {
+    starting,  ///< asked for a process, not ready yet
+    ready,     ///< can take jobs
+    backoff,   ///< could not be (re)started; retry at retry_at
+    stopping,  ///< told to stop (graceful shutdown)
+    stopped,   ///< gone for good
+  };
+
+  /// An answer being read from a worker (collector thread only).
+  struct Assembly {
+    ResponseHeader header{};
+    std::size_t header_got = 0;
+    Writer payload;
+    std::unique_ptr<Job> job;  // claimed once the header checked out
+  };
+
+  struct Slot {
+    Life life = Life::starting;
+    std::deque<std::unique_ptr<Job>> in_flight;  // sent or being sent, oldest first
+    std::size_t sent = 0;                        // bytes of in_flight.back() already written
+    bool partial = false;                        // in_flight.back() is not fully written yet
+    std::size_t dispatched = 0;                  // jobs given to this process
+    std::uint64_t timed_out_task = 0;            // we killed the process because this task overran
+    bool corrupt = false;  // the process broke the protocol; it is being killed
+    unsigned start_failures = 0;
+    Clock::time_point retry_at{};
+    std::exception_ptr start_error;
+    // Collector thread only:
+    Assembly assembly;
+    std::uint64_t answers_received = 0;
+    SlotState seen = SlotState::spawning;
+  };
+
+  /// A job that ended without an answer, to be failed outside the lock.
+  struct Failure {
+    std::unique_ptr<Job> job;
+    std::exception_ptr error;
+  };
+
+  // ---- start-up -------------------------------------------------------------------------
+
+  void start_all() {
+    for (unsigned k = 0; k < size(); ++k) transport_->spawn(k);
+    const auto all_settled = [this] {
+      for (unsigned k = 0; k < size(); ++k) {
+        if (transport_->state(k) == SlotState::spawning) return false;
+      }
+      return true;
+    };
+    while (!all_settled()) {
+      transport_->wait(all_settled, std::chrono::milliseconds(100));
+      if (!all_settled() && !transport_->alive()) {
+        throw Error("multicore: the pool's fork server died while starting the workers");
+      }
+    }
+    for (unsigned k = 0; k < size(); ++k) {
+      const WorkerStatus st = transport_->status(k);
+      if (st.state == SlotState::ready) {
+        slots_[k].life = Life::ready;
+        slots_[k].seen = SlotState::ready;
+        continue;
+      }
+      if (st.state == SlotState::spawn_failed) throw SystemError("fork", st.spawn_errno);
+      if (st.start_failed) throw Error("multicore: on_worker_start threw: " + st.start_error);
+      throw Error(describe_exit(st.pid, st.wait_status) + " while starting (in on_worker_start)");
+    }
+  }
+
+  // ---- sending (under mutex_) -------------------------------------------------------------
+
+  static void stamp_id(Job& job) noexcept {
+    std::memcpy(job.request.data() + offsetof(RequestHeader, task_id), &job.id, sizeof job.id);
+  }
+
+  bool can_take(const Slot& s) const noexcept {
+    return s.life == Life::ready && !s.partial && !s.corrupt &&
+           s.in_flight.size() < options_.max_in_flight &&
+           (options_.max_tasks_per_worker == 0 || s.dispatched < options_.max_tasks_per_worker);
+  }
+
+  /// The least-loaded worker that can take a job, or -1. Ties rotate so work spreads out.
+  int pick_slot_locked() noexcept {
+    int best = -1;
+    const unsigned n = size();
+    for (unsigned i = 0; i < n; ++i) {
+      const unsigned k = (rotor_ + i) % n;
+      const Slot& s = slots_[k];
+      if (!can_take(s)) continue;
+      if (best < 0 || s.in_flight.size() < slots_[static_cast<unsigned>(best)].in_flight.size()) {
+        best = static_cast<int>(k);
+        if (s.in_flight.empty()) break;
+      }
+    }
+    if (best >= 0) rotor_ = static_cast<unsigned>(best) + 1;
+    return best;
+  }
+
+  void dispatch_locked() {
+    while (!pending_.empty()) {
+      if (pending_.front()->completion->abandoned()) {
+        pending_.pop_front();
+        resolved_locked(1);
+        continue;
+      }
+      const int k = pick_slot_locked();
+      if (k < 0) return;
+      Slot& s = slots_[static_cast<unsigned>(k)];
+      s.in_flight.push_back(std::move(pending_.front()));
+      pending_.pop_front();
+      ++s.dispatched;
+      s.sent = 0;
+      s.partial = true;
+      pump_locked(static_cast<unsigned>(k));
+    }
+  }
+
+  /// Writes more of the slot's last job; a payload larger than the ring goes in pieces as the
+  /// worker makes room.
+  bool pump_locked(unsigned k) noexcept {
+    Slot& s = slots_[k];
+    if (!s.partial) return false;
+    const Writer& request = s.in_flight.back()->request;
+    const auto rest = [&] { return request.bytes().subspan(s.sent); };
+    std::size_t n = transport_->send(k, rest());
+    s.sent += n;
+    if (s.sent < request.size()) {
+      // Announce that we wait for room, then look once more: either we see the room the
+      // worker made meanwhile, or the worker sees our flag and rings.
+      transport_->want_room(k, true);
+      const std::size_t more = transport_->send(k, rest());
+      s.sent += more;
+      n += more;
+    }
+    if (s.sent == request.size()) {
+      s.partial = false;
+      transport_->want_room(k, false);
+    }
+    return n > 0;
+  }
+
+  // ---- the collector ----------------------------------------------------------------------
+
+  /// Runs on its own thread: reads answers, follows worker lives, enforces timeouts.
+  void collect() noexcept {
+    auto heartbeat = Clock::now();
+    std::vector<char> died(size());
+    std::vector<Failure> failures;
+    while (!stop_.load(std::memory_order_acquire)) {
+      bool progressed = false;
+      try {
+        // A death is reported only after the process is gone, so whatever it published is
+        // already in the ring: look at the states first, then read every ring dry.
+        for (unsigned k = 0; k < size(); ++k) {
+          died[k] = transport_->state(k) == SlotState::dead ? 1 : 0;
+        }
+        for (unsigned k = 0; k < size(); ++k) progressed |= receive(k);
+        Clock::time_point wake_at = Clock::now() + std::chrono::milliseconds(100);
+        {
+          std::lock_guard lock(mutex_);
+          for (unsigned k = 0; k < size(); ++k) {
+            progressed |= pump_locked(k);
+            progressed |= follow_life_locked(k, died[k] != 0, failures, wake_at);
+          }
+          enforce_timeouts_locked(wake_at);
+          dispatch_locked();
+          if (Clock::now() >= heartbeat) {
+            heartbeat = Clock::now() + std::chrono::milliseconds(100);
+            if (!transport_->alive()) fork_server_lost_locked(failures);
+          }
+        }
+        progressed |= !failures.empty();
+        fail_all(failures);
+        if (!progressed) {
+          const auto left = wake_at - Clock::now();
+          transport_->wait(pending_check_, std::max<Clock::duration>(left, Clock::duration(1)));
+        }
+      } catch (...) {
+        // Only allocation failures can land here; keep going rather than lose every job.
+        std::fputs("multicore: collector: unexpected error, retrying\n", stderr);
+      }
+    }
+  }
+
+  /// Cheap look for anything the collector must handle (called while it spins or before it
+  /// sleeps; reads only collector-owned or atomic state).
+  bool has_news() noexcept {
+    if (stop_.load(std::memory_order_relaxed) || kick_.exchange(false)) return true;
+    for (unsigned k = 0; k < size(); ++k) {
+      if (transport_->state(k) != slots_[k].seen) return true;
+      if (!transport_->peek(k).empty()) return true;
+      if (transport_->room_made(k)) return true;
+    }
+    return false;
+  }
+
+  /// Reads every complete answer worker k has published. Collector thread only.
+  bool receive(unsigned k) {
+    Slot& s = slots_[k];
+    Assembly& a = s.assembly;
+    // Read before looking at the bytes: every answer counted here is fully published.
+    const std::uint64_t answers_sent = transport_->answers_sent(k);
+    bool progressed = false;
+    for (;;) {
+      if (s.corrupt) return progressed;
+      if (transport_->corrupt(k)) {
+        mark_corrupt(k);
+        return true;
+      }
+      if (a.job && a.payload.size() == a.header.payload_bytes) {
+        Reader reader(std::span<const std::byte>(a.payload.bytes()));
+        finish(s, reader);
+        progressed = true;
+        continue;
+      }
+      const std::span<const std::byte> bytes = transport_->peek(k);
+      if (bytes.empty()) {
+        if (answers_sent > s.answers_received) {
+          mark_corrupt(k);  // it claims answers it never wrote: truncated
+          return true;
+        }
+        return progressed;
+      }
+      progressed = true;
+      if (a.job) {  // the payload, arriving in pieces
+        const std::size_t n = std::min<std::size_t>(
+            bytes.size(), static_cast<std::size_t>(a.header.payload_bytes) - a.payload.size());
+        a.payload.write(bytes.data(), n);
+        transport_->consume(k, n);
+        continue;
+      }
+      if (a.header_got == 0 && bytes.size() >= sizeof(ResponseHeader)) {
+        std::memcpy(&a.header, bytes.data(), sizeof a.header);
+        if (!claim(k)) return true;
+        const std::size_t whole = sizeof(ResponseHeader) + a.header.payload_bytes;
+        if (bytes.size() >= whole) {
+          // Fast path: the whole answer is contiguous in the ring; decode it in place.
+          Reader reader(bytes.subspan(sizeof(ResponseHeader), a.header.payload_bytes));
+          finish(s, reader);
+          transport_->consume(k, whole);
+        } else {
+          transport_->consume(k, sizeof(ResponseHeader));
+          start_payload(a);
+        }
+        continue;
+      }
+      // A header split across the ring's end (or published in pieces).
+      const std::size_t n = std::min(bytes.size(), sizeof(ResponseHeader) - a.header_got);
+      std::memcpy(reinterpret_cast<std::byte*>(&a.header) + a.header_got, bytes.data(), n);
+      a.header_got += n;
+      transport_->consume(k, n);
+      if (a.header_got == sizeof(ResponseHeader)) {
+        if (!claim(k)) return true;
+        start_payload(a);
+      }
+    }
+  }
+
+  static void start_payload(Assembly& a) {
+    a.payload.clear();
+    // Untrusted size: reserve at most 64 MiB up front, grow as bytes really arrive.
+    a.payload.reserve(static_cast<std::size_t>(
+        std::min<std::uint64_t>(a.header.payload_bytes, std::uint64_t{64} << 20)));
+  }
+
+  /// The header in the assembly is complete: check it against the job this worker must answer
+  /// next, and take that job off the slot (which frees room for the next dispatch).
+  bool claim(unsigned k) {
+    Slot& s = slots_[k];
+    std::lock_guard lock(mutex_);
+    const bool expected = !s.in_flight.empty() && !(s.partial && s.in_flight.size() == 1) &&
+                          is_valid(s.assembly.header, s.in_flight.front()->id);
+    if (!expected) {
+      mark_corrupt_locked(k);
+      return false;
+    }
+    s.assembly.job = std::move(s.in_flight.front());
+    s.in_flight.pop_front();
+    dispatch_locked();
+    return true;
+  }
+
+  void finish(Slot& s, Reader& payload) {
+    Assembly& a = s.assembly;
+    std::unique_ptr<Job> job = std::move(a.job);
+    a.header_got = 0;
+    ++s.answers_received;
+    job->completion->deliver(payload, a.header.run_nanos);
+    job.reset();
+    resolved(1);
+  }
+
+  void mark_corrupt(unsigned k) {
+    std::lock_guard lock(mutex_);
+    mark_corrupt_locked(k);
+  }
+
+  void mark_corrupt_locked(unsigned k) noexcept {
+    Slot& s = slots_[k];
+    if (s.corrupt) return;
+    s.corrupt = true;
+    transport_->kill(k);
+  }
+
+  /// Notices starts, deaths and failed forks of slot k. Collector thread, under mutex_.
+  /// `died` is the state read before the ring was last drained (see collect()).
+  bool follow_life_locked(unsigned k, bool died, std::vector<Failure>& failures,
+                          Clock::time_point& wake_at) {
+    Slot& s = slots_[k];
+    const SlotState state = transport_->state(k);
+    if (s.life == Life::starting && state == SlotState::ready) {
+      s.seen = state;
+      s.life = Life::ready;
+      s.start_failures = 0;
+      return true;
+    }
+    if (died && s.life != Life::stopped && s.life != Life::backoff) {
+      s.seen = SlotState::dead;
+      bury_locked(k, failures);
+      return true;
+    }
+    if (state == SlotState::spawn_failed && s.life == Life::starting) {
+      s.seen = state;
+      start_failed_locked(
+          k, std::make_exception_ptr(SystemError("fork", transport_->status(k).spawn_errno)),
+          failures);
+      return true;
+    }
+    if (state != SlotState::dead) s.seen = state;  // a death waits for the next drain
+    if (s.life == Life::backoff && (!closed_ || !pending_.empty())) {
+      if (Clock::now() >= s.retry_at) {
+        respawn_locked(k);
+        return true;
+      }
+      wake_at = std::min(wake_at, s.retry_at);
+    }
+    return false;
+  }
+
+  /// Worker k is dead: fail the job it was running, requeue the ones it had not started, and
+  /// replace it.
+  void bury_locked(unsigned k, std::vector<Failure>& failures) {
+    Slot& s = slots_[k];
+    const WorkerStatus st = transport_->status(k);
+    const std::uint64_t running = transport_->running(k, nullptr);
+    std::unique_ptr<Job> culprit = std::move(s.assembly.job);  // died mid-answer
+    if (!culprit && !s.in_flight.empty() && (s.corrupt || running == s.in_flight.front()->id)) {
+      culprit = std::move(s.in_flight.front());
+      s.in_flight.pop_front();
+    }
+    if (culprit) {
+      if (s.timed_out_task == culprit->id) {
+        failures.push_back({std::move(culprit), timeout_error(st)});
+      } else if (s.timed_out_task != 0 && !s.corrupt) {
+        // We killed it for a task that finished just before; this one did nothing wrong.
+        s.in_flight.push_front(std::move(culprit));
+      } else if (s.corrupt) {
+        failures.push_back(
+            {std::move(culprit), std::make_exception_ptr(worker_lost(
+                                     st.pid, st.wait_status,
+                                     "after sending a corrupt or truncated answer; it was "
+                                     "stopped and replaced"))});
+      } else {
+        failures.push_back(
+            {std::move(culprit), std::make_exception_ptr(worker_lost(st.pid, st.wait_status,
+                                                                     "while running this task"))});
+      }
+    }
+    // Not started yet: back to the head of the queue, in their original order.
+    while (!s.in_flight.empty()) {
+      pending_.push_front(std::move(s.in_flight.back()));
+      s.in_flight.pop_back();
+    }
+    forget_process_locked(k);
+    if (s.life == Life::stopping) {
+      s.life = Life::stopped;
+      changed_.notify_all();
+      return;
+    }
+    if (st.start_failed) {
+      start_failed_locked(
+          k,
+          std::make_exception_ptr(
+              Error("multicore: on_worker_start threw in a replacement worker: " + st.start_error)),
+          failures);
+      return;
+    }
+    if (closed_ && pending_.empty()) {
+      s.life = Life::stopped;
+      changed_.notify_all();
+      return;
+    }
+    respawn_locked(k);
+  }
+
+  std::exception_ptr timeout_error(const WorkerStatus& st) const {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(options_.task_timeout);
+    return std::make_exception_ptr(TaskTimeout(
+        "multicore: the task ran longer than task_timeout (" + std::to_string(ms.count()) +
+        " ms); its worker process " + std::to_string(st.pid) + " was killed and replaced"));
+  }
+
+  void forget_process_locked(unsigned k) noexcept {
+    Slot& s = slots_[k];
+    transport_->reset(k);
+    s.sent = 0;
+    s.partial = false;
+    s.dispatched = 0;
+    s.timed_out_task = 0;
+    s.corrupt = false;
+    s.assembly.header_got = 0;
+    s.assembly.payload.clear();
+    s.answers_received = 0;
+  }
+
+  void respawn_locked(unsigned k) {
+    Slot& s = slots_[k];
+    s.life = Life::starting;
+    s.seen = SlotState::spawning;
+    transport_->spawn(k);
+  }
+
+  /// A worker could not be started. Try again later (backing off); meanwhile, if no worker at
+  /// all can run the queue, fail it rather than let it wait forever.
+  void start_failed_locked(unsigned k, std::exception_ptr error, std::vector<Failure>& failures) {
+    Slot& s = slots_[k];
+    s.start_error = error;
+    s.start_failures = std::min(s.start_failures + 1, 10u);
+    s.life = Life::backoff;
+    s.retry_at = Clock::now() + std::chrono::milliseconds(10) * (1u << (s.start_failures - 1));
+    const bool any_worker = std::any_of(slots_.begin(), slots_.end(), [](const Slot& o) {
+      return o.life == Life::ready || o.life == Life::starting;
+    });
+    if (any_worker) return;
+    while (!pending_.empty()) {
+      failures.push_back({std::move(pending_.front()), error});
+      pending_.pop_front();
+    }
+  }
+
+  /// Kills the worker whose task overran task_timeout. Collector thread, under mutex_.
+  void enforce_timeouts_locked(Clock::time_point& wake_at) {
+    if (options_.task_timeout.count() <= 0) return;
+    const auto now_ns = steady_now_ns();
+    for (unsigned k = 0; k < size(); ++k) {
+      Slot& s = slots_[k];
+      if (s.life != Life::ready || s.timed_out_task != 0 || s.corrupt) continue;
+      std::int64_t since = 0;
+      const std::uint64_t running = transport_->running(k, &since);
+      if (running == 0 || since == 0) continue;
+      const std::int64_t deadline = since + options_.task_timeout.count();
+      if (now_ns >= deadline) {
+        s.timed_out_task = running;
+        transport_->kill(k);
+      } else {
+        wake_at = std::min(wake_at, Clock::now() + std::chrono::nanoseconds(deadline - now_ns));
+      }
+    }
+  }
+
+  /// The fork server is gone (killed from outside): its workers died with it and no
+  /// replacement can be made. Everything unresolved fails; the pool refuses new work.
+  void fork_server_lost_locked(std::vector<Failure>& failures) {
+    mark_closed_locked(
+        "multicore: the pool's fork server died, so the pool can no longer run tasks");
+    auto lost = [](const std::string& what) {
+      return std::make_exception_ptr(WorkerLost(what, SIGKILL, -1));
+    };
+    for (Slot& s : slots_) {
+      if (s.assembly.job) {
+        failures.push_back({std::move(s.assembly.job), lost(closed_reason_)});
+      }
+      for (auto& job : s.in_flight) failures.push_back({std::move(job), lost(closed_reason_)});
+      s.in_flight.clear();
+      s.life = Life::stopped;
+    }
+    for (auto& job : pending_) failures.push_back({std::move(job), lost(closed_reason_)});
+    pending_.clear();
+    changed_.notify_all();
+  }
+
+  void fail_all(std::vector<Failure>& failures) noexcept {
+    for (Failure& f : failures) f.job->completion->fail(f.error);
+    const std::size_t n = failures.size();
+    failures.clear();
+    resolved(n);
+  }
+
+  /// `n` jobs got their answer or error; wakes a shutdown waiting for the last one.
+  void resolved(std::size_t n) noexcept {
+    if (n == 0) return;
+    if (outstanding_.fetch_sub(n, std::memory_order_acq_rel) == n) {
+      std::lock_guard lock(mutex_);  // pairs with the waiter's predicate check
+      changed_.notify_all();
+    }
+  }
+
+  void resolved_locked(std::size_t n) noexcept {
+    if (outstanding_.fetch_sub(n, std::memory_order_acq_rel) == n) changed_.notify_all();
+  }
+
+  // ---- closing ----------------------------------------------------------------------------
+
+  void mark_closed_locked(const char* reason) {
+    if (!closed_) closed_reason_ = reason;
+    closed_ = true;
+  }
+
+  void close(bool hard) noexcept {
+    std::lock_guard close_lock(close_mutex_);
+    if (finished_) return;
+    {
+      std::unique_lock lock(mutex_);
+      mark_closed_locked("multicore: the pool is shut down; no new tasks are accepted");
+      if (!hard) {
+        changed_.wait(lock, [&] {
+          return terminating_ || outstanding_.load(std::memory_order_acquire) == 0;
+        });
+        hard = terminating_;
+      }
+      if (!hard) stop_workers_locked(lock);
+    }
+    stop_.store(true, std::memory_order_release);
+    transport_->wake();
+    if (collector_.joinable()) collector_.join();
+    std::vector<Failure> failures;
+    {
+      std::lock_guard lock(mutex_);
+      auto closed = std::make_exception_ptr(
+          PoolClosed("multicore: the pool was terminated before this task finished"));
+      for (Slot& s : slots_) {
+        if (s.assembly.job) failures.push_back({std::move(s.assembly.job), closed});
+        for (auto& job : s.in_flight) failures.push_back({std::move(job), closed});
+        s.in_flight.clear();
+      }
+      for (auto& job : pending_) {
+        if (!job->completion->abandoned()) failures.push_back({std::move(job), closed});
+      }
+      pending_.clear();
+    }
+    fail_all(failures);
+    transport_->close();
+    finished_ = true;
+  }
+
+  /// Asks every worker to exit once its queue is empty, and waits (bounded) until they have.
+  void stop_workers_locked(std::unique_lock<std::mutex>& lock) {
+    RequestHeader stop;
+    stop.kind = RequestKind::stop;
+    const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(&stop), sizeof stop);
+    for (unsigned k = 0; k < size(); ++k) {
+      Slot& s = slots_[k];
+      if (s.life == Life::ready || s.life == Life::starting) {
+        // Nothing is in flight any more, so the request ring has room for this.
+        if (transport_->send(k, bytes) == bytes.size()) {
+          s.life = Life::stopping;
+          continue;
+        }
+      }
+      if (s.life != Life::stopping) s.life = Life::stopped;
+    }
+    kick_.store(true, std::memory_order_relaxed);
+    transport_->wake();
+    changed_.wait_for(lock, std::chrono::seconds(2), [&] {
+      return std::all_of(slots_.begin(), slots_.end(),
+                         [](const Slot& s) { return s.life == Life::stopped; });
+    });
+  }
+
+  std::unique_ptr<Transport> transport_;
+  SchedulerOptions options_;
+
+  std::mutex mutex_;  // guards everything below except the collector-only fields
+  std::condition_variable changed_;
+  std::vector<Slot> slots_;
+  std::deque<std::unique_ptr<Job>> pending_;
+  std::uint64_t last_id_ = 0;
+  unsigned rotor_ = 0;
+  bool closed_ = false;
+  bool terminating_ = false;
+  std::string closed_reason_;
+
+  std::atomic<std::size_t> outstanding_{0};  // submitted, not yet answered or failed
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> kick_{false};
+  std::function<bool()> pending_check_;
+  std::thread collector_;
+  std::mutex close_mutex_;
+  bool finished_ = false;
+};
+
+}  // namespace multicore::detail

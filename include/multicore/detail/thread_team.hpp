@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: MIT
+// A few persistent threads inside one worker process, for MapOptions::threads_per_worker.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace multicore::detail {
+
+/// Runs body(i) for every i in [0, n) on up to `threads` threads of this process, the calling
+/// thread included, and returns when all are done. Threads are made on first use and kept (a
+/// worker runs many chunks); they belong to the worker process, which never forks again.
+/// One run at a time: a worker serves one request at a time.
+class ThreadTeam {
+ public:
+  static ThreadTeam& instance() {
+    static ThreadTeam team;
+    return team;
+  }
+
+  ThreadTeam() = default;
+  ThreadTeam(const ThreadTeam&) = delete;
+  ThreadTeam& operator=(const ThreadTeam&) = delete;
+
+  ~ThreadTeam() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    work_.notify_all();
+    for (std::thread& t : helpers_) t.join();
+  }
+
+  /// `body` must not throw.
+  template <class Body>
+  void run(std::size_t n, unsigned threads, Body& body) {
+    const std::size_t helpers = threads > 1 && n > 1 ? std::min<std::size_t>(threads, n) - 1 : 0;
+    if (helpers == 0) {
+      for (std::size_t i = 0; i < n; ++i) body(i);
+      return;
+    }
+    {
+      std::unique_lock lock(mutex_);
+      while (helpers_.size() < helpers) {
+        const std::size_t index = helpers_.size();
+        helpers_.emplace_back([this, index] { help(index); });
+      }
+      call_ = [](void* b, std::size_t i) { (*static_cast<Body*>(b))(i); };
+      body_ = &body;
+      n_ = n;
+      next_.store(0, std::memory_order_relaxed);
+      wanted_ = helpers;
+      busy_ = helpers;
+      ++generation_;
+    }
+    work_.notify_all();
+    take_items();
+    std::unique_lock lock(mutex_);
+    done_.wait(lock, [&] { return busy_ == 0; });
+  }
+
+ private:
+  void help(std::size_t index) {
+    std::uint64_t seen = 0;
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      work_.wait(lock, [&] { return stopping_ || (generation_ != seen && index < wanted_); });
+      if (stopping_) return;
+      seen = generation_;
+      lock.unlock();
+      take_items();
+      lock.lock();
+      if (--busy_ == 0) done_.notify_all();
+    }
+  }
+
+  void take_items() {
+    for (;;) {
+      const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+      if (i >= n_) return;
+      call_(body_, i);
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable work_;
+  std::condition_variable done_;
+  std::vector<std::thread> helpers_;
+  void (*call_)(void*, std::size_t) = nullptr;
+  void* body_ = nullptr;
+  std::size_t n_ = 0;
+  std::atomic<std::size_t> next_{0};
+  std::size_t wanted_ = 0;
+  std::size_t busy_ = 0;
+  std::uint64_t generation_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace multicore::detail

@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: MIT
+// The worker process: wait for a request, run it, answer; until told to stop or replaced.
+#pragma once
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <span>
+
+#include "../codec.hpp"
+#include "call.hpp"
+#include "futex.hpp"
+#include "layout.hpp"
+#include "ring.hpp"
+#include "wire.hpp"
+
+namespace multicore::detail {
+
+/// True in a worker process. Lets a Pool refuse to be used from inside its own workers (their
+/// copy of the Pool object is a snapshot, not a working pool).
+inline bool& in_worker_process() noexcept {
+  static bool value = false;
+  return value;
+}
+
+inline std::int64_t steady_now_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+/// Everything a worker needs, prepared by the parent before any fork.
+struct WorkerSetup {
+  PoolShared* pool = nullptr;
+  SlotShared* slot = nullptr;
+  RingMemory requests;
+  RingMemory responses;
+  const std::function<void()>* on_start = nullptr;
+  std::size_t max_tasks = 0;  // 0: unlimited
+};
+
+/// Leaves the worker without running the parent's atexit handlers or static destructors (they
+/// belong to the parent's snapshot and may touch files or locks it owns), after flushing what
+/// the tasks printed.
+[[noreturn]] inline void leave_worker(int code) noexcept {
+  std::fflush(nullptr);
+  _exit(code);
+}
+
+class Worker {
+ public:
+  explicit Worker(const WorkerSetup& setup) noexcept
+      : setup_(setup), requests_(setup.requests), responses_(setup.responses) {}
+
+  [[noreturn]] void run() noexcept {
+    in_worker_process() = true;
+    start();
+    std::size_t done = 0;
+    for (;;) {
+      RequestHeader header;
+      read_exact({reinterpret_cast<std::byte*>(&header), sizeof header});
+      if (header.kind == RequestKind::stop) leave_worker(0);
+      // Claim the task before touching its payload: if anything from here on kills the
+      // process, the parent blames this task and no other.
+      setup_.slot->running.store(header.task_id, std::memory_order_release);
+      serve(header);
+      setup_.slot->running.store(0, std::memory_order_release);
+      if (setup_.max_tasks != 0 && ++done >= setup_.max_tasks) leave_worker(0);
+    }
+  }
+
+ private:
+  void start() noexcept {
+    try {
+      if (setup_.on_start != nullptr && *setup_.on_start) (*setup_.on_start)();
+    } catch (...) {
+      describe_start_failure();
+      setup_.slot->start_failed.store(1, std::memory_order_release);
+      leave_worker(70);
+    }
+    std::fflush(nullptr);
+    setup_.slot->state.store(SlotState::ready, std::memory_order_release);
+    setup_.pool->parent_bell.ring();
+  }
+
+  void describe_start_failure() noexcept {
+    const char* what = "an exception not derived from std::exception";
+    try {
+      throw;
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    char* out = setup_.slot->start_error;
+    const std::size_t n = std::min(std::strlen(what), sizeof setup_.slot->start_error - 1);
+    std::memcpy(out, what, n);
+    out[n] = '\0';
+  }
+
+  void serve(const RequestHeader& header) noexcept {
+    payload_.resize(static_cast<std::size_t>(header.payload_bytes));
+    read_exact(payload_.bytes());
+    answer_.resize(sizeof(ResponseHeader));
+    const std::int64_t began = steady_now_ns();
+    // task_timeout counts only while the user's code runs, not while payloads stream.
+    setup_.slot->running_since_ns.store(began, std::memory_order_release);
+    Reader reader(std::span<const std::byte>(payload_.bytes()));
+    const CallContext context{static_cast<Format>(header.format), header.threads};
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): the id is an entry address (see RequestHeader)
+    reinterpret_cast<Entry>(static_cast<std::uintptr_t>(header.entry))(reader, answer_, context);
+    setup_.slot->running_since_ns.store(0, std::memory_order_release);
+    ResponseHeader response;
+    response.task_id = header.task_id;
+    response.payload_bytes = answer_.size() - sizeof response;
+    response.run_nanos = static_cast<std::uint64_t>(steady_now_ns() - began);
+    std::memcpy(answer_.data(), &response, sizeof response);
+    write_all(answer_.bytes());
+    // Publish the count only after the bytes: the parent reads it to detect a worker that
+    // claims more answers than it really wrote (a truncated or corrupt stream).
+    setup_.slot->completed.fetch_add(1, std::memory_order_release);
+    std::fflush(nullptr);
+  }
+
+  /// Blocks until `out` is filled from the request ring.
+  void read_exact(std::span<std::byte> out) noexcept {
+    std::size_t got = 0;
+    while (got < out.size()) {
+      const std::size_t n = requests_.read_some(out.subspan(got));
+      got += n;
+      if (n > 0) {
+        std::uint32_t waiting = 1;
+        if (setup_.slot->parent_wants_space.compare_exchange_strong(waiting, 2)) {
+          setup_.pool->parent_bell.ring();
+        }
+        continue;
+      }
+      wait_for(setup_.slot->worker_bell, request_spin_, [&] { return requests_.readable() > 0; });
+    }
+  }
+
+  /// Blocks until all of `bytes` is published to the response ring.
+  void write_all(std::span<const std::byte> bytes) noexcept {
+    std::size_t put = 0;
+    while (put < bytes.size()) {
+      const std::size_t n = responses_.write_some(bytes.subspan(put));
+      put += n;
+      if (n > 0) {
+        setup_.pool->parent_bell.ring();
+        continue;
+      }
+      wait_for(setup_.slot->worker_bell, response_spin_, [&] { return responses_.writable() > 0; });
+    }
+  }
+
+  WorkerSetup setup_;
+  RingReader requests_;
+  RingWriter responses_;
+  SpinBudget request_spin_;
+  SpinBudget response_spin_;
+  Writer payload_;
+  Writer answer_;
+};
+
+}  // namespace multicore::detail

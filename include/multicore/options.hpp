@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MIT
+// Plain option structs for Pool, Pool::map and Task.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+
+namespace multicore {
+
+/// How a `Pool` is built. Every field has a sensible default; `Pool(PoolOptions{})` uses
+/// one worker per usable core.
+struct PoolOptions {
+  /// Number of worker processes; 0 means `usable_cores()`. At most 1024.
+  unsigned workers = 0;
+  /// Bytes of each shared-memory ring (one request and one response ring per worker).
+  /// Rounded up to a power of two; from 4 KiB to 1 GiB. Larger payloads stream through.
+  std::size_t ring_bytes = std::size_t{1} << 20;
+  /// Runs in every worker process after it starts, also in replacements (open a database
+  /// connection, seed a generator, ...). If it throws while the pool is being made, the
+  /// `Pool` constructor throws `multicore::Error`.
+  std::function<void()> on_worker_start{};
+  /// 0: none. Otherwise a task running longer is failed with `TaskTimeout` and its worker
+  /// is killed and replaced.
+  std::chrono::milliseconds task_timeout{0};
+  /// 0: unlimited. Otherwise each worker is replaced after running this many tasks.
+  std::size_t max_tasks_per_worker = 0;
+  /// Debug aid: run every task in the calling process, through the same encode/decode path.
+  /// `MULTICORE_INLINE=1` in the environment does the same for every pool.
+  bool run_inline = false;
+};
+
+/// How `Pool::map` and `Pool::map_unordered` cut their input into tasks.
+struct MapOptions {
+  /// Inputs per task; 0 lets the pool choose (and adapt it to how long items take).
+  std::size_t chunk_size = 0;
+  /// Threads in each worker that run items of one chunk concurrently; use more than 1 for
+  /// functions that block (I/O, sleeps), as fast_map does: processes x threads.
+  unsigned threads_per_worker = 1;
+};
+
+/// Wire format of a `Task`'s arguments and results.
+enum class Format {
+  binary,  ///< raw bytes for trivially copyable values, cereal's binary archive otherwise
+  json,    ///< cereal's JSON archive for every value (each needs a cereal serialize())
+};
+
+/// How a `Task` decides to run, and how it encodes values.
+struct TaskOptions {
+  /// 0: no gate. Otherwise, when the 1-minute load average divided by `usable_cores()` is
+  /// above this, the task runs its work inline in the caller instead of in the pool.
+  double max_load_average = 0;
+  Format format = Format::binary;
+};
+
+}  // namespace multicore

@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: MIT
+// Pool: persistent worker processes that run your functions, fed through shared memory.
+#pragma once
+
+#include <future>
+#include <memory>
+#include <ranges>
+#include <type_traits>
+#include <utility>
+
+#include "codec.hpp"
+#include "detail/call.hpp"
+#include "detail/map_stream.hpp"
+#include "detail/pool_core.hpp"
+#include "detail/promise.hpp"
+#include "errors.hpp"
+#include "options.hpp"
+
+namespace multicore {
+
+template <class R>
+class Task;
+
+/// A fixed set of worker processes, forked once, that run functions for you.
+///
+/// Each task runs in a separate process: if it crashes, calls exit, hangs past
+/// `task_timeout`, leaks or scribbles on global state, your process is unharmed, the task's
+/// future reports what happened, and the worker is replaced. Arguments and results are copied
+/// through shared memory (raw bytes for trivially copyable values, cereal otherwise).
+///
+///     multicore::Pool pool;                                    // one worker per usable core
+///     std::future<int> f = pool.submit(fib, 30);               // runs in a worker process
+///     for (double r : pool.map(simulate, std::views::iota(0, 1000)))
+///       consume(r);                                            // in input order, as they finish
+///     std::cout << f.get();
+///
+/// Workers are forks of your program made when the pool is built: they see globals as they
+/// were then. Make pools early, before starting threads. All member functions are thread-safe
+/// except destruction. Linux only.
+class Pool {
+ public:
+  /// Forks the fork server and the workers, runs `on_worker_start` in each, and returns when
+  /// all are ready. Throws std::invalid_argument for bad options, SystemError when a process or
+  /// the shared memory cannot be made, Error when on_worker_start throws; nothing is left
+  /// running then.
+  explicit Pool(PoolOptions options = {})
+      : core_(std::make_unique<detail::PoolCore>(std::move(options))) {}
+
+  /// Finishes every submitted task, then stops the workers (see shutdown()).
+  ~Pool() = default;
+
+  Pool(Pool&&) noexcept = default;
+  /// Shuts this pool down (finishing its work), then takes over `other`'s.
+  Pool& operator=(Pool&&) noexcept = default;
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  /// Number of worker processes (also in inline mode, where none are made).
+  unsigned size() const noexcept { return core_ ? core_->size() : 0; }
+
+  /// Runs `f(args...)` in a worker process. Never blocks on the task.
+  ///
+  /// `f` is a function, a lambda that captures only trivially copyable values, or a function
+  /// object with a cereal serialize(). Arguments are copied (a string literal becomes a
+  /// std::string); what cannot cross a process boundary is a compile-time error.
+  ///
+  /// The future holds the result, or throws: RemoteError (the task threw), WorkerLost (its
+  /// worker died), TaskTimeout, SerializationError, PoolClosed (terminate() cut it off).
+  /// Throws PoolClosed itself after shutdown()/terminate(), SerializationError if an argument
+  /// cannot be encoded.
+  template <class F, class... Args>
+  std::future<detail::result_of_t<F, Args...>> submit(F&& f, Args&&... args) {
+    return submit_as(Format::binary, std::forward<F>(f), std::forward<Args>(args)...);
+  }
+
+  /// Applies `f` to every input in worker processes and yields the results in input order,
+  /// each as soon as it and all before it are done.
+  ///
+  /// Lazy: inputs are read through a bounded window as you iterate, so an endless range works
+  /// as long as you stop. Inputs travel in chunks (MapOptions::chunk_size, automatic by
+  /// default); MapOptions::threads_per_worker > 1 runs items of a chunk on several threads
+  /// per worker, for functions that block. Dereferencing a result whose task failed throws
+  /// its error; ++ continues with the next one. Destroying the range early abandons the rest.
+  ///
+  ///     for (int square : pool.map([](int x) { return x * x; }, std::views::iota(0)))
+  ///       if (square > 1000) break;
+  ///
+  /// `inputs` is held by reference when it is an lvalue: keep it alive while iterating.
+  template <class F, std::ranges::input_range R>
+  auto map(F&& f, R&& inputs, MapOptions options = {}) {
+    return make_map<true>(std::forward<F>(f), std::forward<R>(inputs), options);
+  }
+
+  /// Like map(), but yields (input index, result) pairs in the order tasks finish.
+  template <class F, std::ranges::input_range R>
+  auto map_unordered(F&& f, R&& inputs, MapOptions options = {}) {
+    return make_map<false>(std::forward<F>(f), std::forward<R>(inputs), options);
+  }
+
+  /// Stops accepting tasks, waits until every submitted task is resolved, then stops the
+  /// workers (killing any that do not exit within 2 s). Blocks as long as the tasks run: set
+  /// task_timeout or call terminate() to bound it. Idempotent; never throws.
+  void shutdown() noexcept {
+    if (core_) core_->shutdown();
+  }
+
+  /// Stops now: kills the workers; every unfinished task's future gets PoolClosed. Bounded
+  /// (a few seconds at most, even with stopped or unresponsive workers). Never throws.
+  void terminate() noexcept {
+    if (core_) core_->terminate();
+  }
+
+ private:
+  template <class R>
+  friend class Task;
+
+  detail::PoolCore& core() {
+    if (!core_) throw PoolClosed("multicore: this Pool was moved from");
+    return *core_;
+  }
+
+  template <class F, class... Args>
+  std::future<detail::result_of_t<F, Args...>> submit_as(Format format, F&& f, Args&&... args) {
+    using Fn = std::decay_t<F>;
+    detail::check_call<Fn, detail::wire_t<Args>...>();
+    using R = detail::result_of_t<Fn, detail::wire_t<Args>...>;
+    static_assert(std::is_same_v<R, detail::result_of_t<F, Args...>>,
+                  "multicore: the function's result type depends on whether its arguments are "
+                  "lvalues or rvalues; the worker calls it with rvalues");
+    auto completion = std::make_unique<detail::PromiseCompletion<R>>(format);
+    std::future<R> future = completion->future();
+    Writer request;
+    try {
+      detail::encode_call(request, format, static_cast<const Fn&>(f),
+                          static_cast<const detail::wire_t<Args>&>(args)...);
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw SerializationError(std::string("multicore: could not encode the task: ") + e.what());
+    }
+    core().submit(std::move(request), std::move(completion));
+    return future;
+  }
+
+  template <bool Ordered, class F, class R>
+  auto make_map(F&& f, R&& inputs, MapOptions options) {
+    using Fn = std::decay_t<F>;
+    using View = std::views::all_t<R>;
+    using In = detail::wire_t<std::ranges::range_reference_t<View>>;
+    detail::check_invocation<Fn, Fn&, In>();
+    static_assert(!std::is_void_v<detail::result_of_t<Fn&, In>>,
+                  "multicore: map needs a function that returns a value; for functions that "
+                  "return nothing use submit() or Task<void>");
+    return detail::MapStream<Fn, View, Ordered>(core(), Fn(std::forward<F>(f)),
+                                                std::views::all(std::forward<R>(inputs)), options);
+  }
+
+  std::unique_ptr<detail::PoolCore> core_;
+};
+
+}  // namespace multicore
