@@ -127,18 +127,17 @@ class Pool {
     static_assert(std::is_same_v<R, detail::result_of_t<F, Args...>>,
                   "multicore: the function's result type depends on whether its arguments are "
                   "lvalues or rvalues; the worker calls it with rvalues");
-    auto completion = std::make_unique<detail::PromiseCompletion<R>>(format);
-    std::future<R> future = completion->future();
-    Writer request;
+    std::unique_ptr<detail::Job> job = core().new_job();
+    std::future<R> future = job->emplace_completion<detail::PromiseCompletion<R>>(format).future();
     try {
-      detail::encode_call(request, format, static_cast<const Fn&>(f),
+      detail::encode_call(job->request, format, static_cast<const Fn&>(f),
                           static_cast<const detail::wire_t<Args>&>(args)...);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
       throw SerializationError(std::string("multicore: could not encode the task: ") + e.what());
     }
-    core().submit(std::move(request), std::move(completion));
+    core().submit(std::move(job));
     return future;
   }
 

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <new>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -141,9 +142,11 @@ void encode_callable(Writer& out, const Fn& fn, Format format) {
 template <class Fn>
 Fn decode_callable(Reader& in, Format format) {
   if constexpr (std::is_trivially_copyable_v<Fn>) {
-    std::array<std::byte, sizeof(Fn)> bytes{};
-    if constexpr (!std::is_empty_v<Fn>) in.read(bytes.data(), bytes.size());
-    return std::bit_cast<Fn>(bytes);
+    // Not std::bit_cast: g++ 12 rejects closure types there. A trivially copyable closure is
+    // an implicit-lifetime type, so copying its bytes into suitable storage creates it.
+    alignas(Fn) std::byte storage[sizeof(Fn)];
+    if constexpr (!std::is_empty_v<Fn>) in.read(storage, sizeof storage);
+    return *std::launder(reinterpret_cast<Fn*>(storage));
   } else {
     return decode<Fn>(in, format);
   }

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -46,6 +48,39 @@ enum class ChunkLayout : std::uint8_t {
   failed = 2,    ///< the chunk could not be decoded at all: one serialization error message
 };
 
+/// Values whose encoding is their bytes: a chunk of them travels as one block.
+template <class T>
+concept block_value = raw_value<T> && !has_codec<T>;
+
+/// Appends items, each encoded as encode<T> would (for raw values: as one block).
+template <class T>
+void encode_items(Writer& out, const std::vector<T>& items, Format format) {
+  if constexpr (block_value<T>) {
+    if (format == Format::binary) {
+      out.write(items.data(), items.size() * sizeof(T));
+      return;
+    }
+  }
+  for (const T& x : items) encode(out, x, format);
+}
+
+/// Reads `n` items written by encode_items (raw values: one bounds check, one copy).
+template <class T>
+std::vector<T> decode_items(Reader& in, std::size_t n, Format format) {
+  std::vector<T> items;
+  if constexpr (block_value<T> && std::is_default_constructible_v<T>) {
+    if (format == Format::binary) {
+      if (n > in.remaining() / sizeof(T)) throw SerializationError("multicore: truncated chunk");
+      items.resize(n);
+      in.read(items.data(), n * sizeof(T));
+      return items;
+    }
+  }
+  items.reserve(std::min<std::size_t>(n, in.remaining()));
+  for (std::size_t i = 0; i < n; ++i) items.push_back(decode<T>(in, format));
+  return items;
+}
+
 /// The entry for a map chunk: payload = callable, item count, items. Items run on
 /// `threads` threads of the worker (processes x threads for blocking functions).
 template <class Fn, class In>
@@ -61,8 +96,7 @@ struct MapChunk {
       std::uint64_t n = 0;
       in.read(&n, sizeof n);
       if (n > in.remaining()) throw SerializationError("multicore: corrupt chunk: bad count");
-      items.reserve(static_cast<std::size_t>(n));
-      for (std::uint64_t i = 0; i < n; ++i) items.push_back(decode<In>(in, context.format));
+      items = decode_items<In>(in, static_cast<std::size_t>(n), context.format);
     } catch (...) {
       write_chunk_failure(out, mark);
       return;
@@ -85,11 +119,14 @@ struct MapChunk {
     try {
       const std::uint64_t count = n;
       out.write(&count, sizeof count);
-      if constexpr (raw_value<Out> && !has_codec<Out>) {
+      if constexpr (block_value<Out>) {
         if (errors.empty() && context.format == Format::binary) {
           const auto layout = ChunkLayout::raw;
           out.write(&layout, 1);
-          for (const auto& v : values) out.write(&*v, sizeof(Out));
+          std::byte* block = out.extend(n * sizeof(Out));
+          for (std::size_t i = 0; i < n; ++i) {
+            std::memcpy(block + i * sizeof(Out), &*values[i], sizeof(Out));
+          }
           return;
         }
       }
@@ -158,8 +195,13 @@ std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected, Format
                                " results for " + std::to_string(expected) + " inputs");
     }
     if (layout == ChunkLayout::raw) {
-      if constexpr (raw_value<Out>) {
-        for (auto& r : results) r.value.emplace(decode<Out>(in, Format::binary));
+      if constexpr (block_value<Out>) {
+        const std::span<const std::byte> block = in.take(expected * sizeof(Out));
+        for (std::size_t i = 0; i < expected; ++i) {
+          std::array<std::byte, sizeof(Out)> bytes;
+          std::memcpy(bytes.data(), block.data() + i * sizeof(Out), sizeof(Out));
+          results[i].value.emplace(std::bit_cast<Out>(bytes));
+        }
       } else {
         throw SerializationError("multicore: corrupt map answer: unexpected raw layout");
       }
@@ -385,7 +427,7 @@ class MapStream {
       while (!input_done_ && chunks_.size() < window_) {
         const std::size_t want = chunk_size();
         std::vector<In> inputs;
-        inputs.reserve(std::min<std::size_t>(want, 4096));
+        inputs.reserve(want);
         auto& it = *it_;
         const auto end = std::ranges::end(view_);
         while (inputs.size() < want && it != end) {
@@ -401,19 +443,20 @@ class MapStream {
     }
 
     void send(std::size_t first, std::vector<In> inputs) {
-      Writer msg;
+      std::unique_ptr<Job> job = core_.new_job();
+      job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, inputs.size());
+      Writer& msg = job->request;
       begin_request(msg);
       encode_callable(msg, fn_, Format::binary);
       const std::uint64_t n = inputs.size();
       msg.write(&n, sizeof n);
-      for (const In& x : inputs) encode(msg, x, Format::binary);
+      encode_items(msg, inputs, Format::binary);
       finish_request(msg, entry_id<MapChunk<Fn, In>>(), Format::binary,
                      options_.threads_per_worker);
-      auto completion = std::make_unique<ChunkCompletion<Out>>(inbox_, first, inputs.size());
       Chunk& chunk = chunks_[first];
       chunk.inputs = std::move(inputs);
       try {
-        core_.submit(std::move(msg), std::move(completion));
+        core_.submit(std::move(job));
       } catch (...) {
         chunks_.erase(first);
         throw;

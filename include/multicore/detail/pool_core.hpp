@@ -88,20 +88,25 @@ class PoolCore {
   unsigned size() const noexcept { return options_.workers; }
   bool is_inline() const noexcept { return options_.run_inline; }
 
-  /// Queues an encoded request. Throws PoolClosed after shutdown()/terminate(), and Error when
+  /// A job to fill in (request and completion) and submit().
+  std::unique_ptr<Job> new_job() {
+    return scheduler_ ? scheduler_->new_job() : std::make_unique<Job>();
+  }
+
+  /// Queues a filled-in job. Throws PoolClosed after shutdown()/terminate(), and Error when
   /// called from inside one of this pool's workers.
-  void submit(Writer&& request, std::unique_ptr<Completion> completion) {
+  void submit(std::unique_ptr<Job> job) {
     if (in_worker_process()) {
       throw Error("multicore: a Pool cannot be used from inside one of its own workers");
     }
     if (scheduler_) {
-      scheduler_->submit(std::move(request), std::move(completion));
+      scheduler_->submit(std::move(job));
       return;
     }
     if (closed_.load(std::memory_order_acquire)) {
       throw PoolClosed("multicore: the pool is shut down; no new tasks are accepted");
     }
-    run_here(request.bytes(), *completion);
+    run_here(job->request.bytes(), job->completion());
   }
 
   void shutdown() noexcept {

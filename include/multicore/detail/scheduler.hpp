@@ -9,14 +9,15 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <thread>
@@ -25,6 +26,7 @@
 
 #include "../codec.hpp"
 #include "../errors.hpp"
+#include "queue.hpp"
 #include "transport.hpp"
 #include "wire.hpp"
 
@@ -42,17 +44,92 @@ class Completion {
   virtual bool abandoned() const noexcept { return false; }
 };
 
-/// One unit of work: a complete request message and where its answer goes.
-struct Job {
+/// One unit of work: a complete request message and where its answer goes. Jobs are recycled
+/// with their request buffer and completion storage, so steady traffic allocates nothing here
+/// (and nothing allocated by a submitting thread is freed by the collector thread).
+class Job {
+ public:
   std::uint64_t id = 0;
   Writer request;
-  std::unique_ptr<Completion> completion;
+
+  Job() = default;
+  ~Job() { reset_completion(); }
+  Job(const Job&) = delete;
+  Job& operator=(const Job&) = delete;
+
+  /// Makes the job's completion, in place when it is small (they all are, today).
+  template <class C, class... Args>
+  C& emplace_completion(Args&&... args) {
+    reset_completion();
+    if constexpr (sizeof(C) <= inline_bytes && alignof(C) <= alignof(std::max_align_t)) {
+      completion_ = new (storage_) C(std::forward<Args>(args)...);
+      inline_ = true;
+    } else {
+      completion_ = new C(std::forward<Args>(args)...);
+      inline_ = false;
+    }
+    return static_cast<C&>(*completion_);
+  }
+
+  Completion& completion() noexcept { return *completion_; }
+
+  /// Ready for reuse: no completion, no request (a large request buffer is let go).
+  void recycle() noexcept {
+    reset_completion();
+    id = 0;
+    if (request.capacity() > max_kept_bytes) {
+      request = Writer();
+    } else {
+      request.clear();
+    }
+  }
+
+ private:
+  static constexpr std::size_t inline_bytes = 64;
+  static constexpr std::size_t max_kept_bytes = std::size_t{64} << 10;
+
+  void reset_completion() noexcept {
+    if (completion_ == nullptr) return;
+    if (inline_) {
+      completion_->~Completion();
+    } else {
+      delete completion_;
+    }
+    completion_ = nullptr;
+  }
+
+  alignas(std::max_align_t) std::byte storage_[inline_bytes];
+  Completion* completion_ = nullptr;
+  bool inline_ = false;
 };
 
 struct SchedulerOptions {
   std::chrono::nanoseconds task_timeout{0};  ///< 0: none
   std::size_t max_tasks_per_worker = 0;      ///< 0: unlimited
-  std::size_t max_in_flight = 2;             ///< per worker: one running, the rest queued
+};
+
+/// How many jobs a worker may hold at once (one running, the rest queued in its ring). Long
+/// tasks get a shallow queue, so uneven work balances across workers; short ones a deep queue,
+/// so a worker never idles waiting for the parent to send the next one. The bound aims at
+/// about 100 us of queued work per worker.
+class InFlightBound {
+ public:
+  static constexpr std::size_t min_jobs = 2;
+  static constexpr std::size_t max_jobs = 64;
+
+  std::size_t value() const noexcept { return value_; }
+
+  /// Learns from one answer's run time.
+  void observe(std::uint64_t run_nanos) noexcept {
+    average_ns_ += (static_cast<double>(run_nanos) - average_ns_) / 8;  // ~last 8 answers
+    const double fit = 100'000.0 / std::max(average_ns_, 1.0);
+    value_ = static_cast<std::size_t>(
+        std::clamp(fit, static_cast<double>(min_jobs), static_cast<double>(max_jobs)));
+  }
+
+ private:
+  double average_ns_ = 1'000'000;  // assume long tasks until told otherwise
+  std::size_t value_ = min_jobs;
 };
 
 inline std::string describe_exit(int pid, int wait_status) {
@@ -90,12 +167,23 @@ class Scheduler {
 
   unsigned size() const noexcept { return static_cast<unsigned>(slots_.size()); }
 
-  /// Queues a job and sends it if a worker has room. Thread-safe. Throws PoolClosed once the
-  /// pool is closing (the completion is then destroyed without being called).
-  void submit(Writer&& request, std::unique_ptr<Completion> completion) {
-    auto job = std::make_unique<Job>();
-    job->request = std::move(request);
-    job->completion = std::move(completion);
+  /// A job to fill in and submit(): a recycled one when there is one. Thread-safe.
+  std::unique_ptr<Job> new_job() {
+    {
+      std::lock_guard lock(mutex_);
+      if (!spare_jobs_.empty()) {
+        std::unique_ptr<Job> job = std::move(spare_jobs_.back());
+        spare_jobs_.pop_back();
+        return job;
+      }
+    }
+    return std::make_unique<Job>();
+  }
+
+  /// Queues a job (request encoded, completion set) and sends it if a worker has room.
+  /// Thread-safe. Throws PoolClosed once the pool is closing (the job is then destroyed
+  /// without its completion being called).
+  void submit(std::unique_ptr<Job> job) {
     std::lock_guard lock(mutex_);
     if (closed_) throw PoolClosed(closed_reason_);
     job->id = ++last_id_;
@@ -141,11 +229,11 @@ class Scheduler {
 
   struct Slot {
     Life life = Life::starting;
-    std::deque<std::unique_ptr<Job>> in_flight;  // sent or being sent, oldest first
-    std::size_t sent = 0;                        // bytes of in_flight.back() already written
-    bool partial = false;                        // in_flight.back() is not fully written yet
-    std::size_t dispatched = 0;                  // jobs given to this process
-    std::uint64_t timed_out_task = 0;            // we killed the process because this task overran
+    RingQueue<std::unique_ptr<Job>> in_flight;  // sent or being sent, oldest first
+    std::size_t sent = 0;                       // bytes of in_flight.back() already written
+    bool partial = false;                       // in_flight.back() is not fully written yet
+    std::size_t dispatched = 0;                 // jobs given to this process
+    std::uint64_t timed_out_task = 0;           // we killed the process because this task overran
     bool corrupt = false;  // the process broke the protocol; it is being killed
     unsigned start_failures = 0;
     Clock::time_point retry_at{};
@@ -199,7 +287,7 @@ class Scheduler {
 
   bool can_take(const Slot& s) const noexcept {
     return s.life == Life::ready && !s.partial && !s.corrupt &&
-           s.in_flight.size() < options_.max_in_flight &&
+           s.in_flight.size() < bound_.value() &&
            (options_.max_tasks_per_worker == 0 || s.dispatched < options_.max_tasks_per_worker);
   }
 
@@ -222,7 +310,7 @@ class Scheduler {
 
   void dispatch_locked() {
     while (!pending_.empty()) {
-      if (pending_.front()->completion->abandoned()) {
+      if (pending_.front()->completion().abandoned()) {
         pending_.pop_front();
         resolved_locked(1);
         continue;
@@ -230,8 +318,7 @@ class Scheduler {
       const int k = pick_slot_locked();
       if (k < 0) return;
       Slot& s = slots_[static_cast<unsigned>(k)];
-      s.in_flight.push_back(std::move(pending_.front()));
-      pending_.pop_front();
+      s.in_flight.push_back(pending_.pop_front());
       ++s.dispatched;
       s.sent = 0;
       s.partial = true;
@@ -288,6 +375,7 @@ class Scheduler {
           }
           enforce_timeouts_locked(wake_at);
           dispatch_locked();
+          keep_recycled_locked();
           if (Clock::now() >= heartbeat) {
             heartbeat = Clock::now() + std::chrono::milliseconds(100);
             if (!transport_->alive()) fork_server_lost_locked(failures);
@@ -398,9 +486,10 @@ class Scheduler {
       mark_corrupt_locked(k);
       return false;
     }
-    s.assembly.job = std::move(s.in_flight.front());
-    s.in_flight.pop_front();
+    s.assembly.job = s.in_flight.pop_front();
+    bound_.observe(s.assembly.header.run_nanos);
     dispatch_locked();
+    keep_recycled_locked();
     return true;
   }
 
@@ -409,9 +498,19 @@ class Scheduler {
     std::unique_ptr<Job> job = std::move(a.job);
     a.header_got = 0;
     ++s.answers_received;
-    job->completion->deliver(payload, a.header.run_nanos);
-    job.reset();
+    job->completion().deliver(payload, a.header.run_nanos);
+    job->recycle();
+    recycled_.push_back(std::move(job));
     resolved(1);
+  }
+
+  /// Moves jobs finished by the collector to the free list new_job() takes from.
+  void keep_recycled_locked() {
+    for (auto& job : recycled_) {
+      if (spare_jobs_.size() >= max_spare_jobs) break;
+      spare_jobs_.push_back(std::move(job));
+    }
+    recycled_.clear();
   }
 
   void mark_corrupt(unsigned k) {
@@ -469,8 +568,7 @@ class Scheduler {
     const std::uint64_t running = transport_->running(k, nullptr);
     std::unique_ptr<Job> culprit = std::move(s.assembly.job);  // died mid-answer
     if (!culprit && !s.in_flight.empty() && (s.corrupt || running == s.in_flight.front()->id)) {
-      culprit = std::move(s.in_flight.front());
-      s.in_flight.pop_front();
+      culprit = s.in_flight.pop_front();
     }
     if (culprit) {
       if (s.timed_out_task == culprit->id) {
@@ -492,8 +590,7 @@ class Scheduler {
     }
     // Not started yet: back to the head of the queue, in their original order.
     while (!s.in_flight.empty()) {
-      pending_.push_front(std::move(s.in_flight.back()));
-      s.in_flight.pop_back();
+      pending_.push_front(s.in_flight.pop_back());
     }
     forget_process_locked(k);
     if (s.life == Life::stopping) {
@@ -556,10 +653,7 @@ class Scheduler {
       return o.life == Life::ready || o.life == Life::starting;
     });
     if (any_worker) return;
-    while (!pending_.empty()) {
-      failures.push_back({std::move(pending_.front()), error});
-      pending_.pop_front();
-    }
+    while (!pending_.empty()) failures.push_back({pending_.pop_front(), error});
   }
 
   /// Kills the worker whose task overran task_timeout. Collector thread, under mutex_.
@@ -594,17 +688,17 @@ class Scheduler {
       if (s.assembly.job) {
         failures.push_back({std::move(s.assembly.job), lost(closed_reason_)});
       }
-      for (auto& job : s.in_flight) failures.push_back({std::move(job), lost(closed_reason_)});
-      s.in_flight.clear();
+      while (!s.in_flight.empty()) {
+        failures.push_back({s.in_flight.pop_front(), lost(closed_reason_)});
+      }
       s.life = Life::stopped;
     }
-    for (auto& job : pending_) failures.push_back({std::move(job), lost(closed_reason_)});
-    pending_.clear();
+    while (!pending_.empty()) failures.push_back({pending_.pop_front(), lost(closed_reason_)});
     changed_.notify_all();
   }
 
   void fail_all(std::vector<Failure>& failures) noexcept {
-    for (Failure& f : failures) f.job->completion->fail(f.error);
+    for (Failure& f : failures) f.job->completion().fail(f.error);
     const std::size_t n = failures.size();
     failures.clear();
     resolved(n);
@@ -654,13 +748,12 @@ class Scheduler {
           PoolClosed("multicore: the pool was terminated before this task finished"));
       for (Slot& s : slots_) {
         if (s.assembly.job) failures.push_back({std::move(s.assembly.job), closed});
-        for (auto& job : s.in_flight) failures.push_back({std::move(job), closed});
-        s.in_flight.clear();
+        while (!s.in_flight.empty()) failures.push_back({s.in_flight.pop_front(), closed});
       }
-      for (auto& job : pending_) {
-        if (!job->completion->abandoned()) failures.push_back({std::move(job), closed});
+      while (!pending_.empty()) {
+        std::unique_ptr<Job> job = pending_.pop_front();
+        if (!job->completion().abandoned()) failures.push_back({std::move(job), closed});
       }
-      pending_.clear();
     }
     fail_all(failures);
     transport_->close();
@@ -697,9 +790,13 @@ class Scheduler {
   std::mutex mutex_;  // guards everything below except the collector-only fields
   std::condition_variable changed_;
   std::vector<Slot> slots_;
-  std::deque<std::unique_ptr<Job>> pending_;
+  RingQueue<std::unique_ptr<Job>> pending_;
   std::uint64_t last_id_ = 0;
   unsigned rotor_ = 0;
+  InFlightBound bound_;
+  static constexpr std::size_t max_spare_jobs = 1024;
+  std::vector<std::unique_ptr<Job>> spare_jobs_;
+  std::vector<std::unique_ptr<Job>> recycled_;  // collector thread only
   bool closed_ = false;
   bool terminating_ = false;
   std::string closed_reason_;

@@ -660,9 +660,55 @@ inline std::span<const std::byte> take_frame(Reader& in) {
   return in.take(static_cast<std::size_t>(length));
 }
 
+/// Whether `token` is a JSON number of the shapes rapidjson's writer produces (cereal writes
+/// integers and doubles): `-?(0|[1-9][0-9]*)(\.[0-9]+)?` with at most 20 significant digits, or
+/// `-?[1-9](\.[0-9]{1,16})?e-?[0-9]{1,3}` within a double's range. Anything else is corrupt:
+/// rapidjson 1.1.0, the version Debian 12 ships, misparses and even hits undefined behaviour on
+/// some numbers outside these shapes, e.g. "0.0e300" (fixed upstream after 1.1.0, see
+/// https://github.com/Tencent/rapidjson/issues/1724 for the same release's stack.h issue).
+inline bool canonical_json_number(std::string_view token) {
+  const auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
+  std::size_t i = token.starts_with('-') ? 1 : 0;
+  const std::size_t integer_begin = i;
+  while (i < token.size() && is_digit(token[i])) ++i;
+  const std::string_view integer = token.substr(integer_begin, i - integer_begin);
+  if (integer.empty() || integer.size() > 21 || (integer.size() > 1 && integer[0] == '0')) {
+    return false;
+  }
+  std::string_view fraction;
+  if (i < token.size() && token[i] == '.') {
+    const std::size_t fraction_begin = ++i;
+    while (i < token.size() && is_digit(token[i])) ++i;
+    fraction = token.substr(fraction_begin, i - fraction_begin);
+    if (fraction.empty() || fraction.size() > 23) return false;
+  }
+  const bool zero = integer == "0" && fraction.find_first_not_of('0') == std::string_view::npos;
+  if (i == token.size()) {  // no exponent
+    if (zero) return fraction.size() <= 1;
+    if (fraction.empty()) return integer.size() <= 20;
+    const std::size_t leading_zeros =
+        integer == "0" ? fraction.find_first_not_of('0') + 1 : 0;  // "0.000123": 4
+    const std::size_t digits = integer.size() + fraction.size();
+    const std::size_t trailing_zeros = fraction.size() - 1 - fraction.find_last_not_of('0');
+    return leading_zeros <= 7 && digits - leading_zeros - trailing_zeros <= 20;
+  }
+  if (token[i] != 'e' || zero || integer.size() != 1 || fraction.size() > 16) return false;
+  const bool negative = ++i < token.size() && token[i] == '-';
+  if (negative) ++i;
+  const std::string_view exponent = token.substr(i);
+  if (exponent.empty() || exponent.size() > 3 || exponent[0] == '0' ||
+      exponent.find_first_not_of("0123456789") != std::string_view::npos) {
+    return false;
+  }
+  int magnitude = 0;
+  for (const char c : exponent) magnitude = magnitude * 10 + (c - '0');
+  return magnitude <= (negative ? 324 : 308);
+}
+
 /// Checks JSON text before rapidjson and cereal see it, and after cereal wrote it:
 ///  - nesting deeper than max_json_nesting is rejected, because rapidjson's recursive parser
 ///    would overflow the stack on a long run of '[';
+///  - a number must have one of the shapes rapidjson writes (see canonical_json_number());
 ///  - a raw NUL byte is rejected: valid JSON has none, and rapidjson takes one for the end of
 ///    its input, so whatever follows it would be ignored;
 ///  - a string holding an escaped NUL character is rejected, because cereal's JSON reader builds
@@ -692,6 +738,19 @@ inline void check_json_text(std::span<const std::byte> text) {
       }
     } else if (c == '"') {
       in_string = true;
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+      std::size_t end = i + 1;
+      while (end < chars.size() &&
+             std::string_view("0123456789+-.eE").find(chars[end]) != std::string_view::npos) {
+        ++end;
+      }
+      const std::string_view token = chars.substr(i, end - i);
+      if (!canonical_json_number(token) &&
+          !(token == "-" && chars.substr(end).starts_with("Infinity"))) {
+        throw SerializationError("multicore: corrupt data: malformed JSON number " +
+                                 std::string(token.substr(0, 40)));
+      }
+      i = end - 1;
     } else if (c == '[' || c == '{') {
       if (++depth > max_json_nesting) {
         throw SerializationError("multicore: JSON nested more than " +

@@ -44,6 +44,13 @@ struct WorkerSetup {
   std::size_t max_tasks = 0;  // 0: unlimited
 };
 
+/// The running worker's setup, or nullptr outside a worker. A test seam: failure tests use it
+/// from inside a task to scribble on the worker's own rings, as a broken worker would.
+inline const WorkerSetup*& current_worker() noexcept {
+  static const WorkerSetup* setup = nullptr;
+  return setup;
+}
+
 /// Leaves the worker without running the parent's atexit handlers or static destructors (they
 /// belong to the parent's snapshot and may touch files or locks it owns), after flushing what
 /// the tasks printed.
@@ -59,6 +66,7 @@ class Worker {
 
   [[noreturn]] void run() noexcept {
     in_worker_process() = true;
+    current_worker() = &setup_;
     start();
     std::size_t done = 0;
     for (;;) {
@@ -123,7 +131,9 @@ class Worker {
     // Publish the count only after the bytes: the parent reads it to detect a worker that
     // claims more answers than it really wrote (a truncated or corrupt stream).
     setup_.slot->completed.fetch_add(1, std::memory_order_release);
-    std::fflush(nullptr);
+    // What the tasks printed goes out once the worker runs out of work, not after every task
+    // (a flush walks every stdio stream).
+    if (requests_.readable() == 0) std::fflush(nullptr);
   }
 
   /// Blocks until `out` is filled from the request ring.
