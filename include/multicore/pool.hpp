@@ -101,13 +101,13 @@ class Pool {
   /// workers (killing any that do not exit within 2 s). Blocks as long as the tasks run: set
   /// task_timeout or call terminate() to bound it. Idempotent; never throws.
   void shutdown() noexcept {
-    if (core_) core_->shutdown();
+    if (core_ && generation_ == detail::process_generation()) core_->shutdown();
   }
 
   /// Stops now: kills the workers; every unfinished task's future gets PoolClosed. Bounded
   /// (a few seconds at most, even with stopped or unresponsive workers). Never throws.
   void terminate() noexcept {
-    if (core_) core_->terminate();
+    if (core_ && generation_ == detail::process_generation()) core_->terminate();
   }
 
  private:
@@ -115,6 +115,12 @@ class Pool {
   friend class Task;
 
   detail::PoolCore& core() {
+    // First: in a worker, this object is a snapshot taken while the pool was being built.
+    if (generation_ != detail::process_generation()) {
+      throw Error(
+          "multicore: a Pool cannot be used from inside a worker process: the worker's copy "
+          "of it is a snapshot, not a working pool (make a new Pool there if you need one)");
+    }
     if (!core_) throw PoolClosed("multicore: this Pool was moved from");
     return *core_;
   }
@@ -144,16 +150,18 @@ class Pool {
   template <bool Ordered, class F, class R>
   auto make_map(F&& f, R&& inputs, MapOptions options) {
     using Fn = std::decay_t<F>;
-    using View = std::views::all_t<R>;
-    using In = detail::wire_t<std::ranges::range_reference_t<View>>;
+    // An lvalue input is held by reference (the caller keeps it alive), an rvalue by value.
+    using Source = std::conditional_t<std::is_lvalue_reference_v<R>, R, std::remove_cvref_t<R>>;
+    using In = detail::wire_t<std::ranges::range_reference_t<std::remove_reference_t<Source>&>>;
     detail::check_invocation<Fn, Fn&, In>();
     static_assert(!std::is_void_v<detail::result_of_t<Fn&, In>>,
                   "multicore: map needs a function that returns a value; for functions that "
                   "return nothing use submit() or Task<void>");
-    return detail::MapStream<Fn, View, Ordered>(core(), Fn(std::forward<F>(f)),
-                                                std::views::all(std::forward<R>(inputs)), options);
+    return detail::MapStream<Fn, Source, Ordered>(core(), Fn(std::forward<F>(f)),
+                                                  std::forward<R>(inputs), options);
   }
 
+  std::uint64_t generation_ = detail::process_generation();  // before core_: see core()
   std::unique_ptr<detail::PoolCore> core_;
 };
 

@@ -3,6 +3,7 @@
 #include "support/leak_check.hpp"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -32,9 +33,18 @@ using Clock = std::chrono::steady_clock;
 /// How long teardown waits for children to go away before it calls them leaked.
 constexpr auto grace = std::chrono::seconds(2);
 
+/// The file's contents, or "" if it cannot be read. Uses read(2): a /proc entry of a process
+/// that exits meanwhile fails with ESRCH, which std::ifstream reports by throwing.
 std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::string contents;
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return contents;
+  char buffer[4096];
+  ssize_t n = 0;
+  while ((n = read(fd, buffer, sizeof buffer)) > 0)
+    contents.append(buffer, static_cast<std::size_t>(n));
+  close(fd);
+  return contents;
 }
 
 /// Calls f(name, fd of the open directory) for each entry of dir but "." and "..".

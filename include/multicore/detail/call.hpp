@@ -216,9 +216,28 @@ inline void finish_request(Writer& msg, std::uint64_t entry, Format format, unsi
   std::memcpy(msg.data(), &h, sizeof h);
 }
 
+/// Bytes `value` will take on the wire when that is cheap to know (raw values and sequences of
+/// them), else 0. Lets a request be sized once instead of grown by doubling, which for a large
+/// vector would copy it several times over.
+template <class T>
+std::size_t size_hint(const T& value) noexcept {
+  if constexpr (has_codec<T>) {
+    return 0;
+  } else if constexpr (raw_value<T>) {
+    return sizeof(T);
+  } else if constexpr (raw_sequence<T>) {
+    return sizeof(std::uint64_t) + value.size() * sizeof(typename T::value_type);
+  } else {
+    return 0;
+  }
+}
+
 /// Encodes `fn(args...)` as a complete request message (task id still 0).
 template <class Fn, class... Args>
 void encode_call(Writer& msg, Format format, const Fn& fn, const Args&... args) {
+  if (format == Format::binary) {
+    msg.reserve(sizeof(RequestHeader) + sizeof(Fn) + (size_hint(args) + ... + 0));
+  }
   begin_request(msg);
   encode_callable(msg, fn, format);
   (encode(msg, args, format), ...);

@@ -292,10 +292,15 @@ inline void check_map_options(const MapOptions& o) {
 /// The lazy result range of Pool::map (Ordered) and Pool::map_unordered. A single-pass input
 /// range: iterate it once, from one thread. Destroying it early abandons the map: chunks not
 /// yet sent are dropped, answers still coming are discarded, the pool stays usable.
-template <class Fn, class View, bool Ordered>
+/// `Source` is how the input is held: `T&` for an lvalue the caller keeps alive, `T` for an
+/// rvalue the stream owns. (Not std::views::all: clang 14 cannot compile libstdc++ 12's views,
+/// and holding the range directly keeps map usable with containers there.)
+template <class Fn, class Source, bool Ordered>
 class MapStream {
+  using Range = std::remove_reference_t<Source>;
+
  public:
-  using In = wire_t<std::ranges::range_reference_t<View>>;
+  using In = wire_t<std::ranges::range_reference_t<Range&>>;
   using Out = std::invoke_result_t<Fn&, In>;
   using value_type = std::conditional_t<Ordered, Out, std::pair<std::size_t, Out>>;
 
@@ -308,10 +313,10 @@ class MapStream {
 
   class State {
    public:
-    State(PoolCore& core, Fn fn, View view, MapOptions options)
+    State(PoolCore& core, Fn fn, Source&& source, MapOptions options)
         : core_(core),
           fn_(std::move(fn)),
-          view_(std::move(view)),
+          view_(std::forward<Source>(source)),
           options_(options),
           inbox_(std::make_shared<MapInbox<Out>>()) {
       check_map_options(options_);
@@ -326,6 +331,8 @@ class MapStream {
     }
 
     bool at_end() const noexcept { return current_ == nullptr; }
+
+    std::size_t index() const noexcept { return current_key_ + position_; }
 
     value_type& current() {
       ItemResult<Out>& r = current_->results[position_];
@@ -427,7 +434,7 @@ class MapStream {
       while (!input_done_ && chunks_.size() < window_) {
         const std::size_t want = chunk_size();
         std::vector<In> inputs;
-        inputs.reserve(want);
+        inputs.reserve(std::min<std::size_t>(want, 65536));  // chunk_size may be huge
         auto& it = *it_;
         const auto end = std::ranges::end(view_);
         while (inputs.size() < want && it != end) {
@@ -474,7 +481,7 @@ class MapStream {
         size = static_cast<std::size_t>(std::clamp(fit, 1.0, 262144.0));
         size = std::clamp(size, threads, std::max(threads, last_size_ * 8));
       }
-      if constexpr (std::ranges::sized_range<View>) {
+      if constexpr (std::ranges::sized_range<Range&>) {
         // Keep at least two chunks per worker while inputs last, so the end balances.
         const auto total = static_cast<std::size_t>(std::ranges::size(view_));
         const std::size_t left = total > consumed_ ? total - consumed_ : 0;
@@ -486,16 +493,17 @@ class MapStream {
 
     void learn(std::uint64_t run_nanos, std::size_t items) {
       if (items == 0) return;
-      const double per_item = std::max(1.0, static_cast<double>(run_nanos) / items);
+      const double per_item =
+          std::max(1.0, static_cast<double>(run_nanos) / static_cast<double>(items));
       item_ns_ = item_ns_ > 0 ? (item_ns_ + per_item) / 2 : per_item;
     }
 
     PoolCore& core_;
     Fn fn_;
-    View view_;
+    Source view_;
     MapOptions options_;
     std::shared_ptr<MapInbox<Out>> inbox_;
-    std::optional<std::ranges::iterator_t<View>> it_;
+    std::optional<std::ranges::iterator_t<Range&>> it_;
     bool input_done_ = false;
     std::size_t consumed_ = 0;
     std::size_t window_ = 2;
@@ -521,6 +529,9 @@ class MapStream {
     /// The current result. Throws the task's error (RemoteError, WorkerLost, ...) in place of
     /// a value that could not be computed; ++ then moves on to the next one.
     value_type& operator*() const { return state_->current(); }
+    /// Index of the current item in the input, also when its result is an error (for
+    /// map_unordered, whose failed items have no (index, value) pair to show it).
+    std::size_t index() const noexcept { return state_->index(); }
     iterator& operator++() {
       state_->next_item();
       return *this;
@@ -534,8 +545,9 @@ class MapStream {
     State* state_ = nullptr;
   };
 
-  MapStream(PoolCore& core, Fn fn, View view, MapOptions options)
-      : state_(std::make_unique<State>(core, std::move(fn), std::move(view), options)) {}
+  MapStream(PoolCore& core, Fn fn, Source&& source, MapOptions options)
+      : state_(
+            std::make_unique<State>(core, std::move(fn), std::forward<Source>(source), options)) {}
 
   /// Starts the map (sends the first window of chunks) and waits for the first result.
   /// Call once: this is a single-pass range.

@@ -96,9 +96,6 @@ class PoolCore {
   /// Queues a filled-in job. Throws PoolClosed after shutdown()/terminate(), and Error when
   /// called from inside one of this pool's workers.
   void submit(std::unique_ptr<Job> job) {
-    if (in_worker_process()) {
-      throw Error("multicore: a Pool cannot be used from inside one of its own workers");
-    }
     if (scheduler_) {
       scheduler_->submit(std::move(job));
       return;

@@ -42,7 +42,7 @@ class RingWriter {
   RingWriter() = default;
   explicit RingWriter(RingMemory memory) noexcept
       : memory_(memory), head_(memory.control->head.load(std::memory_order_relaxed)) {
-    cached_tail_ = memory.control->tail.load(std::memory_order_acquire);
+    refresh();
   }
 
   std::size_t capacity() const noexcept { return memory_.capacity; }
@@ -93,6 +93,7 @@ class RingWriter {
   }
 
   void copy_in(const std::byte* from, std::size_t n) noexcept {
+    if (n == 0) return;  // `from` may be null then, and memcpy(_, nullptr, 0) is undefined
     const std::size_t at = static_cast<std::size_t>(head_) & (memory_.capacity - 1);
     const std::size_t first = std::min(n, memory_.capacity - at);
     std::memcpy(memory_.data + at, from, first);
@@ -111,13 +112,14 @@ class RingReader {
   RingReader() = default;
   explicit RingReader(RingMemory memory) noexcept
       : memory_(memory), tail_(memory.control->tail.load(std::memory_order_relaxed)) {
-    cached_head_ = memory.control->head.load(std::memory_order_acquire);
+    refresh();
   }
 
   /// The producer published an impossible head; the ring can no longer be used.
   bool corrupt() const noexcept { return corrupt_; }
 
-  /// Bytes published and not yet consumed.
+  /// Bytes published and not yet consumed: a lower bound, since the shared head is re-read only
+  /// when the ring looks empty (so a wait predicate should test readable() > 0, not >= n).
   std::size_t readable() noexcept {
     if (cached_head_ == tail_) refresh();
     return static_cast<std::size_t>(cached_head_ - tail_);
@@ -151,7 +153,8 @@ class RingReader {
     return n;
   }
 
-  /// Releases `n` readable bytes back to the producer.
+  /// Releases `n` bytes back to the producer; `n` must not exceed what peek() or readable()
+  /// last showed.
   void consume(std::size_t n) noexcept {
     tail_ += n;
     memory_.control->tail.store(tail_, std::memory_order_release);
@@ -179,6 +182,7 @@ class RingReader {
   }
 
   void copy_out(std::byte* to, std::size_t n) const noexcept {
+    if (n == 0) return;  // `to` may be null then, and memcpy(nullptr, _, 0) is undefined
     const std::size_t at = static_cast<std::size_t>(tail_) & (memory_.capacity - 1);
     const std::size_t first = std::min(n, memory_.capacity - at);
     std::memcpy(to, memory_.data + at, first);

@@ -21,10 +21,17 @@
 
 namespace multicore::detail {
 
-/// True in a worker process. Lets a Pool refuse to be used from inside its own workers (their
-/// copy of the Pool object is a snapshot, not a working pool).
+/// True in a worker process.
 inline bool& in_worker_process() noexcept {
   static bool value = false;
+  return value;
+}
+
+/// Counts the forks multicore made on the way to this process (0 in the application). A Pool
+/// remembers the value it was built with: its copy in a fork server or worker is a snapshot,
+/// not a working pool, and must refuse to be used, while a pool built inside a worker works.
+inline std::uint64_t& process_generation() noexcept {
+  static std::uint64_t value = 0;
   return value;
 }
 

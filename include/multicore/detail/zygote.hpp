@@ -56,6 +56,7 @@ class Zygote {
   explicit Zygote(ZygoteSetup& setup) noexcept : s_(setup) {}
 
   [[noreturn]] void run() noexcept {
+    ++process_generation();
     for (int fd : s_.foreign_fds) close(fd);
     // Its own process group: a Ctrl-C at the terminal reaches the application, which decides;
     // the workers then stop with the pool instead of dying mid-task.
@@ -120,6 +121,7 @@ class Zygote {
   }
 
   [[noreturn]] void become_worker(std::uint32_t k, pid_t zygote) noexcept {
+    ++process_generation();
     close(signal_fd_);
     close(s_.command_fd);
     sigaction(SIGCHLD, &saved_child_action_, nullptr);

@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: MIT
-// Consumer check (find_package): the umbrella header compiles and the target links on its own.
+// Consumer check (find_package): the umbrella header compiles, the target links on its own, and a
+// task really runs in a worker process.
+#include <unistd.h>
+
 #include <cstdio>
 #include <multicore/multicore.hpp>
 
+int square(int x) { return x * x; }
+
 int main() {
-  const auto parts = multicore::ranges(10, 2);
-  for (const auto& [begin, end] : parts) std::printf("[%zu, %zu) ", begin, end);
-  std::printf("\n");
-  return parts.size() == 2 ? 0 : 1;
+  multicore::Pool pool({.workers = 2});
+  const int result = pool.submit(square, 12).get();
+  const bool elsewhere = pool.submit([] { return getpid(); }).get() != getpid();
+  std::printf("square(12) = %d in a worker process: %s\n", result, elsewhere ? "yes" : "no");
+  return result == 144 && elsewhere ? 0 : 1;
 }
