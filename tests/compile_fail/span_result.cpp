@@ -1,4 +1,4 @@
-// expect: multicore: std::string_view and std::span point into the caller's memory
+// expect: multicore: std::string_view and std::span point into the worker's memory
 // SPDX-License-Identifier: MIT
 // Must not compile: a function returning std::span would hand back a view of worker memory.
 #include <multicore/detail/serialize.hpp>

@@ -114,7 +114,14 @@ concept has_codec = requires(Writer& out, Reader& in, const T& value) {
   { Codec<T>::decode(in) } -> std::same_as<T>;
 };
 
-/// Sent as a memcpy of its object representation.
+/// `multicore::Codec<T>` is specialised at all (a complete type), whatever its members.
+template <class T>
+concept codec_declared = requires {
+  sizeof(Codec<T>);
+};
+
+/// Sent as a memcpy of its object representation. Decoding trusts the bytes to be one: corrupt
+/// bytes give a wrong value (or, for a bool or enum member, an invalid one), never a bad read.
 template <class T>
 concept raw_value = std::is_trivially_copyable_v<T> && std::is_object_v<T> && !std::is_array_v<T> &&
                     !address_value<T> && !view_value<T>;
@@ -231,7 +238,7 @@ class CheckedBinaryInputArchive
 
   void enter() {
     if (++depth_ > max_binary_nesting) {
-      throw SerializationError("multicore: corrupt data: values nested more than " +
+      throw SerializationError("multicore: values nested more than " +
                                std::to_string(max_binary_nesting) + " levels deep");
     }
   }
@@ -568,6 +575,10 @@ constexpr void check_argument() {
     static_assert(!view_value<T>,
                   "multicore: std::string_view and std::span point into the caller's memory; "
                   "pass a std::string or std::vector instead.");
+  } else if constexpr (codec_declared<T> && !has_codec<T>) {
+    static_assert(has_codec<T>,
+                  "multicore: multicore::Codec<T> is specialised but lacks static void "
+                  "encode(multicore::Writer&, const T&) or static T decode(multicore::Reader&).");
   } else if constexpr (!sendable<T>) {
     static_assert(sendable<T>,
                   "multicore: this type cannot be sent to a worker process: make it trivially "
@@ -591,8 +602,12 @@ constexpr void check_result() {
                     "another process. Return a value instead.");
     } else if constexpr (view_value<V>) {
       static_assert(!view_value<V>,
-                    "multicore: std::string_view and std::span point into the caller's memory; "
-                    "pass a std::string or std::vector instead.");
+                    "multicore: std::string_view and std::span point into the worker's memory; "
+                    "return a std::string or std::vector instead.");
+    } else if constexpr (codec_declared<V> && !has_codec<V>) {
+      static_assert(has_codec<V>,
+                    "multicore: multicore::Codec<T> is specialised but lacks static void "
+                    "encode(multicore::Writer&, const T&) or static T decode(multicore::Reader&).");
     } else if constexpr (!sendable<V>) {
       static_assert(sendable<V>,
                     "multicore: this type cannot be sent to a worker process: make it trivially "
@@ -662,7 +677,7 @@ inline std::span<const std::byte> take_frame(Reader& in) {
 
 /// Whether `token` is a JSON number of the shapes rapidjson's writer produces (cereal writes
 /// integers and doubles): `-?(0|[1-9][0-9]*)(\.[0-9]+)?` with at most 20 significant digits, or
-/// `-?[1-9](\.[0-9]{1,16})?e-?[0-9]{1,3}` within a double's range. Anything else is corrupt:
+/// `-?[1-9](\.[0-9]{1,16})?e-?[1-9][0-9]{0,2}` within a double's range. Anything else is corrupt:
 /// rapidjson 1.1.0, the version Debian 12 ships, misparses and even hits undefined behaviour on
 /// some numbers outside these shapes, e.g. "0.0e300" (fixed upstream after 1.1.0, see
 /// https://github.com/Tencent/rapidjson/issues/1724 for the same release's stack.h issue).
@@ -692,7 +707,9 @@ inline bool canonical_json_number(std::string_view token) {
     const std::size_t trailing_zeros = fraction.size() - 1 - fraction.find_last_not_of('0');
     return leading_zeros <= 7 && digits - leading_zeros - trailing_zeros <= 20;
   }
-  if (token[i] != 'e' || zero || integer.size() != 1 || fraction.size() > 16) return false;
+  if (token[i] != 'e' || integer.size() != 1 || integer[0] == '0' || fraction.size() > 16) {
+    return false;
+  }
   const bool negative = ++i < token.size() && token[i] == '-';
   if (negative) ++i;
   const std::string_view exponent = token.substr(i);
@@ -702,7 +719,14 @@ inline bool canonical_json_number(std::string_view token) {
   }
   int magnitude = 0;
   for (const char c : exponent) magnitude = magnitude * 10 + (c - '0');
-  return magnitude <= (negative ? 324 : 308);
+  // At the ends of a double's range compare the 17 significant digits with the extreme values
+  // rapidjson writes: 1.7976931348623157e308 and 5e-324 (anything below 2.5e-324 is 0).
+  std::string mantissa = std::string(integer) + std::string(fraction);
+  mantissa.resize(17, '0');
+  if (negative) {
+    return magnitude < 324 || (magnitude == 324 && mantissa >= "25000000000000000");
+  }
+  return magnitude < 308 || (magnitude == 308 && mantissa <= "17976931348623157");
 }
 
 /// Checks JSON text before rapidjson and cereal see it, and after cereal wrote it:
@@ -771,7 +795,7 @@ void encode_cereal(Writer& out, const T& value) {
     WriterStreambuf buffer(out);
     std::ostream stream(&buffer);
     {
-      // NoIndent: no padding; the archive writes its closing brace when it is destroyed.
+      // NoIndent: no indentation; the archive writes its closing brace when destroyed.
       cereal::JSONOutputArchive archive(stream, cereal::JSONOutputArchive::Options::NoIndent());
       archive(cereal::make_nvp("value", value));
     }
@@ -859,12 +883,19 @@ T decode_raw_value(Reader& in) {
   }
 }
 
+/// Throws unless `format` is one of the enumerators (it may come from a corrupt record).
+inline void check_format(Format format) {
+  if (format != Format::binary && format != Format::json) {
+    throw SerializationError("multicore: unknown format " +
+                             std::to_string(static_cast<int>(format)));
+  }
+}
+
 template <class T>
 std::string json_unsupported_message() {
   const std::string name = type_name<T>();
   return "multicore: Format::json needs a cereal serialize() function for " + name +
-         " (or a multicore::Codec<" + name + "> specialisation); use Format::binary to send it " +
-         "as raw bytes";
+         " (or a multicore::Codec<" + name + "> specialisation), or use Format::binary";
 }
 
 /// Appends `value` to `out` in `format`, using the first encoding that applies:
@@ -873,12 +904,16 @@ std::string json_unsupported_message() {
 /// Throws SerializationError naming the type if encoding fails; `out` is then left as it was.
 template <class T>
 void encode(Writer& out, const T& value, Format format) {
+  static_assert(!codec_declared<T> || has_codec<T>,
+                "multicore: multicore::Codec<T> is specialised but lacks static void "
+                "encode(multicore::Writer&, const T&) or static T decode(multicore::Reader&).");
   static_assert(sendable<T>,
                 "multicore: this type cannot be sent to a worker process: make it trivially "
                 "copyable, give it a cereal serialize() function, or specialise "
                 "multicore::Codec<T>.");
   const std::size_t start = out.size();
   try {
+    check_format(format);
     if constexpr (has_codec<T>) {
       Codec<T>::encode(out, value);
     } else if (format == Format::json) {
@@ -910,15 +945,15 @@ void encode(Writer& out, const T& value, Format format) {
 /// std::vector<int>: truncated data: needed 8 bytes, 3 left". It never reads out of bounds.
 template <class T>
 T decode(Reader& in, Format format) {
+  static_assert(!codec_declared<T> || has_codec<T>,
+                "multicore: multicore::Codec<T> is specialised but lacks static void "
+                "encode(multicore::Writer&, const T&) or static T decode(multicore::Reader&).");
   static_assert(sendable<T>,
                 "multicore: this type cannot be sent to a worker process: make it trivially "
                 "copyable, give it a cereal serialize() function, or specialise "
                 "multicore::Codec<T>.");
   try {
-    if (format != Format::binary && format != Format::json) {
-      throw SerializationError("multicore: unknown format " +
-                               std::to_string(static_cast<int>(format)));
-    }
+    check_format(format);
     if constexpr (has_codec<T>) {
       return Codec<T>::decode(in);
     } else if (format == Format::json) {
