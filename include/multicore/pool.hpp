@@ -73,6 +73,29 @@ class Pool {
     return submit_as(Format::binary, std::forward<F>(f), std::forward<Args>(args)...);
   }
 
+  /// Runs `f(args...)` in a worker process and waits for its result: the synchronous form of
+  /// submit(), like Python's Pool.apply. Use it to isolate one call (a crash-prone or
+  /// thread-unsafe library) without needing a future.
+  ///
+  /// Faster than submit().get() for one call at a time: the calling thread picks its answer
+  /// straight from the worker's ring (spinning briefly, then sleeping) instead of waiting for
+  /// the collector thread to fulfil a std::future. Returns the result or throws what the
+  /// future would (RemoteError, WorkerLost, TaskTimeout, SerializationError, PoolClosed).
+  template <class F, class... Args>
+  detail::result_of_t<F, Args...> call(F&& f, Args&&... args) {
+    using Fn = std::decay_t<F>;
+    detail::check_call<Fn, detail::wire_t<Args>...>();
+    using R = detail::result_of_t<Fn, detail::wire_t<Args>...>;
+    detail::CallSlot<R> slot;
+    std::unique_ptr<detail::Job> job = core().new_job();
+    job->emplace_completion<detail::CallCompletion<R>>(&slot, Format::binary);
+    encode<F, Args...>(*job, Format::binary, f, args...);
+    core().call(
+        std::move(job), [&] { return slot.done.load(std::memory_order_acquire); },
+        [&] { slot.sleep(); });
+    return slot.take();
+  }
+
   /// Applies `f` to every input in worker processes and yields the results in input order,
   /// each as soon as it and all before it are done.
   ///
@@ -135,16 +158,24 @@ class Pool {
                   "lvalues or rvalues; the worker calls it with rvalues");
     std::unique_ptr<detail::Job> job = core().new_job();
     std::future<R> future = job->emplace_completion<detail::PromiseCompletion<R>>(format).future();
+    encode<F, Args...>(*job, format, f, args...);
+    core().submit(std::move(job));
+    return future;
+  }
+
+  /// Writes the request for `f(args...)` into `job`. Call with the caller's own F and Args
+  /// (explicitly), so that a string literal is still seen as one and sent as a std::string.
+  template <class F, class... Args>
+  static void encode(detail::Job& job, Format format, const F& f, const Args&... args) {
+    using Fn = std::decay_t<F>;
     try {
-      detail::encode_call(job->request, format, static_cast<const Fn&>(f),
+      detail::encode_call(job.request, format, static_cast<const Fn&>(f),
                           static_cast<const detail::wire_t<Args>&>(args)...);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
       throw SerializationError(std::string("multicore: could not encode the task: ") + e.what());
     }
-    core().submit(std::move(job));
-    return future;
   }
 
   template <bool Ordered, class F, class R>

@@ -62,6 +62,7 @@ inline void write_outcome(Writer& out, Outcome o) { out.write(&o, 1); }
 /// Records the exception being handled as a remote error: its type and, where it has one, its
 /// message. Works for anything thrown, std::exception or not.
 inline void write_current_exception(Writer& out) noexcept {
+  const std::size_t mark = out.size();
   std::string type = "unknown exception";
   std::string message;
   try {
@@ -80,8 +81,18 @@ inline void write_current_exception(Writer& out) noexcept {
     write_string(out, type);
     write_string(out, message);
   } catch (...) {
-    // Out of memory while describing the error: say so in as few bytes as possible.
-    out.resize(0);
+    // Out of memory while describing the error (a huge message, say): keep what fits, the
+    // type, so the answer stays well-formed and the worker is not taken for broken.
+    out.resize(mark);
+    try {
+      write_outcome(out, Outcome::remote_error);
+      write_string(out, type);
+      write_string(out, "");
+    } catch (...) {
+      // Not even that: an empty outcome, which the parent reports as a SerializationError
+      // for this task, and the worker lives on.
+      out.resize(mark);
+    }
   }
 }
 

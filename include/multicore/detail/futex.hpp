@@ -82,28 +82,32 @@ struct Doorbell {
 
 /// How long to spin before sleeping, adapted to what spinning has been buying us: it grows
 /// while spins succeed and shrinks while they fail, so a process waiting on long tasks stops
-/// burning a core that, on a small machine, the tasks themselves need.
+/// burning a core that, on a small machine, the tasks themselves need. Measured in time, not
+/// in pauses: a PAUSE takes 10 to 140 cycles depending on the CPU.
 class SpinBudget {
  public:
-  static constexpr std::uint32_t min_spins = 64;
-  static constexpr std::uint32_t max_spins = 8192;
+  static constexpr std::chrono::nanoseconds min_spin{1'000};
+  static constexpr std::chrono::nanoseconds max_spin{100'000};
 
   /// Spins up to the budget waiting for `ready()`; true if it became ready meanwhile.
   template <class Ready>
   bool spin(Ready&& ready) noexcept {
-    for (std::uint32_t i = 0; i < budget_; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    for (std::uint32_t i = 1;; ++i) {
       if (ready()) {
-        budget_ = std::min(max_spins, budget_ * 2);
+        budget_ = std::min(max_spin, budget_ * 2);
         return true;
       }
       cpu_relax();
+      // Reading the clock costs about as much as a few pauses: do it now and then.
+      if (i % 64 == 0 && std::chrono::steady_clock::now() - start >= budget_) break;
     }
-    budget_ = std::max(min_spins, budget_ / 2);
+    budget_ = std::max(min_spin, budget_ / 2);
     return ready();
   }
 
  private:
-  std::uint32_t budget_ = 1024;
+  std::chrono::nanoseconds budget_{20'000};
 };
 
 /// Spins, then sleeps on `bell` until `ready()` or until `timeout` has passed in total.

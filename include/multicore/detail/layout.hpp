@@ -56,6 +56,10 @@ struct PoolShared {
   /// The parent's collector sleeps here; workers ring it when they publish a response (or free
   /// request space the parent waits for), the fork server when a worker died or failed to start.
   alignas(cache_line_size) Doorbell parent_bell;
+  /// Parent threads reading the response rings themselves right now (Pool::call): workers
+  /// then publish answers without ringing parent_bell, which would only wake a collector that
+  /// has nothing to do.
+  std::atomic<std::uint32_t> parent_polling{0};
 };
 
 /// Carves the region: [PoolShared][SlotShared x n][request data, response data] x n.

@@ -106,6 +106,17 @@ class PoolCore {
     run_here(job->request.bytes(), job->completion());
   }
 
+  /// Submits a job and waits for it, helping to collect answers (see Scheduler::wait_helping);
+  /// in inline mode runs it here. Returns once the job's completion has been resolved.
+  template <class Done, class Sleep>
+  void call(std::unique_ptr<Job> job, Done&& done, Sleep&& sleep) {
+    if (!scheduler_) {
+      submit(std::move(job));
+      return;
+    }
+    scheduler_->call(std::move(job), done, sleep);
+  }
+
   void shutdown() noexcept {
     closed_.store(true, std::memory_order_release);
     if (scheduler_) scheduler_->shutdown();

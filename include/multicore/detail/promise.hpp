@@ -2,8 +2,12 @@
 // Completions that resolve a std::promise, and the compile-time checks on a submitted call.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <exception>
 #include <future>
+#include <mutex>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -115,6 +119,68 @@ class PromiseCompletion final : public Completion {
 
  private:
   std::promise<R> promise_;
+  Format format_;
+};
+
+/// Where Pool::call()'s answer lands: on the caller's stack, filled in by whichever thread
+/// delivers it. The caller may return (destroying this) as soon as `done` is seen; deliver()
+/// touches the object only under `mutex`, and the caller takes `mutex` once before leaving.
+template <class R>
+struct CallSlot {
+  std::mutex mutex;
+  std::condition_variable ready;
+  std::atomic<bool> done{false};
+  std::optional<std::conditional_t<std::is_void_v<R>, char, R>> value;
+  std::exception_ptr error;
+
+  /// The result, or the error thrown. Call once `done` holds.
+  R take() {
+    { std::lock_guard lock(mutex); }  // deliver() has left the object
+    if (error) std::rethrow_exception(error);
+    if constexpr (!std::is_void_v<R>) return std::move(*value);
+  }
+
+  void sleep() {
+    std::unique_lock lock(mutex);
+    ready.wait(lock, [&] { return done.load(std::memory_order_acquire); });
+  }
+};
+
+/// Resolves a CallSlot with the outcome of one call.
+template <class R>
+class CallCompletion final : public Completion {
+ public:
+  CallCompletion(CallSlot<R>* slot, Format format) : slot_(slot), format_(format) {}
+
+  void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept override {
+    std::lock_guard lock(slot_->mutex);
+    try {
+      if constexpr (std::is_void_v<R>) {
+        read_outcome<void>(payload, format_);
+        slot_->value.emplace();
+      } else {
+        slot_->value.emplace(read_outcome<R>(payload, format_));
+      }
+      expect_end(payload);
+    } catch (...) {
+      slot_->error = std::current_exception();
+    }
+    finish_locked();
+  }
+
+  void fail(std::exception_ptr error) noexcept override {
+    std::lock_guard lock(slot_->mutex);
+    slot_->error = std::move(error);
+    finish_locked();
+  }
+
+ private:
+  void finish_locked() noexcept {
+    slot_->done.store(true, std::memory_order_release);
+    slot_->ready.notify_one();
+  }
+
+  CallSlot<R>* slot_;
   Format format_;
 };
 

@@ -193,6 +193,58 @@ class Scheduler {
     dispatch_locked();
   }
 
+  /// Submits a job and waits until `done` holds, helping to collect answers meanwhile: the
+  /// calling thread reads
+  /// the rings itself (whoever holds collect_mutex_ receives), so its own answer reaches it
+  /// without a hand-off through the collector thread. Spins while that pays, then sleeps in
+  /// `sleep` and lets the collector deliver.
+  template <class Done, class Sleep>
+  void call(std::unique_ptr<Job> job, Done&& done, Sleep&& sleep) {
+    // Announce the polling first: an answer that comes back at once must not ring the
+    // collector awake, to contend with us for collect_mutex_.
+    sync_callers_.fetch_add(1, std::memory_order_relaxed);
+    transport_->polling(+1);
+    try {
+      submit(std::move(job));
+    } catch (...) {
+      transport_->polling(-1);
+      sync_callers_.fetch_sub(1, std::memory_order_relaxed);
+      throw;
+    }
+    help_until(done, sleep);
+  }
+
+ private:
+  template <class Done, class Sleep>
+  void help_until(Done&& done, Sleep&& sleep) noexcept {
+    SpinBudget& budget = caller_spin();
+    budget.spin([&] {
+      if (done()) return true;
+      // Poll with plain loads of the shared indices; lock only when there is something.
+      bool bytes = false;
+      for (unsigned k = 0; k < size() && !bytes; ++k) bytes = transport_->has_bytes(k);
+      if (bytes && collect_mutex_.try_lock()) {
+        try {
+          for (unsigned k = 0; k < size(); ++k) receive(k);
+        } catch (...) {
+          // Out of memory while receiving: the collector will retry; we just wait.
+        }
+        collect_mutex_.unlock();
+      }
+      return done();
+    });
+    // From here the collector collects again. Answers that workers published without ringing
+    // (we were polling) belong to jobs still outstanding: wake it if there are any.
+    transport_->polling(-1);
+    sync_callers_.fetch_sub(1, std::memory_order_relaxed);
+    if (outstanding_.load(std::memory_order_acquire) > (done() ? 0 : 1)) {
+      kick_.store(true, std::memory_order_relaxed);
+      transport_->wake();
+    }
+    if (!done()) sleep();
+  }
+
+ public:
   /// Stops accepting, waits for every submitted job to resolve, stops the workers. Bounded
   /// once the work is done: workers that do not stop in time are killed.
   void shutdown() noexcept { close(false); }
@@ -261,7 +313,7 @@ class Scheduler {
       return true;
     };
     while (!all_settled()) {
-      transport_->wait(all_settled, std::chrono::milliseconds(100));
+      transport_->wait(all_settled, std::chrono::milliseconds(100), true);
       if (!all_settled() && !transport_->alive()) {
         throw Error("multicore: the pool's fork server died while starting the workers");
       }
@@ -291,12 +343,14 @@ class Scheduler {
            (options_.max_tasks_per_worker == 0 || s.dispatched < options_.max_tasks_per_worker);
   }
 
-  /// The least-loaded worker that can take a job, or -1. Ties rotate so work spreads out.
+  /// The least-loaded worker that can take a job, or -1. Ties go to the worker used last: it
+  /// is the one most likely still spinning, so one-at-a-time calls find a hot worker, while a
+  /// burst still spreads out because loads differ.
   int pick_slot_locked() noexcept {
     int best = -1;
     const unsigned n = size();
     for (unsigned i = 0; i < n; ++i) {
-      const unsigned k = (rotor_ + i) % n;
+      const unsigned k = (last_used_ + i) % n;
       const Slot& s = slots_[k];
       if (!can_take(s)) continue;
       if (best < 0 || s.in_flight.size() < slots_[static_cast<unsigned>(best)].in_flight.size()) {
@@ -304,7 +358,7 @@ class Scheduler {
         if (s.in_flight.empty()) break;
       }
     }
-    if (best >= 0) rotor_ = static_cast<unsigned>(best) + 1;
+    if (best >= 0) last_used_ = static_cast<unsigned>(best);
     return best;
   }
 
@@ -347,6 +401,7 @@ class Scheduler {
       s.partial = false;
       transport_->want_room(k, false);
     }
+    if (transport_->send_corrupt(k)) mark_corrupt_locked(k);
     return n > 0;
   }
 
@@ -359,14 +414,15 @@ class Scheduler {
     std::vector<Failure> failures;
     while (!stop_.load(std::memory_order_acquire)) {
       bool progressed = false;
+      Clock::time_point wake_at = Clock::now() + std::chrono::milliseconds(100);
       try {
+        std::lock_guard collecting(collect_mutex_);
         // A death is reported only after the process is gone, so whatever it published is
         // already in the ring: look at the states first, then read every ring dry.
         for (unsigned k = 0; k < size(); ++k) {
           died[k] = transport_->state(k) == SlotState::dead ? 1 : 0;
         }
         for (unsigned k = 0; k < size(); ++k) progressed |= receive(k);
-        Clock::time_point wake_at = Clock::now() + std::chrono::milliseconds(100);
         {
           std::lock_guard lock(mutex_);
           for (unsigned k = 0; k < size(); ++k) {
@@ -383,24 +439,28 @@ class Scheduler {
         }
         progressed |= !failures.empty();
         fail_all(failures);
-        if (!progressed) {
-          const auto left = wake_at - Clock::now();
-          transport_->wait(pending_check_, std::max<Clock::duration>(left, Clock::duration(1)));
-        }
       } catch (...) {
         // Only allocation failures can land here; keep going rather than lose every job.
         std::fputs("multicore: collector: unexpected error, retrying\n", stderr);
+      }
+      if (!progressed) {
+        // While a call() spins on the rings itself, a spinning collector would only take a
+        // core from it (or from a worker): sleep instead, and let it collect.
+        const bool spin = sync_callers_.load(std::memory_order_relaxed) == 0;
+        const auto left = wake_at - Clock::now();
+        transport_->wait(pending_check_, std::max<Clock::duration>(left, Clock::duration(1)), spin);
       }
     }
   }
 
   /// Cheap look for anything the collector must handle (called while it spins or before it
-  /// sleeps; reads only collector-owned or atomic state).
+  /// sleeps). Touches no receive state: a call() may be receiving meanwhile.
   bool has_news() noexcept {
     if (stop_.load(std::memory_order_relaxed) || kick_.exchange(false)) return true;
+    const bool answers_are_ours = sync_callers_.load(std::memory_order_relaxed) == 0;
     for (unsigned k = 0; k < size(); ++k) {
       if (transport_->state(k) != slots_[k].seen) return true;
-      if (!transport_->peek(k).empty()) return true;
+      if (answers_are_ours && transport_->has_bytes(k)) return true;
       if (transport_->room_made(k)) return true;
     }
     return false;
@@ -415,7 +475,7 @@ class Scheduler {
     bool progressed = false;
     for (;;) {
       if (s.corrupt) return progressed;
-      if (transport_->corrupt(k)) {
+      if (transport_->receive_corrupt(k)) {
         mark_corrupt(k);
         return true;
       }
@@ -560,38 +620,43 @@ class Scheduler {
     return false;
   }
 
-  /// Worker k is dead: fail the job it was running, requeue the ones it had not started, and
-  /// replace it.
+  /// Worker k is dead: fail the job it was running, requeue the others, and replace it.
   void bury_locked(unsigned k, std::vector<Failure>& failures) {
     Slot& s = slots_[k];
     const WorkerStatus st = transport_->status(k);
     const std::uint64_t running = transport_->running(k, nullptr);
-    std::unique_ptr<Job> culprit = std::move(s.assembly.job);  // died mid-answer
-    if (!culprit && !s.in_flight.empty() && (s.corrupt || running == s.in_flight.front()->id)) {
-      culprit = s.in_flight.pop_front();
-    }
-    if (culprit) {
-      if (s.timed_out_task == culprit->id) {
-        failures.push_back({std::move(culprit), timeout_error(st)});
-      } else if (s.timed_out_task != 0 && !s.corrupt) {
-        // We killed it for a task that finished just before; this one did nothing wrong.
-        s.in_flight.push_front(std::move(culprit));
+    // Every job this worker still owes an answer, oldest first: one half-read (if any), then
+    // the rest in the order they were sent.
+    std::vector<std::unique_ptr<Job>> owed;
+    if (s.assembly.job) owed.push_back(std::move(s.assembly.job));
+    while (!s.in_flight.empty()) owed.push_back(s.in_flight.pop_front());
+    // The culprit is the job the worker had claimed. A worker that broke the protocol without
+    // a claim left the oldest answer unreadable: blaming that one guarantees progress.
+    auto culprit =
+        std::find_if(owed.begin(), owed.end(), [&](const auto& job) { return job->id == running; });
+    if (culprit == owed.end() && s.corrupt && !owed.empty()) culprit = owed.begin();
+    if (culprit != owed.end()) {
+      std::exception_ptr error;
+      if (s.timed_out_task == (*culprit)->id) {
+        error = timeout_error(st);
       } else if (s.corrupt) {
-        failures.push_back(
-            {std::move(culprit), std::make_exception_ptr(worker_lost(
-                                     st.pid, st.wait_status,
-                                     "after sending a corrupt or truncated answer; it was "
-                                     "stopped and replaced"))});
-      } else {
-        failures.push_back(
-            {std::move(culprit), std::make_exception_ptr(worker_lost(st.pid, st.wait_status,
-                                                                     "while running this task"))});
+        error = std::make_exception_ptr(worker_lost(
+            st.pid, st.wait_status,
+            "after sending a corrupt or truncated answer; it was stopped and replaced"));
+      } else if (s.timed_out_task == 0) {
+        error =
+            std::make_exception_ptr(worker_lost(st.pid, st.wait_status, "while running this task"));
+      }
+      // Otherwise we killed it for a task that finished just before: this one did nothing
+      // wrong and runs again.
+      if (error) {
+        failures.push_back({std::move(*culprit), std::move(error)});
+        owed.erase(culprit);
       }
     }
-    // Not started yet: back to the head of the queue, in their original order.
-    while (!s.in_flight.empty()) {
-      pending_.push_front(s.in_flight.pop_back());
-    }
+    // The rest never ran, or ran but their answers cannot be read any more: back to the head
+    // of the queue, in their original order.
+    for (auto job = owed.rbegin(); job != owed.rend(); ++job) pending_.push_front(std::move(*job));
     forget_process_locked(k);
     if (s.life == Life::stopping) {
       s.life = Life::stopped;
@@ -604,6 +669,15 @@ class Scheduler {
           std::make_exception_ptr(
               Error("multicore: on_worker_start threw in a replacement worker: " + st.start_error)),
           failures);
+      return;
+    }
+    if (s.life == Life::starting) {
+      // Died before it was ready (in on_worker_start, say): retrying at once would fork as
+      // fast as it dies. Back off like any start failure.
+      start_failed_locked(k,
+                          std::make_exception_ptr(Error(describe_exit(st.pid, st.wait_status) +
+                                                        " while starting (in on_worker_start)")),
+                          failures);
       return;
     }
     if (closed_ && pending_.empty()) {
@@ -693,7 +767,9 @@ class Scheduler {
       }
       s.life = Life::stopped;
     }
-    while (!pending_.empty()) failures.push_back({pending_.pop_front(), lost(closed_reason_)});
+    // Never sent, so not lost by a worker: the pool closed under them.
+    const auto closed = std::make_exception_ptr(PoolClosed(closed_reason_));
+    while (!pending_.empty()) failures.push_back({pending_.pop_front(), closed});
     changed_.notify_all();
   }
 
@@ -715,6 +791,12 @@ class Scheduler {
 
   void resolved_locked(std::size_t n) noexcept {
     if (outstanding_.fetch_sub(n, std::memory_order_acq_rel) == n) changed_.notify_all();
+  }
+
+  /// Each calling thread learns its own spin budget (tasks differ by caller).
+  static SpinBudget& caller_spin() noexcept {
+    thread_local SpinBudget budget;
+    return budget;
   }
 
   // ---- closing ----------------------------------------------------------------------------
@@ -743,6 +825,7 @@ class Scheduler {
     if (collector_.joinable()) collector_.join();
     std::vector<Failure> failures;
     {
+      std::lock_guard collecting(collect_mutex_);  // a call() may be receiving
       std::lock_guard lock(mutex_);
       auto closed = std::make_exception_ptr(
           PoolClosed("multicore: the pool was terminated before this task finished"));
@@ -792,7 +875,7 @@ class Scheduler {
   std::vector<Slot> slots_;
   RingQueue<std::unique_ptr<Job>> pending_;
   std::uint64_t last_id_ = 0;
-  unsigned rotor_ = 0;
+  unsigned last_used_ = 0;
   InFlightBound bound_;
   static constexpr std::size_t max_spare_jobs = 1024;
   std::vector<std::unique_ptr<Job>> spare_jobs_;
@@ -804,6 +887,10 @@ class Scheduler {
   std::atomic<std::size_t> outstanding_{0};  // submitted, not yet answered or failed
   std::atomic<bool> stop_{false};
   std::atomic<bool> kick_{false};
+  std::atomic<unsigned> sync_callers_{0};  // call()s spinning in wait_helping
+  // Guards what receiving touches (assemblies, the response rings' read side, recycled_): the
+  // collector thread holds it for each pass; a call() takes it when it can.
+  std::mutex collect_mutex_;
   std::function<bool()> pending_check_;
   std::thread collector_;
   std::mutex close_mutex_;

@@ -68,11 +68,17 @@ class Transport {
   virtual void want_room(unsigned k, bool on) noexcept = 0;
   /// Worker k made room since want_room(k, true).
   virtual bool room_made(unsigned k) const noexcept = 0;
+  /// Worker k has published bytes not yet consumed. Reads only shared indices, so any thread
+  /// may ask, even while another one receives.
+  virtual bool has_bytes(unsigned k) const noexcept = 0;
   /// Received bytes from worker k that are contiguous; valid until consume(k, ...).
   virtual std::span<const std::byte> peek(unsigned k) noexcept = 0;
   virtual void consume(unsigned k, std::size_t n) noexcept = 0;
-  /// Worker k broke the ring protocol (an impossible index); it must be treated as failed.
-  virtual bool corrupt(unsigned k) const noexcept = 0;
+  /// Worker k broke the ring protocol (an impossible index) on the side the parent reads
+  /// (receive_corrupt) or writes (send_corrupt); it must be treated as failed. Each is asked
+  /// by the thread that uses that side.
+  virtual bool receive_corrupt(unsigned k) const noexcept = 0;
+  virtual bool send_corrupt(unsigned k) const noexcept = 0;
   /// The task worker k has claimed (0: none) and when it claimed it (steady clock, ns).
   virtual std::uint64_t running(unsigned k, std::int64_t* since_ns) const noexcept = 0;
   /// Answers worker k says it has fully sent in its current life.
@@ -81,10 +87,15 @@ class Transport {
   virtual void reset(unsigned k) noexcept = 0;
 
   /// Blocks the collector until something may have happened (bytes, a death, a wake()), or
-  /// `timeout` passes. `pending` is re-checked after announcing sleep, so nothing is missed.
-  virtual void wait(const std::function<bool()>& pending, std::chrono::nanoseconds timeout) = 0;
+  /// `timeout` passes; spins first if `spin`. `pending` is re-checked after announcing sleep,
+  /// so nothing is missed.
+  virtual void wait(const std::function<bool()>& pending, std::chrono::nanoseconds timeout,
+                    bool spin) = 0;
   /// Wakes wait() from any parent thread.
   virtual void wake() noexcept = 0;
+  /// A parent thread starts (+1) or stops (-1) reading the rings itself; meanwhile workers
+  /// need not wake the collector for answers.
+  virtual void polling(int delta) noexcept = 0;
 
   /// False once the machinery behind the workers (the fork server) is gone.
   virtual bool alive() noexcept = 0;
@@ -176,6 +187,11 @@ class ShmTransport final : public Transport {
     return slot(k).parent_wants_space.load(std::memory_order_relaxed) == 2;
   }
 
+  bool has_bytes(unsigned k) const noexcept override {
+    const RingControl& ring = slot(k).response;
+    return ring.head.load(std::memory_order_acquire) != ring.tail.load(std::memory_order_relaxed);
+  }
+
   std::span<const std::byte> peek(unsigned k) noexcept override { return readers_[k].peek(); }
 
   void consume(unsigned k, std::size_t n) noexcept override {
@@ -183,9 +199,8 @@ class ShmTransport final : public Transport {
     slot(k).worker_bell.ring();  // a worker may be waiting for room to answer
   }
 
-  bool corrupt(unsigned k) const noexcept override {
-    return readers_[k].corrupt() || writers_[k].corrupt();
-  }
+  bool receive_corrupt(unsigned k) const noexcept override { return readers_[k].corrupt(); }
+  bool send_corrupt(unsigned k) const noexcept override { return writers_[k].corrupt(); }
 
   std::uint64_t running(unsigned k, std::int64_t* since_ns) const noexcept override {
     const SlotShared& s = slot(k);
@@ -209,11 +224,24 @@ class ShmTransport final : public Transport {
     s.pid.store(0, std::memory_order_relaxed);
   }
 
-  void wait(const std::function<bool()>& pending, std::chrono::nanoseconds timeout) override {
-    wait_for(pool_->parent_bell, spin_, pending, timeout);
+  void wait(const std::function<bool()>& pending, std::chrono::nanoseconds timeout,
+            bool spin) override {
+    if (spin) {
+      wait_for(pool_->parent_bell, spin_, pending, timeout);
+    } else {
+      pool_->parent_bell.sleep_unless(pending, timeout);
+    }
   }
 
   void wake() noexcept override { pool_->parent_bell.ring(); }
+
+  void polling(int delta) noexcept override {
+    if (delta > 0) {
+      pool_->parent_polling.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      pool_->parent_polling.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
 
   bool alive() noexcept override {
     if (zygote_ <= 0) return false;
@@ -249,6 +277,9 @@ class ShmTransport final : public Transport {
     auto& owned = OwnedDescriptors::instance();
     std::unique_lock lock(owned.mutex);
     setup.foreign_fds = owned.fds;
+    // Our own end too: while the fork server or a worker held it, the server would never see
+    // end-of-file when the parent dies.
+    setup.foreign_fds.push_back(command_fd_);
     // Whatever stdio holds unwritten would otherwise be written again by every copy.
     std::fflush(nullptr);
     const pid_t pid = fork();

@@ -167,7 +167,9 @@ class Worker {
       const std::size_t n = responses_.write_some(bytes.subspan(put));
       put += n;
       if (n > 0) {
-        setup_.pool->parent_bell.ring();
+        if (setup_.pool->parent_polling.load(std::memory_order_relaxed) == 0) {
+          setup_.pool->parent_bell.ring();
+        }
         continue;
       }
       wait_for(setup_.slot->worker_bell, response_spin_, [&] { return responses_.writable() > 0; });

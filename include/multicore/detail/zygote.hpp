@@ -122,6 +122,9 @@ class Zygote {
 
   [[noreturn]] void become_worker(std::uint32_t k, pid_t zygote) noexcept {
     ++process_generation();
+    // A group of its own: a task calling kill(0, ...) then hits only its own worker, not the
+    // fork server and every other worker.
+    setpgid(0, 0);
     close(signal_fd_);
     close(s_.command_fd);
     sigaction(SIGCHLD, &saved_child_action_, nullptr);

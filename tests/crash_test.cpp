@@ -1,0 +1,568 @@
+// SPDX-License-Identifier: MIT
+// Tasks that crash, exit, are killed or throw: only that task fails, with exactly what happened,
+// and the pool keeps its size with replacements indistinguishable from the originals.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <memory>
+#include <multicore/multicore.hpp>
+#include <new>
+#include <ostream>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "support/failure.hpp"
+#include "support/leak_check.hpp"
+#include "support/numbers.hpp"
+
+namespace crash_test_types {
+/// Thrown by a task: a type not derived from std::exception.
+struct NotAnException {
+  int code;
+};
+
+/// A result whose decoding in the parent holds the collector thread (which reads every ring)
+/// until the test lets it go: while it is held, no answer behind this one can be read.
+struct Held {
+  int value;
+};
+inline int release_fd = -1;  // read end: one byte lets the decode finish
+}  // namespace crash_test_types
+
+template <>
+struct multicore::Codec<crash_test_types::Held> {
+  static void encode(Writer& out, const crash_test_types::Held& h) {
+    out.write(&h.value, sizeof h.value);
+  }
+  static crash_test_types::Held decode(Reader& in) {
+    crash_test_types::Held h{};
+    in.read(&h.value, sizeof h.value);
+    char byte = 0;
+    multicore_test::read_exact(crash_test_types::release_fd, &byte, 1);
+    return h;
+  }
+};
+
+namespace {
+
+using multicore::Pool;
+using multicore::PoolOptions;
+using multicore::RemoteError;
+using multicore::WorkerLost;
+using multicore_test::error_of;
+using multicore_test::Pipe;
+
+// ----- Ways to die -----------------------------------------------------------------------------
+
+enum class Death {
+  segfault_raise,
+  segfault_null_write,
+  abort,
+  exit_0,
+  exit_3,
+  underscore_exit_3,
+  raise_sigkill,
+  oom_kill,
+};
+
+// What the OOM killer does: the process has grown, then gets SIGKILL. (A real OOM kill needs a
+// memory cgroup limit and is not deterministic on a shared machine; the worker cannot tell the
+// difference, and neither can the pool: both see a process killed by SIGKILL.)
+[[noreturn]] void grow_then_get_oom_killed() {
+  constexpr std::size_t bytes = std::size_t{64} << 20;
+  auto* memory = static_cast<char*>(std::malloc(bytes));
+  if (memory != nullptr) std::memset(memory, 1, bytes);
+  kill(getpid(), SIGKILL);
+  std::abort();  // not reached
+}
+
+int die(Death how) {
+  switch (how) {
+    case Death::segfault_raise:
+      multicore_test::segfault_by_raise();
+    case Death::segfault_null_write:
+      multicore_test::segfault_by_null_write();
+    case Death::abort:
+      multicore_test::no_core_dump();
+      std::abort();
+    case Death::exit_0:
+      std::exit(0);
+    case Death::exit_3:
+      std::exit(3);
+    case Death::underscore_exit_3:
+      _exit(3);
+    case Death::raise_sigkill:
+      std::raise(SIGKILL);
+      break;
+    case Death::oom_kill:
+      grow_then_get_oom_killed();
+  }
+  return -1;  // raise(SIGKILL) does not return
+}
+
+pid_t own_pid() { return getpid(); }
+
+struct DeathCase {
+  const char* name;
+  Death how;
+  int signal;     // expected WorkerLost::signal()
+  int exit_code;  // expected WorkerLost::exit_code()
+  const char* message;
+};
+
+const DeathCase death_cases[] = {
+    {"SegfaultByRaise", Death::segfault_raise, SIGSEGV, -1, "was killed by signal 11"},
+    {"SegfaultByNullWrite", Death::segfault_null_write, SIGSEGV, -1, "was killed by signal 11"},
+    {"Abort", Death::abort, SIGABRT, -1, "was killed by signal 6"},
+    {"ExitZero", Death::exit_0, 0, 0, "exited with code 0"},
+    {"ExitThree", Death::exit_3, 0, 3, "exited with code 3"},
+    {"UnderscoreExitThree", Death::underscore_exit_3, 0, 3, "exited with code 3"},
+    {"RaiseSigkill", Death::raise_sigkill, SIGKILL, -1, "was killed by signal 9"},
+    {"OomKill", Death::oom_kill, SIGKILL, -1, "was killed by signal 9"},
+};
+
+void PrintTo(const DeathCase& c, std::ostream* os) { *os << c.name; }
+
+class WorkerDeath : public ::testing::TestWithParam<DeathCase> {};
+
+INSTANTIATE_TEST_SUITE_P(Crash, WorkerDeath, ::testing::ValuesIn(death_cases),
+                         [](const auto& p) { return std::string(p.param.name); });
+
+// The future of a task that kills its worker throws WorkerLost with the exact signal or exit
+// code; the worker is replaced and the pool goes on.
+TEST_P(WorkerDeath, FutureThrowsWorkerLostWithExactStatus) {
+  const DeathCase& c = GetParam();
+  Pool pool(PoolOptions{.workers = 1});
+  const pid_t before = pool.submit(own_pid).get();
+
+  auto crashed = pool.submit(die, c.how);
+  const auto lost = error_of<WorkerLost>(crashed);
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(lost->signal(), c.signal);
+  EXPECT_EQ(lost->exit_code(), c.exit_code);
+  const std::string what = lost->what();
+  EXPECT_NE(what.find("worker process " + std::to_string(before)), std::string::npos) << what;
+  EXPECT_NE(what.find(c.message), std::string::npos) << what;
+
+  const pid_t after = pool.submit(own_pid).get();
+  EXPECT_NE(after, before) << "the dead worker must have been replaced";
+  EXPECT_EQ(pool.size(), 1u);
+  EXPECT_EQ(pool.submit([](int x) { return x * 3; }, 14).get(), 42);
+}
+
+// With one worker and more tasks than it may hold in flight (at most 64), some tasks are queued
+// behind the crashing one in the worker's ring and the rest wait in the parent: all of them
+// must run on the replacement and succeed.
+TEST_P(WorkerDeath, OnlyTheCrashingTaskFails) {
+  const DeathCase& c = GetParam();
+  Pool pool(PoolOptions{.workers = 1});
+  constexpr int n = 100;
+  constexpr int crasher = 2;
+  std::vector<std::future<std::pair<int, pid_t>>> results;
+  std::future<int> crashed;
+  for (int i = 0; i < n; ++i) {
+    if (i == crasher) {
+      crashed = pool.submit(die, c.how);
+      results.emplace_back();
+      continue;
+    }
+    results.push_back(pool.submit([](int x) { return std::pair<int, pid_t>(x * x, getpid()); }, i));
+  }
+  const auto lost = error_of<WorkerLost>(crashed);
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(lost->signal(), c.signal);
+  EXPECT_EQ(lost->exit_code(), c.exit_code);
+
+  std::set<pid_t> before_crash;
+  std::set<pid_t> after_crash;
+  for (int i = 0; i < n; ++i) {
+    if (i == crasher) continue;
+    const auto [square, pid] = results[static_cast<std::size_t>(i)].get();
+    EXPECT_EQ(square, i * i) << "task " << i;
+    (i < crasher ? before_crash : after_crash).insert(pid);
+  }
+  // Tasks before the crasher ran on the first process, every task after it on its replacement.
+  ASSERT_EQ(before_crash.size(), 1u);
+  ASSERT_EQ(after_crash.size(), 1u);
+  EXPECT_NE(*before_crash.begin(), *after_crash.begin());
+  EXPECT_EQ(pool.size(), 1u);
+}
+
+// The same with several workers and several parent threads submitting: every other future gets
+// its value.
+TEST(Crash, OnlyTheCrashingTasksFailWithManyWorkersAndThreads) {
+  Pool pool(PoolOptions{.workers = 2});
+  constexpr int per_thread = 60;
+  std::vector<std::future<int>> futures[3];
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < per_thread; ++i) {
+        if (i % 20 == 7) {
+          futures[t].push_back(pool.submit(die, Death::segfault_raise));
+        } else {
+          futures[t].push_back(pool.submit([](int x) { return x + 1; }, t * 1000 + i));
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (int t = 0; t < 3; ++t) {
+    for (int i = 0; i < per_thread; ++i) {
+      auto& f = futures[t][static_cast<std::size_t>(i)];
+      if (i % 20 == 7) {
+        const auto lost = error_of<WorkerLost>(f);
+        ASSERT_TRUE(lost) << "thread " << t << " task " << i;
+        EXPECT_EQ(lost->signal(), SIGSEGV);
+        EXPECT_EQ(lost->exit_code(), -1);
+      } else {
+        EXPECT_EQ(f.get(), t * 1000 + i + 1) << "thread " << t << " task " << i;
+      }
+    }
+  }
+  EXPECT_EQ(pool.size(), 2u);
+}
+
+std::uint64_t fingerprint(const std::vector<std::uint8_t>& bytes) {
+  std::uint64_t h = bytes.size();
+  for (std::size_t i = 0; i < bytes.size(); i += 4096) h = h * 31 + bytes[i];
+  return h * 31 + bytes.back();
+}
+
+std::vector<std::uint8_t> big_bytes(std::size_t n) {
+  std::vector<std::uint8_t> bytes(n);
+  for (std::size_t i = 0; i < n; i += 4096) bytes[i] = static_cast<std::uint8_t>(i / 4096 + 1);
+  bytes.back() = 99;
+  return bytes;
+}
+
+// A task queued behind the crasher whose argument (32 MiB through a 4 KiB ring) was only partly
+// sent when the worker died: it is sent again, whole, to the replacement.
+TEST(Crash, QueuedTaskWithAPartlySentArgumentCompletesAfterACrash) {
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 4096});
+  const std::vector<std::uint8_t> payload = big_bytes(std::size_t{32} << 20);
+  auto crashed = pool.submit(die, Death::segfault_raise);
+  auto big = pool.submit(fingerprint, payload);
+  auto after = pool.submit([](int x) { return x + 1; }, 1);
+  ASSERT_TRUE(error_of<WorkerLost>(crashed));
+  EXPECT_EQ(big.get(), fingerprint(payload));
+  EXPECT_EQ(after.get(), 2);
+}
+
+// A worker killed while it streams a result larger than the ring (the parent had read only part
+// of it): that task gets WorkerLost, the half-read answer is discarded, the others complete.
+TEST(Crash, WorkerKilledWhileWritingItsAnswer) {
+  Pipe release;
+  Pipe returning;
+  crash_test_types::release_fd = release.read_fd();
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 4096});
+  // The first answer holds the collector: the second cannot be read past the ring's 4 KiB.
+  auto held = pool.submit([] { return crash_test_types::Held{5}; });
+  auto big = pool.submit(
+      [](int tell) {
+        const pid_t self = getpid();
+        multicore_test::write_all(tell, &self, sizeof self);
+        return big_bytes(std::size_t{32} << 20);
+      },
+      returning.write_fd());
+  auto queued = pool.submit([](int x) { return x * 2; }, 21);
+  const pid_t worker = multicore_test::read_value<pid_t>(returning.read_fd());
+  ASSERT_EQ(kill(worker, SIGKILL), 0);
+  const char go = 1;
+  ASSERT_TRUE(multicore_test::write_all(release.write_fd(), &go, 1));
+
+  EXPECT_EQ(held.get().value, 5);
+  const auto lost = error_of<WorkerLost>(big);
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(lost->signal(), SIGKILL);
+  EXPECT_EQ(lost->exit_code(), -1);
+  EXPECT_EQ(queued.get(), 42);
+  EXPECT_NE(pool.submit(own_pid).get(), worker);
+}
+
+// ----- Throwing tasks: RemoteError, the worker lives on ----------------------------------------
+
+struct ThrowCase {
+  const char* name;
+  int kind;
+  const char* type_name;
+  const char* message;
+};
+
+int throw_something(int kind) {
+  switch (kind) {
+    case 0:
+      throw crash_test_types::NotAnException{7};
+    case 1:
+      throw 42;
+    case 2:
+      throw std::string("a thrown string");
+    case 3:
+      throw "a thrown literal";
+    case 4:
+      throw std::runtime_error("a runtime error");
+    case 5:
+      throw std::out_of_range("index 9 is out of range");
+    default:
+      return 0;
+  }
+}
+
+const ThrowCase throw_cases[] = {
+    {"NotAnException", 0, "crash_test_types::NotAnException", ""},
+    {"Int", 1, "int", ""},
+    {"StdString", 2, "std::string", "a thrown string"},
+    {"CharPointer", 3, "char const*", "a thrown literal"},
+    {"RuntimeError", 4, "std::runtime_error", "a runtime error"},
+    {"OutOfRange", 5, "std::out_of_range", "index 9 is out of range"},
+};
+
+void PrintTo(const ThrowCase& c, std::ostream* os) { *os << c.name; }
+
+class Throwing : public ::testing::TestWithParam<ThrowCase> {};
+
+INSTANTIATE_TEST_SUITE_P(Crash, Throwing, ::testing::ValuesIn(throw_cases),
+                         [](const auto& p) { return std::string(p.param.name); });
+
+TEST_P(Throwing, GivesRemoteErrorWithDemangledTypeAndKeepsTheWorker) {
+  const ThrowCase& c = GetParam();
+  Pool pool(PoolOptions{.workers = 1});
+  const pid_t before = pool.submit(own_pid).get();
+  auto thrown = pool.submit(throw_something, c.kind);
+  const auto error = error_of<RemoteError>(thrown);
+  ASSERT_TRUE(error);
+  EXPECT_EQ(error->type_name(), c.type_name);
+  EXPECT_EQ(error->message(), c.message);
+  const std::string what = error->what();
+  EXPECT_NE(what.find(c.type_name), std::string::npos) << what;
+  EXPECT_NE(what.find(c.message), std::string::npos) << what;
+  EXPECT_EQ(pool.submit(own_pid).get(), before) << "a throwing task must not cost the worker";
+}
+
+// Out of memory that the task sees as std::bad_alloc (address space limit reached) is an
+// exception like any other: RemoteError, and the worker survives.
+std::size_t exhaust_address_space() {
+  rlimit old{};
+  getrlimit(RLIMIT_AS, &old);
+  struct Restore {
+    rlimit limit;
+    ~Restore() { setrlimit(RLIMIT_AS, &limit); }
+  } restore{old};
+  long pages = 0;
+  std::sscanf(multicore_test::slurp("/proc/self/statm").c_str(), "%ld", &pages);
+  const auto mapped = static_cast<rlim_t>(pages) * static_cast<rlim_t>(sysconf(_SC_PAGESIZE));
+  const rlimit tight{mapped + (rlim_t{64} << 20), old.rlim_max};
+  if (setrlimit(RLIMIT_AS, &tight) != 0) throw std::logic_error("setrlimit failed");
+  std::vector<std::unique_ptr<char[]>> blocks;
+  blocks.reserve(1024);
+  constexpr std::size_t block = std::size_t{16} << 20;
+  for (;;) {
+    blocks.emplace_back(new char[block]);
+    std::memset(blocks.back().get(), 1, block);  // touch it: really use the memory
+  }
+}
+
+TEST(Crash, BadAllocIsARemoteErrorAndKeepsTheWorker) {
+#if MULTICORE_TEST_ASAN
+  GTEST_SKIP() << "AddressSanitizer reserves terabytes of address space for its shadow memory "
+                  "and aborts when RLIMIT_AS makes its own mappings fail";
+#endif
+  Pool pool(PoolOptions{.workers = 1});
+  const pid_t before = pool.submit(own_pid).get();
+  auto exhausted = pool.submit(exhaust_address_space);
+  const auto error = error_of<RemoteError>(exhausted);
+  ASSERT_TRUE(error);
+  EXPECT_EQ(error->type_name(), "std::bad_alloc");
+  EXPECT_EQ(pool.submit(own_pid).get(), before);
+  EXPECT_EQ(pool.submit([](int x) { return x * 2; }, 21).get(), 42);
+}
+
+// The worker describes a thrown exception by copying its type name and message; when memory
+// runs out while it does (here: a 256 MiB message under an address-space limit), the task
+// still threw, and the worker is healthy. It must not send an answer the parent takes for a
+// corrupt one (and then kill the worker for it).
+int throw_while_out_of_memory() {
+  std::runtime_error error(std::string(std::size_t{256} << 20, 'x'));  // shared, not copied
+  long pages = 0;
+  std::sscanf(multicore_test::slurp("/proc/self/statm").c_str(), "%ld", &pages);
+  const auto mapped = static_cast<rlim_t>(pages) * static_cast<rlim_t>(sysconf(_SC_PAGESIZE));
+  rlimit limit{};
+  getrlimit(RLIMIT_AS, &limit);
+  limit.rlim_cur = mapped + (rlim_t{16} << 20);  // no room for a second copy of the message
+  setrlimit(RLIMIT_AS, &limit);
+  throw error;
+}
+
+pid_t lift_address_space_limit() {
+  rlimit limit{};
+  getrlimit(RLIMIT_AS, &limit);
+  limit.rlim_cur = limit.rlim_max;
+  setrlimit(RLIMIT_AS, &limit);
+  return getpid();
+}
+
+TEST(Crash, TaskThrowingWhileOutOfMemoryKeepsItsWorker) {
+#if MULTICORE_TEST_ASAN
+  GTEST_SKIP() << "AddressSanitizer reserves terabytes of address space for its shadow memory "
+                  "and aborts when RLIMIT_AS makes its own mappings fail";
+#endif
+  Pool pool(PoolOptions{.workers = 1});
+  const pid_t before = pool.submit(own_pid).get();
+  auto thrown = pool.submit(throw_while_out_of_memory);
+  const auto error = error_of<RemoteError>(thrown);
+  ASSERT_TRUE(error);
+  EXPECT_EQ(error->type_name(), "std::runtime_error");
+  EXPECT_EQ(pool.submit(lift_address_space_limit).get(), before)
+      << "the worker was replaced: it was treated as broken";
+}
+
+// ----- The pool keeps its size, and replacements are indistinguishable ------------------------
+
+class CrashWorkers : public ::testing::TestWithParam<unsigned> {};
+
+INSTANTIATE_TEST_SUITE_P(Crash, CrashWorkers, ::testing::Values(1u, 2u),
+                         [](const auto& p) { return std::to_string(p.param) + "Workers"; });
+
+// Fifty crashes in a row: every one is a WorkerLost, the pool keeps working, and at the end it
+// has exactly size() live workers. Every worker start (originals and replacements) reports its
+// pid through a pipe from on_worker_start, so the test knows when all replacements exist
+// without sleeping: a replacement is forked only after its predecessor was reaped.
+TEST_P(CrashWorkers, KeepsItsSizeThroughFiftyCrashesInARow) {
+  const unsigned workers = GetParam();
+  constexpr int crashes = 50;
+  Pipe starts;
+  const int starts_fd = starts.write_fd();
+  {
+    Pool pool(PoolOptions{.workers = workers, .on_worker_start = [starts_fd] {
+                            const pid_t self = getpid();
+                            multicore_test::write_all(starts_fd, &self, sizeof self);
+                          }});
+    const std::vector<pid_t> parent_children = multicore_test::child_pids();
+    ASSERT_EQ(parent_children.size(), 1u) << "expected only the fork server as our child";
+    const pid_t fork_server = parent_children.front();
+
+    for (int i = 0; i < crashes; ++i) {
+      auto crashed =
+          pool.submit(die, i % 2 == 0 ? Death::segfault_raise : Death::underscore_exit_3);
+      const auto lost = error_of<WorkerLost>(crashed);
+      ASSERT_TRUE(lost) << "crash " << i;
+      EXPECT_EQ(lost->signal(), i % 2 == 0 ? SIGSEGV : 0);
+      EXPECT_EQ(lost->exit_code(), i % 2 == 0 ? -1 : 3);
+      ASSERT_EQ(pool.size(), workers);
+      ASSERT_EQ(pool.submit([](int x) { return x - 1; }, i).get(), i - 1) << "after crash " << i;
+    }
+
+    std::vector<pid_t> started;
+    for (unsigned i = 0; i < workers + crashes; ++i) {
+      started.push_back(multicore_test::read_value<pid_t>(starts.read_fd()));
+    }
+    std::vector<pid_t> alive;
+    for (pid_t pid : started) {
+      if (multicore_test::running(pid)) alive.push_back(pid);
+    }
+    std::sort(alive.begin(), alive.end());
+    EXPECT_EQ(alive.size(), workers) << "live workers after the crashes";
+    EXPECT_EQ(multicore_test::live_children_of(fork_server), alive);
+    EXPECT_EQ(std::set<pid_t>(started.begin(), started.end()).size(), started.size());
+    EXPECT_EQ(pool.size(), workers);
+  }
+}
+
+// The program state a worker starts from.
+int g_setting = 0;              // set before the pool is made, changed after
+std::string g_name = "before";  // likewise, on the heap
+int g_scribbled = 0;            // changed by a task inside a worker
+pid_t g_started_in = 0;         // set by on_worker_start, in the worker
+int g_start_count = 0;          // incremented by on_worker_start, in the worker
+
+struct WorkerView {
+  pid_t pid;
+  int setting;
+  int scribbled;
+  pid_t started_in;
+  int start_count;
+  char name[16];
+};
+
+WorkerView look_around() {
+  WorkerView v{getpid(), g_setting, g_scribbled, g_started_in, g_start_count, {}};
+  std::strncpy(v.name, g_name.c_str(), sizeof v.name - 1);
+  return v;
+}
+
+int scribble_then_crash() {
+  g_scribbled = 99;
+  g_name = "scribbled";
+  multicore_test::segfault_by_raise();
+}
+
+// A replacement starts from the snapshot taken when the pool was made, not from the parent as
+// it is now nor from its crashed predecessor, and runs on_worker_start again.
+TEST(Crash, ReplacementSeesThePoolConstructionSnapshotAndRunsOnWorkerStart) {
+  g_setting = 1;
+  g_name = "at construction";
+  g_scribbled = 0;
+  Pool pool(PoolOptions{.workers = 1, .on_worker_start = [] {
+                          g_started_in = getpid();
+                          ++g_start_count;
+                        }});
+  g_setting = 2;  // after the pool was made: no worker may ever see this
+  g_name = "changed later";
+
+  const WorkerView first = pool.submit(look_around).get();
+  EXPECT_EQ(first.setting, 1);
+  EXPECT_STREQ(first.name, "at construction");
+  EXPECT_EQ(first.started_in, first.pid);
+  EXPECT_EQ(first.start_count, 1);
+
+  auto crashed = pool.submit(scribble_then_crash);
+  ASSERT_TRUE(error_of<WorkerLost>(crashed));
+
+  const WorkerView second = pool.submit(look_around).get();
+  EXPECT_NE(second.pid, first.pid);
+  EXPECT_EQ(second.setting, 1) << "the replacement must see the value from pool construction";
+  EXPECT_STREQ(second.name, "at construction");
+  EXPECT_EQ(second.scribbled, 0) << "the crashed worker's changes must not leak into its successor";
+  EXPECT_EQ(second.started_in, second.pid) << "on_worker_start must run in the replacement";
+  EXPECT_EQ(second.start_count, 1);
+
+  // The parent itself never ran on_worker_start.
+  EXPECT_EQ(g_start_count, 0);
+  EXPECT_EQ(g_started_in, 0);
+}
+
+// Pool::map with one input per chunk: the item whose function crashes throws WorkerLost when its
+// result is read, every other item has its value.
+TEST(Crash, MapItemThatCrashesFailsAlone) {
+  Pool pool(PoolOptions{.workers = 2});
+  constexpr int n = 40;
+  constexpr int bad = 17;
+  int index = 0;
+  auto results = pool.map(
+      [](int x) {
+        if (x == bad) multicore_test::segfault_by_raise();
+        return x * 10;
+      },
+      multicore_test::numbers(0, n), multicore::MapOptions{.chunk_size = 1});
+  for (auto it = results.begin(); it != results.end(); ++it, ++index) {
+    if (index == bad) {
+      const auto lost = multicore_test::thrown_exactly<WorkerLost>([&] { (void)*it; });
+      ASSERT_TRUE(lost);
+      EXPECT_EQ(lost->signal(), SIGSEGV);
+      continue;
+    }
+    EXPECT_EQ(*it, index * 10);
+  }
+  EXPECT_EQ(index, n);
+}
+
+}  // namespace

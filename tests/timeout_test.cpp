@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: MIT
+// task_timeout and max_tasks_per_worker: overrunning tasks fail with TaskTimeout and cost only
+// their worker; payload streaming does not count; workers are recycled after N tasks.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <future>
+#include <map>
+#include <multicore/multicore.hpp>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/failure.hpp"
+#include "support/leak_check.hpp"
+
+namespace timeout_test_types {
+
+/// How long decoding a SlowToDecode result blocks the parent's collector thread.
+constexpr std::chrono::milliseconds decode_stall{1500};
+
+/// A result whose decoding in the parent is slow. The parent decodes results on its collector
+/// thread, so while one decodes, no other bytes move through any ring: the way to make a
+/// payload's streaming take longer than task_timeout, deterministically.
+struct SlowToDecode {
+  int value;
+};
+
+}  // namespace timeout_test_types
+
+template <>
+struct multicore::Codec<timeout_test_types::SlowToDecode> {
+  static void encode(Writer& out, const timeout_test_types::SlowToDecode& v) {
+    out.write(&v.value, sizeof v.value);
+  }
+  static timeout_test_types::SlowToDecode decode(Reader& in) {
+    timeout_test_types::SlowToDecode v{};
+    in.read(&v.value, sizeof v.value);
+    // Making the decode slow, not synchronising anything.
+    if (!multicore::detail::in_worker_process()) {
+      std::this_thread::sleep_for(timeout_test_types::decode_stall);
+    }
+    return v;
+  }
+};
+
+namespace {
+
+using multicore::Pool;
+using multicore::PoolOptions;
+using multicore::TaskTimeout;
+using multicore_test::error_of;
+using multicore_test::Pipe;
+using namespace std::chrono_literals;
+using timeout_test_types::SlowToDecode;
+
+pid_t own_pid() { return getpid(); }
+
+int spin_forever() {
+  volatile std::uint64_t spins = 0;
+  for (;;) spins = spins + 1;
+}
+
+int sleep_for_a_minute() {
+  std::this_thread::sleep_for(60s);
+  return 1;
+}
+
+// ----- task_timeout ----------------------------------------------------------------------------
+
+TEST(Timeout, InfiniteLoopGivesTaskTimeoutAndQueuedTasksComplete) {
+  Pool pool(PoolOptions{.workers = 1, .task_timeout = 200ms});
+  const pid_t before = pool.submit(own_pid).get();
+  auto looping = pool.submit(spin_forever);
+  std::vector<std::future<pid_t>> queued;
+  for (int i = 0; i < 6; ++i) queued.push_back(pool.submit(own_pid));
+
+  const auto timeout = error_of<TaskTimeout>(looping);
+  ASSERT_TRUE(timeout);
+  const std::string what = timeout->what();
+  EXPECT_NE(what.find("task_timeout (200 ms)"), std::string::npos) << what;
+  EXPECT_NE(what.find("worker process " + std::to_string(before)), std::string::npos) << what;
+
+  std::set<pid_t> pids;
+  for (auto& f : queued) pids.insert(f.get());
+  ASSERT_EQ(pids.size(), 1u) << "the queued tasks all ran on the one replacement";
+  EXPECT_NE(*pids.begin(), before) << "the timed-out worker must have been replaced";
+  EXPECT_FALSE(multicore_test::running(before)) << "the timed-out worker must be gone";
+  EXPECT_EQ(pool.size(), 1u);
+}
+
+TEST(Timeout, SleepingPastTheTimeoutGivesTaskTimeout) {
+  Pool pool(PoolOptions{.workers = 2, .task_timeout = 200ms});
+  auto sleeping = pool.submit(sleep_for_a_minute);
+  auto quick = pool.submit([](int x) { return x + 1; }, 1);
+  ASSERT_TRUE(error_of<TaskTimeout>(sleeping));
+  EXPECT_EQ(quick.get(), 2);
+  EXPECT_EQ(pool.submit([](int x) { return x + 1; }, 2).get(), 3);
+  EXPECT_EQ(pool.size(), 2u);
+}
+
+// A task that needs less than its timeout is left alone. The margin (600 ms of 1000 ms) is
+// generous so that a loaded machine cannot push the task over.
+TEST(Timeout, TaskThatFinishesUnderTheTimeoutSucceeds) {
+  Pool pool(PoolOptions{.workers = 1, .task_timeout = 1000ms});
+  const pid_t before = pool.submit(own_pid).get();
+  auto slow = pool.submit(
+      [](int x) {
+        std::this_thread::sleep_for(600ms);
+        return x * 2;
+      },
+      21);
+  EXPECT_EQ(slow.get(), 42);
+  EXPECT_EQ(pool.submit(own_pid).get(), before) << "the worker must not have been replaced";
+}
+
+std::uint64_t fingerprint(const std::vector<std::uint8_t>& bytes) {
+  // Cheap on purpose (the function's run time counts toward the timeout, even in Debug).
+  return bytes.size() * 1'000'003 + bytes.front() * 1009u + bytes[bytes.size() / 2] * 7u +
+         bytes.back();
+}
+
+std::vector<std::uint8_t> big_payload(std::size_t n) {
+  std::vector<std::uint8_t> bytes(n);
+  for (std::size_t i = 0; i < n; i += 4096) bytes[i] = static_cast<std::uint8_t>(i / 4096);
+  bytes.front() = 11;
+  bytes[n / 2] = 22;
+  bytes.back() = 33;
+  return bytes;
+}
+
+// 32 MiB through a 4 KiB ring, each way, while the parent's collector is stalled for three
+// times the timeout (see SlowToDecode): the streaming of the argument (before the function
+// runs) and of the result (after it ran) takes far longer than task_timeout, and must not count.
+TEST(Timeout, PayloadStreamingDoesNotCountTowardTheTimeout) {
+  constexpr std::size_t big = std::size_t{32} << 20;
+  static_assert(timeout_test_types::decode_stall >= 3 * 500ms);
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 4096, .task_timeout = 500ms});
+  const pid_t before = pool.submit(own_pid).get();
+  const std::vector<std::uint8_t> payload = big_payload(big);
+
+  // Argument direction: the stall hits while the worker waits for the rest of the argument.
+  auto stall = pool.submit([](int x) { return SlowToDecode{x}; }, 1);
+  auto argument = pool.submit(fingerprint, payload);
+  EXPECT_EQ(stall.get().value, 1);
+  EXPECT_EQ(argument.get(), fingerprint(payload));
+
+  // Result direction: the stall hits while the worker waits for room to write its result.
+  auto stall_again = pool.submit([](int x) { return SlowToDecode{x}; }, 2);
+  auto result = pool.submit([](std::size_t n) { return big_payload(n); }, big);
+  EXPECT_EQ(stall_again.get().value, 2);
+  EXPECT_EQ(result.get(), payload);
+
+  EXPECT_EQ(pool.submit(own_pid).get(), before) << "no task may have timed out";
+}
+
+// A worker stopped (SIGSTOP) in the middle of a task cannot finish it: the timeout kills it
+// (SIGKILL works on stopped processes) and it is replaced.
+TEST(Timeout, StoppedWorkerMidTaskIsKilledByTheTimeout) {
+  Pipe started;
+  Pipe gate;
+  const int started_fd = started.write_fd();
+  const int gate_fd = gate.read_fd();
+  Pool pool(PoolOptions{.workers = 1, .task_timeout = 300ms});
+  // The task tells us its pid, then finishes as soon as the gate opens.
+  auto task = pool.submit(
+      [](int tell, int wait) {
+        const pid_t self = getpid();
+        multicore_test::write_all(tell, &self, sizeof self);
+        char byte = 0;
+        return multicore_test::read_exact(wait, &byte, 1) ? 1 : 0;
+      },
+      started_fd, gate_fd);
+  const pid_t worker = multicore_test::read_value<pid_t>(started.read_fd());
+  ASSERT_EQ(kill(worker, SIGSTOP), 0);
+  const char open = 1;
+  ASSERT_TRUE(multicore_test::write_all(gate.write_fd(), &open, 1));  // too late: it is stopped
+
+  ASSERT_TRUE(error_of<TaskTimeout>(task));
+  EXPECT_FALSE(multicore_test::running(worker)) << "the stopped worker must have been killed";
+  const pid_t after = pool.submit(own_pid).get();
+  EXPECT_NE(after, worker);
+  EXPECT_EQ(pool.size(), 1u);
+}
+
+// ----- max_tasks_per_worker --------------------------------------------------------------------
+
+class Recycling : public ::testing::TestWithParam<unsigned> {};
+
+INSTANTIATE_TEST_SUITE_P(MaxTasksPerWorker, Recycling, ::testing::Values(1u, 2u),
+                         [](const auto& p) { return std::to_string(p.param) + "Workers"; });
+
+// Also the regression test for a replaced worker's response ring that was not reset: the
+// replacement's first answer was then misread and the worker killed as corrupt.
+TEST_P(Recycling, EveryPidServesAtMostNTasksInSequence) {
+  const unsigned workers = GetParam();
+  constexpr std::size_t limit = 3;
+  constexpr int tasks = 12;
+  Pool pool(PoolOptions{.workers = workers, .max_tasks_per_worker = limit});
+  const multicore_test::TerminateIfFailed guard(pool);
+  std::map<pid_t, int> served;
+  for (int i = 0; i < tasks; ++i) {
+    auto f = pool.submit([](int x) { return std::pair<int, pid_t>(x * 7, getpid()); }, i);
+    ASSERT_TRUE(multicore_test::ready_within(f)) << "task " << i;
+    const auto [value, pid] = f.get();
+    ASSERT_EQ(value, i * 7) << "task " << i;
+    ++served[pid];
+    ASSERT_EQ(pool.size(), workers);
+  }
+  for (const auto& [pid, count] : served) {
+    EXPECT_LE(count, static_cast<int>(limit)) << "pid " << pid;
+  }
+  EXPECT_GE(served.size(), static_cast<std::size_t>(tasks) / limit);
+  if (workers == 1) {
+    EXPECT_EQ(served.size(), static_cast<std::size_t>(tasks) / limit);
+    for (const auto& [pid, count] : served) EXPECT_EQ(count, static_cast<int>(limit));
+  }
+}
+
+TEST_P(Recycling, EveryPidServesAtMostNTasksInABatch) {
+  const unsigned workers = GetParam();
+  constexpr std::size_t limit = 3;
+  constexpr int tasks = 60;
+  Pool pool(PoolOptions{.workers = workers, .max_tasks_per_worker = limit});
+  std::vector<std::future<std::pair<int, pid_t>>> futures;
+  for (int i = 0; i < tasks; ++i) {
+    futures.push_back(pool.submit([](int x) { return std::pair<int, pid_t>(x + 5, getpid()); }, i));
+  }
+  std::map<pid_t, int> served;
+  for (int i = 0; i < tasks; ++i) {
+    const auto [value, pid] = futures[static_cast<std::size_t>(i)].get();
+    EXPECT_EQ(value, i + 5) << "task " << i;
+    ++served[pid];
+  }
+  for (const auto& [pid, count] : served) {
+    EXPECT_LE(count, static_cast<int>(limit)) << "pid " << pid;
+  }
+  EXPECT_EQ(pool.size(), workers);
+}
+
+// With one worker the recycling is exact: after 12 tasks with a limit of 3, five processes were
+// started (the fifth replaces the fourth, which exits after its third task) and one is left.
+TEST(MaxTasksPerWorker, KeepsExactlyOneLiveWorker) {
+  Pipe starts;
+  const int starts_fd = starts.write_fd();
+  Pool pool(PoolOptions{.workers = 1,
+                        .on_worker_start =
+                            [starts_fd] {
+                              const pid_t self = getpid();
+                              multicore_test::write_all(starts_fd, &self, sizeof self);
+                            },
+                        .max_tasks_per_worker = 3});
+  const multicore_test::TerminateIfFailed guard(pool);
+  const pid_t fork_server = multicore_test::child_pids().at(0);
+  for (int i = 0; i < 12; ++i) {
+    auto f = pool.submit([](int x) { return x; }, i);
+    ASSERT_TRUE(multicore_test::ready_within(f)) << "task " << i;
+    ASSERT_EQ(f.get(), i);
+  }
+  std::vector<pid_t> started;
+  for (int i = 0; i < 5; ++i)
+    started.push_back(multicore_test::read_value<pid_t>(starts.read_fd()));
+  for (int i = 0; i < 4; ++i) EXPECT_FALSE(multicore_test::running(started[std::size_t(i)]));
+  EXPECT_EQ(multicore_test::live_children_of(fork_server), std::vector<pid_t>{started.back()});
+}
+
+}  // namespace
