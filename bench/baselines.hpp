@@ -24,6 +24,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <multicore/multicore.hpp>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -32,8 +33,6 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <multicore/multicore.hpp>
 
 namespace bench {
 
