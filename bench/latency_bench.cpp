@@ -35,6 +35,25 @@ void BM_SubmitRoundTrip(benchmark::State& state) {
 }
 BENCHMARK(BM_SubmitRoundTrip)->UseRealTime();
 
+// The same call through Pool::call: synchronous, the caller reads its answer from the ring.
+void BM_CallRoundTrip(benchmark::State& state) {
+  multicore::PoolOptions options;
+  options.workers = pool_workers;
+  multicore::Pool pool(options);
+  int x = 0;
+  for (int i = 0; i < warm_up_calls; ++i) benchmark::DoNotOptimize(pool.call(bench::trivial, i));
+  for (auto _ : state) {
+    const int r = pool.call(bench::trivial, x);
+    if (r != bench::trivial(x)) {
+      state.SkipWithError("wrong result from the pool");
+      break;
+    }
+    ++x;
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_CallRoundTrip)->UseRealTime();
+
 // Baseline: two processes, one shared page, spin up to `spins` pauses then a shared futex.
 void BM_ShmPingPong(benchmark::State& state) {
   bench::PingPong ping(static_cast<std::uint32_t>(state.range(0)));

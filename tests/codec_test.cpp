@@ -282,6 +282,22 @@ std::string decode_error(std::span<const std::byte> bytes, Format format) {
 
 // ----- Writer and Reader -----------------------------------------------------------------------
 
+TEST(Writer, ClearWithLimitReleasesOnlyLargeBuffers) {
+  Writer small;
+  small.write("abc", 3);
+  const std::size_t kept = small.capacity();
+  small.clear(1024);
+  EXPECT_EQ(small.size(), 0u);
+  EXPECT_EQ(small.capacity(), kept);  // under the limit: warm for the next use
+  Writer large;
+  large.resize(4096);
+  large.clear(1024);
+  EXPECT_EQ(large.size(), 0u);
+  EXPECT_EQ(large.capacity(), 0u);  // over the limit: the memory went back
+  large.write("xy", 2);             // and it is still usable
+  EXPECT_EQ(large.size(), 2u);
+}
+
 TEST(Writer, AppendsAndGrowsKeepingEarlierBytes) {
   Writer out;
   EXPECT_EQ(out.size(), 0u);

@@ -83,6 +83,16 @@ class Writer {
   /// Forgets the contents and keeps the capacity.
   void clear() noexcept { size_ = 0; }
 
+  /// Forgets the contents; keeps the capacity only up to `max_kept` bytes, so a buffer that
+  /// once held something huge does not pin that memory for good.
+  void clear(std::size_t max_kept) noexcept {
+    size_ = 0;
+    if (capacity_ > max_kept) {
+      data_.reset();
+      capacity_ = 0;
+    }
+  }
+
   /// Shrinks to `n` bytes, or grows to `n` with the new bytes uninitialised.
   void resize(std::size_t n) {
     if (n > max_size) throw std::length_error("multicore: Writer size overflows size_t");

@@ -203,7 +203,15 @@ class FuzzTransport final : public detail::Transport {
     reader_.consume(n);
   }
 
-  bool corrupt(unsigned /*k*/) const noexcept override { return reader_.corrupt(); }
+  bool receive_corrupt(unsigned /*k*/) const noexcept override { return reader_.corrupt(); }
+  bool send_corrupt(unsigned /*k*/) const noexcept override { return false; }
+
+  // Input still to feed counts as bytes: the collector then comes to peek(), which feeds it.
+  bool has_bytes(unsigned /*k*/) const noexcept override {
+    return !stream_.empty() || bad_head_at_end_ ||
+           control_->head.load(std::memory_order_acquire) !=
+               control_->tail.load(std::memory_order_relaxed);
+  }
 
   std::uint64_t running(unsigned /*k*/, std::int64_t* since_ns) const noexcept override {
     if (since_ns != nullptr) *since_ns = 0;
@@ -223,7 +231,8 @@ class FuzzTransport final : public detail::Transport {
     bad_head_at_end_ = false;
   }
 
-  void wait(const std::function<bool()>& pending, std::chrono::nanoseconds timeout) override {
+  void wait(const std::function<bool()>& pending, std::chrono::nanoseconds timeout,
+            bool /*spin*/) override {
     if (pending()) return;
     std::unique_lock lock(mutex_);
     if (all_submitted_ && stream_.empty() && !bad_head_at_end_ && reader_.readable() == 0) {
@@ -241,6 +250,8 @@ class FuzzTransport final : public detail::Transport {
     }
     cv_.notify_all();
   }
+
+  void polling(int /*delta*/) noexcept override {}
 
   bool alive() noexcept override { return true; }
   void close() noexcept override {}

@@ -558,7 +558,8 @@ class Scheduler {
     std::unique_ptr<Job> job = std::move(a.job);
     a.header_got = 0;
     ++s.answers_received;
-    job->completion().deliver(payload, a.header.run_nanos);
+    job->completion().deliver(payload, a.header.run_nanos);  // `payload` may be a.payload
+    a.payload.clear(kept_assembly_bytes);                    // a huge answer gives its memory back
     job->recycle();
     recycled_.push_back(std::move(job));
     resolved(1);
@@ -878,6 +879,7 @@ class Scheduler {
   unsigned last_used_ = 0;
   InFlightBound bound_;
   static constexpr std::size_t max_spare_jobs = 1024;
+  static constexpr std::size_t kept_assembly_bytes = std::size_t{64} << 20;
   std::vector<std::unique_ptr<Job>> spare_jobs_;
   std::vector<std::unique_ptr<Job>> recycled_;  // collector thread only
   bool closed_ = false;

@@ -138,6 +138,8 @@ class Worker {
     // Publish the count only after the bytes: the parent reads it to detect a worker that
     // claims more answers than it really wrote (a truncated or corrupt stream).
     setup_.slot->completed.fetch_add(1, std::memory_order_release);
+    payload_.clear(kept_buffer_bytes);
+    answer_.clear(kept_buffer_bytes);
     // What the tasks printed goes out once the worker runs out of work, not after every task
     // (a flush walks every stdio stream).
     if (requests_.readable() == 0) std::fflush(nullptr);
@@ -175,6 +177,10 @@ class Worker {
       wait_for(setup_.slot->worker_bell, response_spin_, [&] { return responses_.writable() > 0; });
     }
   }
+
+  /// Buffers stay allocated (and their pages mapped) between tasks up to this size; beyond
+  /// it, the memory goes back after the task.
+  static constexpr std::size_t kept_buffer_bytes = std::size_t{64} << 20;
 
   WorkerSetup setup_;
   RingReader requests_;
