@@ -203,7 +203,7 @@ void publish(const ResponseHeader& h, std::size_t header_bytes = sizeof(Response
 
 /// Says "one more answer is fully written", as the worker does after each answer.
 void claim_an_answer() {
-  me().slot->completed.fetch_add(1, std::memory_order_release);
+  me().responses.control->messages.fetch_add(1, std::memory_order_release);
   wake_parent();
 }
 

@@ -130,8 +130,12 @@ class CountingInput {
 static_assert(std::ranges::input_range<CountingInput>);
 static_assert(!std::ranges::forward_range<CountingInput>);
 
-/// Chunks a map keeps in flight or ready (MapStream's window: 2 per worker, at least 2).
-std::size_t map_window(const Pool& pool) { return std::max<std::size_t>(2, 2 * pool.size()); }
+/// Chunks a map keeps in flight or ready for chunks of `chunk` items (MapStream::window:
+/// about 16384 items, between 2 and 32 chunks per worker, at least 2).
+std::size_t map_window(const Pool& pool, std::size_t chunk) {
+  return std::clamp<std::size_t>(16384 / chunk, std::max<std::size_t>(2, 2 * pool.size()),
+                                 std::max<std::size_t>(2, 32 * pool.size()));
+}
 
 // ----- Parameterised over worker counts ---------------------------------------------------------
 
@@ -405,7 +409,7 @@ TEST_P(MapTest, LazyWithFixedChunks) {
     CountingInput endless;
     auto results = pool.map(square, endless, o);
     EXPECT_EQ(endless.pulled(), 0u) << "map() itself must not read the input";
-    const std::size_t bound = map_window(pool) * chunk;
+    const std::size_t bound = map_window(pool, chunk) * chunk;
     std::size_t read = 0;
     for (auto it = results.begin(); read < 200; ++it) {
       ASSERT_EQ(*it, static_cast<std::int64_t>(read * read));
@@ -427,13 +431,13 @@ TEST_P(MapTest, LazyWithAutomaticChunks) {
   // Before any chunk has been timed, automatic chunks hold threads_per_worker (1) items each,
   // so the first result comes after exactly one window of 1-item chunks was read.
   EXPECT_GE(counted.pulled(), 1u);
-  EXPECT_LE(counted.pulled(), map_window(pool));
+  EXPECT_LE(counted.pulled(), map_window(pool, 1));
   // Automatic chunks grow at most 262144 items (the ceiling in MapStream::chunk_size()).
   for (std::size_t read = 1; read < 2000; ++read) {
     ++it;
     ASSERT_EQ(*it, static_cast<std::int64_t>(read * read));
   }
-  EXPECT_LE(counted.pulled(), 2000 + map_window(pool) * 262144);
+  EXPECT_LE(counted.pulled(), 2000 + map_window(pool, 1) * 262144);
 }
 
 TEST_P(MapTest, ChunkSizes) {

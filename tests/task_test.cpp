@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -327,6 +329,28 @@ TEST_F(TaskTest, JsonWithoutSerializeThrowsSerializationError) {
   Task<RawPoint> binary(pool_);
   binary.run(make_point, 3);
   EXPECT_EQ(binary.get(), std::vector<RawPoint>{(RawPoint{3, -3})});
+}
+
+// A Task destroyed before get() leaves its runs somewhere to land: they finish normally and the
+// pool carries on (their results are dropped).
+TEST(TaskLifetime, DestroyedBeforeGetWhileRunsAreInFlight) {
+  multicore::Pool pool({.workers = 2});
+  {
+    multicore::Task<int> task(pool);
+    for (int i = 0; i < 200; ++i) {
+      task.run(
+          [](int x) {
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+            return x;
+          },
+          i);
+    }
+  }  // destroyed with most runs still queued or running
+  multicore::Task<int> next(pool);
+  for (int i = 0; i < 50; ++i) next.run([](int x) { return x * 3; }, i);
+  const std::vector<int> results = next.get();
+  ASSERT_EQ(results.size(), 50u);
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(results[static_cast<std::size_t>(i)], 3 * i);
 }
 
 }  // namespace

@@ -87,12 +87,12 @@ class Pool {
     detail::check_call<Fn, detail::wire_t<Args>...>();
     using R = detail::result_of_t<Fn, detail::wire_t<Args>...>;
     detail::CallSlot<R> slot;
-    std::unique_ptr<detail::Job> job = core().new_job();
+    std::unique_ptr<detail::Job> job =
+        core().new_job(detail::request_size_hint<Fn>(Format::binary, args...));
     job->emplace_completion<detail::CallCompletion<R>>(&slot, Format::binary);
     encode<F, Args...>(*job, Format::binary, f, args...);
     core().call(
-        std::move(job), [&] { return slot.done.load(std::memory_order_acquire); },
-        [&] { slot.sleep(); });
+        std::move(job), [&] { return slot.is_done(); }, [&] { slot.sleep(); });
     return slot.take();
   }
 
@@ -156,7 +156,8 @@ class Pool {
     static_assert(std::is_same_v<R, detail::result_of_t<F, Args...>>,
                   "multicore: the function's result type depends on whether its arguments are "
                   "lvalues or rvalues; the worker calls it with rvalues");
-    std::unique_ptr<detail::Job> job = core().new_job();
+    std::unique_ptr<detail::Job> job =
+        core().new_job(detail::request_size_hint<Fn>(format, args...));
     std::future<R> future = job->emplace_completion<detail::PromiseCompletion<R>>(format).future();
     encode<F, Args...>(*job, format, f, args...);
     core().submit(std::move(job));

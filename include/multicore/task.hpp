@@ -4,7 +4,7 @@
 
 #include <cmath>
 #include <exception>
-#include <future>
+#include <memory>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
@@ -50,55 +50,60 @@ class Task {
   explicit operator bool() const noexcept { return parallel_; }
 
   /// Runs `f(args...)`: in the pool, or inline right now when the gate said no. Its result
-  /// must convert to R (for Task<void>, any result is ignored). Throws std::logic_error after
-  /// get(), PoolClosed when the pool is shut down, SerializationError when an argument cannot
-  /// be encoded (for Format::json: when it has no cereal serialize()).
+  /// must convert to R (for Task<void>, any result is ignored). Never waits for the call.
+  /// Throws std::logic_error after get(), PoolClosed when the pool is shut down,
+  /// SerializationError when an argument cannot be encoded (for Format::json: when it has no
+  /// cereal serialize()).
   template <class F, class... Args>
   void run(F&& f, Args&&... args) {
     using Result = detail::result_of_t<F, Args...>;
     static_assert(std::is_void_v<R> || std::is_convertible_v<Result, R>,
                   "multicore: Task<R>::run: the function's result does not convert to R");
+    detail::check_call<std::decay_t<F>, detail::wire_t<Args>...>();
     if (got_) throw std::logic_error("multicore: Task::run() called after get()");
-    if (parallel_) {
-      futures_.push_back(wrap<Result>(
-          pool_->submit_as(options_.format, std::forward<F>(f), std::forward<Args>(args)...)));
+    std::unique_ptr<detail::Job> job =
+        parallel_ ? pool_->core().new_job() : std::make_unique<detail::Job>();
+    Pool::encode<F, Args...>(*job, options_.format, f, args...);
+    auto& slot = batch_->slots.emplace_back();
+    job->emplace_completion<detail::TaskRunCompletion<R, Result>>(batch_, &slot, options_.format);
+    batch_->remaining.fetch_add(1, std::memory_order_relaxed);
+    if (!parallel_) {
+      detail::PoolCore::run_here(job->request.bytes(), job->completion());
       return;
     }
-    using Fn = std::decay_t<F>;
-    detail::check_call<Fn, detail::wire_t<Args>...>();
-    auto completion = std::make_unique<detail::PromiseCompletion<Result>>(options_.format);
-    auto future = completion->future();
-    Writer request;
-    detail::encode_call(request, options_.format, static_cast<const Fn&>(f),
-                        static_cast<const detail::wire_t<Args>&>(args)...);
-    detail::PoolCore::run_here(request.bytes(), *completion);
-    futures_.push_back(wrap<Result>(std::move(future)));
+    try {
+      pool_->core().submit(std::move(job));
+    } catch (...) {
+      batch_->remaining.fetch_sub(1, std::memory_order_relaxed);
+      batch_->slots.pop_back();
+      throw;
+    }
   }
 
   /// Waits for every run() and returns their results in run() order (nothing for Task<void>).
   /// If any failed, waits for all of them, then throws the first failure in run() order.
-  /// Call once: a second get() throws std::logic_error.
+  /// Call once: a second get() throws std::logic_error. While it waits, the calling thread
+  /// helps collect answers from the workers.
   auto get() {
     if (got_) throw std::logic_error("multicore: Task::get() called twice");
     got_ = true;
+    if (!batch_->done()) {
+      pool_->core().help([&] { return batch_->done(); }, [&] { batch_->sleep(); });
+    }
     std::exception_ptr first_error;
     if constexpr (std::is_void_v<R>) {
-      for (auto& f : futures_) {
-        try {
-          f.get();
-        } catch (...) {
-          if (!first_error) first_error = std::current_exception();
-        }
+      for (auto& slot : batch_->slots) {
+        if (slot.error && !first_error) first_error = slot.error;
       }
       if (first_error) std::rethrow_exception(first_error);
     } else {
       std::vector<R> results;
-      results.reserve(futures_.size());
-      for (auto& f : futures_) {
-        try {
-          results.push_back(f.get());
-        } catch (...) {
-          if (!first_error) first_error = std::current_exception();
+      results.reserve(batch_->slots.size());
+      for (auto& slot : batch_->slots) {
+        if (slot.error) {
+          if (!first_error) first_error = slot.error;
+        } else if (!first_error) {
+          results.push_back(std::move(*slot.value));
         }
       }
       if (first_error) std::rethrow_exception(first_error);
@@ -107,29 +112,13 @@ class Task {
   }
 
  private:
-  using Stored = std::conditional_t<std::is_void_v<R>, void, R>;
-
-  /// Adapts a future of the function's own result type to one of R.
-  template <class Result>
-  static std::future<Stored> wrap(std::future<Result> f) {
-    if constexpr (std::is_same_v<Result, Stored>) {
-      return f;
-    } else {
-      return std::async(std::launch::deferred, [f = std::move(f)]() mutable -> Stored {
-        if constexpr (std::is_void_v<Stored>) {
-          f.get();
-        } else {
-          return static_cast<Stored>(f.get());
-        }
-      });
-    }
-  }
-
   Pool* pool_;
   TaskOptions options_;
   bool parallel_ = true;
   bool got_ = false;
-  std::vector<std::future<Stored>> futures_;
+  // Shared with the runs' completions: a Task destroyed before they finish leaves them a
+  // place to write.
+  std::shared_ptr<detail::TaskBatch<R>> batch_ = std::make_shared<detail::TaskBatch<R>>();
 };
 
 }  // namespace multicore

@@ -243,12 +243,17 @@ std::size_t size_hint(const T& value) noexcept {
   }
 }
 
+/// Bytes the request for `fn(args...)` will take, when cheap to know (0 otherwise).
+template <class Fn, class... Args>
+std::size_t request_size_hint(Format format, const Args&... args) noexcept {
+  if (format != Format::binary) return 0;
+  return sizeof(RequestHeader) + sizeof(Fn) + (size_hint(args) + ... + 0);
+}
+
 /// Encodes `fn(args...)` as a complete request message (task id still 0).
 template <class Fn, class... Args>
 void encode_call(Writer& msg, Format format, const Fn& fn, const Args&... args) {
-  if (format == Format::binary) {
-    msg.reserve(sizeof(RequestHeader) + sizeof(Fn) + (size_hint(args) + ... + 0));
-  }
+  msg.reserve(request_size_hint<Fn>(format, args...));
   begin_request(msg);
   encode_callable(msg, fn, format);
   (encode(msg, args, format), ...);

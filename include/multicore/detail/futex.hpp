@@ -80,10 +80,11 @@ struct Doorbell {
   }
 };
 
-/// How long to spin before sleeping, adapted to what spinning has been buying us: it grows
-/// while spins succeed and shrinks while they fail, so a process waiting on long tasks stops
-/// burning a core that, on a small machine, the tasks themselves need. Measured in time, not
-/// in pauses: a PAUSE takes 10 to 140 cycles depending on the CPU.
+/// How long to spin before sleeping, learnt from how long recent waits really took: a wait
+/// that ended within `max_spin` (by spinning or after sleeping) says spinning would catch the
+/// next event without a wake-up; longer ones (long tasks) say spinning is wasted, and would take
+/// a core that, on a small machine, the tasks need. Measured in time, not PAUSEs: a PAUSE takes
+/// 10 to 140 cycles depending on the CPU.
 class SpinBudget {
  public:
   static constexpr std::chrono::nanoseconds min_spin{1'000};
@@ -94,39 +95,59 @@ class SpinBudget {
   bool spin(Ready&& ready) noexcept {
     const auto start = std::chrono::steady_clock::now();
     for (std::uint32_t i = 1;; ++i) {
-      if (ready()) {
-        budget_ = std::min(max_spin, budget_ * 2);
-        return true;
-      }
+      if (ready()) return true;
       cpu_relax();
       // Reading the clock costs about as much as a few pauses: do it now and then.
-      if (i % 64 == 0 && std::chrono::steady_clock::now() - start >= budget_) break;
+      if (i % 64 == 0 && std::chrono::steady_clock::now() - start >= budget_) return ready();
     }
-    budget_ = std::max(min_spin, budget_ / 2);
-    return ready();
+  }
+
+  /// Learns from a whole wait (spin and sleep) that took `waited`. Within the window, spin the
+  /// whole window next time: a wake-up costs more than the spin (10 to 80 us on a virtual CPU
+  /// that has gone idle), and an event that came this soon is likely to come as soon again.
+  /// Beyond it, halve the budget: waits are long now (long tasks), and spinning only burns.
+  void learn(std::chrono::nanoseconds waited) noexcept {
+    budget_ = waited < max_spin ? max_spin : std::max(min_spin, budget_ / 2);
   }
 
  private:
-  std::chrono::nanoseconds budget_{20'000};
+  std::chrono::nanoseconds budget_{max_spin};
 };
 
 /// Spins, then sleeps on `bell` until `ready()` or until `timeout` has passed in total.
-/// `timeout` <= 0 waits without limit. Returns ready().
-template <class Ready>
-bool wait_for(Doorbell& bell, SpinBudget& budget, Ready&& ready,
-              std::chrono::nanoseconds timeout = std::chrono::nanoseconds{0}) noexcept {
-  if (budget.spin(ready)) return true;
+/// `timeout` <= 0 waits without limit. Calls `before_sleep()` once if it has to sleep (a worker
+/// flushes its output there). Returns ready().
+template <class Ready, class BeforeSleep>
+bool wait_for(Doorbell& bell, SpinBudget& budget, Ready&& ready, std::chrono::nanoseconds timeout,
+              BeforeSleep&& before_sleep) noexcept {
+  if (budget.spin(ready)) {
+    budget.learn(std::chrono::nanoseconds{0});  // within the window, and no clock to read
+    return true;
+  }
+  // The spin took its whole budget; time the rest of the wait from here (close enough).
+  const auto start = std::chrono::steady_clock::now();
+  const auto learn = [&](bool result) {
+    budget.learn(std::chrono::steady_clock::now() - start);
+    return result;
+  };
+  before_sleep();
   if (timeout.count() <= 0) {
     while (!bell.sleep_unless(ready, std::chrono::nanoseconds{0})) {
     }
-    return true;
+    return learn(true);
   }
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const auto deadline = start + timeout;
   for (;;) {
     const auto left = deadline - std::chrono::steady_clock::now();
-    if (left <= std::chrono::nanoseconds{0}) return ready();
-    if (bell.sleep_unless(ready, left)) return true;
+    if (left <= std::chrono::nanoseconds{0}) return learn(ready());
+    if (bell.sleep_unless(ready, left)) return learn(true);
   }
+}
+
+template <class Ready>
+bool wait_for(Doorbell& bell, SpinBudget& budget, Ready&& ready,
+              std::chrono::nanoseconds timeout = std::chrono::nanoseconds{0}) noexcept {
+  return wait_for(bell, budget, ready, timeout, [] {});
 }
 
 }  // namespace multicore::detail

@@ -34,11 +34,14 @@ struct SlotShared {
       0};  ///< task being processed, 0: none
   /// When the entry (the user's code) started, steady clock; 0 while the task's payloads stream.
   std::atomic<std::int64_t> running_since_ns{0};
-  std::atomic<std::uint64_t> completed{0};  ///< responses fully published (head moved past them)
 
   // The worker sleeps here; the parent rings after it publishes requests or frees response
   // space, or asks the worker to stop.
   alignas(cache_line_size) Doorbell worker_bell;
+  /// Worker: it waits for room in the response ring. Only then does the parent ring
+  /// worker_bell after consuming answers (otherwise it would wake a worker that sleeps for lack
+  /// of requests, for nothing).
+  std::atomic<std::uint32_t> worker_wants_room{0};
   /// 0: nothing; 1 (parent): a partly sent request waits for room; 2 (worker, 1 -> 2 only):
   /// room was made, and parent_bell rung. The worker's compare-and-swap cannot resurrect a
   /// wait the parent has since cancelled.

@@ -236,6 +236,7 @@ struct MapInbox {
   std::mutex mutex;
   std::condition_variable arrived_cv;
   std::vector<Arrival> arrived;
+  std::atomic<std::size_t> arrivals{0};  // ever posted: lets the consumer poll without the lock
   std::atomic<bool> abandoned{false};
 };
 
@@ -269,10 +270,9 @@ class ChunkCompletion final : public Completion {
 
  private:
   void post(typename MapInbox<Out>::Arrival arrival) {
-    {
-      std::lock_guard lock(inbox_->mutex);
-      inbox_->arrived.push_back(std::move(arrival));
-    }
+    std::lock_guard lock(inbox_->mutex);  // held while notifying: see MapStream's sleep
+    inbox_->arrived.push_back(std::move(arrival));
+    inbox_->arrivals.fetch_add(1, std::memory_order_release);
     inbox_->arrived_cv.notify_one();
   }
 
@@ -320,7 +320,9 @@ class MapStream {
           options_(options),
           inbox_(std::make_shared<MapInbox<Out>>()) {
       check_map_options(options_);
-      window_ = std::max<std::size_t>(2, std::size_t{2} * core_.size());
+      const std::size_t workers = std::max(1u, core_.size());
+      min_window_ = std::max<std::size_t>(2, 2 * workers);
+      max_window_ = std::max<std::size_t>(2, 32 * workers);
     }
 
     ~State() { inbox_->abandoned.store(true, std::memory_order_relaxed); }
@@ -378,13 +380,22 @@ class MapStream {
       return true;
     }
 
+    /// Waits for chunk answers, helping to collect them meanwhile (spinning on the rings like
+    /// Pool::call), so that small chunks do not each cost a sleeping thread's wake-up.
     void wait_for_arrivals() {
+      const auto posted = [&] {
+        return inbox_->arrivals.load(std::memory_order_acquire) != settled_;
+      };
+      core_.help(posted, [&] {
+        std::unique_lock lock(inbox_->mutex);
+        inbox_->arrived_cv.wait(lock, posted);
+      });
       std::vector<typename MapInbox<Out>::Arrival> arrivals;
       {
-        std::unique_lock lock(inbox_->mutex);
-        inbox_->arrived_cv.wait(lock, [&] { return !inbox_->arrived.empty(); });
+        std::lock_guard lock(inbox_->mutex);
         arrivals.swap(inbox_->arrived);
       }
+      settled_ += arrivals.size();
       for (auto& a : arrivals) settle(std::move(a));
     }
 
@@ -430,9 +441,19 @@ class MapStream {
     }
 
     /// Keeps the window full: reads inputs, cuts them into chunks, sends them.
+    /// Chunks allowed in flight or ready: about window_items items, between 2 and 32 chunks
+    /// per worker. Small chunks need many in flight, or each worker idles between them long
+    /// enough to fall asleep, and every chunk then pays a wake-up.
+    std::size_t window(std::size_t chunk) const noexcept {
+      return std::clamp(window_items / std::max<std::size_t>(chunk, 1), min_window_, max_window_);
+    }
+
     void fill() {
-      while (!input_done_ && chunks_.size() < window_) {
+      for (;;) {
+        if (input_done_) return;
         const std::size_t want = chunk_size();
+        if (chunks_.size() >= window(want)) return;
+        last_size_ = want;
         std::vector<In> inputs;
         inputs.reserve(std::min<std::size_t>(want, 65536));  // chunk_size may be huge
         auto& it = *it_;
@@ -472,7 +493,7 @@ class MapStream {
 
     /// Items per chunk: fixed if the user chose, else sized so a chunk runs ~0.5 ms (fast
     /// items batch up, slow ones travel alone), growing at most 8x per step.
-    std::size_t chunk_size() {
+    std::size_t chunk_size() const {
       if (options_.chunk_size != 0) return options_.chunk_size;
       const std::size_t threads = options_.threads_per_worker;
       std::size_t size = threads;
@@ -487,8 +508,7 @@ class MapStream {
         const std::size_t left = total > consumed_ ? total - consumed_ : 0;
         size = std::min(size, std::max(threads, left / (std::size_t{2} * core_.size())));
       }
-      last_size_ = std::max<std::size_t>(size, 1);
-      return last_size_;
+      return std::max<std::size_t>(size, 1);
     }
 
     void learn(std::uint64_t run_nanos, std::size_t items) {
@@ -503,10 +523,13 @@ class MapStream {
     Source view_;
     MapOptions options_;
     std::shared_ptr<MapInbox<Out>> inbox_;
+    std::size_t settled_ = 0;  // arrivals taken from the inbox so far
     std::optional<std::ranges::iterator_t<Range&>> it_;
     bool input_done_ = false;
     std::size_t consumed_ = 0;
-    std::size_t window_ = 2;
+    static constexpr std::size_t window_items = 16384;
+    std::size_t min_window_ = 2;
+    std::size_t max_window_ = 2;
     std::size_t last_size_ = 1;
     double item_ns_ = 0;
     std::map<std::size_t, Chunk> chunks_;  // in flight or ready, keyed by first input index

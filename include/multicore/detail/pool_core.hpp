@@ -88,9 +88,10 @@ class PoolCore {
   unsigned size() const noexcept { return options_.workers; }
   bool is_inline() const noexcept { return options_.run_inline; }
 
-  /// A job to fill in (request and completion) and submit().
-  std::unique_ptr<Job> new_job() {
-    return scheduler_ ? scheduler_->new_job() : std::make_unique<Job>();
+  /// A job to fill in (request and completion) and submit(); `size_hint`: see
+  /// Scheduler::new_job.
+  std::unique_ptr<Job> new_job(std::size_t size_hint = 0) {
+    return scheduler_ ? scheduler_->new_job(size_hint) : std::make_unique<Job>();
   }
 
   /// Queues a filled-in job. Throws PoolClosed after shutdown()/terminate(), and Error when
@@ -115,6 +116,17 @@ class PoolCore {
       return;
     }
     scheduler_->call(std::move(job), done, sleep);
+  }
+
+  /// Waits until `done` holds (for jobs already submitted), helping to collect answers; in
+  /// inline mode they all ran already.
+  template <class Done, class Sleep>
+  void help(Done&& done, Sleep&& sleep) {
+    if (scheduler_) {
+      scheduler_->help(done, sleep);
+    } else if (!done()) {
+      sleep();
+    }
   }
 
   void shutdown() noexcept {

@@ -4,8 +4,10 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <exception>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <type_traits>
@@ -123,26 +125,40 @@ class PromiseCompletion final : public Completion {
 };
 
 /// Where Pool::call()'s answer lands: on the caller's stack, filled in by whichever thread
-/// delivers it. The caller may return (destroying this) as soon as `done` is seen; deliver()
-/// touches the object only under `mutex`, and the caller takes `mutex` once before leaving.
+/// delivers it. The caller returns (destroying this) as soon as it sees `done`, so the
+/// delivering thread must not touch the object after publishing `done`, except when the caller
+/// went to sleep: then it wakes it under `mutex`, which the caller takes before leaving.
 template <class R>
 struct CallSlot {
-  std::mutex mutex;
-  std::condition_variable ready;
-  std::atomic<bool> done{false};
+  enum State : int { pending, sleeping, done };
+  std::atomic<int> state{pending};
   std::optional<std::conditional_t<std::is_void_v<R>, char, R>> value;
   std::exception_ptr error;
+  std::mutex mutex;
+  std::condition_variable woken;
 
-  /// The result, or the error thrown. Call once `done` holds.
+  bool is_done() const noexcept { return state.load(std::memory_order_acquire) == done; }
+
+  /// The result, or the error thrown. Call once is_done().
   R take() {
-    { std::lock_guard lock(mutex); }  // deliver() has left the object
     if (error) std::rethrow_exception(error);
     if constexpr (!std::is_void_v<R>) return std::move(*value);
   }
 
+  /// Blocks until done.
   void sleep() {
     std::unique_lock lock(mutex);
-    ready.wait(lock, [&] { return done.load(std::memory_order_acquire); });
+    int expected = pending;
+    if (!state.compare_exchange_strong(expected, sleeping, std::memory_order_acq_rel)) return;
+    woken.wait(lock, [&] { return is_done(); });
+  }
+
+  /// Publishes the outcome (value or error already stored).
+  void finish() noexcept {
+    if (state.exchange(done, std::memory_order_acq_rel) == sleeping) {
+      std::lock_guard lock(mutex);  // the sleeper holds it until it waits: no lost wake-up
+      woken.notify_one();
+    }
   }
 };
 
@@ -153,7 +169,6 @@ class CallCompletion final : public Completion {
   CallCompletion(CallSlot<R>* slot, Format format) : slot_(slot), format_(format) {}
 
   void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept override {
-    std::lock_guard lock(slot_->mutex);
     try {
       if constexpr (std::is_void_v<R>) {
         read_outcome<void>(payload, format_);
@@ -165,22 +180,86 @@ class CallCompletion final : public Completion {
     } catch (...) {
       slot_->error = std::current_exception();
     }
-    finish_locked();
+    slot_->finish();
   }
 
   void fail(std::exception_ptr error) noexcept override {
-    std::lock_guard lock(slot_->mutex);
     slot_->error = std::move(error);
-    finish_locked();
+    slot_->finish();
   }
 
  private:
-  void finish_locked() noexcept {
-    slot_->done.store(true, std::memory_order_release);
-    slot_->ready.notify_one();
+  CallSlot<R>* slot_;
+  Format format_;
+};
+
+/// Where a Task's runs land, one slot per run in run() order. Shared with the runs'
+/// completions, so a Task destroyed before its runs finish leaves nothing dangling.
+template <class R>
+struct TaskBatch {
+  using Stored = std::conditional_t<std::is_void_v<R>, char, R>;
+  struct Slot {
+    std::optional<Stored> value;
+    std::exception_ptr error;
+  };
+  std::deque<Slot> slots;  // push_back keeps references to earlier slots valid
+  std::atomic<std::size_t> remaining{0};
+  std::mutex mutex;
+  std::condition_variable finished;
+
+  bool done() const noexcept { return remaining.load(std::memory_order_acquire) == 0; }
+
+  void sleep() {
+    std::unique_lock lock(mutex);
+    finished.wait(lock, [&] { return done(); });
   }
 
-  CallSlot<R>* slot_;
+  void one_done() noexcept {
+    if (remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard lock(mutex);  // pairs with sleep()'s predicate check
+      finished.notify_all();
+    }
+  }
+};
+
+/// Resolves one run of a Task: decodes the function's own result type `Result` and stores it
+/// converted to the Task's R.
+template <class R, class Result>
+class TaskRunCompletion final : public Completion {
+ public:
+  TaskRunCompletion(std::shared_ptr<TaskBatch<R>> batch, typename TaskBatch<R>::Slot* slot,
+                    Format format)
+      : batch_(std::move(batch)), slot_(slot), format_(format) {}
+
+  void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept override {
+    try {
+      if constexpr (std::is_void_v<Result>) {
+        read_outcome<void>(payload, format_);
+        expect_end(payload);
+        slot_->value.emplace();
+      } else {
+        Result value = read_outcome<Result>(payload, format_);
+        expect_end(payload);
+        if constexpr (std::is_void_v<R>) {
+          slot_->value.emplace();
+        } else {
+          slot_->value.emplace(static_cast<R>(std::move(value)));
+        }
+      }
+    } catch (...) {
+      slot_->error = std::current_exception();
+    }
+    batch_->one_done();
+  }
+
+  void fail(std::exception_ptr error) noexcept override {
+    slot_->error = std::move(error);
+    batch_->one_done();
+  }
+
+ private:
+  std::shared_ptr<TaskBatch<R>> batch_;
+  typename TaskBatch<R>::Slot* slot_;
   Format format_;
 };
 

@@ -21,6 +21,9 @@ inline constexpr std::size_t cache_line_size = 64;
 /// mid-copy leaves nothing half-written behind: the consumer never sees those bytes.
 struct RingControl {
   alignas(cache_line_size) std::atomic<std::uint64_t> head{0};
+  /// Messages the producer has fully published (it counts one after moving `head` past its
+  /// last byte). On head's cache line: the consumer reads both for one line transfer.
+  std::atomic<std::uint64_t> messages{0};
   alignas(cache_line_size) std::atomic<std::uint64_t> tail{0};
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
@@ -69,12 +72,19 @@ class RingWriter {
     return n;
   }
 
+  /// Counts a message whose bytes are all published (see RingControl::messages).
+  void count_message() noexcept {
+    const std::uint64_t n = memory_.control->messages.load(std::memory_order_relaxed);
+    memory_.control->messages.store(n + 1, std::memory_order_release);
+  }
+
   /// Forgets everything in the ring. Only valid while no consumer process is attached (the
   /// worker on the other side is dead and not yet replaced).
   void reset() noexcept {
     head_ = cached_tail_ = 0;
     corrupt_ = false;
     memory_.control->tail.store(0, std::memory_order_relaxed);
+    memory_.control->messages.store(0, std::memory_order_relaxed);
     memory_.control->head.store(0, std::memory_order_release);
   }
 
@@ -160,11 +170,18 @@ class RingReader {
     memory_.control->tail.store(tail_, std::memory_order_release);
   }
 
+  /// Messages the producer says it has fully published. Read it before looking at the bytes:
+  /// every message it counts is then entirely readable.
+  std::uint64_t messages() const noexcept {
+    return memory_.control->messages.load(std::memory_order_acquire);
+  }
+
   /// Forgets everything in the ring. Only valid while no producer process is attached.
   void reset() noexcept {
     tail_ = cached_head_ = 0;
     corrupt_ = false;
     memory_.control->head.store(0, std::memory_order_relaxed);
+    memory_.control->messages.store(0, std::memory_order_relaxed);
     memory_.control->tail.store(0, std::memory_order_release);
   }
 

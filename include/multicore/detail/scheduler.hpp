@@ -73,6 +73,9 @@ class Job {
 
   Completion& completion() noexcept { return *completion_; }
 
+  /// Request buffers up to this size stay with the job when it is recycled.
+  static constexpr std::size_t max_kept_bytes = std::size_t{64} << 10;
+
   /// Ready for reuse: no completion, no request (a large request buffer is let go).
   void recycle() noexcept {
     reset_completion();
@@ -86,7 +89,6 @@ class Job {
 
  private:
   static constexpr std::size_t inline_bytes = 64;
-  static constexpr std::size_t max_kept_bytes = std::size_t{64} << 10;
 
   void reset_completion() noexcept {
     if (completion_ == nullptr) return;
@@ -167,17 +169,15 @@ class Scheduler {
 
   unsigned size() const noexcept { return static_cast<unsigned>(slots_.size()); }
 
-  /// A job to fill in and submit(): a recycled one when there is one. Thread-safe.
-  std::unique_ptr<Job> new_job() {
-    {
-      std::lock_guard lock(mutex_);
-      if (!spare_jobs_.empty()) {
-        std::unique_ptr<Job> job = std::move(spare_jobs_.back());
-        spare_jobs_.pop_back();
-        return job;
-      }
+  /// A job to fill in and submit(): a recycled one when there is one. Thread-safe. A request
+  /// expected to be large (`size_hint` bytes) gets the spare large buffer if it fits.
+  std::unique_ptr<Job> new_job(std::size_t size_hint = 0) {
+    std::unique_ptr<Job> job = recycled_job();
+    if (size_hint > Job::max_kept_bytes) {
+      std::lock_guard lock(spare_mutex_);
+      if (spare_request_.capacity() >= size_hint) job->request = std::move(spare_request_);
     }
-    return std::make_unique<Job>();
+    return job;
   }
 
   /// Queues a job (request encoded, completion set) and sends it if a worker has room.
@@ -214,11 +214,21 @@ class Scheduler {
     help_until(done, sleep);
   }
 
+  /// Waits until `done` holds, helping to collect answers as call() does (for jobs submitted
+  /// earlier: Task::get, a map waiting for its next chunk).
+  template <class Done, class Sleep>
+  void help(Done&& done, Sleep&& sleep) noexcept {
+    if (done()) return;
+    sync_callers_.fetch_add(1, std::memory_order_relaxed);
+    transport_->polling(+1);
+    help_until(done, sleep);
+  }
+
  private:
   template <class Done, class Sleep>
   void help_until(Done&& done, Sleep&& sleep) noexcept {
     SpinBudget& budget = caller_spin();
-    budget.spin([&] {
+    const bool caught = budget.spin([&] {
       if (done()) return true;
       // Poll with plain loads of the shared indices; lock only when there is something.
       bool bytes = false;
@@ -241,10 +251,29 @@ class Scheduler {
       kick_.store(true, std::memory_order_relaxed);
       transport_->wake();
     }
-    if (!done()) sleep();
+    if (caught) {
+      budget.learn(std::chrono::nanoseconds{0});
+    } else if (!done()) {
+      const auto start = std::chrono::steady_clock::now();
+      sleep();
+      budget.learn(std::chrono::steady_clock::now() - start);
+    }
   }
 
  public:
+  std::unique_ptr<Job> recycled_job() {
+    if (std::unique_ptr<Job>& cached = cached_job()) return std::move(cached);
+    {
+      std::lock_guard lock(mutex_);
+      if (!spare_jobs_.empty()) {
+        std::unique_ptr<Job> job = std::move(spare_jobs_.back());
+        spare_jobs_.pop_back();
+        return job;
+      }
+    }
+    return std::make_unique<Job>();
+  }
+
   /// Stops accepting, waits for every submitted job to resolve, stops the workers. Bounded
   /// once the work is done: workers that do not stop in time are killed.
   void shutdown() noexcept { close(false); }
@@ -292,6 +321,7 @@ class Scheduler {
     std::exception_ptr start_error;
     // Collector thread only:
     Assembly assembly;
+    Clock::time_point assembly_used{};  // last use of a large assembly buffer
     std::uint64_t answers_received = 0;
     SlotState seen = SlotState::spawning;
   };
@@ -435,6 +465,7 @@ class Scheduler {
           if (Clock::now() >= heartbeat) {
             heartbeat = Clock::now() + std::chrono::milliseconds(100);
             if (!transport_->alive()) fork_server_lost_locked(failures);
+            release_cold_buffers();
           }
         }
         progressed |= !failures.empty();
@@ -559,10 +590,48 @@ class Scheduler {
     a.header_got = 0;
     ++s.answers_received;
     job->completion().deliver(payload, a.header.run_nanos);  // `payload` may be a.payload
-    a.payload.clear(kept_assembly_bytes);                    // a huge answer gives its memory back
+    keep_warm(a.payload, s.assembly_used);
+    if (job->request.capacity() > Job::max_kept_bytes) {
+      std::lock_guard lock(spare_mutex_);
+      if (job->request.capacity() > spare_request_.capacity()) {
+        spare_request_ = std::move(job->request);
+        keep_warm(spare_request_, spare_used_);
+      }
+    }
     job->recycle();
-    recycled_.push_back(std::move(job));
+    // Kept by this thread first: a call() that received its own answer reuses the job for
+    // its next call without taking mutex_.
+    if (std::unique_ptr<Job>& cached = cached_job(); !cached) {
+      cached = std::move(job);
+    } else {
+      recycled_.push_back(std::move(job));
+    }
     resolved(1);
+  }
+
+  // Large buffers (an answer's assembly, a spare request buffer) stay allocated, their pages
+  // mapped, for `warm_for` after their last use, up to `max_warm_bytes`: back-to-back large
+  // payloads then skip re-faulting them, which costs more than copying them. The heartbeat
+  // gives back what was not used meanwhile.
+  static constexpr std::size_t max_warm_bytes = std::size_t{256} << 20;
+  static constexpr std::chrono::seconds warm_for{1};
+
+  static void keep_warm(Writer& buffer, Clock::time_point& used) noexcept {
+    buffer.clear(max_warm_bytes);
+    if (buffer.capacity() > Job::max_kept_bytes) used = Clock::now();
+  }
+
+  /// Gives back large buffers unused for `warm_for`. Collector thread, holding collect_mutex_.
+  void release_cold_buffers() noexcept {
+    const auto cold = Clock::now() - warm_for;
+    for (Slot& s : slots_) {
+      if (s.assembly.payload.capacity() > Job::max_kept_bytes && s.assembly_used < cold &&
+          !s.assembly.job) {
+        s.assembly.payload.clear(0);
+      }
+    }
+    std::lock_guard lock(spare_mutex_);
+    if (spare_request_.capacity() > 0 && spare_used_ < cold) spare_request_ = Writer();
   }
 
   /// Moves jobs finished by the collector to the free list new_job() takes from.
@@ -784,7 +853,10 @@ class Scheduler {
   /// `n` jobs got their answer or error; wakes a shutdown waiting for the last one.
   void resolved(std::size_t n) noexcept {
     if (n == 0) return;
-    if (outstanding_.fetch_sub(n, std::memory_order_acq_rel) == n) {
+    // Only a closing pool waits for the count to reach zero: skip the lock otherwise. closing_
+    // is set before that wait checks the count, under mutex_, so the last job cannot miss it.
+    if (outstanding_.fetch_sub(n, std::memory_order_seq_cst) == n &&
+        closing_.load(std::memory_order_seq_cst)) {
       std::lock_guard lock(mutex_);  // pairs with the waiter's predicate check
       changed_.notify_all();
     }
@@ -792,6 +864,12 @@ class Scheduler {
 
   void resolved_locked(std::size_t n) noexcept {
     if (outstanding_.fetch_sub(n, std::memory_order_acq_rel) == n) changed_.notify_all();
+  }
+
+  /// One recycled job per thread, outside any lock. Jobs belong to no pool in particular.
+  static std::unique_ptr<Job>& cached_job() noexcept {
+    thread_local std::unique_ptr<Job> job;
+    return job;
   }
 
   /// Each calling thread learns its own spin budget (tasks differ by caller).
@@ -805,6 +883,7 @@ class Scheduler {
   void mark_closed_locked(const char* reason) {
     if (!closed_) closed_reason_ = reason;
     closed_ = true;
+    closing_.store(true, std::memory_order_seq_cst);
   }
 
   void close(bool hard) noexcept {
@@ -815,7 +894,7 @@ class Scheduler {
       mark_closed_locked("multicore: the pool is shut down; no new tasks are accepted");
       if (!hard) {
         changed_.wait(lock, [&] {
-          return terminating_ || outstanding_.load(std::memory_order_acquire) == 0;
+          return terminating_ || outstanding_.load(std::memory_order_seq_cst) == 0;
         });
         hard = terminating_;
       }
@@ -879,7 +958,9 @@ class Scheduler {
   unsigned last_used_ = 0;
   InFlightBound bound_;
   static constexpr std::size_t max_spare_jobs = 1024;
-  static constexpr std::size_t kept_assembly_bytes = std::size_t{64} << 20;
+  std::mutex spare_mutex_;  // guards the two below
+  Writer spare_request_;    // a large request buffer kept warm for the next large request
+  Clock::time_point spare_used_{};
   std::vector<std::unique_ptr<Job>> spare_jobs_;
   std::vector<std::unique_ptr<Job>> recycled_;  // collector thread only
   bool closed_ = false;
@@ -887,6 +968,7 @@ class Scheduler {
   std::string closed_reason_;
 
   std::atomic<std::size_t> outstanding_{0};  // submitted, not yet answered or failed
+  std::atomic<bool> closing_{false};         // closed_, readable without mutex_
   std::atomic<bool> stop_{false};
   std::atomic<bool> kick_{false};
   std::atomic<unsigned> sync_callers_{0};  // call()s spinning in wait_helping

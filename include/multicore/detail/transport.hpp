@@ -196,7 +196,9 @@ class ShmTransport final : public Transport {
 
   void consume(unsigned k, std::size_t n) noexcept override {
     readers_[k].consume(n);
-    slot(k).worker_bell.ring();  // a worker may be waiting for room to answer
+    // Dekker with Worker::write_all: the worker raises its flag, then looks at the room.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (slot(k).worker_wants_room.load(std::memory_order_relaxed) != 0) slot(k).worker_bell.ring();
   }
 
   bool receive_corrupt(unsigned k) const noexcept override { return readers_[k].corrupt(); }
@@ -209,9 +211,7 @@ class ShmTransport final : public Transport {
     return id;
   }
 
-  std::uint64_t answers_sent(unsigned k) const noexcept override {
-    return slot(k).completed.load(std::memory_order_acquire);
-  }
+  std::uint64_t answers_sent(unsigned k) const noexcept override { return readers_[k].messages(); }
 
   void reset(unsigned k) noexcept override {
     SlotShared& s = slot(k);
@@ -219,8 +219,8 @@ class ShmTransport final : public Transport {
     readers_[k].reset();
     s.running.store(0, std::memory_order_relaxed);
     s.running_since_ns.store(0, std::memory_order_relaxed);
-    s.completed.store(0, std::memory_order_relaxed);
     s.parent_wants_space.store(0, std::memory_order_relaxed);
+    s.worker_wants_room.store(0, std::memory_order_relaxed);
     s.pid.store(0, std::memory_order_relaxed);
   }
 

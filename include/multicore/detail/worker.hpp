@@ -77,6 +77,7 @@ class Worker {
     start();
     std::size_t done = 0;
     for (;;) {
+      give_back_idle_buffers();
       RequestHeader header;
       read_exact({reinterpret_cast<std::byte*>(&header), sizeof header});
       if (header.kind == RequestKind::stop) leave_worker(0);
@@ -135,14 +136,24 @@ class Worker {
     response.run_nanos = static_cast<std::uint64_t>(steady_now_ns() - began);
     std::memcpy(answer_.data(), &response, sizeof response);
     write_all(answer_.bytes());
-    // Publish the count only after the bytes: the parent reads it to detect a worker that
-    // claims more answers than it really wrote (a truncated or corrupt stream).
-    setup_.slot->completed.fetch_add(1, std::memory_order_release);
+    // Counted only after the bytes: the parent reads it to detect a worker that claims more
+    // answers than it really wrote (a truncated or corrupt stream).
+    responses_.count_message();
+    payload_.clear(max_warm_bytes);
+    answer_.clear(max_warm_bytes);
+  }
+
+  /// Between tasks: if large buffers are held, waits at most `warm_for` for the next request,
+  /// and gives their memory back if none came.
+  void give_back_idle_buffers() noexcept {
+    if (payload_.capacity() + answer_.capacity() <= 2 * kept_buffer_bytes) return;
+    const auto ready = [&] { return requests_.readable() > 0; };
+    if (wait_for(setup_.slot->worker_bell, request_spin_, ready, warm_for,
+                 [] { std::fflush(nullptr); })) {
+      return;
+    }
     payload_.clear(kept_buffer_bytes);
     answer_.clear(kept_buffer_bytes);
-    // What the tasks printed goes out once the worker runs out of work, not after every task
-    // (a flush walks every stdio stream).
-    if (requests_.readable() == 0) std::fflush(nullptr);
   }
 
   /// Blocks until `out` is filled from the request ring.
@@ -158,7 +169,11 @@ class Worker {
         }
         continue;
       }
-      wait_for(setup_.slot->worker_bell, request_spin_, [&] { return requests_.readable() > 0; });
+      // What the tasks printed goes out when the worker runs out of work and goes to sleep,
+      // not after every task (a flush walks every stdio stream).
+      wait_for(
+          setup_.slot->worker_bell, request_spin_, [&] { return requests_.readable() > 0; },
+          std::chrono::nanoseconds{0}, [] { std::fflush(nullptr); });
     }
   }
 
@@ -174,13 +189,20 @@ class Worker {
         }
         continue;
       }
+      setup_.slot->worker_wants_room.store(1, std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_seq_cst);  // see ShmTransport::consume
       wait_for(setup_.slot->worker_bell, response_spin_, [&] { return responses_.writable() > 0; });
+      setup_.slot->worker_wants_room.store(0, std::memory_order_relaxed);
     }
   }
 
   /// Buffers stay allocated (and their pages mapped) between tasks up to this size; beyond
   /// it, the memory goes back after the task.
-  static constexpr std::size_t kept_buffer_bytes = std::size_t{64} << 20;
+  static constexpr std::size_t kept_buffer_bytes = std::size_t{1} << 20;
+  /// Larger buffers stay warm (their pages mapped) between tasks, which saves re-faulting them
+  /// for back-to-back large payloads, up to this size and for `warm_for` of idleness.
+  static constexpr std::size_t max_warm_bytes = std::size_t{256} << 20;
+  static constexpr std::chrono::seconds warm_for{1};
 
   WorkerSetup setup_;
   RingReader requests_;
