@@ -85,6 +85,24 @@ void BM_SubmitMany(benchmark::State& state) {
 }
 BENCHMARK(BM_SubmitMany)->ArgName("n")->Arg(1 << 10)->Arg(1 << 14)->UseRealTime();
 
+// The same many independent calls through a Task, which needs no std::future per call.
+void BM_TaskMany(benchmark::State& state) {
+  const auto n = static_cast<int>(state.range(0));
+  multicore::Pool pool = make_pool();
+  for (auto _ : state) {
+    multicore::Task<int> task(pool);
+    for (int i = 0; i < n; ++i) task.run(bench::trivial, i);
+    std::int64_t sum = 0;
+    for (int r : task.get()) sum += r;
+    if (sum != expected_sum(n)) {
+      state.SkipWithError("wrong results from Task");
+      break;
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+BENCHMARK(BM_TaskMany)->ArgName("n")->Arg(1 << 10)->Arg(1 << 14)->UseRealTime();
+
 // Baseline: the same with a std::thread pool of usable_cores() threads.
 void BM_ThreadPoolSubmitMany(benchmark::State& state) {
   const auto n = static_cast<int>(state.range(0));
