@@ -16,6 +16,7 @@
 
 #include "support/failure.hpp"
 #include "support/leak_check.hpp"
+#include "support/workers.hpp"
 
 namespace {
 
@@ -26,14 +27,7 @@ int twice(int x) { return 2 * x; }
 std::string greet(std::string name) { return "hello " + name; }
 pid_t process_id() { return getpid(); }
 
-class CallTest : public ::testing::TestWithParam<unsigned> {
- protected:
-  PoolOptions options() const {
-    PoolOptions o;
-    o.workers = GetParam();
-    return o;
-  }
-};
+class CallTest : public multicore_test::WorkerCountTest {};
 
 TEST_P(CallTest, ReturnsTheResultFromAWorkerProcess) {
   Pool pool(options());
@@ -151,11 +145,7 @@ TEST(CallInline, RunsInTheCallingProcess) {
   EXPECT_THROW(pool.call([] { throw 7; }), multicore::RemoteError);
 }
 
-INSTANTIATE_TEST_SUITE_P(Workers, CallTest, ::testing::Values(1u, 2u, 0u),
-                         [](const ::testing::TestParamInfo<unsigned>& param) {
-                           return param.param == 0   ? std::string("usableCores")
-                                  : param.param == 1 ? std::string("1worker")
-                                                     : std::to_string(param.param) + "workers";
-                         });
+INSTANTIATE_TEST_SUITE_P(Workers, CallTest, multicore_test::worker_counts(),
+                         multicore_test::worker_count_name);
 
 }  // namespace

@@ -27,6 +27,7 @@
 
 #include "multicore/detail/ring.hpp"  // cache_line_size
 #include "multicore/detail/shm.hpp"
+#include "support/child_watch.hpp"
 
 namespace {
 
@@ -35,6 +36,7 @@ using multicore::detail::Doorbell;
 using multicore::detail::SharedRegion;
 using multicore::detail::SpinBudget;
 using multicore::detail::wait_for;
+using multicore_test::ChildWatch;
 using namespace std::chrono_literals;
 
 /// Liveness bound for waits that must end: far beyond any wake-up latency, only reached when
@@ -82,45 +84,6 @@ long FutexWake(std::atomic<std::uint32_t>& word, int op) {
   return syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), op, INT_MAX, nullptr, nullptr,
                  0);
 }
-
-/// Reaps a child on a thread of its own and, when it is gone, rings `bell`: a parent waiting on
-/// that bell for the child's answer then also wakes when the child dies, so it never hangs on a
-/// dead child and needs no timeout. Destroyed early (a failed assertion), it kills the child.
-class ChildWatch {
- public:
-  ChildWatch(pid_t pid, Doorbell& bell) : pid_(pid), bell_(bell), thread_([this] { watch(); }) {}
-  ~ChildWatch() {
-    if (!gone()) ::kill(pid_, SIGKILL);
-    if (thread_.joinable()) thread_.join();
-  }
-  ChildWatch(const ChildWatch&) = delete;
-  ChildWatch& operator=(const ChildWatch&) = delete;
-
-  pid_t pid() const noexcept { return pid_; }
-  bool gone() const noexcept { return gone_.load(std::memory_order_acquire); }
-
-  /// Waits until the child has ended (it must be on its way out); returns its waitpid() status.
-  int wait() {
-    if (thread_.joinable()) thread_.join();
-    return status_;
-  }
-
- private:
-  void watch() noexcept {
-    int status = 0;
-    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-    status_ = status;
-    gone_.store(true, std::memory_order_release);
-    bell_.ring();
-  }
-
-  pid_t pid_;
-  Doorbell& bell_;
-  int status_ = 0;
-  std::atomic<bool> gone_{false};
-  std::thread thread_;
-};
 
 /// Forks; the child runs `body` (which must not return normally: it ends with _exit).
 template <class Body>

@@ -27,6 +27,7 @@
 
 #include "support/leak_check.hpp"
 #include "support/numbers.hpp"
+#include "support/workers.hpp"
 
 namespace {
 
@@ -139,21 +140,10 @@ std::size_t map_window(const Pool& pool, std::size_t chunk) {
 
 // ----- Parameterised over worker counts ---------------------------------------------------------
 
-class MapTest : public ::testing::TestWithParam<unsigned> {
- protected:
-  PoolOptions options() const {
-    PoolOptions o;
-    o.workers = GetParam();
-    return o;
-  }
-};
+class MapTest : public multicore_test::WorkerCountTest {};
 
-std::string worker_count_name(const ::testing::TestParamInfo<unsigned>& info) {
-  if (info.param == 0) return "usableCores";
-  return std::to_string(info.param) + (info.param == 1 ? "worker" : "workers");
-}
-
-INSTANTIATE_TEST_SUITE_P(Workers, MapTest, ::testing::Values(1u, 2u, 0u), worker_count_name);
+INSTANTIATE_TEST_SUITE_P(Workers, MapTest, multicore_test::worker_counts(),
+                         multicore_test::worker_count_name);
 
 TEST_P(MapTest, VectorInOrder) {
   Pool pool(options());
@@ -354,7 +344,8 @@ class MapCrashTest : public MapTest {
   }
 };
 
-INSTANTIATE_TEST_SUITE_P(Workers, MapCrashTest, ::testing::Values(1u, 2u, 0u), worker_count_name);
+INSTANTIATE_TEST_SUITE_P(Workers, MapCrashTest, multicore_test::worker_counts(),
+                         multicore_test::worker_count_name);
 
 // A worker that dies mid-chunk fails only the item that killed it: the stream resends the
 // chunk's items one by one. Worker starts are counted (on_worker_start, in shared memory) to

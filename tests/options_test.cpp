@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "support/leak_check.hpp"
+#include "support/workers.hpp"
 
 namespace {
 
@@ -163,14 +164,10 @@ class SharedCounter {
   std::atomic<int>* counter_ = nullptr;
 };
 
-class OnWorkerStart : public ::testing::TestWithParam<unsigned> {};
+class OnWorkerStart : public multicore_test::WorkerCountTest {};
 
-std::string worker_count_name(const ::testing::TestParamInfo<unsigned>& info) {
-  if (info.param == 0) return "usableCores";
-  return std::to_string(info.param) + (info.param == 1 ? "worker" : "workers");
-}
-
-INSTANTIATE_TEST_SUITE_P(Workers, OnWorkerStart, ::testing::Values(1u, 2u, 0u), worker_count_name);
+INSTANTIATE_TEST_SUITE_P(Workers, OnWorkerStart, multicore_test::worker_counts(),
+                         multicore_test::worker_count_name);
 
 TEST_P(OnWorkerStart, RunsOnceInEveryWorker) {
   const SharedCounter arrived;  // made before the pool, so the workers share it

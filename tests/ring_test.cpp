@@ -24,6 +24,7 @@
 
 #include "multicore/detail/futex.hpp"
 #include "multicore/detail/shm.hpp"
+#include "support/child_watch.hpp"
 
 namespace {
 
@@ -35,6 +36,7 @@ using multicore::detail::RingWriter;
 using multicore::detail::SharedRegion;
 using multicore::detail::SpinBudget;
 using multicore::detail::wait_for;
+using multicore_test::ChildWatch;
 
 constexpr std::size_t page = 4096;
 
@@ -592,44 +594,6 @@ enum ProducerExit { producer_ok = 0, producer_corrupt = 3 };
   }
   _exit(producer_ok);
 }
-
-/// Reaps a child on a thread of its own and, when it is gone, rings the parent's doorbell: the
-/// parent can then wait without a timeout and still never hang on a dead child. Destroyed
-/// early (a failed assertion), it kills the child.
-class ChildWatch {
- public:
-  ChildWatch(pid_t pid, Doorbell& bell) : pid_(pid), bell_(bell), thread_([this] { watch(); }) {}
-  ~ChildWatch() {
-    if (!gone()) ::kill(pid_, SIGKILL);
-    if (thread_.joinable()) thread_.join();
-  }
-  ChildWatch(const ChildWatch&) = delete;
-  ChildWatch& operator=(const ChildWatch&) = delete;
-
-  bool gone() const noexcept { return gone_.load(std::memory_order_acquire); }
-
-  /// Waits until the child has ended (it must be on its way out); returns its waitpid() status.
-  int wait() {
-    if (thread_.joinable()) thread_.join();
-    return status_;
-  }
-
- private:
-  void watch() noexcept {
-    int status = 0;
-    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-    status_ = status;
-    gone_.store(true, std::memory_order_release);
-    bell_.ring();
-  }
-
-  pid_t pid_;
-  Doorbell& bell_;
-  int status_ = 0;
-  std::atomic<bool> gone_{false};
-  std::thread thread_;
-};
 
 TEST(Ring, StreamsRecordsBetweenTwoProcesses) {
   SharedRegion region(page + stream_ring_bytes);

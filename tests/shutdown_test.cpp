@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "support/leak_check.hpp"
+#include "support/workers.hpp"
 
 namespace {
 
@@ -56,21 +57,10 @@ std::string outcome_of(std::future<T>& f) {
   }
 }
 
-class ShutdownTest : public ::testing::TestWithParam<unsigned> {
- protected:
-  PoolOptions options() const {
-    PoolOptions o;
-    o.workers = GetParam();
-    return o;
-  }
-};
+class ShutdownTest : public multicore_test::WorkerCountTest {};
 
-std::string worker_count_name(const ::testing::TestParamInfo<unsigned>& info) {
-  if (info.param == 0) return "usableCores";
-  return std::to_string(info.param) + (info.param == 1 ? "worker" : "workers");
-}
-
-INSTANTIATE_TEST_SUITE_P(Workers, ShutdownTest, ::testing::Values(1u, 2u, 0u), worker_count_name);
+INSTANTIATE_TEST_SUITE_P(Workers, ShutdownTest, multicore_test::worker_counts(),
+                         multicore_test::worker_count_name);
 
 TEST_P(ShutdownTest, ShutdownWaitsForSubmittedWork) {
   Pool pool(options());

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "support/leak_check.hpp"
+#include "support/workers.hpp"
 
 // A user exception type, in a named namespace so that its demangled name is predictable.
 namespace app {
@@ -131,24 +132,10 @@ RemoteError remote_error_of(std::future<T>& future) {
 // ----- Parameterised over worker counts ---------------------------------------------------------
 
 // The parameter is PoolOptions::workers: 1, 2, or 0 (usable_cores()).
-class SubmitTest : public ::testing::TestWithParam<unsigned> {
- protected:
-  PoolOptions options() const {
-    PoolOptions o;
-    o.workers = GetParam();
-    return o;
-  }
-  unsigned expected_size() const {
-    return GetParam() == 0 ? multicore::usable_cores() : GetParam();
-  }
-};
+class SubmitTest : public multicore_test::WorkerCountTest {};
 
-std::string worker_count_name(const ::testing::TestParamInfo<unsigned>& info) {
-  if (info.param == 0) return "usableCores";
-  return std::to_string(info.param) + (info.param == 1 ? "worker" : "workers");
-}
-
-INSTANTIATE_TEST_SUITE_P(Workers, SubmitTest, ::testing::Values(1u, 2u, 0u), worker_count_name);
+INSTANTIATE_TEST_SUITE_P(Workers, SubmitTest, multicore_test::worker_counts(),
+                         multicore_test::worker_count_name);
 
 TEST_P(SubmitTest, SizeIsTheConfiguredWorkerCount) {
   Pool pool(options());

@@ -194,10 +194,9 @@ class Scheduler {
   }
 
   /// Submits a job and waits until `done` holds, helping to collect answers meanwhile: the
-  /// calling thread reads
-  /// the rings itself (whoever holds collect_mutex_ receives), so its own answer reaches it
-  /// without a hand-off through the collector thread. Spins while that pays, then sleeps in
-  /// `sleep` and lets the collector deliver.
+  /// calling thread reads the rings itself (whoever holds collect_mutex_ receives), so its own
+  /// answer reaches it without a hand-off through the collector thread. Spins while that pays,
+  /// then sleeps in `sleep` and lets the collector deliver.
   template <class Done, class Sleep>
   void call(std::unique_ptr<Job> job, Done&& done, Sleep&& sleep) {
     // Announce the polling first: an answer that comes back at once must not ring the
@@ -260,7 +259,7 @@ class Scheduler {
     }
   }
 
- public:
+ private:
   std::unique_ptr<Job> recycled_job() {
     if (std::unique_ptr<Job>& cached = cached_job()) return std::move(cached);
     {
@@ -274,6 +273,7 @@ class Scheduler {
     return std::make_unique<Job>();
   }
 
+ public:
   /// Stops accepting, waits for every submitted job to resolve, stops the workers. Bounded
   /// once the work is done: workers that do not stop in time are killed.
   void shutdown() noexcept { close(false); }
@@ -300,7 +300,7 @@ class Scheduler {
     stopped,   ///< gone for good
   };
 
-  /// An answer being read from a worker (collector thread only).
+  /// An answer being read from a worker (by whoever holds collect_mutex_).
   struct Assembly {
     ResponseHeader header{};
     std::size_t header_got = 0;
@@ -315,11 +315,12 @@ class Scheduler {
     bool partial = false;                       // in_flight.back() is not fully written yet
     std::size_t dispatched = 0;                 // jobs given to this process
     std::uint64_t timed_out_task = 0;           // we killed the process because this task overran
-    bool corrupt = false;  // the process broke the protocol; it is being killed
+    // The process broke the protocol; it is being killed. Set under mutex_ (by whoever sends
+    // or receives), read by receive() under collect_mutex_ only: hence atomic.
+    std::atomic<bool> corrupt{false};
     unsigned start_failures = 0;
     Clock::time_point retry_at{};
-    std::exception_ptr start_error;
-    // Collector thread only:
+    // Under collect_mutex_ (the collector thread, or a call() helping):
     Assembly assembly;
     Clock::time_point assembly_used{};  // last use of a large assembly buffer
     std::uint64_t answers_received = 0;
@@ -368,7 +369,7 @@ class Scheduler {
   }
 
   bool can_take(const Slot& s) const noexcept {
-    return s.life == Life::ready && !s.partial && !s.corrupt &&
+    return s.life == Life::ready && !s.partial && !s.corrupt.load(std::memory_order_relaxed) &&
            s.in_flight.size() < bound_.value() &&
            (options_.max_tasks_per_worker == 0 || s.dispatched < options_.max_tasks_per_worker);
   }
@@ -497,7 +498,7 @@ class Scheduler {
     return false;
   }
 
-  /// Reads every complete answer worker k has published. Collector thread only.
+  /// Reads every complete answer worker k has published. Holding collect_mutex_.
   bool receive(unsigned k) {
     Slot& s = slots_[k];
     Assembly& a = s.assembly;
@@ -505,7 +506,7 @@ class Scheduler {
     const std::uint64_t answers_sent = transport_->answers_sent(k);
     bool progressed = false;
     for (;;) {
-      if (s.corrupt) return progressed;
+      if (s.corrupt.load(std::memory_order_relaxed)) return progressed;
       if (transport_->receive_corrupt(k)) {
         mark_corrupt(k);
         return true;
@@ -650,8 +651,7 @@ class Scheduler {
 
   void mark_corrupt_locked(unsigned k) noexcept {
     Slot& s = slots_[k];
-    if (s.corrupt) return;
-    s.corrupt = true;
+    if (s.corrupt.exchange(true, std::memory_order_relaxed)) return;
     transport_->kill(k);
   }
 
@@ -704,12 +704,13 @@ class Scheduler {
     // a claim left the oldest answer unreadable: blaming that one guarantees progress.
     auto culprit =
         std::find_if(owed.begin(), owed.end(), [&](const auto& job) { return job->id == running; });
-    if (culprit == owed.end() && s.corrupt && !owed.empty()) culprit = owed.begin();
+    const bool corrupt = s.corrupt.load(std::memory_order_relaxed);
+    if (culprit == owed.end() && corrupt && !owed.empty()) culprit = owed.begin();
     if (culprit != owed.end()) {
       std::exception_ptr error;
       if (s.timed_out_task == (*culprit)->id) {
         error = timeout_error(st);
-      } else if (s.corrupt) {
+      } else if (corrupt) {
         error = std::make_exception_ptr(worker_lost(
             st.pid, st.wait_status,
             "after sending a corrupt or truncated answer; it was stopped and replaced"));
@@ -772,7 +773,7 @@ class Scheduler {
     s.partial = false;
     s.dispatched = 0;
     s.timed_out_task = 0;
-    s.corrupt = false;
+    s.corrupt.store(false, std::memory_order_relaxed);
     s.assembly.header_got = 0;
     s.assembly.payload.clear();
     s.answers_received = 0;
@@ -789,7 +790,6 @@ class Scheduler {
   /// all can run the queue, fail it rather than let it wait forever.
   void start_failed_locked(unsigned k, std::exception_ptr error, std::vector<Failure>& failures) {
     Slot& s = slots_[k];
-    s.start_error = error;
     s.start_failures = std::min(s.start_failures + 1, 10u);
     s.life = Life::backoff;
     s.retry_at = Clock::now() + std::chrono::milliseconds(10) * (1u << (s.start_failures - 1));
@@ -806,7 +806,10 @@ class Scheduler {
     const auto now_ns = steady_now_ns();
     for (unsigned k = 0; k < size(); ++k) {
       Slot& s = slots_[k];
-      if (s.life != Life::ready || s.timed_out_task != 0 || s.corrupt) continue;
+      if (s.life != Life::ready || s.timed_out_task != 0 ||
+          s.corrupt.load(std::memory_order_relaxed)) {
+        continue;
+      }
       std::int64_t since = 0;
       const std::uint64_t running = transport_->running(k, &since);
       if (running == 0 || since == 0) continue;
@@ -962,7 +965,7 @@ class Scheduler {
   Writer spare_request_;    // a large request buffer kept warm for the next large request
   Clock::time_point spare_used_{};
   std::vector<std::unique_ptr<Job>> spare_jobs_;
-  std::vector<std::unique_ptr<Job>> recycled_;  // collector thread only
+  std::vector<std::unique_ptr<Job>> recycled_;  // under collect_mutex_
   bool closed_ = false;
   bool terminating_ = false;
   std::string closed_reason_;
