@@ -449,6 +449,29 @@ TEST(Codec, RoundTripsVectorsOfInt) {
   EXPECT_EQ(std::memcmp(out.data() + 8, values.data(), values.size() * sizeof(int)), 0);
 }
 
+// A sequence is decoded straight from the received bytes when they happen to be aligned for its
+// elements, element by element otherwise: both ways must give the same values. A leading run of
+// chars shifts the sequence to every offset.
+TEST(Codec, DecodesSequencesAtAnyAlignment) {
+  const std::vector<double> doubles{1.5, -2.25, 1e300, 0.0};
+  const std::vector<Meters> distances{Meters(1), Meters(-2), Meters(3)};
+  const std::u32string text = U"multicore";
+  for (std::size_t shift = 0; shift < alignof(double); ++shift) {
+    SCOPED_TRACE(shift);
+    Writer out;
+    for (std::size_t i = 0; i < shift; ++i) encode(out, 'x', Format::binary);
+    encode(out, doubles, Format::binary);
+    encode(out, distances, Format::binary);
+    encode(out, text, Format::binary);
+    Reader in(out.bytes());
+    for (std::size_t i = 0; i < shift; ++i) EXPECT_EQ(decode<char>(in, Format::binary), 'x');
+    EXPECT_EQ(decode<std::vector<double>>(in, Format::binary), doubles);
+    EXPECT_EQ(decode<std::vector<Meters>>(in, Format::binary), distances);
+    EXPECT_EQ(decode<std::u32string>(in, Format::binary), text);
+    EXPECT_EQ(in.remaining(), 0u);
+  }
+}
+
 TEST(Codec, RoundTripsOneMebibyteOfChars) {
   std::vector<char> big(std::size_t{1} << 20);
   std::mt19937 random(7);

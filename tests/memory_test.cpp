@@ -5,8 +5,10 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <fstream>
 #include <multicore/multicore.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -22,6 +24,14 @@ extern "C" __attribute__((used)) const char* __asan_default_options() {
 }
 
 namespace {
+
+#if defined(__SANITIZE_THREAD__)
+constexpr bool thread_sanitizer = true;
+#elif defined(__has_feature)
+constexpr bool thread_sanitizer = __has_feature(thread_sanitizer);
+#else
+constexpr bool thread_sanitizer = false;
+#endif
 
 /// Resident memory of process `pid`, in KiB (0 if it cannot be read).
 std::size_t resident_kib(pid_t pid) {
@@ -40,10 +50,59 @@ std::size_t resident_kib(pid_t pid) {
 
 std::vector<char> echo(std::vector<char> v) { return v; }
 
+/// The VmFlags of this process's mapping that contains `address` ("" if there is none).
+std::string mapping_flags(const void* address) {
+  const auto target = reinterpret_cast<std::uintptr_t>(address);
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    std::uintptr_t begin = 0;
+    std::uintptr_t end = 0;
+    char dash = 0;
+    std::istringstream header(line);
+    if (header >> std::hex >> begin >> dash >> end && dash == '-') {
+      inside = begin <= target && target < end;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line;
+    }
+  }
+  return "";
+}
+
+/// The first huge-page boundary inside [data, data + bytes).
+const void* first_huge_page(const void* data, std::size_t page) {
+  return reinterpret_cast<const void*>((reinterpret_cast<std::uintptr_t>(data) + page - 1) &
+                                       ~(page - 1));
+}
+
+// Large buffers that are about to be filled ask for transparent huge pages ("hg" in VmFlags),
+// whichever way they are made: a Writer growing to hold an encoding, or a received sequence.
+TEST(Memory, LargeBuffersAskForHugePages) {
+  const std::size_t page = multicore::detail::huge_page_bytes();
+  if (page == 0) GTEST_SKIP() << "this kernel has no transparent huge pages";
+  const std::size_t large = 8 * page;
+
+  multicore::Writer out;
+  out.reserve(large);
+  EXPECT_NE(mapping_flags(first_huge_page(out.data(), page)).find(" hg"), std::string::npos);
+
+  const std::vector<char> sent(large, 'x');
+  multicore::Writer encoded;
+  multicore::detail::encode(encoded, sent, multicore::Format::binary);
+  multicore::Reader in(encoded.bytes());
+  const auto received = multicore::detail::decode<std::vector<char>>(in, multicore::Format::binary);
+  EXPECT_EQ(received, sent);
+  EXPECT_NE(mapping_flags(first_huge_page(received.data(), page)).find(" hg"), std::string::npos);
+}
+
 // After a 128 MiB round trip a worker holds its argument and answer buffers (about 256 MiB),
 // warm for the next large task; once idle for a second it must give them back. The poll below
 // is a liveness bound (it ends as soon as the memory is back), not a timing assertion.
 TEST(Memory, IdleWorkerGivesBackLargeBuffers) {
+  if (thread_sanitizer) {
+    GTEST_SKIP() << "ThreadSanitizer's shadow memory moves resident size by more than the buffers";
+  }
   multicore::Pool pool({.workers = 1});
   const pid_t worker = pool.call(getpid);
   const std::size_t before = resident_kib(worker);

@@ -12,6 +12,7 @@
 #include <string>
 #include <utility>
 
+#include "multicore/detail/huge_pages.hpp"
 #include "multicore/errors.hpp"
 
 namespace multicore {
@@ -61,6 +62,7 @@ class Writer {
   void reserve(std::size_t n) {
     if (n <= capacity_) return;
     auto bigger = std::make_unique_for_overwrite<std::byte[]>(n);
+    detail::advise_huge_pages(bigger.get(), n);
     if (size_ != 0) std::memcpy(bigger.get(), data_.get(), size_);
     data_ = std::move(bigger);
     capacity_ = n;

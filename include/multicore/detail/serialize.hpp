@@ -60,6 +60,7 @@
 
 #include "multicore/codec.hpp"
 #include "multicore/detail/demangle.hpp"
+#include "multicore/detail/huge_pages.hpp"
 #include "multicore/errors.hpp"
 #include "multicore/options.hpp"
 
@@ -856,11 +857,17 @@ T decode_raw_sequence(Reader& in) {
   const auto n = static_cast<std::size_t>(count);
   const std::span<const std::byte> bytes = in.take(n * sizeof(E));
   T sequence;
-  if constexpr (std::is_default_constructible_v<E>) {
+  sequence.reserve(n);
+  advise_huge_pages(sequence.data(), n * sizeof(E));
+  const auto* first = reinterpret_cast<const E*>(bytes.data());
+  if (reinterpret_cast<std::uintptr_t>(first) % alignof(E) == 0) {
+    // Copied straight in (one memmove): resize() would first zero every byte, a second pass
+    // over memory that, for a large sequence, is also being faulted in.
+    sequence.insert(sequence.end(), first, first + n);
+  } else if constexpr (std::is_default_constructible_v<E>) {
     sequence.resize(n);
     if (n != 0) std::memcpy(sequence.data(), bytes.data(), bytes.size());
   } else {  // build each element from its bytes
-    sequence.reserve(n);
     std::array<std::byte, sizeof(E)> element;
     for (std::size_t i = 0; i < n; ++i) {
       std::memcpy(element.data(), bytes.data() + i * sizeof(E), sizeof(E));
