@@ -39,13 +39,8 @@ namespace bench {
 /// The trivial task every throughput benchmark uses: cheap, but not foldable away.
 inline constexpr auto trivial = [](int x) { return x * 2 + 1; };
 
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
-}
+// The baselines spin with the same pause instruction as the library.
+using multicore::detail::cpu_relax;
 
 [[noreturn]] inline void fail(const std::string& what) {
   throw std::runtime_error("bench: " + what + ": " + std::strerror(errno));
