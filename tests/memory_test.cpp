@@ -70,7 +70,7 @@ std::string mapping_flags(const void* address) {
   return "";
 }
 
-/// The first huge-page boundary inside [data, data + bytes).
+/// The first huge-page boundary at or after `data`.
 const void* first_huge_page(const void* data, std::size_t page) {
   return reinterpret_cast<const void*>((reinterpret_cast<std::uintptr_t>(data) + page - 1) &
                                        ~(page - 1));
