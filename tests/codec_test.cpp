@@ -36,6 +36,8 @@
 #include <variant>
 #include <vector>
 
+#include "support/person.hpp"
+
 namespace {
 
 using multicore::Format;
@@ -62,18 +64,6 @@ class Meters {
 
  private:
   double value_;
-};
-
-// A user type that goes through cereal (member serialize()).
-struct Person {
-  std::string name;
-  int age = 0;
-  std::vector<std::string> tags;
-  template <class Archive>
-  void serialize(Archive& archive) {
-    archive(CEREAL_NVP(name), CEREAL_NVP(age), CEREAL_NVP(tags));
-  }
-  friend bool operator==(const Person&, const Person&) = default;
 };
 
 // A user type with separate non-member save() and load().

@@ -27,9 +27,12 @@
 
 #include "support/leak_check.hpp"
 #include "support/numbers.hpp"
+#include "support/shared_counter.hpp"
 #include "support/workers.hpp"
 
 namespace {
+
+using multicore_test::SharedCounter;
 
 using multicore::MapOptions;
 using multicore::Pool;
@@ -333,24 +336,6 @@ TEST_P(MapTest, UnorderedWithThrowingItems) {
   EXPECT_EQ(errors, 6);
   for (int i = 0; i < 300; ++i) EXPECT_EQ(seen[static_cast<std::size_t>(i)], i % 50 == 7 ? 0 : 1);
 }
-
-/// Anonymous shared memory for one std::atomic<int>, visible to workers forked after it.
-class SharedCounter {
- public:
-  SharedCounter() {
-    void* p = mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::runtime_error("mmap failed");
-    counter_ = new (p) std::atomic<int>(0);
-  }
-  ~SharedCounter() { munmap(counter_, sizeof(std::atomic<int>)); }
-  SharedCounter(const SharedCounter&) = delete;
-  SharedCounter& operator=(const SharedCounter&) = delete;
-  std::atomic<int>& operator*() const { return *counter_; }
-
- private:
-  std::atomic<int>* counter_ = nullptr;
-};
 
 class MapCrashTest : public MapTest {
  protected:

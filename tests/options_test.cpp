@@ -24,9 +24,12 @@
 #include <vector>
 
 #include "support/leak_check.hpp"
+#include "support/shared_counter.hpp"
 #include "support/workers.hpp"
 
 namespace {
+
+using multicore_test::SharedCounter;
 
 using multicore::Pool;
 using multicore::PoolOptions;
@@ -144,24 +147,6 @@ struct Rendezvous {
     }
     return {static_cast<int>(getpid()), started_in_pid, start_count, all};
   }
-};
-
-/// Anonymous shared memory for one std::atomic<int>, visible to workers forked after it.
-class SharedCounter {
- public:
-  SharedCounter() {
-    void* p = mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::runtime_error("mmap failed");
-    counter_ = new (p) std::atomic<int>(0);
-  }
-  ~SharedCounter() { munmap(counter_, sizeof(std::atomic<int>)); }
-  SharedCounter(const SharedCounter&) = delete;
-  SharedCounter& operator=(const SharedCounter&) = delete;
-  std::atomic<int>* get() const { return counter_; }
-
- private:
-  std::atomic<int>* counter_ = nullptr;
 };
 
 class OnWorkerStart : public multicore_test::WorkerCountTest {};

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "support/leak_check.hpp"
+#include "support/person.hpp"
 #include "support/workers.hpp"
 
 // A user exception type, in a named namespace so that its demangled name is predictable.
@@ -51,18 +52,6 @@ struct Point {
   friend bool operator==(const Point&, const Point&) = default;
 };
 static_assert(std::is_trivially_copyable_v<Point>);
-
-// A user type that goes through cereal (member serialize()).
-struct Person {
-  std::string name;
-  int age = 0;
-  std::vector<std::string> tags;
-  template <class Archive>
-  void serialize(Archive& archive) {
-    archive(name, age, tags);
-  }
-  friend bool operator==(const Person&, const Person&) = default;
-};
 
 // A type with neither serialize() nor trivial copyability: only its Codec makes it sendable.
 struct Label {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "support/leak_check.hpp"
+#include "support/person.hpp"
 
 namespace {
 
@@ -76,17 +77,6 @@ void mark_then_check(std::string dir, int x) {
   std::fclose(f);
   (void)checked(x);
 }
-
-struct Person {
-  std::string name;
-  int age = 0;
-  std::vector<std::string> tags;
-  template <class Archive>
-  void serialize(Archive& archive) {
-    archive(CEREAL_NVP(name), CEREAL_NVP(age), CEREAL_NVP(tags));
-  }
-  friend bool operator==(const Person&, const Person&) = default;
-};
 
 // Trivially copyable, no serialize(): fine for Format::binary, not for Format::json.
 struct RawPoint {
