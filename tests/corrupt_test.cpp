@@ -228,6 +228,7 @@ enum class Corruption {
   wrong_task_id,
   reserved_field_set,
   impossible_payload_length,
+  tail_longer_than_payload,
   truncated_payload,
   huge_payload_then_nothing,
   truncated_header,
@@ -253,6 +254,11 @@ int corrupt(Corruption how) {
       break;
     case Corruption::impossible_payload_length:
       h.payload_bytes = multicore::detail::max_payload_bytes + 1;
+      publish(h);
+      break;
+    case Corruption::tail_longer_than_payload:
+      h.payload_bytes = 10;
+      h.tail_bytes = 11;
       publish(h);
       break;
     case Corruption::truncated_payload: {
@@ -303,6 +309,7 @@ const CorruptionCase corruption_cases[] = {
     {"WrongTaskId", Corruption::wrong_task_id},
     {"ReservedFieldSet", Corruption::reserved_field_set},
     {"ImpossiblePayloadLength", Corruption::impossible_payload_length},
+    {"TailLongerThanPayload", Corruption::tail_longer_than_payload},
     {"TruncatedPayload", Corruption::truncated_payload},
     {"HugePayloadThenNothing", Corruption::huge_payload_then_nothing},
     {"TruncatedHeader", Corruption::truncated_header},
@@ -354,6 +361,65 @@ TEST_P(CorruptRecord, GivesWorkerLostAndOnlyThatTaskFails) {
   EXPECT_NE(*replacement.begin(), before);
   EXPECT_FALSE(multicore_test::running(before));
   EXPECT_EQ(pool.size(), 1u);
+}
+
+// ----- Answers with a tail (wire.hpp): the parent streams it into the result, unless the head
+// does not announce exactly such a value -----------------------------------------------------
+
+using Words = std::vector<std::uint32_t>;
+
+/// Publishes an answer of a Words value with a tail: the head says `count` elements follow,
+/// the header says `tail_words` do, of which the first `sent_words` are published.
+void publish_tail_answer(std::uint64_t count, std::size_t tail_words, std::size_t sent_words) {
+  const std::uint8_t outcome = 0;  // Outcome::value
+  std::vector<std::byte> head(1 + sizeof count);
+  std::memcpy(head.data(), &outcome, 1);
+  std::memcpy(head.data() + 1, &count, sizeof count);
+  ResponseHeader h = header_for_this_task();
+  h.tail_bytes = tail_words * sizeof(std::uint32_t);
+  h.payload_bytes = head.size() + h.tail_bytes;
+  publish(h);
+  publish(head);
+  const Words words(sent_words, 7);
+  publish(std::as_bytes(std::span(words)));
+  claim_an_answer();
+}
+
+// The worker claims a whole answer but its tail stops short: the parent, streaming the tail
+// into the result, sees the ring run dry and blames that task alone.
+TEST(CorruptTail, TruncatedTailGivesWorkerLost) {
+  Pool pool(PoolOptions{.workers = 1, .task_timeout = 20s});  // liveness bound, as above
+  const pid_t before = pool.submit(own_pid).get();
+  auto earlier = pool.submit([](int x) { return Words(20'000, static_cast<std::uint32_t>(x)); }, 3);
+  auto lying = pool.submit([]() -> Words {
+    publish_tail_answer(20'000, 20'000, 100);
+    multicore_test::hang_forever();
+  });
+  auto later = pool.submit([](int x) { return Words(20'000, static_cast<std::uint32_t>(x)); }, 4);
+
+  const auto lost = error_of<WorkerLost>(lying);
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(lost->signal(), SIGKILL);
+  const std::string what = lost->what();
+  EXPECT_NE(what.find("corrupt or truncated"), std::string::npos) << what;
+  EXPECT_EQ(earlier.get(), Words(20'000, 3));
+  EXPECT_EQ(later.get(), Words(20'000, 4));
+  EXPECT_NE(pool.submit(own_pid).get(), before);
+}
+
+// A well-framed answer whose head announces fewer elements than its tail holds: the parent
+// does not stream it, decodes it whole instead, and reports what is wrong with it.
+TEST(CorruptTail, HeadThatDisagreesWithTheTailGivesSerializationError) {
+  Pool pool(PoolOptions{.workers = 1});
+  auto lying = pool.submit([]() -> Words {
+    publish_tail_answer(19'999, 20'000, 20'000);
+    multicore_test::hang_forever();  // the parent has its answer; terminate() ends this
+  });
+  const auto error = error_of<SerializationError>(lying);
+  ASSERT_TRUE(error);
+  const std::string what = error->what();
+  EXPECT_NE(what.find("4 unexpected trailing bytes"), std::string::npos) << what;
+  pool.terminate();
 }
 
 // When a worker publishes an impossible index while answers it published earlier are still

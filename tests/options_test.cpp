@@ -323,6 +323,79 @@ std::vector<Byte> plus_one(std::vector<Byte> v) {
   return v;
 }
 
+// Three bytes: never aligned, and split between the ring's pieces.
+struct Rgb {
+  std::uint8_t r, g, b;
+  friend bool operator==(const Rgb&, const Rgb&) = default;
+};
+
+// Twelve bytes, aligned to four.
+struct Triple {
+  std::int32_t x, y, z;
+  friend bool operator==(const Triple&, const Triple&) = default;
+};
+
+template <class Sequence>
+Sequence sample_sequence(std::size_t n, std::uint64_t seed) {
+  using E = typename Sequence::value_type;
+  const auto bytes = pseudo_random_bytes<std::uint8_t>(n * sizeof(E), seed);
+  Sequence out(n, E{});
+  std::memcpy(out.data(), bytes.data(), bytes.size());
+  return out;
+}
+
+template <class Sequence>
+Sequence reversed(Sequence s) {
+  std::reverse(s.begin(), s.end());
+  return s;
+}
+
+// A large sequence that is a message's last value (the last argument, or the result) travels
+// as the message's tail (see wire.hpp): copied between the ring and its vector with no buffer
+// in between. The odd-sized string argument before it makes the tail start anywhere in the
+// ring; the Format::json Task and the non-last argument take the ordinary path.
+template <class Sequence>
+void expect_sequences_round_trip(Pool& pool) {
+  const auto reverse_after = [](std::string /*prefix*/, Sequence s) { return reversed(s); };
+  const auto reverse_before = [](Sequence s, int /*suffix*/) { return reversed(s); };
+  for (const std::size_t n : {std::size_t{100}, std::size_t{70'001}, std::size_t{300'007}}) {
+    SCOPED_TRACE("elements " + std::to_string(n));
+    const Sequence input = sample_sequence<Sequence>(n, n);
+    const Sequence expected = reversed(input);
+    EXPECT_TRUE(pool.submit(reverse_after, std::string("odd"), input).get() == expected);
+    EXPECT_TRUE(pool.call(reverse_after, std::string("x"), input) == expected);
+    EXPECT_TRUE(pool.submit(reverse_before, input, 1).get() == expected);
+    multicore::Task<Sequence> task(pool);
+    task.run(reverse_after, std::string("ab"), input);
+    task.run(reverse_after, std::string("abcde"), input);
+    for (const Sequence& got : task.get()) EXPECT_TRUE(got == expected);
+  }
+}
+
+TEST(LargePayloads, SequencesOfEveryElementSizeTravelAsTails) {
+  for (const std::size_t ring : {std::size_t{4096}, std::size_t{1} << 20}) {
+    SCOPED_TRACE("ring_bytes " + std::to_string(ring));
+    Pool pool(PoolOptions{.workers = 2, .ring_bytes = ring});
+    expect_sequences_round_trip<std::vector<std::uint8_t>>(pool);
+    expect_sequences_round_trip<std::vector<Rgb>>(pool);
+    expect_sequences_round_trip<std::vector<std::uint32_t>>(pool);
+    expect_sequences_round_trip<std::vector<Triple>>(pool);
+    expect_sequences_round_trip<std::vector<std::uint64_t>>(pool);
+    expect_sequences_round_trip<std::string>(pool);
+    expect_sequences_round_trip<std::u16string>(pool);
+  }
+}
+
+TEST(LargePayloads, JsonSequencesTakeTheOrdinaryPath) {
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 4096});
+  const auto input = sample_sequence<std::vector<std::uint32_t>>(100'000, 5);
+  multicore::Task<std::vector<std::uint32_t>> task(pool, {.format = multicore::Format::json});
+  task.run([](std::vector<std::uint32_t> v) { return reversed(v); }, input);
+  const auto results = task.get();
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_TRUE(results[0] == reversed(input));
+}
+
 TEST(LargePayloads, SmallRingCarriesMegabytes) {
   PoolOptions o;
   o.workers = 2;

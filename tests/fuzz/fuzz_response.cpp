@@ -5,9 +5,11 @@
 //  - the real parent-side path: a Scheduler whose one worker is a fake Transport, its response
 //    ring filled with the input. The collector thread validates headers (is_valid), claims jobs,
 //    assembles payloads across the ring's wrap point and hands them to the real completions
-//    (PromiseCompletion<T>, ChunkCompletion<T>), which decode them. Every job must then be
-//    resolved exactly once, with a value or one of the errors the parent may legitimately
-//    report for a broken worker;
+//    (PromiseCompletion<T>, ChunkCompletion<T>), which decode them. An answer with a tail goes
+//    through Completion::open_tail(): when the completion takes it, the tail streams straight
+//    into the result, which must then equal what the whole answer decodes to. Every job must
+//    then be resolved exactly once, with a value or one of the errors the parent may
+//    legitimately report for a broken worker;
 //  - the decoders alone, faster: read_outcome<T>, read_chunk<T> and decode<T> on the input.
 // Anything else -- another exception type, a job resolved twice or never, and of course any
 // memory error ASan or UBSan sees -- aborts, which libFuzzer reports as a crash.
@@ -300,55 +302,111 @@ class FuzzTransport final : public detail::Transport {
   bool idle_ = false;
 };
 
-/// Wraps a real completion and counts how often the scheduler resolves it.
-class Counted final : public detail::Completion {
+/// One submitted job and how to check its outcome once the scheduler is done.
+struct JobCheck {
+  std::atomic<int> calls{0};
+  std::function<void()> check;
+  // An answer whose tail went straight into the result (collector thread; read once it joined):
+  // the head and the tail as they arrived, to decode the ordinary way and compare.
+  bool via_tail = false;
+  std::vector<std::byte> tail_answer;
+};
+
+/// Wraps a real completion and counts how often the scheduler resolves it, and checks that a
+/// tail arrives exactly as announced.
+class Counted final : public detail::Completion, private detail::AnswerTail {
  public:
-  Counted(std::unique_ptr<detail::Completion> inner, std::atomic<int>& calls)
-      : inner_(std::move(inner)), calls_(calls) {}
+  Counted(std::unique_ptr<detail::Completion> inner, JobCheck& job)
+      : inner_(std::move(inner)), job_(job) {}
   void deliver(multicore::Reader& payload, std::uint64_t run_nanos) noexcept override {
-    calls_.fetch_add(1);
+    job_.calls.fetch_add(1);
     inner_->deliver(payload, run_nanos);
   }
+  detail::AnswerTail* open_tail(std::span<const std::byte> head,
+                                std::uint64_t tail_bytes) noexcept override {
+    tail_ = inner_->open_tail(head, tail_bytes);
+    if (tail_ == nullptr) {
+      note("tail refused: the whole payload is assembled");
+      return nullptr;
+    }
+    note("tail opened");
+    tail_left_ = tail_bytes;
+    job_.tail_answer.assign(head.begin(), head.end());
+    return this;
+  }
   void fail(std::exception_ptr error) noexcept override {
-    calls_.fetch_add(1);
+    job_.calls.fetch_add(1);
     inner_->fail(std::move(error));
   }
   bool abandoned() const noexcept override { return inner_->abandoned(); }
 
  private:
-  std::unique_ptr<detail::Completion> inner_;
-  std::atomic<int>& calls_;
-};
+  void append(std::span<const std::byte> bytes) noexcept override {
+    if (tail_ == nullptr) ::fail("append() without an open tail");
+    if (bytes.size() > tail_left_) ::fail("append() past the announced tail");
+    tail_left_ -= bytes.size();
+    job_.tail_answer.insert(job_.tail_answer.end(), bytes.begin(), bytes.end());
+    tail_->append(bytes);
+  }
+  void deliver_tail(std::uint64_t run_nanos) noexcept override {
+    if (tail_ == nullptr) ::fail("deliver_tail() without an open tail");
+    if (tail_left_ != 0) ::fail("deliver_tail() before the whole tail arrived");
+    job_.calls.fetch_add(1);
+    job_.via_tail = true;
+    note("tail delivered");
+    tail_->deliver_tail(run_nanos);
+  }
 
-/// One submitted job and how to check its outcome once the scheduler is done.
-struct JobCheck {
-  std::atomic<int> calls{0};
-  std::function<void()> check;
+  std::unique_ptr<detail::Completion> inner_;
+  JobCheck& job_;
+  detail::AnswerTail* tail_ = nullptr;
+  std::uint64_t tail_left_ = 0;
 };
 
 /// Submits a job whose request the fake worker swallows; its answer goes to `completion`.
 void submit(detail::Scheduler& scheduler, Format format,
-            std::unique_ptr<detail::Completion> completion, std::atomic<int>& calls) {
+            std::unique_ptr<detail::Completion> completion, JobCheck& check) {
   std::unique_ptr<detail::Job> job = scheduler.new_job();
   detail::begin_request(job->request);
   detail::finish_request(job->request, 0, format, 1);
-  job->emplace_completion<Counted>(std::move(completion), calls);
+  job->emplace_completion<Counted>(std::move(completion), check);
   scheduler.submit(std::move(job));
+}
+
+/// A value built from an answer's tail must be the one the whole answer decodes to.
+template <class T>
+void same_as_decoded(const T& value, std::span<const std::byte> answer) {
+  try {
+    multicore::Reader reader(answer);
+    const T decoded = detail::read_outcome<T>(reader, Format::binary);
+    detail::expect_end(reader);
+    if (decoded != value) fail("a tail answer's value differs from the decoded answer");
+  } catch (...) {
+    fail("a tail answer was delivered, but the whole answer does not decode");
+  }
 }
 
 template <class T>
 void add_promise_job(detail::Scheduler& scheduler, Format format, JobCheck& job) {
   auto completion = std::make_unique<detail::PromiseCompletion<T>>(format);
   auto future = std::make_shared<std::future<T>>(completion->future());
-  submit(scheduler, format, std::move(completion), job.calls);
-  job.check = [future] {
+  submit(scheduler, format, std::move(completion), job);
+  job.check = [future, &job] {
     if (future->wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
       fail("a submitted job's future was never resolved");
     }
     try {
-      future->get();
+      if constexpr (std::is_void_v<T>) {
+        future->get();
+      } else {
+        const T value = future->get();
+        if constexpr (detail::tail_value<T>) {
+          if (job.via_tail) same_as_decoded(value, job.tail_answer);
+        }
+      }
       note("value");
     } catch (...) {
+      if (job.via_tail) fail("a tail answer resolved with an error");
       check_error(std::current_exception());
     }
   };
@@ -358,7 +416,7 @@ template <class T>
 void add_chunk_job(detail::Scheduler& scheduler, std::size_t items, JobCheck& job) {
   auto inbox = std::make_shared<detail::MapInbox<T>>();
   submit(scheduler, Format::binary, std::make_unique<detail::ChunkCompletion<T>>(inbox, 0, items),
-         job.calls);
+         job);
   job.check = [inbox, items] {
     std::lock_guard lock(inbox->mutex);
     if (inbox->arrived.size() != 1) fail("a map chunk did not arrive exactly once");

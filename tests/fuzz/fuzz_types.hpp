@@ -104,7 +104,7 @@ void with_type(std::size_t index, F&& f) {
 //   bytes 2-5: one per job: bits 0-4: its result type (with_type); bit 5: a map chunk instead of
 //           a submit; bits 6-7: items in the chunk - 1
 //   bytes 6-7: how many bytes the worker publishes at a time, little-endian (0: as many as fit)
-//   bytes 8-: the response stream (ResponseHeader + payload, ...)
+//   bytes 8-: the response stream (ResponseHeader + payload, ...; a payload may end with a tail)
 // Decoder mode:
 //   byte 1: the value type (with_type)
 //   byte 2: bits 0-1: 0 decode, 1 read_outcome, 2 read_chunk; bit 2: Format::json

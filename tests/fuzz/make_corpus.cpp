@@ -43,11 +43,14 @@ void value_outcome(Writer& out, const T& value, Format format) {
   detail::encode(out, value, format);
 }
 
-/// Appends a response message for `task_id` whose payload is `payload`.
-void response(Writer& stream, std::uint64_t task_id, const Writer& payload) {
+/// Appends a response message for `task_id` whose payload is `payload`, the last `tail_bytes`
+/// of it announced as its tail.
+void response(Writer& stream, std::uint64_t task_id, const Writer& payload,
+              std::uint64_t tail_bytes = 0) {
   detail::ResponseHeader h;
   h.task_id = task_id;
   h.payload_bytes = payload.size();
+  h.tail_bytes = tail_bytes;
   h.run_nanos = 1000;
   put(stream, &h, sizeof h);
   put(stream, payload.data(), payload.size());
@@ -213,6 +216,98 @@ void response_corpus(const std::filesystem::path& dir) {
          scheduler_input({{type_index<int>()}, {type_index<int>()}}, Format::binary, 1, 0, stream,
                          true));
   }
+  // Tails: a raw sequence that ends the payload may be announced as its tail, which the parent
+  // streams straight into the result when the head (outcome, count) matches it.
+  const std::vector<int> ints = [] {
+    std::vector<int> v(100);
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int>(i * 0x01010101u);
+    return v;
+  }();
+  const auto int_bytes = [](const std::vector<int>& v) { return v.size() * sizeof(int); };
+  // A small tail answer, a string tail longer than the ring, a vector<int> tail, then an
+  // ordinary answer. Published as fast as the ring takes them, the first answer is whole in the
+  // ring (the fast path decodes it, tail and all) and the vector's elements start misaligned
+  // and one is split by the ring's end; published 7 bytes at a time, every answer takes the
+  // tail path in pieces that split elements.
+  for (const std::uint16_t piece : {std::uint16_t{0}, std::uint16_t{7}}) {
+    Writer a, b, c, d, stream;
+    value_outcome(a, std::vector<int>{1, 2, 3}, Format::binary);
+    const std::string text(300, 't');
+    value_outcome(b, text, Format::binary);
+    value_outcome(c, ints, Format::binary);
+    value_outcome(d, 6, Format::binary);
+    response(stream, 1, a, 3 * sizeof(int));
+    response(stream, 2, b, text.size());
+    response(stream, 3, c, int_bytes(ints));
+    response(stream, 4, d);
+    save(dir, piece == 0 ? "tail_answers" : "tail_answers_pieces",
+         scheduler_input({{type_index<std::vector<int>>()},
+                          {type_index<std::string>()},
+                          {type_index<std::vector<int>>()},
+                          {type_index<int>()}},
+                         Format::binary, 4, piece, stream));
+  }
+  {  // the head's count disagrees with tail_bytes: one element too few (the tail then starts in
+     // the head's count, which no longer ends the head), and a count that decodes fine but
+     // whose tail_bytes leave one element in the head; both fall back to the whole payload
+    Writer a, b, stream;
+    detail::write_outcome(a, detail::Outcome::value);
+    const std::uint64_t fewer = ints.size() - 1;
+    put(a, &fewer, sizeof fewer);
+    put(a, ints.data(), int_bytes(ints));
+    value_outcome(b, ints, Format::binary);
+    response(stream, 1, a, int_bytes(ints));
+    response(stream, 2, b, int_bytes(ints) - sizeof(int));
+    save(dir, "tail_count_mismatch",
+         scheduler_input({{type_index<std::vector<int>>()}, {type_index<std::vector<int>>()}},
+                         Format::binary, 2, 0, stream));
+  }
+  {  // tail_bytes > payload_bytes: an invalid header
+    Writer a, stream;
+    value_outcome(a, ints, Format::binary);
+    response(stream, 1, a, a.size() + 1);
+    save(dir, "tail_past_payload",
+         scheduler_input({{type_index<std::vector<int>>()}}, Format::binary, 1, 0, stream));
+  }
+  {  // a remote error whose message is announced as a tail; a tail on a type that has none
+     // (Particle); a whole payload announced as the tail (no head at all). In pieces, so that
+     // even the small answer reaches open_tail() rather than the fast path.
+    Writer a, b, c, stream;
+    detail::write_outcome(a, detail::Outcome::remote_error);
+    detail::write_string(a, "std::runtime_error");
+    const std::string message(280, 'm');
+    detail::write_string(a, message);
+    value_outcome(b, particle(), Format::binary);
+    value_outcome(c, ints, Format::binary);
+    response(stream, 1, a, message.size());
+    response(stream, 2, b, 3 * sizeof(float));
+    response(stream, 3, c, c.size());
+    save(dir, "tail_remote_error",
+         scheduler_input({{type_index<std::vector<int>>()},
+                          {type_index<fuzz::Particle>()},
+                          {type_index<std::vector<int>>()}},
+                         Format::binary, 3, 31, stream));
+  }
+  {  // JSON answers have no tails: announced anyway, it is decoded whole
+    Writer a, stream;
+    value_outcome(a, std::string(250, 'j'), Format::json);
+    response(stream, 1, a, 100);
+    save(dir, "tail_json",
+         scheduler_input({{type_index<std::string>()}}, Format::json, 1, 0, stream));
+  }
+  {  // the worker claims its answer was sent, but the stream stops inside the tail; then the
+     // same with an impossible head after it
+    Writer a, stream;
+    value_outcome(a, ints, Format::binary);
+    response(stream, 1, a, int_bytes(ints));
+    const auto* bytes = reinterpret_cast<const std::byte*>(stream.data());
+    Writer cut;
+    put(cut, bytes, stream.size() - 150);
+    save(dir, "tail_truncated",
+         scheduler_input({{type_index<std::vector<int>>()}}, Format::binary, 1, 13, cut));
+    save(dir, "tail_truncated_bad_head",
+         scheduler_input({{type_index<std::vector<int>>()}}, Format::binary, 0, 13, cut, true));
+  }
   // Decoder mode.
   for (const Format format : {Format::binary, Format::json}) {
     const std::string suffix = format == Format::json ? "_json" : "_binary";
@@ -245,6 +340,15 @@ void response_corpus(const std::filesystem::path& dir) {
       save(dir, "outcome_valarray" + suffix,
            decoder_input(type_index<std::valarray<double>>(), 1, format, 0, p));
     }
+  }
+  {  // a raw sequence, its elements aligned (decode) and misaligned (after the outcome byte)
+    Writer p, q;
+    detail::encode(p, std::vector<int>{1, -2, 3}, Format::binary);
+    save(dir, "decode_vector_int",
+         decoder_input(type_index<std::vector<int>>(), 0, Format::binary, 0, p));
+    value_outcome(q, std::vector<int>{4, 5, -6}, Format::binary);
+    save(dir, "outcome_vector_int",
+         decoder_input(type_index<std::vector<int>>(), 1, Format::binary, 0, q));
   }
   {
     Writer p;

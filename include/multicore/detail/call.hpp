@@ -12,6 +12,7 @@
 #include <functional>
 #include <new>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -27,14 +28,43 @@
 
 namespace multicore::detail {
 
+/// The tail of a request (see wire.hpp), still in the worker's ring: the entry reads it from
+/// there straight into the sequence it decodes as the request's last value.
+class RequestTail {
+ public:
+  /// Bytes of the tail not read yet.
+  virtual std::uint64_t left() const noexcept = 0;
+  /// Waits for more of the tail and returns the next contiguous bytes of it (at most left());
+  /// they stay valid until consume().
+  virtual std::span<const std::byte> next() noexcept = 0;
+  virtual void consume(std::size_t n) noexcept = 0;
+
+ protected:
+  ~RequestTail() = default;
+};
+
+/// Sends an answer whose value ends in a tail: the bytes the entry wrote to `out` (after the
+/// room left for the header, which it fills in), then `tail` straight from the value's own
+/// memory.
+class AnswerSender {
+ public:
+  virtual void send(Writer& out, std::span<const std::byte> tail) noexcept = 0;
+
+ protected:
+  ~AnswerSender() = default;
+};
+
 /// What the worker tells an entry about the request besides its payload.
 struct CallContext {
   Format format = Format::binary;
   unsigned threads = 1;
+  RequestTail* tail = nullptr;     ///< the request's tail, if it has one and it is unread
+  AnswerSender* sender = nullptr;  ///< set in a worker, where an answer may have a tail
 };
 
 /// The code a request names. Decodes its payload, runs the user's function and writes the
-/// outcome to `out`. Never throws: every failure becomes an outcome the parent can read.
+/// outcome to `out`, or sends it with a tail through `context.sender`. Never throws: every
+/// failure becomes an outcome the parent can read.
 using Entry = void (*)(Reader& payload, Writer& out, const CallContext& context) noexcept;
 
 /// First byte of every outcome a worker writes for one call (or one item of a map chunk).
@@ -163,9 +193,53 @@ Fn decode_callable(Reader& in, Format format) {
   }
 }
 
-/// Runs `fn(args...)` and appends its outcome to `out`.
+/// Decodes a request's last value, reading its elements from the request's tail if it has one.
+template <class T>
+T decode_last(Reader& in, const CallContext& context) {
+  if constexpr (tail_value<T>) {
+    if (context.tail != nullptr && context.tail->left() != 0) {
+      RequestTail& tail = *context.tail;
+      try {
+        const std::size_t n = read_sequence_count<T>(in, tail.left());
+        if (n * sizeof(typename T::value_type) != tail.left()) {
+          throw SerializationError("multicore: corrupt data: the sequence does not fill the tail");
+        }
+        SequenceBuilder<T> builder(n);
+        while (builder.left() != 0) {
+          const std::span<const std::byte> piece = tail.next();
+          builder.append(piece);
+          tail.consume(piece.size());
+        }
+        return builder.take();
+      } catch (...) {
+        throw SerializationError("multicore: could not decode " + type_name<T>() + ": " +
+                                 describe_current_exception());
+      }
+    }
+  }
+  return decode<T>(in, context.format);
+}
+
+/// Decodes the arguments of a call, left to right (wire order).
+template <class... Args>
+std::tuple<Args...> decode_arguments(Reader& in, const CallContext& context) {
+  return [&]<std::size_t... I>(std::index_sequence<I...>) {
+    // Braced initialisation evaluates the decodes left to right.
+    return std::tuple<Args...>{[&]() -> Args {
+      if constexpr (I + 1 == sizeof...(Args)) {
+        return decode_last<Args>(in, context);
+      } else {
+        return decode<Args>(in, context.format);
+      }
+    }()...};
+  }
+  (std::index_sequence_for<Args...>{});
+}
+
+/// Runs `fn(args...)` and appends its outcome to `out` (or sends it, see CallContext::sender).
 template <class Fn, class... Args>
-void run_and_write(Writer& out, Format format, Fn& fn, std::tuple<Args...>& args) noexcept {
+void run_and_write(Writer& out, const CallContext& context, Fn& fn,
+                   std::tuple<Args...>& args) noexcept {
   // Called as rvalues: the worker's copies are its own, and this matches the result type
   // Pool::submit promises (std::invoke_result_t<F, Args...> with decayed types).
   using Result = std::invoke_result_t<Fn, Args...>;
@@ -185,7 +259,17 @@ void run_and_write(Writer& out, Format format, Fn& fn, std::tuple<Args...>& args
   }
   try {
     write_outcome(out, Outcome::value);
-    if constexpr (!std::is_void_v<Result>) encode(out, *result, format);
+    if constexpr (tail_value<Result>) {
+      const std::size_t tail = tail_bytes_of(*result, context.format);
+      if (tail != 0 && context.sender != nullptr) {
+        // encode() would write the same bytes: the count, then the elements (as the tail).
+        const std::uint64_t count = result->size();
+        out.write(&count, sizeof count);
+        context.sender->send(out, {reinterpret_cast<const std::byte*>(result->data()), tail});
+        return;
+      }
+    }
+    if constexpr (!std::is_void_v<Result>) encode(out, *result, context.format);
   } catch (...) {
     write_serialization_failure(out, mark, "encoding the result in the worker");
   }
@@ -200,13 +284,12 @@ struct Call {
     std::optional<std::tuple<Args...>> args;
     try {
       fn.emplace(decode_callable<Fn>(in, context.format));
-      // Braced initialisation evaluates the decodes left to right, in wire order.
-      args.emplace(std::tuple<Args...>{decode<Args>(in, context.format)...});
+      args.emplace(decode_arguments<Args...>(in, context));
     } catch (...) {
       write_serialization_failure(out, mark, "decoding the arguments in the worker");
       return;
     }
-    run_and_write(out, context.format, *fn, *args);
+    run_and_write(out, context, *fn, *args);
   }
 };
 
@@ -218,10 +301,13 @@ std::uint64_t entry_id() noexcept {
 /// Starts a request message: room for the header, which `finish_request` fills in.
 inline void begin_request(Writer& msg) { msg.resize(sizeof(RequestHeader)); }
 
-inline void finish_request(Writer& msg, std::uint64_t entry, Format format, unsigned threads) {
+/// `tail_bytes`: the payload ends with a tail of that many bytes (see wire.hpp).
+inline void finish_request(Writer& msg, std::uint64_t entry, Format format, unsigned threads,
+                           std::uint64_t tail_bytes = 0) {
   RequestHeader h;
   h.entry = entry;
   h.payload_bytes = msg.size() - sizeof(RequestHeader);
+  h.tail_bytes = tail_bytes;
   h.format = static_cast<std::uint32_t>(format);
   h.threads = threads;
   std::memcpy(msg.data(), &h, sizeof h);
@@ -257,7 +343,11 @@ void encode_call(Writer& msg, Format format, const Fn& fn, const Args&... args) 
   begin_request(msg);
   encode_callable(msg, fn, format);
   (encode(msg, args, format), ...);
-  finish_request(msg, entry_id<Call<Fn, Args...>>(), format, 1);
+  std::size_t tail = 0;
+  if constexpr (sizeof...(Args) != 0) {
+    tail = tail_bytes_of(std::get<sizeof...(Args) - 1>(std::tie(args...)), format);
+  }
+  finish_request(msg, entry_id<Call<Fn, Args...>>(), format, 1, tail);
 }
 
 /// Runs a request message in this process, exactly as a worker would: the inline mode and the

@@ -87,9 +87,59 @@ inline void expect_end(const Reader& in) {
   }
 }
 
+/// Builds a result of type R from an answer's tail (see Completion::open_tail). Only raw
+/// sequences can come as a tail; for other types open() says no.
+template <class R>
+class TailReceiver {
+ public:
+  bool open(std::span<const std::byte> /*head*/, std::uint64_t /*tail_bytes*/,
+            Format /*format*/) noexcept {
+    return false;
+  }
+};
+
+template <class R>
+requires tail_value<R>
+class TailReceiver<R> {
+ public:
+  /// True when `head` is a value outcome and the element count of a sequence whose elements
+  /// are exactly the `tail_bytes` to come (and there is memory to start on it).
+  bool open(std::span<const std::byte> head, std::uint64_t tail_bytes, Format format) noexcept {
+    builder_.reset();
+    if (format != Format::binary) return false;  // only binary answers have tails
+    try {
+      Reader in(head);
+      Outcome outcome{};
+      in.read(&outcome, 1);
+      if (outcome != Outcome::value) return false;
+      const std::size_t n = read_sequence_count<R>(in, tail_bytes);
+      if (in.remaining() != 0 || n * sizeof(typename R::value_type) != tail_bytes) return false;
+      builder_.emplace(n, max_unproven_reserve_bytes);
+      return true;
+    } catch (...) {  // corrupt, or no memory: the answer is assembled and decoded instead
+      return false;
+    }
+  }
+
+  void append(std::span<const std::byte> bytes) noexcept { builder_->append(bytes); }
+
+  /// The value; throws SerializationError if memory ran out while it arrived.
+  R take() {
+    try {
+      return builder_->take();
+    } catch (...) {
+      throw SerializationError("multicore: could not decode " + type_name<R>() + ": " +
+                               describe_current_exception());
+    }
+  }
+
+ private:
+  std::optional<SequenceBuilder<R>> builder_;
+};
+
 /// Resolves a std::promise<R> with the outcome of one call.
 template <class R>
-class PromiseCompletion final : public Completion {
+class PromiseCompletion final : public Completion, private AnswerTail {
  public:
   explicit PromiseCompletion(Format format) : format_(format) {}
 
@@ -119,9 +169,29 @@ class PromiseCompletion final : public Completion {
     }
   }
 
+  AnswerTail* open_tail(std::span<const std::byte> head,
+                        std::uint64_t tail_bytes) noexcept override {
+    return tail_.open(head, tail_bytes, format_) ? this : nullptr;
+  }
+
  private:
+  void append(std::span<const std::byte> bytes) noexcept override {
+    if constexpr (tail_value<R>) tail_.append(bytes);
+  }
+
+  void deliver_tail(std::uint64_t /*run_nanos*/) noexcept override {
+    if constexpr (tail_value<R>) {
+      try {
+        promise_.set_value(tail_.take());
+      } catch (...) {
+        fail(std::current_exception());
+      }
+    }
+  }
+
   std::promise<R> promise_;
   Format format_;
+  TailReceiver<R> tail_;
 };
 
 /// Where Pool::call()'s answer lands: on the caller's stack, filled in by whichever thread
@@ -164,7 +234,7 @@ struct CallSlot {
 
 /// Resolves a CallSlot with the outcome of one call.
 template <class R>
-class CallCompletion final : public Completion {
+class CallCompletion final : public Completion, private AnswerTail {
  public:
   CallCompletion(CallSlot<R>* slot, Format format) : slot_(slot), format_(format) {}
 
@@ -188,9 +258,30 @@ class CallCompletion final : public Completion {
     slot_->finish();
   }
 
+  AnswerTail* open_tail(std::span<const std::byte> head,
+                        std::uint64_t tail_bytes) noexcept override {
+    return tail_.open(head, tail_bytes, format_) ? this : nullptr;
+  }
+
  private:
+  void append(std::span<const std::byte> bytes) noexcept override {
+    if constexpr (tail_value<R>) tail_.append(bytes);
+  }
+
+  void deliver_tail(std::uint64_t /*run_nanos*/) noexcept override {
+    if constexpr (tail_value<R>) {
+      try {
+        slot_->value.emplace(tail_.take());
+      } catch (...) {
+        slot_->error = std::current_exception();
+      }
+      slot_->finish();
+    }
+  }
+
   CallSlot<R>* slot_;
   Format format_;
+  TailReceiver<R> tail_;
 };
 
 /// Where a Task's runs land, one slot per run in run() order. Shared with the runs'
@@ -225,7 +316,7 @@ struct TaskBatch {
 /// Resolves one run of a Task: decodes the function's own result type `Result` and stores it
 /// converted to the Task's R.
 template <class R, class Result>
-class TaskRunCompletion final : public Completion {
+class TaskRunCompletion final : public Completion, private AnswerTail {
  public:
   TaskRunCompletion(std::shared_ptr<TaskBatch<R>> batch, typename TaskBatch<R>::Slot* slot,
                     Format format)
@@ -257,10 +348,35 @@ class TaskRunCompletion final : public Completion {
     batch_->one_done();
   }
 
+  AnswerTail* open_tail(std::span<const std::byte> head,
+                        std::uint64_t tail_bytes) noexcept override {
+    return tail_.open(head, tail_bytes, format_) ? this : nullptr;
+  }
+
  private:
+  void append(std::span<const std::byte> bytes) noexcept override {
+    if constexpr (tail_value<Result>) tail_.append(bytes);
+  }
+
+  void deliver_tail(std::uint64_t /*run_nanos*/) noexcept override {
+    if constexpr (tail_value<Result>) {
+      try {
+        if constexpr (std::is_void_v<R>) {
+          slot_->value.emplace();
+        } else {
+          slot_->value.emplace(static_cast<R>(tail_.take()));
+        }
+      } catch (...) {
+        slot_->error = std::current_exception();
+      }
+      batch_->one_done();
+    }
+  }
+
   std::shared_ptr<TaskBatch<R>> batch_;
   typename TaskBatch<R>::Slot* slot_;
   Format format_;
+  TailReceiver<Result> tail_;
 };
 
 }  // namespace multicore::detail

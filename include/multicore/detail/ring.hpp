@@ -38,6 +38,15 @@ struct RingMemory {
   std::size_t capacity = 0;
 };
 
+/// Most bytes either side of a ring should copy before it publishes them (producer) or gives
+/// them back (consumer). Without a bound, a large payload moves in lock step: the producer
+/// fills the whole ring while the consumer waits for it, then the consumer empties it while
+/// the producer waits. In pieces of an eighth of the ring, both copy at the same time.
+inline std::span<const std::byte> ring_piece(std::span<const std::byte> bytes,
+                                             std::size_t capacity) noexcept {
+  return bytes.first(std::min(bytes.size(), capacity / 8));
+}
+
 /// The producer's view of a ring. One per process side; keeps private copies of its own
 /// index and of the last tail it saw, so the common case touches no shared cache line twice.
 class RingWriter {
@@ -125,6 +134,7 @@ class RingReader {
     refresh();
   }
 
+  std::size_t capacity() const noexcept { return memory_.capacity; }
   /// The producer published an impossible head; the ring can no longer be used.
   bool corrupt() const noexcept { return corrupt_; }
 

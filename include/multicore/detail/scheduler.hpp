@@ -32,12 +32,33 @@
 
 namespace multicore::detail {
 
-/// Where a job's answer goes. Exactly one of deliver() and fail() is called, exactly once.
+/// Receives the tail of an answer (see wire.hpp) piece by piece, straight into the result.
+class AnswerTail {
+ public:
+  /// The next bytes of the tail; never more than were announced to open_tail().
+  virtual void append(std::span<const std::byte> bytes) noexcept = 0;
+  /// The whole tail arrived: the result is complete.
+  virtual void deliver_tail(std::uint64_t run_nanos) noexcept = 0;
+
+ protected:
+  ~AnswerTail() = default;
+};
+
+/// Where a job's answer goes. Exactly one of deliver(), AnswerTail::deliver_tail() and fail()
+/// is called, exactly once.
 class Completion {
  public:
   virtual ~Completion() = default;
   /// The worker answered; `payload` is what the entry wrote (untrusted bytes: decode with care).
   virtual void deliver(Reader& payload, std::uint64_t run_nanos) noexcept = 0;
+  /// An answer has a tail of `tail_bytes`; `head` is the rest of its payload (untrusted).
+  /// Returns where the tail goes if `head` decodes to the start of a value that the tail
+  /// completes; otherwise nullptr, and the whole payload is then assembled and deliver()ed
+  /// (which reports whatever is wrong with it). Called again if the answer is sent again.
+  virtual AnswerTail* open_tail(std::span<const std::byte> /*head*/,
+                                std::uint64_t /*tail_bytes*/) noexcept {
+    return nullptr;
+  }
   /// The job has no answer: its worker died, it timed out, or the pool closed.
   virtual void fail(std::exception_ptr error) noexcept = 0;
   /// Nobody wants the answer any more (an abandoned map): a job not yet sent is dropped.
@@ -88,7 +109,9 @@ class Job {
   }
 
  private:
-  static constexpr std::size_t inline_bytes = 64;
+  // Room for the library's completions (104 bytes for a std::vector result, which carries the
+  // state to receive a tail), so steady traffic allocates none.
+  static constexpr std::size_t inline_bytes = 128;
 
   void reset_completion() noexcept {
     if (completion_ == nullptr) return;
@@ -305,7 +328,20 @@ class Scheduler {
     ResponseHeader header{};
     std::size_t header_got = 0;
     Writer payload;
+    std::uint64_t wanted = 0;    // payload bytes to assemble: all, or those before the tail
+    AnswerTail* tail = nullptr;  // where the tail goes, once open
+    std::uint64_t tail_left = 0;
     std::unique_ptr<Job> job;  // claimed once the header checked out
+
+    /// Ready for the next answer; returns the job of this one.
+    std::unique_ptr<Job> reset() noexcept {
+      header_got = 0;
+      payload.clear();
+      wanted = 0;
+      tail = nullptr;
+      tail_left = 0;
+      return std::move(job);
+    }
   };
 
   struct Slot {
@@ -417,16 +453,23 @@ class Scheduler {
     Slot& s = slots_[k];
     if (!s.partial) return false;
     const Writer& request = s.in_flight.back()->request;
-    const auto rest = [&] { return request.bytes().subspan(s.sent); };
-    std::size_t n = transport_->send(k, rest());
-    s.sent += n;
+    // Sends piece by piece while there is room (the transport takes at most a piece at once).
+    const auto send_while_room = [&] {
+      std::size_t total = 0;
+      while (s.sent < request.size()) {
+        const std::size_t n = transport_->send(k, request.bytes().subspan(s.sent));
+        if (n == 0) break;
+        s.sent += n;
+        total += n;
+      }
+      return total;
+    };
+    std::size_t n = send_while_room();
     if (s.sent < request.size()) {
       // Announce that we wait for room, then look once more: either we see the room the
       // worker made meanwhile, or the worker sees our flag and rings.
       transport_->want_room(k, true);
-      const std::size_t more = transport_->send(k, rest());
-      s.sent += more;
-      n += more;
+      n += send_while_room();
     }
     if (s.sent == request.size()) {
       s.partial = false;
@@ -511,10 +554,27 @@ class Scheduler {
         mark_corrupt(k);
         return true;
       }
-      if (a.job && a.payload.size() == a.header.payload_bytes) {
-        Reader reader(std::span<const std::byte>(a.payload.bytes()));
-        finish(s, reader);
+      if (a.job && a.tail == nullptr && a.payload.size() == a.wanted) {
         progressed = true;
+        if (a.wanted == a.header.payload_bytes) {
+          Reader reader(std::span<const std::byte>(a.payload.bytes()));
+          finish(s, [&](Completion& c) { c.deliver(reader, a.header.run_nanos); });
+          continue;
+        }
+        // All before the tail is here: the tail goes straight into the result, if it can.
+        a.tail = a.job->completion().open_tail(a.payload.bytes(), a.header.tail_bytes);
+        if (a.tail != nullptr) {
+          a.tail_left = a.header.tail_bytes;
+        } else {
+          a.wanted = a.header.payload_bytes;
+          start_payload(a);
+        }
+        continue;
+      }
+      if (a.job && a.tail != nullptr && a.tail_left == 0) {
+        progressed = true;
+        AnswerTail& tail = *a.tail;
+        finish(s, [&](Completion&) { tail.deliver_tail(a.header.run_nanos); });
         continue;
       }
       const std::span<const std::byte> bytes = transport_->peek(k);
@@ -526,9 +586,16 @@ class Scheduler {
         return progressed;
       }
       progressed = true;
+      if (a.tail != nullptr) {
+        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(bytes.size(), a.tail_left));
+        a.tail->append(bytes.first(n));
+        a.tail_left -= n;
+        transport_->consume(k, n);
+        continue;
+      }
       if (a.job) {  // the payload, arriving in pieces
-        const std::size_t n = std::min<std::size_t>(
-            bytes.size(), static_cast<std::size_t>(a.header.payload_bytes) - a.payload.size());
+        const auto n = static_cast<std::size_t>(
+            std::min<std::uint64_t>(bytes.size(), a.wanted - a.payload.size()));
         a.payload.write(bytes.data(), n);
         transport_->consume(k, n);
         continue;
@@ -540,7 +607,7 @@ class Scheduler {
         if (bytes.size() >= whole) {
           // Fast path: the whole answer is contiguous in the ring; decode it in place.
           Reader reader(bytes.subspan(sizeof(ResponseHeader), a.header.payload_bytes));
-          finish(s, reader);
+          finish(s, [&](Completion& c) { c.deliver(reader, a.header.run_nanos); });
           transport_->consume(k, whole);
         } else {
           transport_->consume(k, sizeof(ResponseHeader));
@@ -560,11 +627,12 @@ class Scheduler {
     }
   }
 
+  /// Gets the assembly ready for the payload's bytes (all, or those before a tail).
   static void start_payload(Assembly& a) {
-    a.payload.clear();
-    // Untrusted size: reserve at most 64 MiB up front, grow as bytes really arrive.
-    a.payload.reserve(static_cast<std::size_t>(
-        std::min<std::uint64_t>(a.header.payload_bytes, std::uint64_t{64} << 20)));
+    if (a.wanted == 0) a.wanted = a.header.payload_bytes - a.header.tail_bytes;
+    // Untrusted size: reserve a bounded amount up front, grow as bytes really arrive.
+    a.payload.reserve(
+        static_cast<std::size_t>(std::min<std::uint64_t>(a.wanted, max_unproven_reserve_bytes)));
   }
 
   /// The header in the assembly is complete: check it against the job this worker must answer
@@ -585,12 +653,13 @@ class Scheduler {
     return true;
   }
 
-  void finish(Slot& s, Reader& payload) {
+  /// Resolves the answered job: `deliver(completion)` hands it the answer.
+  template <class Deliver>
+  void finish(Slot& s, Deliver&& deliver) {
     Assembly& a = s.assembly;
-    std::unique_ptr<Job> job = std::move(a.job);
-    a.header_got = 0;
     ++s.answers_received;
-    job->completion().deliver(payload, a.header.run_nanos);  // `payload` may be a.payload
+    deliver(a.job->completion());  // may read a.payload
+    std::unique_ptr<Job> job = a.reset();
     keep_warm(a.payload, s.assembly_used);
     if (job->request.capacity() > Job::max_kept_bytes) {
       std::lock_guard lock(spare_mutex_);
@@ -698,7 +767,7 @@ class Scheduler {
     // Every job this worker still owes an answer, oldest first: one half-read (if any), then
     // the rest in the order they were sent.
     std::vector<std::unique_ptr<Job>> owed;
-    if (s.assembly.job) owed.push_back(std::move(s.assembly.job));
+    if (s.assembly.job) owed.push_back(s.assembly.reset());
     while (!s.in_flight.empty()) owed.push_back(s.in_flight.pop_front());
     // The culprit is the job the worker had claimed. A worker that broke the protocol without
     // a claim left the oldest answer unreadable: blaming that one guarantees progress.
@@ -774,8 +843,7 @@ class Scheduler {
     s.dispatched = 0;
     s.timed_out_task = 0;
     s.corrupt.store(false, std::memory_order_relaxed);
-    s.assembly.header_got = 0;
-    s.assembly.payload.clear();
+    s.assembly.reset();
     s.answers_received = 0;
   }
 
@@ -833,7 +901,7 @@ class Scheduler {
     };
     for (Slot& s : slots_) {
       if (s.assembly.job) {
-        failures.push_back({std::move(s.assembly.job), lost(closed_reason_)});
+        failures.push_back({s.assembly.reset(), lost(closed_reason_)});
       }
       while (!s.in_flight.empty()) {
         failures.push_back({s.in_flight.pop_front(), lost(closed_reason_)});
@@ -913,7 +981,7 @@ class Scheduler {
       auto closed = std::make_exception_ptr(
           PoolClosed("multicore: the pool was terminated before this task finished"));
       for (Slot& s : slots_) {
-        if (s.assembly.job) failures.push_back({std::move(s.assembly.job), closed});
+        if (s.assembly.job) failures.push_back({s.assembly.reset(), closed});
         while (!s.in_flight.empty()) failures.push_back({s.in_flight.pop_front(), closed});
       }
       while (!pending_.empty()) {

@@ -36,6 +36,7 @@
 #include <exception>
 #include <forward_list>
 #include <istream>
+#include <limits>
 #include <list>
 #include <map>
 #include <memory>
@@ -843,38 +844,144 @@ void encode_raw_sequence(Writer& out, const T& sequence) {
   if (bytes != 0) std::memcpy(target + sizeof count, sequence.data(), bytes);
 }
 
+/// Builds a raw sequence of a known element count from its bytes, given in pieces of any size
+/// and alignment (a piece may end inside an element). Elements are copied in without the
+/// zero-fill pass resize() would make first.
 template <class T>
-T decode_raw_sequence(Reader& in) {
+class SequenceBuilder {
+  using E = typename T::value_type;
+
+ public:
+  /// Expects `count` elements. Reserves room for all of them, or for at most `reserve_bytes`
+  /// when the count is not to be trusted yet (it came from another process and its bytes have
+  /// not arrived): the room then grows as they do. Throws std::bad_alloc or std::length_error.
+  explicit SequenceBuilder(std::size_t count,
+                           std::size_t reserve_bytes = std::numeric_limits<std::size_t>::max())
+      : count_(count), left_(count * sizeof(E)) {
+    reserve(std::min(count, std::max<std::size_t>(reserve_bytes / sizeof(E), 1)));
+  }
+
+  /// Bytes still expected.
+  std::size_t left() const noexcept { return left_; }
+
+  /// Appends the next bytes; at most left() of them. Never throws: if the room cannot grow, the
+  /// bytes are dropped and take() throws std::bad_alloc.
+  void append(std::span<const std::byte> bytes) noexcept {
+    left_ -= bytes.size();
+    if (failed_) return;
+    const std::size_t complete = count_ - (left_ + sizeof(E) - 1) / sizeof(E);
+    if (complete > sequence_.capacity()) {
+      try {  // grow geometrically: the copies growing makes add up to under a third of the size
+        reserve(std::min(count_, std::max(complete, 4 * sequence_.capacity())));
+      } catch (...) {
+        failed_ = true;
+        return;
+      }
+    }
+    if (partial_size_ != 0) {  // finish the element the previous piece began
+      const std::size_t n = std::min(bytes.size(), sizeof(E) - partial_size_);
+      std::memcpy(partial_.data() + partial_size_, bytes.data(), n);
+      partial_size_ += n;
+      bytes = bytes.subspan(n);
+      if (partial_size_ < sizeof(E)) return;
+      sequence_.push_back(std::bit_cast<E>(partial_));
+      partial_size_ = 0;
+    }
+    const std::size_t whole = bytes.size() / sizeof(E);
+    append_elements(bytes.first(whole * sizeof(E)));
+    partial_size_ = bytes.size() - whole * sizeof(E);
+    if (partial_size_ != 0) {  // an element the next piece finishes
+      std::memcpy(partial_.data(), bytes.data() + whole * sizeof(E), partial_size_);
+    }
+  }
+
+  /// The sequence; call once left() is 0. Throws std::bad_alloc if memory ran out meanwhile.
+  T take() {
+    if (failed_) throw std::bad_alloc();
+    return std::move(sequence_);
+  }
+
+ private:
+  void reserve(std::size_t elements) {
+    sequence_.reserve(elements);
+    advise_huge_pages(sequence_.data(), elements * sizeof(E));
+  }
+
+  void append_elements(std::span<const std::byte> bytes) noexcept {
+    if (reinterpret_cast<std::uintptr_t>(bytes.data()) % alignof(E) == 0) {
+      push(reinterpret_cast<const E*>(bytes.data()), bytes.size() / sizeof(E));
+      return;
+    }
+    // Misaligned for E (a ring hands out pieces at any offset): through an aligned buffer that
+    // stays in the L1 cache. memcpy into it creates the E objects (trivially copyable types are
+    // implicit-lifetime types).
+    constexpr std::size_t batch = std::max<std::size_t>(1, 4096 / sizeof(E));
+    alignas(E) std::byte buffer[batch * sizeof(E)];
+    while (!bytes.empty()) {
+      const std::size_t n = std::min(bytes.size(), sizeof buffer);
+      std::memcpy(buffer, bytes.data(), n);
+      push(std::launder(reinterpret_cast<const E*>(buffer)), n / sizeof(E));
+      bytes = bytes.subspan(n);
+    }
+  }
+
+  void push(const E* first, std::size_t n) noexcept {
+    if constexpr (requires { sequence_.append(first, n); }) {
+      sequence_.append(first, n);  // a string's insert() would build a temporary copy first
+    } else {
+      sequence_.insert(sequence_.end(), first, first + n);
+    }
+  }
+
+  T sequence_;
+  std::size_t count_;
+  std::size_t left_;
+  std::array<std::byte, sizeof(E)> partial_{};
+  std::size_t partial_size_ = 0;
+  bool failed_ = false;
+};
+
+/// Reads a raw sequence's element count, checked against the `available` bytes that are to
+/// hold its elements before anything is allocated, so a corrupt count cannot ask for a huge
+/// buffer.
+template <class T>
+std::size_t read_sequence_count(Reader& in, std::uint64_t available) {
   using E = typename T::value_type;
   std::uint64_t count = 0;
   in.read(&count, sizeof count);
-  // Checked before allocating, so a corrupt count cannot ask for a huge buffer.
-  if (count > in.remaining() / sizeof(E)) {
+  if (count > available / sizeof(E)) {
     throw SerializationError("multicore: corrupt data: a sequence claims " + std::to_string(count) +
                              " elements of " + std::to_string(sizeof(E)) + " bytes, but only " +
-                             std::to_string(in.remaining()) + " bytes are left");
+                             std::to_string(available) + " bytes are left");
   }
-  const auto n = static_cast<std::size_t>(count);
-  const std::span<const std::byte> bytes = in.take(n * sizeof(E));
-  T sequence;
-  sequence.reserve(n);
-  advise_huge_pages(sequence.data(), n * sizeof(E));
-  const auto* first = reinterpret_cast<const E*>(bytes.data());
-  if (reinterpret_cast<std::uintptr_t>(first) % alignof(E) == 0) {
-    // Copied straight in (one memmove): resize() would first zero every byte, a second pass
-    // over memory that, for a large sequence, is also being faulted in.
-    sequence.insert(sequence.end(), first, first + n);
-  } else if constexpr (std::is_default_constructible_v<E>) {
-    sequence.resize(n);
-    if (n != 0) std::memcpy(sequence.data(), bytes.data(), bytes.size());
-  } else {  // build each element from its bytes
-    std::array<std::byte, sizeof(E)> element;
-    for (std::size_t i = 0; i < n; ++i) {
-      std::memcpy(element.data(), bytes.data() + i * sizeof(E), sizeof(E));
-      sequence.push_back(std::bit_cast<E>(element));
-    }
+  return static_cast<std::size_t>(count);
+}
+
+template <class T>
+T decode_raw_sequence(Reader& in) {
+  const std::size_t n = read_sequence_count<T>(in, in.remaining());
+  SequenceBuilder<T> builder(n);
+  builder.append(in.take(builder.left()));
+  return builder.take();
+}
+
+/// Raw sequences at least this large travel as their message's tail (see wire.hpp) when they
+/// are its last value. Smaller ones are cheap to copy through a buffer that stays in cache.
+inline constexpr std::size_t min_tail_bytes = std::size_t{64} << 10;
+
+/// Values that can form a message's tail: raw sequences encoded as such, not by a Codec.
+template <class T>
+concept tail_value = raw_sequence<T> && !has_codec<T>;
+
+/// The tail `value` forms as its message's last value in `format`: the bytes of its elements
+/// when it is a large enough raw sequence, else 0.
+template <class T>
+std::size_t tail_bytes_of(const T& value, Format format) noexcept {
+  if constexpr (tail_value<T>) {
+    const std::size_t bytes = value.size() * sizeof(typename T::value_type);
+    if (format == Format::binary && bytes >= min_tail_bytes) return bytes;
   }
-  return sequence;
+  return 0;
 }
 
 template <class T>

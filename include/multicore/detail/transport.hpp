@@ -62,7 +62,9 @@ class Transport {
   /// Cheap check of just the state, for polling loops.
   virtual SlotState state(unsigned k) const noexcept = 0;
 
-  /// Writes as much of `bytes` to worker k as fits now; never blocks. Returns bytes written.
+  /// Writes as much of `bytes` to worker k as fits now, up to one piece (a fraction of the
+  /// ring, so the worker can copy out while more is copied in); never blocks. Returns bytes
+  /// written.
   virtual std::size_t send(unsigned k, std::span<const std::byte> bytes) noexcept = 0;
   /// Asks to be woken (see wait) when worker k makes room for more sending.
   virtual void want_room(unsigned k, bool on) noexcept = 0;
@@ -71,7 +73,8 @@ class Transport {
   /// Worker k has published bytes not yet consumed. Reads only shared indices, so any thread
   /// may ask, even while another one receives.
   virtual bool has_bytes(unsigned k) const noexcept = 0;
-  /// Received bytes from worker k that are contiguous; valid until consume(k, ...).
+  /// Received bytes from worker k that are contiguous, up to one piece; valid until
+  /// consume(k, ...).
   virtual std::span<const std::byte> peek(unsigned k) noexcept = 0;
   virtual void consume(unsigned k, std::size_t n) noexcept = 0;
   /// Worker k broke the ring protocol (an impossible index) on the side the parent reads
@@ -172,7 +175,7 @@ class ShmTransport final : public Transport {
   }
 
   std::size_t send(unsigned k, std::span<const std::byte> bytes) noexcept override {
-    const std::size_t n = writers_[k].write_some(bytes);
+    const std::size_t n = writers_[k].write_some(ring_piece(bytes, writers_[k].capacity()));
     if (n > 0) slot(k).worker_bell.ring();
     return n;
   }
@@ -192,7 +195,9 @@ class ShmTransport final : public Transport {
     return ring.head.load(std::memory_order_acquire) != ring.tail.load(std::memory_order_relaxed);
   }
 
-  std::span<const std::byte> peek(unsigned k) noexcept override { return readers_[k].peek(); }
+  std::span<const std::byte> peek(unsigned k) noexcept override {
+    return ring_piece(readers_[k].peek(), readers_[k].capacity());
+  }
 
   void consume(unsigned k, std::size_t n) noexcept override {
     readers_[k].consume(n);

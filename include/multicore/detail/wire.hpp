@@ -10,12 +10,23 @@ namespace multicore::detail {
 
 // A message is a fixed header followed by `payload_bytes` of payload. Messages follow each
 // other in a ring's byte stream; a payload larger than the ring streams through in pieces.
+//
+// A payload may end with a *tail*: the elements of a large raw sequence (a std::vector or
+// std::string of trivially copyable values) that is the payload's last value. The bytes are the
+// same either way; `tail_bytes` only tells the receiver that it may decode everything before the
+// tail first, and then copy the tail straight from the ring into the sequence it is building,
+// instead of assembling the whole payload in a buffer and copying it a second time. The sender
+// likewise writes the tail straight from the sequence into the ring.
 
 inline constexpr std::uint32_t request_magic = 0x4d435251;   // "MCRQ"
 inline constexpr std::uint32_t response_magic = 0x4d435253;  // "MCRS"
 
 /// Sanity bound on one payload (256 TiB): a larger size can only come from corruption.
 inline constexpr std::uint64_t max_payload_bytes = std::uint64_t{1} << 48;
+
+/// Most memory the parent reserves up front on the word of a worker's header (which may be
+/// corrupt): for more, memory grows as the bytes really arrive.
+inline constexpr std::size_t max_unproven_reserve_bytes = std::size_t{64} << 20;
 
 enum class RequestKind : std::uint32_t {
   call = 1,  ///< run `entry` on the payload and answer with one response
@@ -32,10 +43,11 @@ struct RequestHeader {
   /// its place for transports where addresses do not survive (exec, another machine).
   std::uint64_t entry = 0;
   std::uint64_t payload_bytes = 0;
-  std::uint32_t format = 0;   ///< Format of the values in the payload
-  std::uint32_t threads = 1;  ///< threads the entry may use (Pool::map's threads_per_worker)
+  std::uint64_t tail_bytes = 0;  ///< the payload's last bytes that form its tail (0: none)
+  std::uint32_t format = 0;      ///< Format of the values in the payload
+  std::uint32_t threads = 1;     ///< threads the entry may use (Pool::map's threads_per_worker)
 };
-static_assert(std::is_trivially_copyable_v<RequestHeader> && sizeof(RequestHeader) == 40);
+static_assert(std::is_trivially_copyable_v<RequestHeader> && sizeof(RequestHeader) == 48);
 
 /// Worker -> parent. Never trusted: every field is checked before use (see is_valid).
 struct ResponseHeader {
@@ -43,15 +55,16 @@ struct ResponseHeader {
   std::uint32_t reserved = 0;
   std::uint64_t task_id = 0;
   std::uint64_t payload_bytes = 0;
-  std::uint64_t run_nanos = 0;  ///< time the entry took, for adaptive chunking
+  std::uint64_t tail_bytes = 0;  ///< the payload's last bytes that form its tail (0: none)
+  std::uint64_t run_nanos = 0;   ///< time the entry took, for adaptive chunking
 };
-static_assert(std::is_trivially_copyable_v<ResponseHeader> && sizeof(ResponseHeader) == 32);
+static_assert(std::is_trivially_copyable_v<ResponseHeader> && sizeof(ResponseHeader) == 40);
 
 /// True when `h` is a well-formed answer to the task the parent expects next from this worker
 /// (workers answer strictly in the order they were sent tasks).
 inline bool is_valid(const ResponseHeader& h, std::uint64_t expected_task_id) noexcept {
   return h.magic == response_magic && h.reserved == 0 && h.task_id == expected_task_id &&
-         h.payload_bytes <= max_payload_bytes;
+         h.payload_bytes <= max_payload_bytes && h.tail_bytes <= h.payload_bytes;
 }
 
 }  // namespace multicore::detail

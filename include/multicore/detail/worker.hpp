@@ -2,6 +2,7 @@
 // The worker process: wait for a request, run it, answer; until told to stop or replaced.
 #pragma once
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -92,6 +93,7 @@ class Worker {
 
  private:
   void start() noexcept {
+    keep_freed_memory();
     try {
       if (setup_.on_start != nullptr && *setup_.on_start) (*setup_.on_start)();
     } catch (...) {
@@ -119,34 +121,115 @@ class Worker {
   }
 
   void serve(const RequestHeader& header) noexcept {
-    payload_.resize(static_cast<std::size_t>(header.payload_bytes));
+    // The tail, if any, stays in the ring: the entry reads it straight into its argument.
+    const std::uint64_t tail_bytes = std::min(header.tail_bytes, header.payload_bytes);
+    payload_.resize(static_cast<std::size_t>(header.payload_bytes - tail_bytes));
     read_exact(payload_.bytes());
     answer_.resize(sizeof(ResponseHeader));
-    const std::int64_t began = steady_now_ns();
+    task_id_ = header.task_id;
+    answered_ = false;
+    began_ = steady_now_ns();
     // task_timeout counts only while the user's code runs, not while payloads stream.
-    setup_.slot->running_since_ns.store(began, std::memory_order_release);
+    setup_.slot->running_since_ns.store(began_, std::memory_order_release);
+    tail_.start(tail_bytes);
     Reader reader(std::span<const std::byte>(payload_.bytes()));
-    const CallContext context{static_cast<Format>(header.format), header.threads};
+    const CallContext context{static_cast<Format>(header.format), header.threads,
+                              tail_bytes != 0 ? &tail_ : nullptr, &sender_};
     // NOLINTNEXTLINE(performance-no-int-to-ptr): the id is an entry address (see RequestHeader)
     reinterpret_cast<Entry>(static_cast<std::uintptr_t>(header.entry))(reader, answer_, context);
-    setup_.slot->running_since_ns.store(0, std::memory_order_release);
-    ResponseHeader response;
-    response.task_id = header.task_id;
-    response.payload_bytes = answer_.size() - sizeof response;
-    response.run_nanos = static_cast<std::uint64_t>(steady_now_ns() - began);
-    std::memcpy(answer_.data(), &response, sizeof response);
-    write_all(answer_.bytes());
-    // Counted only after the bytes: the parent reads it to detect a worker that claims more
-    // answers than it really wrote (a truncated or corrupt stream).
-    responses_.count_message();
+    tail_.skip_rest();  // an entry that failed before reading it
+    if (!answered_) send_answer(answer_, {});
     payload_.clear(max_warm_bytes);
     answer_.clear(max_warm_bytes);
   }
 
-  /// Between tasks: if large buffers are held, waits at most `warm_for` for the next request,
-  /// and gives their memory back if none came.
+  /// Sends the answer in `out` (room for its header first), followed by `tail`.
+  void send_answer(Writer& out, std::span<const std::byte> tail) noexcept {
+    setup_.slot->running_since_ns.store(0, std::memory_order_release);
+    ResponseHeader response;
+    response.task_id = task_id_;
+    response.payload_bytes = out.size() - sizeof response + tail.size();
+    response.tail_bytes = tail.size();
+    response.run_nanos = static_cast<std::uint64_t>(steady_now_ns() - began_);
+    std::memcpy(out.data(), &response, sizeof response);
+    write_all(out.bytes());
+    write_all(tail);
+    // Counted only after the bytes: the parent reads it to detect a worker that claims more
+    // answers than it really wrote (a truncated or corrupt stream).
+    responses_.count_message();
+    answered_ = true;
+  }
+
+  /// The request's tail, read from the ring as the entry asks for it.
+  class RingTail final : public RequestTail {
+   public:
+    explicit RingTail(Worker& worker) noexcept : worker_(worker) {}
+
+    void start(std::uint64_t bytes) noexcept {
+      left_ = bytes;
+      paused_ = false;
+    }
+
+    std::uint64_t left() const noexcept override { return left_; }
+
+    std::span<const std::byte> next() noexcept override {
+      if (!paused_) {  // streaming is not running the user's code (see serve())
+        worker_.setup_.slot->running_since_ns.store(0, std::memory_order_release);
+        paused_ = true;
+      }
+      const std::span<const std::byte> piece = worker_.wait_for_request_bytes();
+      return piece.first(static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), left_)));
+    }
+
+    void consume(std::size_t n) noexcept override {
+      worker_.consume_request_bytes(n);
+      left_ -= n;
+      if (left_ == 0 && paused_) {
+        worker_.setup_.slot->running_since_ns.store(steady_now_ns(), std::memory_order_release);
+      }
+    }
+
+    /// Reads and drops what the entry did not read.
+    void skip_rest() noexcept {
+      while (left_ != 0) consume(next().size());
+    }
+
+   private:
+    Worker& worker_;
+    std::uint64_t left_ = 0;
+    bool paused_ = false;
+  };
+
+  class Sender final : public AnswerSender {
+   public:
+    explicit Sender(Worker& worker) noexcept : worker_(worker) {}
+    void send(Writer& out, std::span<const std::byte> tail) noexcept override {
+      worker_.send_answer(out, tail);
+    }
+
+   private:
+    Worker& worker_;
+  };
+
+  /// Has glibc's malloc keep what tasks free, up to `max_warm_bytes` at the heap's top, for the
+  /// next task. By default it unmaps a freed block of more than 32 MiB at once (smaller ones
+  /// too, until its thresholds adapt) and trims free memory off the heap's top. A large argument
+  /// then lands in pages that are already mapped: fresh ones cost the kernel a zeroing pass,
+  /// about as much as copying them. give_back_idle_buffers() returns the memory.
+  /// (No effect with another allocator, or under a sanitizer, which replaces malloc.)
+  void keep_freed_memory() noexcept {
+    mallopt(M_MMAP_MAX, 0);  // every block from the heap (glibc still maps if the heap is full)
+    mallopt(M_TRIM_THRESHOLD, static_cast<int>(max_warm_bytes));
+    trimmed_heap_end_ = heap_end();
+  }
+
+  static std::uintptr_t heap_end() noexcept { return reinterpret_cast<std::uintptr_t>(sbrk(0)); }
+
+  /// Between tasks: if large buffers are held, or the heap grew, waits at most `warm_for` for
+  /// the next request, and gives the memory back if none came.
   void give_back_idle_buffers() noexcept {
-    if (payload_.capacity() + answer_.capacity() <= 2 * kept_buffer_bytes) return;
+    const bool heap_grew = heap_end() > trimmed_heap_end_ + kept_buffer_bytes;
+    if (!heap_grew && payload_.capacity() + answer_.capacity() <= 2 * kept_buffer_bytes) return;
     const auto ready = [&] { return requests_.readable() > 0; };
     if (wait_for(setup_.slot->worker_bell, request_spin_, ready, warm_for,
                  [] { std::fflush(nullptr); })) {
@@ -154,21 +237,16 @@ class Worker {
     }
     payload_.clear(kept_buffer_bytes);
     answer_.clear(kept_buffer_bytes);
+    malloc_trim(0);  // the heap's top, and whole free pages inside it
+    trimmed_heap_end_ = heap_end();
   }
 
-  /// Blocks until `out` is filled from the request ring.
-  void read_exact(std::span<std::byte> out) noexcept {
-    std::size_t got = 0;
-    while (got < out.size()) {
-      const std::size_t n = requests_.read_some(out.subspan(got));
-      got += n;
-      if (n > 0) {
-        std::uint32_t waiting = 1;
-        if (setup_.slot->parent_wants_space.compare_exchange_strong(waiting, 2)) {
-          setup_.pool->parent_bell.ring();
-        }
-        continue;
-      }
+  /// Blocks until the request ring has bytes; returns those that are contiguous, up to a
+  /// piece.
+  std::span<const std::byte> wait_for_request_bytes() noexcept {
+    for (;;) {
+      const std::span<const std::byte> bytes = requests_.peek();
+      if (!bytes.empty()) return ring_piece(bytes, requests_.capacity());
       // What the tasks printed goes out when the worker runs out of work and goes to sleep,
       // not after every task (a flush walks every stdio stream).
       wait_for(
@@ -177,11 +255,33 @@ class Worker {
     }
   }
 
+  /// Gives `n` read bytes back to the parent, waking it if it waits for room.
+  void consume_request_bytes(std::size_t n) noexcept {
+    requests_.consume(n);
+    std::uint32_t waiting = 1;
+    if (setup_.slot->parent_wants_space.compare_exchange_strong(waiting, 2)) {
+      setup_.pool->parent_bell.ring();
+    }
+  }
+
+  /// Blocks until `out` is filled from the request ring.
+  void read_exact(std::span<std::byte> out) noexcept {
+    std::size_t got = 0;
+    while (got < out.size()) {
+      const std::span<const std::byte> bytes = wait_for_request_bytes();
+      const std::size_t n = std::min(bytes.size(), out.size() - got);
+      std::memcpy(out.data() + got, bytes.data(), n);
+      consume_request_bytes(n);
+      got += n;
+    }
+  }
+
   /// Blocks until all of `bytes` is published to the response ring.
   void write_all(std::span<const std::byte> bytes) noexcept {
     std::size_t put = 0;
     while (put < bytes.size()) {
-      const std::size_t n = responses_.write_some(bytes.subspan(put));
+      const std::size_t n =
+          responses_.write_some(ring_piece(bytes.subspan(put), responses_.capacity()));
       put += n;
       if (n > 0) {
         if (setup_.pool->parent_polling.load(std::memory_order_relaxed) == 0) {
@@ -211,6 +311,12 @@ class Worker {
   SpinBudget response_spin_;
   Writer payload_;
   Writer answer_;
+  RingTail tail_{*this};
+  Sender sender_{*this};
+  std::uint64_t task_id_ = 0;
+  std::int64_t began_ = 0;
+  bool answered_ = false;
+  std::uintptr_t trimmed_heap_end_ = 0;
 };
 
 }  // namespace multicore::detail
