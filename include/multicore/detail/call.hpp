@@ -212,8 +212,7 @@ T decode_last(Reader& in, const CallContext& context) {
         }
         return builder.take();
       } catch (...) {
-        throw SerializationError("multicore: could not decode " + type_name<T>() + ": " +
-                                 describe_current_exception());
+        throw decode_error<T>();
       }
     }
   }

@@ -128,8 +128,7 @@ class TailReceiver<R> {
     try {
       return builder_->take();
     } catch (...) {
-      throw SerializationError("multicore: could not decode " + type_name<R>() + ": " +
-                               describe_current_exception());
+      throw decode_error<R>();
     }
   }
 
@@ -137,61 +136,80 @@ class TailReceiver<R> {
   std::optional<SequenceBuilder<R>> builder_;
 };
 
+/// The part every completion of one call shares: reads the outcome, from the whole answer
+/// (deliver) or from its head and its tail (open_tail), and hands the value of type V to
+/// `Derived::resolve(value)` (`resolve()` for void), or the error to `Derived::fail(error)`.
+/// resolve() may throw; its error then goes to fail().
+template <class Derived, class V>
+class ValueCompletion : public Completion, private AnswerTail {
+ public:
+  explicit ValueCompletion(Format format) noexcept : format_(format) {}
+
+  void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept final {
+    try {
+      if constexpr (std::is_void_v<V>) {
+        read_outcome<void>(payload, format_);
+        expect_end(payload);
+        derived().resolve();
+      } else {
+        V value = read_outcome<V>(payload, format_);
+        expect_end(payload);
+        derived().resolve(std::move(value));
+      }
+    } catch (...) {
+      derived().fail(std::current_exception());
+    }
+  }
+
+  AnswerTail* open_tail(std::span<const std::byte> head, std::uint64_t tail_bytes) noexcept final {
+    return tail_.open(head, tail_bytes, format_) ? this : nullptr;
+  }
+
+ private:
+  Derived& derived() noexcept { return static_cast<Derived&>(*this); }
+
+  void append(std::span<const std::byte> bytes) noexcept final {
+    if constexpr (tail_value<V>) tail_.append(bytes);
+  }
+
+  void deliver_tail(std::uint64_t /*run_nanos*/) noexcept final {
+    if constexpr (tail_value<V>) {  // open_tail() never succeeds for other types
+      try {
+        derived().resolve(tail_.take());
+      } catch (...) {
+        derived().fail(std::current_exception());
+      }
+    }
+  }
+
+  Format format_;
+  TailReceiver<V> tail_;
+};
+
 /// Resolves a std::promise<R> with the outcome of one call.
 template <class R>
-class PromiseCompletion final : public Completion, private AnswerTail {
+class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R>, R> {
  public:
-  explicit PromiseCompletion(Format format) : format_(format) {}
+  explicit PromiseCompletion(Format format) : ValueCompletion<PromiseCompletion<R>, R>(format) {}
 
   std::future<R> future() { return promise_.get_future(); }
 
-  void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept override {
-    try {
-      if constexpr (std::is_void_v<R>) {
-        read_outcome<void>(payload, format_);
-        expect_end(payload);
-        promise_.set_value();
-      } else {
-        R value = read_outcome<R>(payload, format_);
-        expect_end(payload);
-        promise_.set_value(std::move(value));
-      }
-    } catch (...) {
-      fail(std::current_exception());
-    }
+  void resolve() { promise_.set_value(); }
+  template <class V>
+  void resolve(V&& value) {
+    promise_.set_value(std::forward<V>(value));
   }
 
   void fail(std::exception_ptr error) noexcept override {
     try {
       promise_.set_exception(std::move(error));
     } catch (...) {
-      // Already satisfied: the value won (deliver's set_value succeeded before a later throw).
+      // Already satisfied: the value won (resolve's set_value succeeded before a later throw).
     }
-  }
-
-  AnswerTail* open_tail(std::span<const std::byte> head,
-                        std::uint64_t tail_bytes) noexcept override {
-    return tail_.open(head, tail_bytes, format_) ? this : nullptr;
   }
 
  private:
-  void append(std::span<const std::byte> bytes) noexcept override {
-    if constexpr (tail_value<R>) tail_.append(bytes);
-  }
-
-  void deliver_tail(std::uint64_t /*run_nanos*/) noexcept override {
-    if constexpr (tail_value<R>) {
-      try {
-        promise_.set_value(tail_.take());
-      } catch (...) {
-        fail(std::current_exception());
-      }
-    }
-  }
-
   std::promise<R> promise_;
-  Format format_;
-  TailReceiver<R> tail_;
 };
 
 /// Where Pool::call()'s answer lands: on the caller's stack, filled in by whichever thread
@@ -234,22 +252,18 @@ struct CallSlot {
 
 /// Resolves a CallSlot with the outcome of one call.
 template <class R>
-class CallCompletion final : public Completion, private AnswerTail {
+class CallCompletion final : public ValueCompletion<CallCompletion<R>, R> {
  public:
-  CallCompletion(CallSlot<R>* slot, Format format) : slot_(slot), format_(format) {}
+  CallCompletion(CallSlot<R>* slot, Format format)
+      : ValueCompletion<CallCompletion<R>, R>(format), slot_(slot) {}
 
-  void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept override {
-    try {
-      if constexpr (std::is_void_v<R>) {
-        read_outcome<void>(payload, format_);
-        slot_->value.emplace();
-      } else {
-        slot_->value.emplace(read_outcome<R>(payload, format_));
-      }
-      expect_end(payload);
-    } catch (...) {
-      slot_->error = std::current_exception();
-    }
+  void resolve() {
+    slot_->value.emplace();
+    slot_->finish();
+  }
+  template <class V>
+  void resolve(V&& value) {
+    slot_->value.emplace(std::forward<V>(value));
     slot_->finish();
   }
 
@@ -258,30 +272,8 @@ class CallCompletion final : public Completion, private AnswerTail {
     slot_->finish();
   }
 
-  AnswerTail* open_tail(std::span<const std::byte> head,
-                        std::uint64_t tail_bytes) noexcept override {
-    return tail_.open(head, tail_bytes, format_) ? this : nullptr;
-  }
-
  private:
-  void append(std::span<const std::byte> bytes) noexcept override {
-    if constexpr (tail_value<R>) tail_.append(bytes);
-  }
-
-  void deliver_tail(std::uint64_t /*run_nanos*/) noexcept override {
-    if constexpr (tail_value<R>) {
-      try {
-        slot_->value.emplace(tail_.take());
-      } catch (...) {
-        slot_->error = std::current_exception();
-      }
-      slot_->finish();
-    }
-  }
-
   CallSlot<R>* slot_;
-  Format format_;
-  TailReceiver<R> tail_;
 };
 
 /// Where a Task's runs land, one slot per run in run() order. Shared with the runs'
@@ -316,29 +308,24 @@ struct TaskBatch {
 /// Resolves one run of a Task: decodes the function's own result type `Result` and stores it
 /// converted to the Task's R.
 template <class R, class Result>
-class TaskRunCompletion final : public Completion, private AnswerTail {
+class TaskRunCompletion final : public ValueCompletion<TaskRunCompletion<R, Result>, Result> {
  public:
   TaskRunCompletion(std::shared_ptr<TaskBatch<R>> batch, typename TaskBatch<R>::Slot* slot,
                     Format format)
-      : batch_(std::move(batch)), slot_(slot), format_(format) {}
+      : ValueCompletion<TaskRunCompletion<R, Result>, Result>(format),
+        batch_(std::move(batch)),
+        slot_(slot) {}
 
-  void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept override {
-    try {
-      if constexpr (std::is_void_v<Result>) {
-        read_outcome<void>(payload, format_);
-        expect_end(payload);
-        slot_->value.emplace();
-      } else {
-        Result value = read_outcome<Result>(payload, format_);
-        expect_end(payload);
-        if constexpr (std::is_void_v<R>) {
-          slot_->value.emplace();
-        } else {
-          slot_->value.emplace(static_cast<R>(std::move(value)));
-        }
-      }
-    } catch (...) {
-      slot_->error = std::current_exception();
+  void resolve() {
+    slot_->value.emplace();
+    batch_->one_done();
+  }
+  template <class V>
+  void resolve(V&& value) {
+    if constexpr (std::is_void_v<R>) {
+      slot_->value.emplace();
+    } else {
+      slot_->value.emplace(static_cast<R>(std::forward<V>(value)));
     }
     batch_->one_done();
   }
@@ -348,35 +335,9 @@ class TaskRunCompletion final : public Completion, private AnswerTail {
     batch_->one_done();
   }
 
-  AnswerTail* open_tail(std::span<const std::byte> head,
-                        std::uint64_t tail_bytes) noexcept override {
-    return tail_.open(head, tail_bytes, format_) ? this : nullptr;
-  }
-
  private:
-  void append(std::span<const std::byte> bytes) noexcept override {
-    if constexpr (tail_value<Result>) tail_.append(bytes);
-  }
-
-  void deliver_tail(std::uint64_t /*run_nanos*/) noexcept override {
-    if constexpr (tail_value<Result>) {
-      try {
-        if constexpr (std::is_void_v<R>) {
-          slot_->value.emplace();
-        } else {
-          slot_->value.emplace(static_cast<R>(tail_.take()));
-        }
-      } catch (...) {
-        slot_->error = std::current_exception();
-      }
-      batch_->one_done();
-    }
-  }
-
   std::shared_ptr<TaskBatch<R>> batch_;
   typename TaskBatch<R>::Slot* slot_;
-  Format format_;
-  TailReceiver<Result> tail_;
 };
 
 }  // namespace multicore::detail

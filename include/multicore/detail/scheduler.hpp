@@ -109,7 +109,7 @@ class Job {
   }
 
  private:
-  // Room for the library's completions (104 bytes for a std::vector result, which carries the
+  // Room for the library's completions (120 bytes for a std::vector result, which carries the
   // state to receive a tail), so steady traffic allocates none.
   static constexpr std::size_t inline_bytes = 128;
 

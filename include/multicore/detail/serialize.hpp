@@ -659,6 +659,14 @@ inline std::string describe_current_exception() {
   }
 }
 
+/// The SerializationError for a failed decode of a T, describing the exception being handled:
+/// "multicore: could not decode T: <what went wrong>".
+template <class T>
+SerializationError decode_error() {
+  return SerializationError("multicore: could not decode " + type_name<T>() + ": " +
+                            describe_current_exception());
+}
+
 /// Writes the u64 byte length of everything appended since `start` (where 8 bytes were
 /// reserved for it) into those 8 bytes.
 inline void patch_length(Writer& out, std::size_t start) {
@@ -1086,8 +1094,7 @@ T decode(Reader& in, Format format) {
   } catch (const abi::__forced_unwind&) {
     throw;
   } catch (...) {
-    throw SerializationError("multicore: could not decode " + type_name<T>() + ": " +
-                             describe_current_exception());
+    throw decode_error<T>();
   }
 }
 
