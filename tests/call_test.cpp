@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <future>
+#include <memory>
 #include <multicore/multicore.hpp>
 #include <stdexcept>
 #include <string>
@@ -69,6 +70,24 @@ TEST_P(CallTest, TimesOut) {
   Pool pool(o);
   EXPECT_THROW(pool.call([] { pause(); }), multicore::TaskTimeout);
   EXPECT_EQ(pool.call(twice, 6), 12);
+}
+
+// Every error reaches its caller intact, however quickly the caller drops it. Under TSan this
+// is also the regression test for the collector destroying a caller's error: it used to fail
+// the call from inside its catch block, which still held the exception when the caller was
+// already done with it.
+TEST_P(CallTest, EveryErrorArrivesWhole) {
+  Pool pool(options());
+  int whole = 0;
+  constexpr int calls = 500;
+  for (int i = 0; i < calls; ++i) {
+    try {
+      pool.call([](int n) -> int { throw std::runtime_error("error " + std::to_string(n)); }, i);
+    } catch (const multicore::RemoteError& e) {
+      whole += e.message() == "error " + std::to_string(i) ? 1 : 0;
+    }
+  }
+  EXPECT_EQ(whole, calls);
 }
 
 TEST_P(CallTest, ClosedPoolThrowsPoolClosed) {
@@ -143,6 +162,41 @@ TEST(CallInline, RunsInTheCallingProcess) {
   Pool pool(o);
   EXPECT_EQ(pool.call(process_id), getpid());
   EXPECT_THROW(pool.call([] { throw 7; }), multicore::RemoteError);
+}
+
+// Regression (a TSan report in CI): call()'s slot lives on the caller's stack, and the caller
+// leaves as soon as sleep() returns. The delivering thread used to publish `done` before taking
+// the slot's mutex to wake the sleeper, so a sleeper that saw `done` on its way into the wait
+// (or on a spurious wake-up) could leave, and free the slot, while the deliverer was still
+// about to lock that mutex. Here every slot is freed the moment its sleeper returns; ASan
+// reports a use after free and TSan a race if the deliverer still touches it.
+TEST(CallSlot, SleeperLeavesOnlyWhenTheDelivererIsDoneWithTheSlot) {
+  using Slot = multicore::detail::CallSlot<int>;
+  constexpr int rounds = 20000;
+  std::atomic<Slot*> handed{nullptr};
+  std::thread deliverer([&] {
+    for (int i = 0; i < rounds; ++i) {
+      Slot* slot = nullptr;
+      while ((slot = handed.exchange(nullptr, std::memory_order_acquire)) == nullptr) {
+        std::this_thread::yield();
+      }
+      // Deliver just as the caller goes to sleep: the moment the old protocol got wrong.
+      while (slot->state.load(std::memory_order_acquire) == Slot::pending) {
+        std::this_thread::yield();
+      }
+      slot->value.emplace(i);
+      slot->finish();
+    }
+  });
+  int right = 0;
+  for (int i = 0; i < rounds; ++i) {
+    auto slot = std::make_unique<Slot>();
+    handed.store(slot.get(), std::memory_order_release);
+    slot->sleep();
+    right += slot->take() == i ? 1 : 0;
+  }
+  deliverer.join();
+  EXPECT_EQ(right, rounds);
 }
 
 INSTANTIATE_TEST_SUITE_P(Workers, CallTest, multicore_test::worker_counts(),

@@ -248,12 +248,14 @@ class ChunkCompletion final : public Completion {
 
   void deliver(Reader& payload, std::uint64_t run_nanos) noexcept override {
     if (abandoned()) return;
+    std::exception_ptr error;
     try {
       auto results = read_chunk<Out>(payload, count_, Format::binary);
       post({first_, std::move(results), nullptr, run_nanos});
     } catch (...) {
-      fail(std::current_exception());
+      error = std::current_exception();  // failed below, once the handler has let go of it
     }
+    if (error) fail(std::move(error));
   }
 
   void fail(std::exception_ptr error) noexcept override {

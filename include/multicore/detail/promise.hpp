@@ -146,6 +146,7 @@ class ValueCompletion : public Completion, private AnswerTail {
   explicit ValueCompletion(Format format) noexcept : format_(format) {}
 
   void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept final {
+    std::exception_ptr error;
     try {
       if constexpr (std::is_void_v<V>) {
         read_outcome<void>(payload, format_);
@@ -157,8 +158,9 @@ class ValueCompletion : public Completion, private AnswerTail {
         derived().resolve(std::move(value));
       }
     } catch (...) {
-      derived().fail(std::current_exception());
+      error = std::current_exception();
     }
+    fail_outside_handler(std::move(error));
   }
 
   AnswerTail* open_tail(std::span<const std::byte> head, std::uint64_t tail_bytes) noexcept final {
@@ -174,12 +176,22 @@ class ValueCompletion : public Completion, private AnswerTail {
 
   void deliver_tail(std::uint64_t /*run_nanos*/) noexcept final {
     if constexpr (tail_value<V>) {  // open_tail() never succeeds for other types
+      std::exception_ptr error;
       try {
         derived().resolve(tail_.take());
       } catch (...) {
-        derived().fail(std::current_exception());
+        error = std::current_exception();
       }
+      fail_outside_handler(std::move(error));
     }
+  }
+
+  // Called after the catch block has ended: an exception being handled stays referenced until
+  // its handler ends, so failing from inside the handler would let the caller finish with the
+  // error first and leave this thread to destroy it (running the user's exception destructor
+  // here, and racing the caller's last read as far as TSan can tell).
+  void fail_outside_handler(std::exception_ptr error) noexcept {
+    if (error) derived().fail(std::move(error));
   }
 
   Format format_;
@@ -214,8 +226,9 @@ class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R>, R> 
 
 /// Where Pool::call()'s answer lands: on the caller's stack, filled in by whichever thread
 /// delivers it. The caller returns (destroying this) as soon as it sees `done`, so the
-/// delivering thread must not touch the object after publishing `done`, except when the caller
-/// went to sleep: then it wakes it under `mutex`, which the caller takes before leaving.
+/// delivering thread must not touch the object after publishing `done`. A caller that went to
+/// `sleeping` sees `done` only under `mutex`, which the deliverer holds from publishing to
+/// waking it: the sleeper cannot leave before the deliverer has let go.
 template <class R>
 struct CallSlot {
   enum State : int { pending, sleeping, done };
@@ -243,10 +256,14 @@ struct CallSlot {
 
   /// Publishes the outcome (value or error already stored).
   void finish() noexcept {
-    if (state.exchange(done, std::memory_order_acq_rel) == sleeping) {
-      std::lock_guard lock(mutex);  // the sleeper holds it until it waits: no lost wake-up
-      woken.notify_one();
-    }
+    int expected = pending;
+    if (state.compare_exchange_strong(expected, done, std::memory_order_acq_rel)) return;
+    // The caller is asleep or on its way (it holds the mutex from announcing it until it
+    // waits: no lost wake-up). Publishing `done` outside the mutex would let it see `done` on
+    // its way in, or on a spurious wake-up, and destroy the mutex before we lock it.
+    std::lock_guard lock(mutex);
+    state.store(done, std::memory_order_release);
+    woken.notify_one();
   }
 };
 
