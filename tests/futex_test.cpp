@@ -18,8 +18,6 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <new>
 #include <string>
 #include <thread>
@@ -28,6 +26,7 @@
 #include "multicore/detail/ring.hpp"  // cache_line_size
 #include "multicore/detail/shm.hpp"
 #include "support/child_watch.hpp"
+#include "support/slurp.hpp"
 
 namespace {
 
@@ -60,8 +59,7 @@ class Shared {
 /// The scheduler state of process `pid` from /proc/<pid>/stat: 'R', 'S' (sleeping in the
 /// kernel), 'Z', ...; '?' if it cannot be read.
 char ProcessState(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  const std::string stat{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const std::string stat = multicore_test::slurp("/proc/" + std::to_string(pid) + "/stat");
   const auto close = stat.rfind(')');
   return close == std::string::npos || close + 2 >= stat.size() ? '?' : stat[close + 2];
 }

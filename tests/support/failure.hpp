@@ -22,9 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <fstream>
 #include <future>
-#include <iterator>
 #include <memory>
 #include <multicore/detail/demangle.hpp>
 #include <optional>
@@ -32,6 +30,8 @@
 #include <typeinfo>
 #include <utility>
 #include <vector>
+
+#include "slurp.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define MULTICORE_TEST_ASAN 1
@@ -204,11 +204,6 @@ inline std::string read_to_end(int fd, std::chrono::milliseconds limit = pipe_li
 }
 
 // ----- Processes -------------------------------------------------------------------------------
-
-inline std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 /// State letter and parent of a process from /proc/<pid>/stat; nullopt if it is gone.
 struct ProcStat {

@@ -19,11 +19,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <fstream>
 #include <iostream>
-#include <iterator>
 #include <map>
 #include <sstream>
+
+#include "support/slurp.hpp"
 
 namespace multicore_test {
 namespace {
@@ -32,20 +32,6 @@ using Clock = std::chrono::steady_clock;
 
 /// How long teardown waits for children to go away before it calls them leaked.
 constexpr auto grace = std::chrono::seconds(2);
-
-/// The file's contents, or "" if it cannot be read. Uses read(2): a /proc entry of a process
-/// that exits meanwhile fails with ESRCH, which std::ifstream reports by throwing.
-std::string read_file(const std::string& path) {
-  std::string contents;
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return contents;
-  char buffer[4096];
-  ssize_t n = 0;
-  while ((n = read(fd, buffer, sizeof buffer)) > 0)
-    contents.append(buffer, static_cast<std::size_t>(n));
-  close(fd);
-  return contents;
-}
 
 /// Calls f(name, fd of the open directory) for each entry of dir but "." and "..".
 template <class F>
@@ -75,7 +61,7 @@ std::vector<Child> children() {
     if (*end != '\0' || pid <= 0) return;  // not a process
     // "pid (comm) state ppid ...": comm may contain spaces and parentheses, so the fields are
     // read after the last ')'. An empty read means the process has just gone.
-    const std::string stat = read_file("/proc/" + std::string(name) + "/stat");
+    const std::string stat = slurp("/proc/" + std::string(name) + "/stat");
     const auto open = stat.find('(');
     const auto close = stat.rfind(')');
     if (open == std::string::npos || close == std::string::npos || close < open) return;
@@ -92,7 +78,7 @@ std::vector<Child> children() {
 }
 
 std::string describe(const Child& c) {
-  std::string cmdline = read_file("/proc/" + std::to_string(c.pid) + "/cmdline");
+  std::string cmdline = slurp("/proc/" + std::to_string(c.pid) + "/cmdline");
   std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
   while (!cmdline.empty() && cmdline.back() == ' ') cmdline.pop_back();
   std::ostringstream out;
