@@ -248,13 +248,10 @@ class ChunkCompletion final : public Completion {
 
   void deliver(Reader& payload, std::uint64_t run_nanos) noexcept override {
     if (abandoned()) return;
-    std::exception_ptr error;
-    try {
+    std::exception_ptr error = error_of([&] {
       auto results = read_chunk<Out>(payload, count_, Format::binary);
       post({first_, std::move(results), nullptr, run_nanos});
-    } catch (...) {
-      error = std::current_exception();  // failed below, once the handler has let go of it
-    }
+    });
     if (error) fail(std::move(error));
   }
 

@@ -146,8 +146,7 @@ class ValueCompletion : public Completion, private AnswerTail {
   explicit ValueCompletion(Format format) noexcept : format_(format) {}
 
   void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept final {
-    std::exception_ptr error;
-    try {
+    std::exception_ptr error = error_of([&] {
       if constexpr (std::is_void_v<V>) {
         read_outcome<void>(payload, format_);
         expect_end(payload);
@@ -157,10 +156,8 @@ class ValueCompletion : public Completion, private AnswerTail {
         expect_end(payload);
         derived().resolve(std::move(value));
       }
-    } catch (...) {
-      error = std::current_exception();
-    }
-    fail_outside_handler(std::move(error));
+    });
+    if (error) derived().fail(std::move(error));
   }
 
   AnswerTail* open_tail(std::span<const std::byte> head, std::uint64_t tail_bytes) noexcept final {
@@ -176,22 +173,9 @@ class ValueCompletion : public Completion, private AnswerTail {
 
   void deliver_tail(std::uint64_t /*run_nanos*/) noexcept final {
     if constexpr (tail_value<V>) {  // open_tail() never succeeds for other types
-      std::exception_ptr error;
-      try {
-        derived().resolve(tail_.take());
-      } catch (...) {
-        error = std::current_exception();
-      }
-      fail_outside_handler(std::move(error));
+      std::exception_ptr error = error_of([&] { derived().resolve(tail_.take()); });
+      if (error) derived().fail(std::move(error));
     }
-  }
-
-  // Called after the catch block has ended: an exception being handled stays referenced until
-  // its handler ends, so failing from inside the handler would let the caller finish with the
-  // error first and leave this thread to destroy it (running the user's exception destructor
-  // here, and racing the caller's last read as far as TSan can tell).
-  void fail_outside_handler(std::exception_ptr error) noexcept {
-    if (error) derived().fail(std::move(error));
   }
 
   Format format_;

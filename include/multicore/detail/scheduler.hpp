@@ -65,6 +65,21 @@ class Completion {
   virtual bool abandoned() const noexcept { return false; }
 };
 
+/// Runs `work` and returns what it threw (null if nothing), after the handler has ended.
+/// Completions fail with it from there: a handled exception stays referenced until its handler
+/// ends, so failing from inside the handler could let the caller finish with the error first
+/// and leave this thread to destroy it (running the user's exception destructor here, and a
+/// race as far as TSan can tell, which cannot see libstdc++'s reference count).
+template <class Work>
+std::exception_ptr error_of(Work&& work) noexcept {
+  try {
+    std::forward<Work>(work)();
+  } catch (...) {
+    return std::current_exception();
+  }
+  return nullptr;
+}
+
 /// One unit of work: a complete request message and where its answer goes. Jobs are recycled
 /// with their request buffer and completion storage, so steady traffic allocates nothing here
 /// (and nothing allocated by a submitting thread is freed by the collector thread).
