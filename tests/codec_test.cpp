@@ -17,8 +17,8 @@
 #include <map>
 #include <memory>
 #include <multicore/codec.hpp>
-#include <multicore/detail/demangle.hpp>
-#include <multicore/detail/serialize.hpp>
+#include <multicore/detail/serialize/serialize.hpp>
+#include <multicore/detail/util/demangle.hpp>
 #include <multicore/errors.hpp>
 #include <multicore/options.hpp>
 #include <optional>

@@ -12,8 +12,8 @@
 #include <cstdint>
 #include <cstring>
 #include <future>
-#include <multicore/detail/wire.hpp>
-#include <multicore/detail/worker.hpp>
+#include <multicore/detail/protocol/wire.hpp>
+#include <multicore/detail/transport/worker_loop.hpp>
 #include <multicore/multicore.hpp>
 #include <ostream>
 #include <set>

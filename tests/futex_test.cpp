@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Tests for waiting across processes: the shared futex, Doorbell's protocol (no lost wake-ups)
 // and wait_for's spin-then-sleep with a timeout.
-#include "multicore/detail/futex.hpp"
+#include "multicore/detail/transport/shm/futex.hpp"
 
 #include <gtest/gtest.h>
 #include <linux/futex.h>
@@ -23,8 +23,8 @@
 #include <thread>
 #include <type_traits>
 
-#include "multicore/detail/ring.hpp"  // cache_line_size
-#include "multicore/detail/shm.hpp"
+#include "multicore/detail/transport/shm/ring.hpp"  // cache_line_size
+#include "multicore/detail/transport/shm/shm.hpp"
 #include "support/child_watch.hpp"
 #include "support/slurp.hpp"
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Tests for the SPSC byte ring: exact bytes, partial writes, wrap-around, reset, distrust of the
 // other side's index, and a two-process stream of framed records through a small ring.
-#include "multicore/detail/ring.hpp"
+#include "multicore/detail/transport/shm/ring.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/prctl.h>
@@ -22,8 +22,8 @@
 #include <thread>
 #include <vector>
 
-#include "multicore/detail/futex.hpp"
-#include "multicore/detail/shm.hpp"
+#include "multicore/detail/transport/shm/futex.hpp"
+#include "multicore/detail/transport/shm/shm.hpp"
 #include "support/child_watch.hpp"
 
 namespace {

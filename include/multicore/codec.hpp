@@ -12,8 +12,8 @@
 #include <string>
 #include <utility>
 
-#include "multicore/detail/huge_pages.hpp"
-#include "multicore/errors.hpp"
+#include "detail/util/huge_pages.hpp"
+#include "errors.hpp"
 
 namespace multicore {
 

@@ -9,10 +9,10 @@
 #include <utility>
 
 #include "codec.hpp"
-#include "detail/call.hpp"
-#include "detail/map_stream.hpp"
-#include "detail/pool_core.hpp"
-#include "detail/promise.hpp"
+#include "detail/core/pool_core.hpp"
+#include "detail/front/completions.hpp"
+#include "detail/front/map_state.hpp"
+#include "detail/protocol/entries.hpp"
 #include "errors.hpp"
 #include "options.hpp"
 

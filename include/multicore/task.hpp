@@ -10,9 +10,9 @@
 #include <utility>
 #include <vector>
 
-#include "detail/call.hpp"
-#include "detail/pool_core.hpp"
-#include "detail/promise.hpp"
+#include "detail/core/pool_core.hpp"
+#include "detail/front/completions.hpp"
+#include "detail/protocol/entries.hpp"
 #include "options.hpp"
 #include "pool.hpp"
 #include "system.hpp"

@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: MIT
 // Must not compile: a Codec without a usable decode() is reported, not silently ignored.
 #include <multicore/codec.hpp>
-#include <multicore/detail/serialize.hpp>
+#include <multicore/detail/serialize/serialize.hpp>
 
 struct Point {
   int x;

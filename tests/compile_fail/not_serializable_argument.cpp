@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: MIT
 // Must not compile: a type that is neither trivially copyable nor serializable.
 #include <memory>
-#include <multicore/detail/serialize.hpp>
+#include <multicore/detail/serialize/serialize.hpp>
 #include <vector>
 
 struct Handle {

@@ -3,7 +3,7 @@
 // Must not compile: a standard container is only as sendable as what it holds.
 #include <map>
 #include <memory>
-#include <multicore/detail/serialize.hpp>
+#include <multicore/detail/serialize/serialize.hpp>
 #include <string>
 
 struct Handle {

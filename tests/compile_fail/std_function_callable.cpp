@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: MIT
 // Must not compile: std::function cannot cross a process boundary.
 #include <functional>
-#include <multicore/detail/serialize.hpp>
+#include <multicore/detail/serialize/serialize.hpp>
 
 int main() {
   auto lambda = [](int value) { return value + 1; };

@@ -13,7 +13,7 @@
 #include <cstdlib>
 #include <deque>
 #include <memory>
-#include <multicore/detail/ring.hpp>
+#include <multicore/detail/transport/shm/ring.hpp>
 #include <span>
 #include <vector>
 

@@ -8,10 +8,10 @@
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
-#include <multicore/detail/call.hpp>
-#include <multicore/detail/map_stream.hpp>
-#include <multicore/detail/serialize.hpp>
-#include <multicore/detail/wire.hpp>
+#include <multicore/detail/front/map_state.hpp>
+#include <multicore/detail/protocol/entries.hpp>
+#include <multicore/detail/protocol/wire.hpp>
+#include <multicore/detail/serialize/serialize.hpp>
 #include <string>
 #include <vector>
 

@@ -8,7 +8,7 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
-#include <multicore/detail/futex.hpp>
+#include <multicore/detail/transport/shm/futex.hpp>
 #include <thread>
 
 namespace multicore_test {

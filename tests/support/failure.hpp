@@ -24,7 +24,7 @@
 #include <exception>
 #include <future>
 #include <memory>
-#include <multicore/detail/demangle.hpp>
+#include <multicore/detail/util/demangle.hpp>
 #include <optional>
 #include <string>
 #include <typeinfo>

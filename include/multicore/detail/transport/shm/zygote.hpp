@@ -16,8 +16,8 @@
 #include <mutex>
 #include <vector>
 
+#include "../worker_loop.hpp"
 #include "layout.hpp"
-#include "worker.hpp"
 
 namespace multicore::detail {
 

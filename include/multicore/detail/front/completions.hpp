@@ -13,12 +13,12 @@
 #include <type_traits>
 #include <utility>
 
-#include "../codec.hpp"
-#include "../errors.hpp"
-#include "../options.hpp"
-#include "call.hpp"
-#include "scheduler.hpp"
-#include "serialize.hpp"
+#include "../../codec.hpp"
+#include "../../errors.hpp"
+#include "../../options.hpp"
+#include "../core/scheduler.hpp"
+#include "../protocol/entries.hpp"
+#include "../serialize/serialize.hpp"
 
 namespace multicore::detail {
 

@@ -19,11 +19,11 @@
 #include <type_traits>
 #include <utility>
 
-#include "../codec.hpp"
-#include "../errors.hpp"
-#include "../options.hpp"
-#include "demangle.hpp"
-#include "serialize.hpp"
+#include "../../codec.hpp"
+#include "../../errors.hpp"
+#include "../../options.hpp"
+#include "../serialize/serialize.hpp"
+#include "../util/demangle.hpp"
 #include "wire.hpp"
 
 namespace multicore::detail {

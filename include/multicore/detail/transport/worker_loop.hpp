@@ -13,12 +13,12 @@
 #include <functional>
 #include <span>
 
-#include "../codec.hpp"
-#include "call.hpp"
-#include "futex.hpp"
-#include "layout.hpp"
-#include "ring.hpp"
-#include "wire.hpp"
+#include "../../codec.hpp"
+#include "../protocol/entries.hpp"
+#include "../protocol/wire.hpp"
+#include "shm/futex.hpp"
+#include "shm/layout.hpp"
+#include "shm/ring.hpp"
 
 namespace multicore::detail {
 

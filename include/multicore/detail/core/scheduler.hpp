@@ -24,11 +24,11 @@
 #include <utility>
 #include <vector>
 
-#include "../codec.hpp"
-#include "../errors.hpp"
-#include "queue.hpp"
-#include "transport.hpp"
-#include "wire.hpp"
+#include "../../codec.hpp"
+#include "../../errors.hpp"
+#include "../protocol/wire.hpp"
+#include "../transport/shm/shm_transport.hpp"
+#include "../util/ring_queue.hpp"
 
 namespace multicore::detail {
 

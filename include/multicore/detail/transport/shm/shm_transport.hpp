@@ -23,12 +23,12 @@
 #include <string>
 #include <vector>
 
-#include "../errors.hpp"
+#include "../../../errors.hpp"
+#include "../worker_loop.hpp"
 #include "futex.hpp"
 #include "layout.hpp"
 #include "ring.hpp"
 #include "shm.hpp"
-#include "worker.hpp"
 #include "zygote.hpp"
 
 namespace multicore::detail {

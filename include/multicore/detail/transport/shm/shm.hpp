@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <string>
 
-#include "../errors.hpp"
+#include "../../../errors.hpp"
 
 namespace multicore::detail {
 

@@ -22,15 +22,15 @@
 #include <utility>
 #include <vector>
 
-#include "../codec.hpp"
-#include "../errors.hpp"
-#include "../options.hpp"
-#include "call.hpp"
-#include "pool_core.hpp"
-#include "promise.hpp"
-#include "scheduler.hpp"
-#include "serialize.hpp"
-#include "thread_team.hpp"
+#include "../../codec.hpp"
+#include "../../errors.hpp"
+#include "../../options.hpp"
+#include "../core/pool_core.hpp"
+#include "../core/scheduler.hpp"
+#include "../protocol/entries.hpp"
+#include "../serialize/serialize.hpp"
+#include "../util/thread_team.hpp"
+#include "completions.hpp"
 
 namespace multicore::detail {
 

@@ -59,11 +59,11 @@
 #include <variant>
 #include <vector>
 
-#include "multicore/codec.hpp"
-#include "multicore/detail/demangle.hpp"
-#include "multicore/detail/huge_pages.hpp"
-#include "multicore/errors.hpp"
-#include "multicore/options.hpp"
+#include "../../codec.hpp"
+#include "../../errors.hpp"
+#include "../../options.hpp"
+#include "../util/demangle.hpp"
+#include "../util/huge_pages.hpp"
 
 // Wire format of one value (all integers in host byte order: both ends are the same program):
 //   Codec<T>          whatever Codec<T>::encode writes (both formats)

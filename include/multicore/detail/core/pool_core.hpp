@@ -13,14 +13,14 @@
 #include <string>
 #include <utility>
 
-#include "../codec.hpp"
-#include "../errors.hpp"
-#include "../options.hpp"
-#include "../system.hpp"
-#include "call.hpp"
+#include "../../codec.hpp"
+#include "../../errors.hpp"
+#include "../../options.hpp"
+#include "../../system.hpp"
+#include "../protocol/entries.hpp"
+#include "../transport/shm/shm_transport.hpp"
+#include "../transport/worker_loop.hpp"
 #include "scheduler.hpp"
-#include "transport.hpp"
-#include "worker.hpp"
 
 namespace multicore::detail {
 
