@@ -13,7 +13,7 @@
 #include <cstring>
 #include <future>
 #include <multicore/detail/protocol/wire.hpp>
-#include <multicore/detail/transport/worker_loop.hpp>
+#include <multicore/detail/transport/shm/shm_channel.hpp>
 #include <multicore/multicore.hpp>
 #include <ostream>
 #include <set>
@@ -177,7 +177,7 @@ pid_t own_pid() { return getpid(); }
 // task would hang, which the pool's (liveness) task_timeout turns into a TaskTimeout, so the
 // test fails with a clear message instead of timing out.
 
-const multicore::detail::WorkerSetup& me() {
+const multicore::detail::ShmWorkerSetup& me() {
   const auto* setup = current_worker();
   if (setup == nullptr) throw std::logic_error("not in a worker");
   return *setup;
@@ -186,7 +186,7 @@ const multicore::detail::WorkerSetup& me() {
 void wake_parent() { me().pool->parent_bell.ring(); }
 
 void publish(std::span<const std::byte> bytes) {
-  const auto& ring = me().responses;
+  const auto& ring = me().answers.ring;
   const std::uint64_t head = ring.control->head.load(std::memory_order_relaxed);
   const std::uint64_t tail = ring.control->tail.load(std::memory_order_acquire);
   if (head - tail + bytes.size() > ring.capacity) throw std::logic_error("no room in the ring");
@@ -203,7 +203,7 @@ void publish(const ResponseHeader& h, std::size_t header_bytes = sizeof(Response
 
 /// Says "one more answer is fully written", as the worker does after each answer.
 void claim_an_answer() {
-  me().responses.control->messages.fetch_add(1, std::memory_order_release);
+  me().answers.ring.control->messages.fetch_add(1, std::memory_order_release);
   wake_parent();
 }
 
@@ -217,7 +217,7 @@ ResponseHeader header_for_this_task() {
 /// An impossible index published while earlier answers are still unread also destroys those
 /// answers; which task gets the blame then is a separate test (ImpossibleIndexBlamesOnly...).
 std::uint64_t wait_until_drained() {
-  const auto& ring = me().responses;
+  const auto& ring = me().answers.ring;
   const std::uint64_t head = ring.control->head.load(std::memory_order_relaxed);
   while (ring.control->tail.load(std::memory_order_acquire) != head) sched_yield();
   return head;
@@ -282,14 +282,14 @@ int corrupt(Corruption how) {
       claim_an_answer();
       break;
     case Corruption::head_beyond_capacity: {
-      const auto& ring = me().responses;
+      const auto& ring = me().answers.ring;
       const std::uint64_t tail = wait_until_drained();
       ring.control->head.store(tail + ring.capacity + 1, std::memory_order_release);
       wake_parent();
       break;
     }
     case Corruption::head_behind_tail: {
-      const auto& ring = me().responses;
+      const auto& ring = me().answers.ring;
       const std::uint64_t tail = wait_until_drained();
       ring.control->head.store(tail - 1, std::memory_order_release);
       wake_parent();
@@ -450,7 +450,7 @@ TEST(Corrupt, ImpossibleIndexBlamesOnlyTheTaskThatWroteIt) {
       [](int runs_fd, int go_on_fd) -> int {
         const char run = 1;
         multicore_test::write_all(runs_fd, &run, 1);
-        const auto& ring = me().responses;
+        const auto& ring = me().answers.ring;
         const std::uint64_t tail = ring.control->tail.load(std::memory_order_acquire);
         ring.control->head.store(tail - 1, std::memory_order_release);
         wake_parent();

@@ -19,7 +19,7 @@
 #include "../../system.hpp"
 #include "../protocol/entries.hpp"
 #include "../transport/shm/shm_transport.hpp"
-#include "../transport/worker_loop.hpp"
+#include "../util/process.hpp"
 #include "scheduler.hpp"
 
 namespace multicore::detail {
@@ -76,9 +76,13 @@ class PoolCore {
       }
       return;
     }
-    auto transport =
-        std::make_unique<ShmTransport>(options_.workers, options_.ring_bytes,
-                                       options_.on_worker_start, options_.max_tasks_per_worker);
+    ShmOptions shm;
+    shm.workers = options_.workers;
+    shm.ring_bytes = options_.ring_bytes;
+    shm.on_start = options_.on_worker_start;
+    shm.max_tasks = options_.max_tasks_per_worker;
+    shm.report_starts = options_.task_timeout.count() > 0;
+    auto transport = std::make_unique<ShmTransport>(std::move(shm));
     SchedulerOptions s;
     s.task_timeout = options_.task_timeout;
     s.max_tasks_per_worker = options_.max_tasks_per_worker;

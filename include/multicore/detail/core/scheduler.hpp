@@ -3,12 +3,11 @@
 // job when a worker dies, hangs, lies or the pool closes.
 #pragma once
 
-#include <sys/wait.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -27,22 +26,12 @@
 #include "../../codec.hpp"
 #include "../../errors.hpp"
 #include "../protocol/wire.hpp"
-#include "../transport/shm/shm_transport.hpp"
+#include "../transport/transport.hpp"
+#include "../util/process.hpp"
 #include "../util/ring_queue.hpp"
+#include "../util/warm_buffer.hpp"
 
 namespace multicore::detail {
-
-/// Receives the tail of an answer (see wire.hpp) piece by piece, straight into the result.
-class AnswerTail {
- public:
-  /// The next bytes of the tail; never more than were announced to open_tail().
-  virtual void append(std::span<const std::byte> bytes) noexcept = 0;
-  /// The whole tail arrived: the result is complete.
-  virtual void deliver_tail(std::uint64_t run_nanos) noexcept = 0;
-
- protected:
-  ~AnswerTail() = default;
-};
 
 /// Where a job's answer goes. Exactly one of deliver(), AnswerTail::deliver_tail() and fail()
 /// is called, exactly once.
@@ -172,32 +161,45 @@ class InFlightBound {
   std::size_t value_ = min_jobs;
 };
 
-inline std::string describe_exit(int pid, int wait_status) {
-  const std::string who = "multicore: worker process " + std::to_string(pid);
-  if (WIFSIGNALED(wait_status)) {
-    const int sig = WTERMSIG(wait_status);
-    const char* name = strsignal(sig);
-    return who + " was killed by signal " + std::to_string(sig) + " (" +
+/// "multicore: worker process 4242 was killed by signal 11 (Segmentation fault)": how a worker
+/// ended, for error messages.
+inline std::string describe(const Death& d) {
+  const std::string who = "multicore: worker process " + std::to_string(d.pid) + d.where;
+  if (d.signal != 0) {
+    const char* name = strsignal(d.signal);
+    return who + " was killed by signal " + std::to_string(d.signal) + " (" +
            (name != nullptr ? name : "unknown") + ")";
   }
-  return who + " exited with code " + std::to_string(WEXITSTATUS(wait_status));
+  return who + " exited with code " + std::to_string(d.exit_code);
 }
 
-inline WorkerLost worker_lost(int pid, int wait_status, const std::string& what) {
-  const bool signalled = WIFSIGNALED(wait_status);
-  return WorkerLost(describe_exit(pid, wait_status) + " " + what,
-                    signalled ? WTERMSIG(wait_status) : 0,
-                    signalled ? -1 : WEXITSTATUS(wait_status));
+inline WorkerLost worker_lost(const Death& d, const std::string& what) {
+  return WorkerLost(describe(d) + " " + what, d.signal, d.signal != 0 ? -1 : d.exit_code);
 }
 
-class Scheduler {
+/// Error for a worker that could not be started, from its death.
+inline std::exception_ptr start_error(const Death& d, bool replacement) {
+  switch (d.cause) {
+    case Death::Cause::spawn_failed:
+      return std::make_exception_ptr(SystemError("fork", d.error));
+    case Death::Cause::start_failed:
+      return std::make_exception_ptr(Error(replacement
+                                               ? "multicore: on_worker_start threw in a "
+                                                 "replacement worker: " +
+                                                     d.text
+                                               : "multicore: on_worker_start threw: " + d.text));
+    default:
+      return std::make_exception_ptr(Error(describe(d) + " while starting (in on_worker_start)"));
+  }
+}
+
+class Scheduler final : private TailRouter {
  public:
   /// Starts every worker and waits until each has run on_worker_start. Throws SystemError if a
   /// process cannot be forked, Error if a worker fails to start; nothing is left running then.
   Scheduler(std::unique_ptr<Transport> transport, SchedulerOptions options)
       : transport_(std::move(transport)), options_(options), slots_(transport_->size()) {
     start_all();
-    pending_check_ = [this] { return has_news(); };
     collector_ = std::thread([this] { collect(); });
   }
 
@@ -232,19 +234,19 @@ class Scheduler {
   }
 
   /// Submits a job and waits until `done` holds, helping to collect answers meanwhile: the
-  /// calling thread reads the rings itself (whoever holds collect_mutex_ receives), so its own
-  /// answer reaches it without a hand-off through the collector thread. Spins while that pays,
-  /// then sleeps in `sleep` and lets the collector deliver.
+  /// calling thread polls the transport itself (whoever holds collect_mutex_ receives), so its
+  /// own answer reaches it without a hand-off through the collector thread. Spins while that
+  /// pays, then sleeps in `sleep` and lets the collector deliver.
   template <class Done, class Sleep>
   void call(std::unique_ptr<Job> job, Done&& done, Sleep&& sleep) {
     // Announce the polling first: an answer that comes back at once must not ring the
     // collector awake, to contend with us for collect_mutex_.
     sync_callers_.fetch_add(1, std::memory_order_relaxed);
-    transport_->polling(+1);
+    transport_->callers_polling(+1);
     try {
       submit(std::move(job));
     } catch (...) {
-      transport_->polling(-1);
+      transport_->callers_polling(-1);
       sync_callers_.fetch_sub(1, std::memory_order_relaxed);
       throw;
     }
@@ -257,61 +259,10 @@ class Scheduler {
   void help(Done&& done, Sleep&& sleep) noexcept {
     if (done()) return;
     sync_callers_.fetch_add(1, std::memory_order_relaxed);
-    transport_->polling(+1);
+    transport_->callers_polling(+1);
     help_until(done, sleep);
   }
 
- private:
-  template <class Done, class Sleep>
-  void help_until(Done&& done, Sleep&& sleep) noexcept {
-    SpinBudget& budget = caller_spin();
-    const bool caught = budget.spin([&] {
-      if (done()) return true;
-      // Poll with plain loads of the shared indices; lock only when there is something.
-      bool bytes = false;
-      for (unsigned k = 0; k < size() && !bytes; ++k) bytes = transport_->has_bytes(k);
-      if (bytes && collect_mutex_.try_lock()) {
-        try {
-          for (unsigned k = 0; k < size(); ++k) receive(k);
-        } catch (...) {
-          // Out of memory while receiving: the collector will retry; we just wait.
-        }
-        collect_mutex_.unlock();
-      }
-      return done();
-    });
-    // From here the collector collects again. Answers that workers published without ringing
-    // (we were polling) belong to jobs still outstanding: wake it if there are any.
-    transport_->polling(-1);
-    sync_callers_.fetch_sub(1, std::memory_order_relaxed);
-    if (outstanding_.load(std::memory_order_acquire) > (done() ? 0 : 1)) {
-      kick_.store(true, std::memory_order_relaxed);
-      transport_->wake();
-    }
-    if (caught) {
-      budget.learn(std::chrono::nanoseconds{0});
-    } else if (!done()) {
-      const auto start = std::chrono::steady_clock::now();
-      sleep();
-      budget.learn(std::chrono::steady_clock::now() - start);
-    }
-  }
-
- private:
-  std::unique_ptr<Job> recycled_job() {
-    if (std::unique_ptr<Job>& cached = cached_job()) return std::move(cached);
-    {
-      std::lock_guard lock(mutex_);
-      if (!spare_jobs_.empty()) {
-        std::unique_ptr<Job> job = std::move(spare_jobs_.back());
-        spare_jobs_.pop_back();
-        return job;
-      }
-    }
-    return std::make_unique<Job>();
-  }
-
- public:
   /// Stops accepting, waits for every submitted job to resolve, stops the workers. Bounded
   /// once the work is done: workers that do not stop in time are killed.
   void shutdown() noexcept { close(false); }
@@ -338,44 +289,22 @@ class Scheduler {
     stopped,   ///< gone for good
   };
 
-  /// An answer being read from a worker (by whoever holds collect_mutex_).
-  struct Assembly {
-    ResponseHeader header{};
-    std::size_t header_got = 0;
-    Writer payload;
-    std::uint64_t wanted = 0;    // payload bytes to assemble: all, or those before the tail
-    AnswerTail* tail = nullptr;  // where the tail goes, once open
-    std::uint64_t tail_left = 0;
-    std::unique_ptr<Job> job;  // claimed once the header checked out
-
-    /// Ready for the next answer; returns the job of this one.
-    std::unique_ptr<Job> reset() noexcept {
-      header_got = 0;
-      payload.clear();
-      wanted = 0;
-      tail = nullptr;
-      tail_left = 0;
-      return std::move(job);
-    }
-  };
-
   struct Slot {
+    // Under mutex_:
     Life life = Life::starting;
-    RingQueue<std::unique_ptr<Job>> in_flight;  // sent or being sent, oldest first
-    std::size_t sent = 0;                       // bytes of in_flight.back() already written
-    bool partial = false;                       // in_flight.back() is not fully written yet
+    RingQueue<std::unique_ptr<Job>> in_flight;  // handed to the transport, oldest first
+    std::unique_ptr<Job> answering;             // its answer's tail is arriving (see open_tail)
     std::size_t dispatched = 0;                 // jobs given to this process
     std::uint64_t timed_out_task = 0;           // we killed the process because this task overran
-    // The process broke the protocol; it is being killed. Set under mutex_ (by whoever sends
-    // or receives), read by receive() under collect_mutex_ only: hence atomic.
-    std::atomic<bool> corrupt{false};
     unsigned start_failures = 0;
     Clock::time_point retry_at{};
-    // Under collect_mutex_ (the collector thread, or a call() helping):
-    Assembly assembly;
-    Clock::time_point assembly_used{};  // last use of a large assembly buffer
-    std::uint64_t answers_received = 0;
-    SlotState seen = SlotState::spawning;
+    // The process broke the protocol; it is being killed. Set under mutex_ (by whoever sends
+    // or receives); read under collect_mutex_ too: hence atomic.
+    std::atomic<bool> corrupt{false};
+    // What the worker runs (from `running` events): written under collect_mutex_, read by the
+    // collector's timeout check under mutex_.
+    std::atomic<std::uint64_t> running_task{0};
+    std::atomic<std::int64_t> running_since{0};
   };
 
   /// A job that ended without an answer, to be failed outside the lock.
@@ -386,30 +315,30 @@ class Scheduler {
 
   // ---- start-up -------------------------------------------------------------------------
 
+  /// Starts every worker and waits until each is ready or has failed to start.
   void start_all() {
-    for (unsigned k = 0; k < size(); ++k) transport_->spawn(k);
-    const auto all_settled = [this] {
+    std::vector<char> settled(size(), 0);
+    std::vector<Death> deaths(size());
+    for (unsigned k = 0; k < size(); ++k) transport_->start(k);
+    for (unsigned left = size(); left > 0;) {
       for (unsigned k = 0; k < size(); ++k) {
-        if (transport_->state(k) == SlotState::spawning) return false;
+        if (settled[k] != 0) continue;
+        const Event e = transport_->poll(k, *this);
+        if (e.kind == Event::Kind::ready || e.kind == Event::Kind::died) {
+          if (e.kind == Event::Kind::died) deaths[k] = *e.death;
+          settled[k] = e.kind == Event::Kind::ready ? 1 : 2;
+          --left;
+        }
       }
-      return true;
-    };
-    while (!all_settled()) {
-      transport_->wait(all_settled, std::chrono::milliseconds(100), true);
-      if (!all_settled() && !transport_->alive()) {
+      if (left == 0) break;
+      if (const std::string reason = transport_->broken(); !reason.empty()) {
         throw Error("multicore: the pool's fork server died while starting the workers");
       }
+      transport_->wait(Clock::now() + std::chrono::milliseconds(100), true);
     }
     for (unsigned k = 0; k < size(); ++k) {
-      const WorkerStatus st = transport_->status(k);
-      if (st.state == SlotState::ready) {
-        slots_[k].life = Life::ready;
-        slots_[k].seen = SlotState::ready;
-        continue;
-      }
-      if (st.state == SlotState::spawn_failed) throw SystemError("fork", st.spawn_errno);
-      if (st.start_failed) throw Error("multicore: on_worker_start threw: " + st.start_error);
-      throw Error(describe_exit(st.pid, st.wait_status) + " while starting (in on_worker_start)");
+      if (settled[k] == 2) std::rethrow_exception(start_error(deaths[k], false));
+      slots_[k].life = Life::ready;
     }
   }
 
@@ -419,9 +348,10 @@ class Scheduler {
     std::memcpy(job.request.data() + offsetof(RequestHeader, task_id), &job.id, sizeof job.id);
   }
 
-  bool can_take(const Slot& s) const noexcept {
-    return s.life == Life::ready && !s.partial && !s.corrupt.load(std::memory_order_relaxed) &&
-           s.in_flight.size() < bound_.value() &&
+  bool can_take(unsigned k) const noexcept {
+    const Slot& s = slots_[k];
+    return s.life == Life::ready && !transport_->sending(k) &&
+           !s.corrupt.load(std::memory_order_relaxed) && s.in_flight.size() < bound_.value() &&
            (options_.max_tasks_per_worker == 0 || s.dispatched < options_.max_tasks_per_worker);
   }
 
@@ -433,8 +363,8 @@ class Scheduler {
     const unsigned n = size();
     for (unsigned i = 0; i < n; ++i) {
       const unsigned k = (last_used_ + i) % n;
+      if (!can_take(k)) continue;
       const Slot& s = slots_[k];
-      if (!can_take(s)) continue;
       if (best < 0 || s.in_flight.size() < slots_[static_cast<unsigned>(best)].in_flight.size()) {
         best = static_cast<int>(k);
         if (s.in_flight.empty()) break;
@@ -454,44 +384,12 @@ class Scheduler {
       const int k = pick_slot_locked();
       if (k < 0) return;
       Slot& s = slots_[static_cast<unsigned>(k)];
+      if (!transport_->try_send(static_cast<unsigned>(k), pending_.front()->request.bytes())) {
+        return;  // can_take said it could: only a transport that just broke gets here
+      }
       s.in_flight.push_back(pending_.pop_front());
       ++s.dispatched;
-      s.sent = 0;
-      s.partial = true;
-      pump_locked(static_cast<unsigned>(k));
     }
-  }
-
-  /// Writes more of the slot's last job; a payload larger than the ring goes in pieces as the
-  /// worker makes room.
-  bool pump_locked(unsigned k) noexcept {
-    Slot& s = slots_[k];
-    if (!s.partial) return false;
-    const Writer& request = s.in_flight.back()->request;
-    // Sends piece by piece while there is room (the transport takes at most a piece at once).
-    const auto send_while_room = [&] {
-      std::size_t total = 0;
-      while (s.sent < request.size()) {
-        const std::size_t n = transport_->send(k, request.bytes().subspan(s.sent));
-        if (n == 0) break;
-        s.sent += n;
-        total += n;
-      }
-      return total;
-    };
-    std::size_t n = send_while_room();
-    if (s.sent < request.size()) {
-      // Announce that we wait for room, then look once more: either we see the room the
-      // worker made meanwhile, or the worker sees our flag and rings.
-      transport_->want_room(k, true);
-      n += send_while_room();
-    }
-    if (s.sent == request.size()) {
-      s.partial = false;
-      transport_->want_room(k, false);
-    }
-    if (transport_->send_corrupt(k)) mark_corrupt_locked(k);
-    return n > 0;
   }
 
   // ---- the collector ----------------------------------------------------------------------
@@ -499,31 +397,27 @@ class Scheduler {
   /// Runs on its own thread: reads answers, follows worker lives, enforces timeouts.
   void collect() noexcept {
     auto heartbeat = Clock::now();
-    std::vector<char> died(size());
     std::vector<Failure> failures;
     while (!stop_.load(std::memory_order_acquire)) {
       bool progressed = false;
       Clock::time_point wake_at = Clock::now() + std::chrono::milliseconds(100);
       try {
         std::lock_guard collecting(collect_mutex_);
-        // A death is reported only after the process is gone, so whatever it published is
-        // already in the ring: look at the states first, then read every ring dry.
-        for (unsigned k = 0; k < size(); ++k) {
-          died[k] = transport_->state(k) == SlotState::dead ? 1 : 0;
-        }
-        for (unsigned k = 0; k < size(); ++k) progressed |= receive(k);
+        for (unsigned k = 0; k < size(); ++k) progressed |= receive(k, failures);
         {
           std::lock_guard lock(mutex_);
           for (unsigned k = 0; k < size(); ++k) {
-            progressed |= pump_locked(k);
-            progressed |= follow_life_locked(k, died[k] != 0, failures, wake_at);
+            progressed |= transport_->pump(k);
+            progressed |= retry_start_locked(k, wake_at);
           }
           enforce_timeouts_locked(wake_at);
           dispatch_locked();
           keep_recycled_locked();
           if (Clock::now() >= heartbeat) {
             heartbeat = Clock::now() + std::chrono::milliseconds(100);
-            if (!transport_->alive()) fork_server_lost_locked(failures);
+            if (const std::string reason = transport_->broken(); !reason.empty()) {
+              transport_lost_locked(reason, failures);
+            }
             release_cold_buffers();
           }
         }
@@ -533,149 +427,109 @@ class Scheduler {
         // Only allocation failures can land here; keep going rather than lose every job.
         std::fputs("multicore: collector: unexpected error, retrying\n", stderr);
       }
-      if (!progressed) {
-        // While a call() spins on the rings itself, a spinning collector would only take a
+      if (!progressed && !stop_.load(std::memory_order_acquire)) {
+        // While a call() polls for answers itself, a spinning collector would only take a
         // core from it (or from a worker): sleep instead, and let it collect.
         const bool spin = sync_callers_.load(std::memory_order_relaxed) == 0;
-        const auto left = wake_at - Clock::now();
-        transport_->wait(pending_check_, std::max<Clock::duration>(left, Clock::duration(1)), spin);
+        transport_->wait(wake_at, spin);
       }
     }
   }
 
-  /// Cheap look for anything the collector must handle (called while it spins or before it
-  /// sleeps). Touches no receive state: a call() may be receiving meanwhile.
-  bool has_news() noexcept {
-    if (stop_.load(std::memory_order_relaxed) || kick_.exchange(false)) return true;
-    const bool answers_are_ours = sync_callers_.load(std::memory_order_relaxed) == 0;
-    for (unsigned k = 0; k < size(); ++k) {
-      if (transport_->state(k) != slots_[k].seen) return true;
-      if (answers_are_ours && transport_->has_bytes(k)) return true;
-      if (transport_->room_made(k)) return true;
-    }
-    return false;
-  }
-
-  /// Reads every complete answer worker k has published. Holding collect_mutex_.
-  bool receive(unsigned k) {
-    Slot& s = slots_[k];
-    Assembly& a = s.assembly;
-    // Read before looking at the bytes: every answer counted here is fully published.
-    const std::uint64_t answers_sent = transport_->answers_sent(k);
+  /// Handles every event worker k has for us. Holding collect_mutex_.
+  bool receive(unsigned k, std::vector<Failure>& failures) {
     bool progressed = false;
     for (;;) {
-      if (s.corrupt.load(std::memory_order_relaxed)) return progressed;
-      if (transport_->receive_corrupt(k)) {
-        mark_corrupt(k);
-        return true;
-      }
-      if (a.job && a.tail == nullptr && a.payload.size() == a.wanted) {
-        progressed = true;
-        if (a.wanted == a.header.payload_bytes) {
-          Reader reader(std::span<const std::byte>(a.payload.bytes()));
-          finish(s, [&](Completion& c) { c.deliver(reader, a.header.run_nanos); });
-          continue;
+      const Event e = transport_->poll(k, *this);
+      switch (e.kind) {
+        case Event::Kind::none:
+          return progressed;
+        case Event::Kind::ready:
+          started(k);
+          break;
+        case Event::Kind::running:
+          slots_[k].running_since.store(e.since_ns, std::memory_order_relaxed);
+          slots_[k].running_task.store(e.task_id, std::memory_order_relaxed);
+          break;
+        case Event::Kind::answer:
+          answered(k, e);
+          break;
+        case Event::Kind::died: {
+          std::lock_guard lock(mutex_);
+          bury_locked(k, *e.death, failures);
+          break;
         }
-        // All before the tail is here: the tail goes straight into the result, if it can.
-        a.tail = a.job->completion().open_tail(a.payload.bytes(), a.header.tail_bytes);
-        if (a.tail != nullptr) {
-          a.tail_left = a.header.tail_bytes;
-        } else {
-          a.wanted = a.header.payload_bytes;
-          start_payload(a);
-        }
-        continue;
-      }
-      if (a.job && a.tail != nullptr && a.tail_left == 0) {
-        progressed = true;
-        AnswerTail& tail = *a.tail;
-        finish(s, [&](Completion&) { tail.deliver_tail(a.header.run_nanos); });
-        continue;
-      }
-      const std::span<const std::byte> bytes = transport_->peek(k);
-      if (bytes.empty()) {
-        if (answers_sent > s.answers_received) {
-          mark_corrupt(k);  // it claims answers it never wrote: truncated
-          return true;
-        }
-        return progressed;
       }
       progressed = true;
-      if (a.tail != nullptr) {
-        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(bytes.size(), a.tail_left));
-        a.tail->append(bytes.first(n));
-        a.tail_left -= n;
-        transport_->consume(k, n);
-        continue;
-      }
-      if (a.job) {  // the payload, arriving in pieces
-        const auto n = static_cast<std::size_t>(
-            std::min<std::uint64_t>(bytes.size(), a.wanted - a.payload.size()));
-        a.payload.write(bytes.data(), n);
-        transport_->consume(k, n);
-        continue;
-      }
-      if (a.header_got == 0 && bytes.size() >= sizeof(ResponseHeader)) {
-        std::memcpy(&a.header, bytes.data(), sizeof a.header);
-        if (!claim(k)) return true;
-        const std::size_t whole = sizeof(ResponseHeader) + a.header.payload_bytes;
-        if (bytes.size() >= whole) {
-          // Fast path: the whole answer is contiguous in the ring; decode it in place.
-          Reader reader(bytes.subspan(sizeof(ResponseHeader), a.header.payload_bytes));
-          finish(s, [&](Completion& c) { c.deliver(reader, a.header.run_nanos); });
-          transport_->consume(k, whole);
-        } else {
-          transport_->consume(k, sizeof(ResponseHeader));
-          start_payload(a);
-        }
-        continue;
-      }
-      // A header split across the ring's end (or published in pieces).
-      const std::size_t n = std::min(bytes.size(), sizeof(ResponseHeader) - a.header_got);
-      std::memcpy(reinterpret_cast<std::byte*>(&a.header) + a.header_got, bytes.data(), n);
-      a.header_got += n;
-      transport_->consume(k, n);
-      if (a.header_got == sizeof(ResponseHeader)) {
-        if (!claim(k)) return true;
-        start_payload(a);
-      }
     }
   }
 
-  /// Gets the assembly ready for the payload's bytes (all, or those before a tail).
-  static void start_payload(Assembly& a) {
-    if (a.wanted == 0) a.wanted = a.header.payload_bytes - a.header.tail_bytes;
-    // Untrusted size: reserve a bounded amount up front, grow as bytes really arrive.
-    a.payload.reserve(
-        static_cast<std::size_t>(std::min<std::uint64_t>(a.wanted, max_unproven_reserve_bytes)));
-  }
-
-  /// The header in the assembly is complete: check it against the job this worker must answer
-  /// next, and take that job off the slot (which frees room for the next dispatch).
-  bool claim(unsigned k) {
-    Slot& s = slots_[k];
+  void started(unsigned k) {
     std::lock_guard lock(mutex_);
-    const bool expected = !s.in_flight.empty() && !(s.partial && s.in_flight.size() == 1) &&
-                          is_valid(s.assembly.header, s.in_flight.front()->id);
-    if (!expected) {
-      mark_corrupt_locked(k);
-      return false;
-    }
-    s.assembly.job = s.in_flight.pop_front();
-    bound_.observe(s.assembly.header.run_nanos);
+    Slot& s = slots_[k];
+    if (s.life != Life::starting) return;
+    s.life = Life::ready;
+    s.start_failures = 0;
     dispatch_locked();
-    keep_recycled_locked();
-    return true;
   }
 
-  /// Resolves the answered job: `deliver(completion)` hands it the answer.
-  template <class Deliver>
-  void finish(Slot& s, Deliver&& deliver) {
-    Assembly& a = s.assembly;
-    ++s.answers_received;
-    deliver(a.job->completion());  // may read a.payload
-    std::unique_ptr<Job> job = a.reset();
-    keep_warm(a.payload, s.assembly_used);
+  /// The job worker k must answer next, taken off the slot if `id` is its id (which frees room
+  /// for the next dispatch); otherwise the worker is broken, and nullptr.
+  std::unique_ptr<Job> claim_locked(unsigned k, std::uint64_t id) {
+    Slot& s = slots_[k];
+    if (s.answering) {
+      if (s.answering->id == id) return std::move(s.answering);
+    } else if (!s.in_flight.empty() && s.in_flight.front()->id == id &&
+               !(s.in_flight.size() == 1 && transport_->sending(k))) {
+      std::unique_ptr<Job> job = s.in_flight.pop_front();
+      dispatch_locked();
+      keep_recycled_locked();
+      return job;
+    }
+    mark_corrupt_locked(k);
+    return nullptr;
+  }
+
+  /// An answer's tail is coming (TailRouter, called from inside poll()): it goes straight into
+  /// the result if the job's completion can take it.
+  AnswerTail* open_tail(unsigned k, std::uint64_t task_id, std::span<const std::byte> head,
+                        std::uint64_t tail_bytes) noexcept override {
+    Slot& s = slots_[k];
+    Job* job = nullptr;
+    try {
+      std::lock_guard lock(mutex_);
+      if (s.corrupt.load(std::memory_order_relaxed)) return nullptr;
+      if (!s.answering) s.answering = claim_locked(k, task_id);
+      job = s.answering.get();
+    } catch (...) {  // no memory to dispatch: the answer is assembled instead
+      return nullptr;
+    }
+    return job == nullptr ? nullptr : job->completion().open_tail(head, tail_bytes);
+  }
+
+  /// Worker k answered: resolve the job (outside mutex_: completions run user code).
+  void answered(unsigned k, const Event& e) {
+    Slot& s = slots_[k];
+    std::unique_ptr<Job> job;
+    {
+      std::lock_guard lock(mutex_);
+      if (s.corrupt.load(std::memory_order_relaxed)) return;
+      job = claim_locked(k, e.task_id);
+      if (!job) return;
+      bound_.observe(e.run_nanos);
+    }
+    s.running_task.store(0, std::memory_order_relaxed);
+    if (e.tail != nullptr) {
+      e.tail->deliver_tail(e.run_nanos);
+    } else {
+      Reader reader(e.payload);
+      job->completion().deliver(reader, e.run_nanos);
+    }
+    finish(std::move(job));
+  }
+
+  /// Resolves the bookkeeping of an answered job and recycles it.
+  void finish(std::unique_ptr<Job> job) {
     if (job->request.capacity() > Job::max_kept_bytes) {
       std::lock_guard lock(spare_mutex_);
       if (job->request.capacity() > spare_request_.capacity()) {
@@ -694,12 +548,58 @@ class Scheduler {
     resolved(1);
   }
 
-  // Large buffers (an answer's assembly, a spare request buffer) stay allocated, their pages
-  // mapped, for `warm_for` after their last use, up to `max_warm_bytes`: back-to-back large
-  // payloads then skip re-faulting them, which costs more than copying them. The heartbeat
-  // gives back what was not used meanwhile.
-  static constexpr std::size_t max_warm_bytes = std::size_t{256} << 20;
-  static constexpr std::chrono::seconds warm_for{1};
+  template <class Done, class Sleep>
+  void help_until(Done&& done, Sleep&& sleep) noexcept {
+    SpinBudget& budget = caller_spin();
+    const bool caught = budget.spin([&] {
+      if (done()) return true;
+      // Look with plain loads first; lock only when there is something.
+      bool news = false;
+      for (unsigned k = 0; k < size() && !news; ++k) news = transport_->may_have_events(k);
+      if (news && collect_mutex_.try_lock()) {
+        std::vector<Failure> failures;
+        try {
+          for (unsigned k = 0; k < size(); ++k) receive(k, failures);
+        } catch (...) {
+          // Out of memory while receiving: the collector will retry; we just wait.
+        }
+        collect_mutex_.unlock();
+        if (!failures.empty()) fail_all(failures);
+      }
+      return done();
+    });
+    // From here the collector collects again. Answers that workers published without ringing
+    // (we were polling) belong to jobs still outstanding: wake it if there are any.
+    transport_->callers_polling(-1);
+    sync_callers_.fetch_sub(1, std::memory_order_relaxed);
+    if (outstanding_.load(std::memory_order_acquire) > (done() ? 0 : 1)) transport_->wake();
+    if (caught) {
+      budget.learn(std::chrono::nanoseconds{0});
+    } else if (!done()) {
+      const auto start = Clock::now();
+      sleep();
+      budget.learn(Clock::now() - start);
+    }
+  }
+
+  std::unique_ptr<Job> recycled_job() {
+    if (std::unique_ptr<Job>& cached = cached_job()) return std::move(cached);
+    {
+      std::lock_guard lock(mutex_);
+      if (!spare_jobs_.empty()) {
+        std::unique_ptr<Job> job = std::move(spare_jobs_.back());
+        spare_jobs_.pop_back();
+        return job;
+      }
+    }
+    return std::make_unique<Job>();
+  }
+
+  // Large request buffers stay allocated, their pages mapped, for `warm_for` after their last
+  // use, up to `max_warm_bytes`: back-to-back large payloads then skip re-faulting them, which
+  // costs more than copying them. The heartbeat gives back what was not used meanwhile.
+  static constexpr std::size_t max_warm_bytes = WarmBuffer::max_warm_bytes;
+  static constexpr auto warm_for = WarmBuffer::warm_for;
 
   static void keep_warm(Writer& buffer, Clock::time_point& used) noexcept {
     buffer.clear(max_warm_bytes);
@@ -708,15 +608,11 @@ class Scheduler {
 
   /// Gives back large buffers unused for `warm_for`. Collector thread, holding collect_mutex_.
   void release_cold_buffers() noexcept {
-    const auto cold = Clock::now() - warm_for;
-    for (Slot& s : slots_) {
-      if (s.assembly.payload.capacity() > Job::max_kept_bytes && s.assembly_used < cold &&
-          !s.assembly.job) {
-        s.assembly.payload.clear(0);
-      }
-    }
+    transport_->release_cold_buffers();
     std::lock_guard lock(spare_mutex_);
-    if (spare_request_.capacity() > 0 && spare_used_ < cold) spare_request_ = Writer();
+    if (spare_request_.capacity() > 0 && spare_used_ < Clock::now() - warm_for) {
+      spare_request_ = Writer();
+    }
   }
 
   /// Moves jobs finished by the collector to the free list new_job() takes from.
@@ -728,79 +624,43 @@ class Scheduler {
     recycled_.clear();
   }
 
-  void mark_corrupt(unsigned k) {
-    std::lock_guard lock(mutex_);
-    mark_corrupt_locked(k);
-  }
-
   void mark_corrupt_locked(unsigned k) noexcept {
     Slot& s = slots_[k];
     if (s.corrupt.exchange(true, std::memory_order_relaxed)) return;
     transport_->kill(k);
   }
 
-  /// Notices starts, deaths and failed forks of slot k. Collector thread, under mutex_.
-  /// `died` is the state read before the ring was last drained (see collect()).
-  bool follow_life_locked(unsigned k, bool died, std::vector<Failure>& failures,
-                          Clock::time_point& wake_at) {
-    Slot& s = slots_[k];
-    const SlotState state = transport_->state(k);
-    if (s.life == Life::starting && state == SlotState::ready) {
-      s.seen = state;
-      s.life = Life::ready;
-      s.start_failures = 0;
-      return true;
-    }
-    if (died && s.life != Life::stopped && s.life != Life::backoff) {
-      s.seen = SlotState::dead;
-      bury_locked(k, failures);
-      return true;
-    }
-    if (state == SlotState::spawn_failed && s.life == Life::starting) {
-      s.seen = state;
-      start_failed_locked(
-          k, std::make_exception_ptr(SystemError("fork", transport_->status(k).spawn_errno)),
-          failures);
-      return true;
-    }
-    if (state != SlotState::dead) s.seen = state;  // a death waits for the next drain
-    if (s.life == Life::backoff && (!closed_ || !pending_.empty())) {
-      if (Clock::now() >= s.retry_at) {
-        respawn_locked(k);
-        return true;
-      }
-      wake_at = std::min(wake_at, s.retry_at);
-    }
-    return false;
-  }
-
   /// Worker k is dead: fail the job it was running, requeue the others, and replace it.
-  void bury_locked(unsigned k, std::vector<Failure>& failures) {
+  void bury_locked(unsigned k, const Death& death, std::vector<Failure>& failures) {
     Slot& s = slots_[k];
-    const WorkerStatus st = transport_->status(k);
-    const std::uint64_t running = transport_->running(k, nullptr);
-    // Every job this worker still owes an answer, oldest first: one half-read (if any), then
-    // the rest in the order they were sent.
+    if (s.life == Life::starting) {
+      // Died before it was ready (in on_worker_start, say, or no process could be made):
+      // retrying at once would fork as fast as it dies. Back off like any start failure.
+      forget_process_locked(k);
+      start_failed_locked(k, start_error(death, true), failures);
+      return;
+    }
+    // Every job this worker still owes an answer, oldest first: one whose tail was arriving
+    // (if any), then the rest in the order they were sent.
     std::vector<std::unique_ptr<Job>> owed;
-    if (s.assembly.job) owed.push_back(s.assembly.reset());
+    if (s.answering) owed.push_back(std::move(s.answering));
     while (!s.in_flight.empty()) owed.push_back(s.in_flight.pop_front());
     // The culprit is the job the worker had claimed. A worker that broke the protocol without
     // a claim left the oldest answer unreadable: blaming that one guarantees progress.
-    auto culprit =
-        std::find_if(owed.begin(), owed.end(), [&](const auto& job) { return job->id == running; });
-    const bool corrupt = s.corrupt.load(std::memory_order_relaxed);
+    auto culprit = std::find_if(owed.begin(), owed.end(),
+                                [&](const auto& job) { return job->id == death.running; });
+    const bool corrupt =
+        s.corrupt.load(std::memory_order_relaxed) || death.cause == Death::Cause::violation;
     if (culprit == owed.end() && corrupt && !owed.empty()) culprit = owed.begin();
     if (culprit != owed.end()) {
       std::exception_ptr error;
       if (s.timed_out_task == (*culprit)->id) {
-        error = timeout_error(st);
+        error = timeout_error(death);
       } else if (corrupt) {
         error = std::make_exception_ptr(worker_lost(
-            st.pid, st.wait_status,
-            "after sending a corrupt or truncated answer; it was stopped and replaced"));
+            death, "after sending a corrupt or truncated answer; it was stopped and replaced"));
       } else if (s.timed_out_task == 0) {
-        error =
-            std::make_exception_ptr(worker_lost(st.pid, st.wait_status, "while running this task"));
+        error = std::make_exception_ptr(worker_lost(death, "while running this task"));
       }
       // Otherwise we killed it for a task that finished just before: this one did nothing
       // wrong and runs again.
@@ -813,60 +673,39 @@ class Scheduler {
     // of the queue, in their original order.
     for (auto job = owed.rbegin(); job != owed.rend(); ++job) pending_.push_front(std::move(*job));
     forget_process_locked(k);
-    if (s.life == Life::stopping) {
+    if (s.life == Life::stopping || s.life == Life::stopped || (closed_ && pending_.empty())) {
       s.life = Life::stopped;
       changed_.notify_all();
       return;
     }
-    if (st.start_failed) {
-      start_failed_locked(
-          k,
-          std::make_exception_ptr(
-              Error("multicore: on_worker_start threw in a replacement worker: " + st.start_error)),
-          failures);
-      return;
-    }
-    if (s.life == Life::starting) {
-      // Died before it was ready (in on_worker_start, say): retrying at once would fork as
-      // fast as it dies. Back off like any start failure.
-      start_failed_locked(k,
-                          std::make_exception_ptr(Error(describe_exit(st.pid, st.wait_status) +
-                                                        " while starting (in on_worker_start)")),
-                          failures);
-      return;
-    }
-    if (closed_ && pending_.empty()) {
-      s.life = Life::stopped;
-      changed_.notify_all();
+    if (death.cause == Death::Cause::start_failed) {  // on_worker_start threw in a replacement
+      start_failed_locked(k, start_error(death, true), failures);
       return;
     }
     respawn_locked(k);
   }
 
-  std::exception_ptr timeout_error(const WorkerStatus& st) const {
+  std::exception_ptr timeout_error(const Death& death) const {
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(options_.task_timeout);
-    return std::make_exception_ptr(TaskTimeout(
-        "multicore: the task ran longer than task_timeout (" + std::to_string(ms.count()) +
-        " ms); its worker process " + std::to_string(st.pid) + " was killed and replaced"));
+    return std::make_exception_ptr(
+        TaskTimeout("multicore: the task ran longer than task_timeout (" +
+                    std::to_string(ms.count()) + " ms); its worker process " +
+                    std::to_string(death.pid) + death.where + " was killed and replaced"));
   }
 
   void forget_process_locked(unsigned k) noexcept {
     Slot& s = slots_[k];
-    transport_->reset(k);
-    s.sent = 0;
-    s.partial = false;
     s.dispatched = 0;
     s.timed_out_task = 0;
     s.corrupt.store(false, std::memory_order_relaxed);
-    s.assembly.reset();
-    s.answers_received = 0;
+    s.running_task.store(0, std::memory_order_relaxed);
+    s.running_since.store(0, std::memory_order_relaxed);
   }
 
   void respawn_locked(unsigned k) {
     Slot& s = slots_[k];
     s.life = Life::starting;
-    s.seen = SlotState::spawning;
-    transport_->spawn(k);
+    transport_->start(k);
   }
 
   /// A worker could not be started. Try again later (backing off); meanwhile, if no worker at
@@ -883,6 +722,18 @@ class Scheduler {
     while (!pending_.empty()) failures.push_back({pending_.pop_front(), error});
   }
 
+  /// Retries starting slot k once its backoff has passed. Collector thread, under mutex_.
+  bool retry_start_locked(unsigned k, Clock::time_point& wake_at) {
+    Slot& s = slots_[k];
+    if (s.life != Life::backoff || (closed_ && pending_.empty())) return false;
+    if (Clock::now() >= s.retry_at) {
+      respawn_locked(k);
+      return true;
+    }
+    wake_at = std::min(wake_at, s.retry_at);
+    return false;
+  }
+
   /// Kills the worker whose task overran task_timeout. Collector thread, under mutex_.
   void enforce_timeouts_locked(Clock::time_point& wake_at) {
     if (options_.task_timeout.count() <= 0) return;
@@ -893,8 +744,8 @@ class Scheduler {
           s.corrupt.load(std::memory_order_relaxed)) {
         continue;
       }
-      std::int64_t since = 0;
-      const std::uint64_t running = transport_->running(k, &since);
+      const std::uint64_t running = s.running_task.load(std::memory_order_relaxed);
+      const std::int64_t since = s.running_since.load(std::memory_order_relaxed);
       if (running == 0 || since == 0) continue;
       const std::int64_t deadline = since + options_.task_timeout.count();
       if (now_ns >= deadline) {
@@ -906,21 +757,15 @@ class Scheduler {
     }
   }
 
-  /// The fork server is gone (killed from outside): its workers died with it and no
-  /// replacement can be made. Everything unresolved fails; the pool refuses new work.
-  void fork_server_lost_locked(std::vector<Failure>& failures) {
-    mark_closed_locked(
-        "multicore: the pool's fork server died, so the pool can no longer run tasks");
-    auto lost = [](const std::string& what) {
-      return std::make_exception_ptr(WorkerLost(what, SIGKILL, -1));
-    };
+  /// The machinery behind the workers is gone (the fork server was killed from outside): its
+  /// workers died with it and no replacement can be made. Everything unresolved fails; the
+  /// pool refuses new work.
+  void transport_lost_locked(const std::string& reason, std::vector<Failure>& failures) {
+    mark_closed_locked(reason.c_str());
+    auto lost = [&] { return std::make_exception_ptr(WorkerLost(closed_reason_, SIGKILL, -1)); };
     for (Slot& s : slots_) {
-      if (s.assembly.job) {
-        failures.push_back({s.assembly.reset(), lost(closed_reason_)});
-      }
-      while (!s.in_flight.empty()) {
-        failures.push_back({s.in_flight.pop_front(), lost(closed_reason_)});
-      }
+      if (s.answering) failures.push_back({std::move(s.answering), lost()});
+      while (!s.in_flight.empty()) failures.push_back({s.in_flight.pop_front(), lost()});
       s.life = Life::stopped;
     }
     // Never sent, so not lost by a worker: the pool closed under them.
@@ -966,7 +811,7 @@ class Scheduler {
 
   // ---- closing ----------------------------------------------------------------------------
 
-  void mark_closed_locked(const char* reason) {
+  void mark_closed_locked(const std::string& reason) {
     if (!closed_) closed_reason_ = reason;
     closed_ = true;
     closing_.store(true, std::memory_order_seq_cst);
@@ -996,7 +841,7 @@ class Scheduler {
       auto closed = std::make_exception_ptr(
           PoolClosed("multicore: the pool was terminated before this task finished"));
       for (Slot& s : slots_) {
-        if (s.assembly.job) failures.push_back({s.assembly.reset(), closed});
+        if (s.answering) failures.push_back({std::move(s.answering), closed});
         while (!s.in_flight.empty()) failures.push_back({s.in_flight.pop_front(), closed});
       }
       while (!pending_.empty()) {
@@ -1011,21 +856,15 @@ class Scheduler {
 
   /// Asks every worker to exit once its queue is empty, and waits (bounded) until they have.
   void stop_workers_locked(std::unique_lock<std::mutex>& lock) {
-    RequestHeader stop;
-    stop.kind = RequestKind::stop;
-    const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(&stop), sizeof stop);
     for (unsigned k = 0; k < size(); ++k) {
       Slot& s = slots_[k];
-      if (s.life == Life::ready || s.life == Life::starting) {
-        // Nothing is in flight any more, so the request ring has room for this.
-        if (transport_->send(k, bytes) == bytes.size()) {
-          s.life = Life::stopping;
-          continue;
-        }
+      // Nothing is in flight any more, so the transport takes the request at once.
+      if ((s.life == Life::ready || s.life == Life::starting) && transport_->try_stop(k)) {
+        s.life = Life::stopping;
+      } else if (s.life != Life::stopping) {
+        s.life = Life::stopped;
       }
-      if (s.life != Life::stopping) s.life = Life::stopped;
     }
-    kick_.store(true, std::memory_order_relaxed);
     transport_->wake();
     changed_.wait_for(lock, std::chrono::seconds(2), [&] {
       return std::all_of(slots_.begin(), slots_.end(),
@@ -1036,7 +875,7 @@ class Scheduler {
   std::unique_ptr<Transport> transport_;
   SchedulerOptions options_;
 
-  std::mutex mutex_;  // guards everything below except the collector-only fields
+  std::mutex mutex_;  // guards everything below except where noted
   std::condition_variable changed_;
   std::vector<Slot> slots_;
   RingQueue<std::unique_ptr<Job>> pending_;
@@ -1056,12 +895,10 @@ class Scheduler {
   std::atomic<std::size_t> outstanding_{0};  // submitted, not yet answered or failed
   std::atomic<bool> closing_{false};         // closed_, readable without mutex_
   std::atomic<bool> stop_{false};
-  std::atomic<bool> kick_{false};
-  std::atomic<unsigned> sync_callers_{0};  // call()s spinning in wait_helping
-  // Guards what receiving touches (assemblies, the response rings' read side, recycled_): the
-  // collector thread holds it for each pass; a call() takes it when it can.
+  std::atomic<unsigned> sync_callers_{0};  // call()s polling in help_until
+  // Guards the receive side of the transport (poll) and recycled_: the collector thread holds
+  // it for each pass; a call() takes it when it can.
   std::mutex collect_mutex_;
-  std::function<bool()> pending_check_;
   std::thread collector_;
   std::mutex close_mutex_;
   bool finished_ = false;

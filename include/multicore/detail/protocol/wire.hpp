@@ -49,7 +49,8 @@ struct RequestHeader {
 };
 static_assert(std::is_trivially_copyable_v<RequestHeader> && sizeof(RequestHeader) == 48);
 
-/// Worker -> parent. Never trusted: every field is checked before use (see is_valid).
+/// Worker -> parent. Never trusted: every field is checked before use (see well_formed; the
+/// parent checks the task id against the task it expects next from that worker).
 struct ResponseHeader {
   std::uint32_t magic = response_magic;
   std::uint32_t reserved = 0;
@@ -60,11 +61,11 @@ struct ResponseHeader {
 };
 static_assert(std::is_trivially_copyable_v<ResponseHeader> && sizeof(ResponseHeader) == 40);
 
-/// True when `h` is a well-formed answer to the task the parent expects next from this worker
-/// (workers answer strictly in the order they were sent tasks).
-inline bool is_valid(const ResponseHeader& h, std::uint64_t expected_task_id) noexcept {
-  return h.magic == response_magic && h.reserved == 0 && h.task_id == expected_task_id &&
-         h.payload_bytes <= max_payload_bytes && h.tail_bytes <= h.payload_bytes;
+/// True when `h` can be the header of an answer: the framing a transport checks before it
+/// trusts the sizes. Whether it answers the task the parent expects is for the parent to check.
+inline bool well_formed(const ResponseHeader& h) noexcept {
+  return h.magic == response_magic && h.reserved == 0 && h.payload_bytes <= max_payload_bytes &&
+         h.tail_bytes <= h.payload_bytes;
 }
 
 }  // namespace multicore::detail

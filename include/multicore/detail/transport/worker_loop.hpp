@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// The worker process: wait for a request, run it, answer; until told to stop or replaced.
+// The worker process, over any transport: wait for a request, run it, answer; until told to
+// stop or replaced.
 #pragma once
 
 #include <malloc.h>
@@ -7,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -16,78 +18,72 @@
 #include "../../codec.hpp"
 #include "../protocol/entries.hpp"
 #include "../protocol/wire.hpp"
-#include "shm/futex.hpp"
-#include "shm/layout.hpp"
-#include "shm/ring.hpp"
+#include "../util/process.hpp"
+#include "../util/warm_buffer.hpp"
 
 namespace multicore::detail {
 
-/// True in a worker process.
-inline bool& in_worker_process() noexcept {
-  static bool value = false;
-  return value;
-}
+/// The worker's end of a transport: where the request stream comes from, where answers go, and
+/// what the parent may see of the worker. Every call blocks as long as it must (the worker has
+/// nothing else to do); none throws.
+class WorkerChannel {
+ public:
+  /// Waits until the next request starts arriving, at most `timeout` (0: without limit).
+  /// False if none did. Flushes the tasks' output (stdio) before going to sleep.
+  virtual bool wait_for_request(std::chrono::nanoseconds timeout) noexcept = 0;
+  /// The next contiguous bytes of the request stream (at least one; waits for them), valid
+  /// until consume().
+  virtual std::span<const std::byte> peek() noexcept = 0;
+  virtual void consume(std::size_t n) noexcept = 0;
 
-/// Counts the forks multicore made on the way to this process (0 in the application). A Pool
-/// remembers the value it was built with: its copy in a fork server or worker is a snapshot,
-/// not a working pool, and must refuse to be used, while a pool built inside a worker works.
-inline std::uint64_t& process_generation() noexcept {
-  static std::uint64_t value = 0;
-  return value;
-}
+  /// Sends bytes of an answer; end_answer() after its last byte (the parent counts answers to
+  /// detect a stream cut short).
+  virtual void write(std::span<const std::byte> bytes) noexcept = 0;
+  virtual void end_answer() noexcept = 0;
 
-inline std::int64_t steady_now_ns() noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+  /// The worker started running `task_id` (0: no task): the parent blames it if the worker
+  /// dies now. Published before the task's payload is touched.
+  virtual void claim(std::uint64_t task_id) noexcept = 0;
+  /// The user's code of the claimed task runs since `ns` (steady_now_ns()), or paused (0):
+  /// task_timeout counts only while it runs.
+  virtual void running_since(std::int64_t ns) noexcept = 0;
+  /// on_worker_start returned: the worker takes requests.
+  virtual void started() noexcept = 0;
+  /// on_worker_start threw `what`; the worker exits right after.
+  virtual void start_failed(const char* what) noexcept = 0;
 
-/// Everything a worker needs, prepared by the parent before any fork.
-struct WorkerSetup {
-  PoolShared* pool = nullptr;
-  SlotShared* slot = nullptr;
-  RingMemory requests;
-  RingMemory responses;
-  const std::function<void()>* on_start = nullptr;
-  std::size_t max_tasks = 0;  // 0: unlimited
+ protected:
+  ~WorkerChannel() = default;
 };
 
-/// The running worker's setup, or nullptr outside a worker. A test seam: failure tests use it
-/// from inside a task to scribble on the worker's own rings, as a broken worker would.
-inline const WorkerSetup*& current_worker() noexcept {
-  static const WorkerSetup* setup = nullptr;
-  return setup;
-}
+/// What a worker runs with, prepared by the parent before any fork.
+struct WorkerPlan {
+  const std::function<void()>* on_start = nullptr;
+  std::size_t max_tasks = 0;  ///< 0: unlimited; else the worker exits after that many tasks
+};
 
-/// Leaves the worker without running the parent's atexit handlers or static destructors (they
-/// belong to the parent's snapshot and may touch files or locks it owns), after flushing what
-/// the tasks printed.
-[[noreturn]] inline void leave_worker(int code) noexcept {
-  std::fflush(nullptr);
-  _exit(code);
-}
-
-class Worker {
+/// A worker's life: on_worker_start, then requests one at a time until a stop request, the task
+/// limit, or death. Runs in the worker process and never returns.
+class WorkerLoop {
  public:
-  explicit Worker(const WorkerSetup& setup) noexcept
-      : setup_(setup), requests_(setup.requests), responses_(setup.responses) {}
+  WorkerLoop(WorkerChannel& channel, const WorkerPlan& plan) noexcept
+      : channel_(channel), plan_(plan) {}
 
   [[noreturn]] void run() noexcept {
     in_worker_process() = true;
-    current_worker() = &setup_;
     start();
     std::size_t done = 0;
     for (;;) {
-      give_back_idle_buffers();
+      give_back_idle_memory();
       RequestHeader header;
       read_exact({reinterpret_cast<std::byte*>(&header), sizeof header});
       if (header.kind == RequestKind::stop) leave_worker(0);
       // Claim the task before touching its payload: if anything from here on kills the
       // process, the parent blames this task and no other.
-      setup_.slot->running.store(header.task_id, std::memory_order_release);
+      channel_.claim(header.task_id);
       serve(header);
-      setup_.slot->running.store(0, std::memory_order_release);
-      if (setup_.max_tasks != 0 && ++done >= setup_.max_tasks) leave_worker(0);
+      channel_.claim(0);
+      if (plan_.max_tasks != 0 && ++done >= plan_.max_tasks) leave_worker(0);
     }
   }
 
@@ -95,75 +91,80 @@ class Worker {
   void start() noexcept {
     keep_freed_memory();
     try {
-      if (setup_.on_start != nullptr && *setup_.on_start) (*setup_.on_start)();
+      if (plan_.on_start != nullptr && *plan_.on_start) (*plan_.on_start)();
     } catch (...) {
-      describe_start_failure();
-      setup_.slot->start_failed.store(1, std::memory_order_release);
+      channel_.start_failed(describe_start_failure());
       leave_worker(70);
     }
     std::fflush(nullptr);
-    setup_.slot->state.store(SlotState::ready, std::memory_order_release);
-    setup_.pool->parent_bell.ring();
+    channel_.started();
   }
 
-  void describe_start_failure() noexcept {
-    const char* what = "an exception not derived from std::exception";
+  static const char* describe_start_failure() noexcept {
     try {
       throw;
     } catch (const std::exception& e) {
-      what = e.what();
+      return e.what();
     } catch (...) {
+      return "an exception not derived from std::exception";
     }
-    char* out = setup_.slot->start_error;
-    const std::size_t n = std::min(std::strlen(what), sizeof setup_.slot->start_error - 1);
-    std::memcpy(out, what, n);
-    out[n] = '\0';
   }
 
   void serve(const RequestHeader& header) noexcept {
-    // The tail, if any, stays in the ring: the entry reads it straight into its argument.
+    // The tail, if any, stays in the channel: the entry reads it straight into its argument.
     const std::uint64_t tail_bytes = std::min(header.tail_bytes, header.payload_bytes);
-    payload_.resize(static_cast<std::size_t>(header.payload_bytes - tail_bytes));
-    read_exact(payload_.bytes());
-    answer_.resize(sizeof(ResponseHeader));
+    Writer& payload = payload_.get();
+    Writer& answer = answer_.get();
+    payload.resize(static_cast<std::size_t>(header.payload_bytes - tail_bytes));
+    read_exact(payload.bytes());
+    answer.resize(sizeof(ResponseHeader));
     task_id_ = header.task_id;
     answered_ = false;
     began_ = steady_now_ns();
     // task_timeout counts only while the user's code runs, not while payloads stream.
-    setup_.slot->running_since_ns.store(began_, std::memory_order_release);
+    channel_.running_since(began_);
     tail_.start(tail_bytes);
-    Reader reader(std::span<const std::byte>(payload_.bytes()));
+    Reader reader(std::span<const std::byte>(payload.bytes()));
     const CallContext context{static_cast<Format>(header.format), header.threads,
                               tail_bytes != 0 ? &tail_ : nullptr, &sender_};
     // NOLINTNEXTLINE(performance-no-int-to-ptr): the id is an entry address (see RequestHeader)
-    reinterpret_cast<Entry>(static_cast<std::uintptr_t>(header.entry))(reader, answer_, context);
+    reinterpret_cast<Entry>(static_cast<std::uintptr_t>(header.entry))(reader, answer, context);
     tail_.skip_rest();  // an entry that failed before reading it
-    if (!answered_) send_answer(answer_, {});
-    payload_.clear(max_warm_bytes);
-    answer_.clear(max_warm_bytes);
+    if (!answered_) send_answer(answer, {});
+    payload.clear(max_warm_bytes);
+    answer.clear(max_warm_bytes);
   }
 
   /// Sends the answer in `out` (room for its header first), followed by `tail`.
   void send_answer(Writer& out, std::span<const std::byte> tail) noexcept {
-    setup_.slot->running_since_ns.store(0, std::memory_order_release);
+    channel_.running_since(0);
     ResponseHeader response;
     response.task_id = task_id_;
     response.payload_bytes = out.size() - sizeof response + tail.size();
     response.tail_bytes = tail.size();
     response.run_nanos = static_cast<std::uint64_t>(steady_now_ns() - began_);
     std::memcpy(out.data(), &response, sizeof response);
-    write_all(out.bytes());
-    write_all(tail);
-    // Counted only after the bytes: the parent reads it to detect a worker that claims more
-    // answers than it really wrote (a truncated or corrupt stream).
-    responses_.count_message();
+    channel_.write(out.bytes());
+    channel_.write(tail);
+    channel_.end_answer();
     answered_ = true;
   }
 
-  /// The request's tail, read from the ring as the entry asks for it.
-  class RingTail final : public RequestTail {
+  /// Blocks until `out` is filled from the request stream.
+  void read_exact(std::span<std::byte> out) noexcept {
+    while (!out.empty()) {
+      const std::span<const std::byte> bytes = channel_.peek();
+      const std::size_t n = std::min(bytes.size(), out.size());
+      std::memcpy(out.data(), bytes.data(), n);
+      channel_.consume(n);
+      out = out.subspan(n);
+    }
+  }
+
+  /// The request's tail, read from the channel as the entry asks for it.
+  class ChannelTail final : public RequestTail {
    public:
-    explicit RingTail(Worker& worker) noexcept : worker_(worker) {}
+    explicit ChannelTail(WorkerLoop& loop) noexcept : loop_(loop) {}
 
     void start(std::uint64_t bytes) noexcept {
       left_ = bytes;
@@ -174,19 +175,17 @@ class Worker {
 
     std::span<const std::byte> next() noexcept override {
       if (!paused_) {  // streaming is not running the user's code (see serve())
-        worker_.setup_.slot->running_since_ns.store(0, std::memory_order_release);
+        loop_.channel_.running_since(0);
         paused_ = true;
       }
-      const std::span<const std::byte> piece = worker_.wait_for_request_bytes();
+      const std::span<const std::byte> piece = loop_.channel_.peek();
       return piece.first(static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), left_)));
     }
 
     void consume(std::size_t n) noexcept override {
-      worker_.consume_request_bytes(n);
+      loop_.channel_.consume(n);
       left_ -= n;
-      if (left_ == 0 && paused_) {
-        worker_.setup_.slot->running_since_ns.store(steady_now_ns(), std::memory_order_release);
-      }
+      if (left_ == 0 && paused_) loop_.channel_.running_since(steady_now_ns());
     }
 
     /// Reads and drops what the entry did not read.
@@ -195,27 +194,27 @@ class Worker {
     }
 
    private:
-    Worker& worker_;
+    WorkerLoop& loop_;
     std::uint64_t left_ = 0;
     bool paused_ = false;
   };
 
-  class Sender final : public AnswerSender {
+  class ChannelSender final : public AnswerSender {
    public:
-    explicit Sender(Worker& worker) noexcept : worker_(worker) {}
+    explicit ChannelSender(WorkerLoop& loop) noexcept : loop_(loop) {}
     void send(Writer& out, std::span<const std::byte> tail) noexcept override {
-      worker_.send_answer(out, tail);
+      loop_.send_answer(out, tail);
     }
 
    private:
-    Worker& worker_;
+    WorkerLoop& loop_;
   };
 
   /// Has glibc's malloc keep what tasks free, up to `max_warm_bytes` at the heap's top, for the
   /// next task. By default it unmaps a freed block of more than 32 MiB at once (smaller ones
   /// too, until its thresholds adapt) and trims free memory off the heap's top. A large argument
   /// then lands in pages that are already mapped: fresh ones cost the kernel a zeroing pass,
-  /// about as much as copying them. give_back_idle_buffers() returns the memory.
+  /// about as much as copying them. give_back_idle_memory() returns the memory.
   /// (No effect with another allocator, or under a sanitizer, which replaces malloc.)
   void keep_freed_memory() noexcept {
     mallopt(M_MMAP_MAX, 0);  // every block from the heap (glibc still maps if the heap is full)
@@ -227,92 +226,28 @@ class Worker {
 
   /// Between tasks: if large buffers are held, or the heap grew, waits at most `warm_for` for
   /// the next request, and gives the memory back if none came.
-  void give_back_idle_buffers() noexcept {
+  void give_back_idle_memory() noexcept {
     const bool heap_grew = heap_end() > trimmed_heap_end_ + kept_buffer_bytes;
-    if (!heap_grew && payload_.capacity() + answer_.capacity() <= 2 * kept_buffer_bytes) return;
-    const auto ready = [&] { return requests_.readable() > 0; };
-    if (wait_for(setup_.slot->worker_bell, request_spin_, ready, warm_for,
-                 [] { std::fflush(nullptr); })) {
-      return;
-    }
-    payload_.clear(kept_buffer_bytes);
-    answer_.clear(kept_buffer_bytes);
+    if (!heap_grew && !payload_.holds_large() && !answer_.holds_large()) return;
+    if (channel_.wait_for_request(warm_for)) return;
+    payload_.release();
+    answer_.release();
     malloc_trim(0);  // the heap's top, and whole free pages inside it
     trimmed_heap_end_ = heap_end();
   }
 
-  /// Blocks until the request ring has bytes; returns those that are contiguous, up to a
-  /// piece.
-  std::span<const std::byte> wait_for_request_bytes() noexcept {
-    for (;;) {
-      const std::span<const std::byte> bytes = requests_.peek();
-      if (!bytes.empty()) return ring_piece(bytes, requests_.capacity());
-      // What the tasks printed goes out when the worker runs out of work and goes to sleep,
-      // not after every task (a flush walks every stdio stream).
-      wait_for(
-          setup_.slot->worker_bell, request_spin_, [&] { return requests_.readable() > 0; },
-          std::chrono::nanoseconds{0}, [] { std::fflush(nullptr); });
-    }
-  }
-
-  /// Gives `n` read bytes back to the parent, waking it if it waits for room.
-  void consume_request_bytes(std::size_t n) noexcept {
-    requests_.consume(n);
-    std::uint32_t waiting = 1;
-    if (setup_.slot->parent_wants_space.compare_exchange_strong(waiting, 2)) {
-      setup_.pool->parent_bell.ring();
-    }
-  }
-
-  /// Blocks until `out` is filled from the request ring.
-  void read_exact(std::span<std::byte> out) noexcept {
-    std::size_t got = 0;
-    while (got < out.size()) {
-      const std::span<const std::byte> bytes = wait_for_request_bytes();
-      const std::size_t n = std::min(bytes.size(), out.size() - got);
-      std::memcpy(out.data() + got, bytes.data(), n);
-      consume_request_bytes(n);
-      got += n;
-    }
-  }
-
-  /// Blocks until all of `bytes` is published to the response ring.
-  void write_all(std::span<const std::byte> bytes) noexcept {
-    std::size_t put = 0;
-    while (put < bytes.size()) {
-      const std::size_t n =
-          responses_.write_some(ring_piece(bytes.subspan(put), responses_.capacity()));
-      put += n;
-      if (n > 0) {
-        if (setup_.pool->parent_polling.load(std::memory_order_relaxed) == 0) {
-          setup_.pool->parent_bell.ring();
-        }
-        continue;
-      }
-      setup_.slot->worker_wants_room.store(1, std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_seq_cst);  // see ShmTransport::consume
-      wait_for(setup_.slot->worker_bell, response_spin_, [&] { return responses_.writable() > 0; });
-      setup_.slot->worker_wants_room.store(0, std::memory_order_relaxed);
-    }
-  }
-
-  /// Buffers stay allocated (and their pages mapped) between tasks up to this size; beyond
-  /// it, the memory goes back after the task.
+  /// Buffers stay allocated (and their pages mapped) between tasks up to this size for good;
+  /// larger ones (up to `max_warm_bytes`) until the worker has been idle for `warm_for`.
   static constexpr std::size_t kept_buffer_bytes = std::size_t{1} << 20;
-  /// Larger buffers stay warm (their pages mapped) between tasks, which saves re-faulting them
-  /// for back-to-back large payloads, up to this size and for `warm_for` of idleness.
-  static constexpr std::size_t max_warm_bytes = std::size_t{256} << 20;
-  static constexpr std::chrono::seconds warm_for{1};
+  static constexpr std::size_t max_warm_bytes = WarmBuffer::max_warm_bytes;
+  static constexpr std::chrono::nanoseconds warm_for = WarmBuffer::warm_for;
 
-  WorkerSetup setup_;
-  RingReader requests_;
-  RingWriter responses_;
-  SpinBudget request_spin_;
-  SpinBudget response_spin_;
-  Writer payload_;
-  Writer answer_;
-  RingTail tail_{*this};
-  Sender sender_{*this};
+  WorkerChannel& channel_;
+  WorkerPlan plan_;
+  WarmBuffer payload_{kept_buffer_bytes};
+  WarmBuffer answer_{kept_buffer_bytes};
+  ChannelTail tail_{*this};
+  ChannelSender sender_{*this};
   std::uint64_t task_id_ = 0;
   std::int64_t began_ = 0;
   bool answered_ = false;

@@ -9,6 +9,7 @@
 
 #include "futex.hpp"
 #include "ring.hpp"
+#include "stream.hpp"
 
 namespace multicore::detail {
 
@@ -35,17 +36,13 @@ struct SlotShared {
   /// When the entry (the user's code) started, steady clock; 0 while the task's payloads stream.
   std::atomic<std::int64_t> running_since_ns{0};
 
-  // The worker sleeps here; the parent rings after it publishes requests or frees response
-  // space, or asks the worker to stop.
+  // The worker sleeps here; the parent rings it after publishing requests or making room for
+  // answers (see stream.hpp), or asks the worker to stop.
   alignas(cache_line_size) Doorbell worker_bell;
-  /// Worker: it waits for room in the response ring. Only then does the parent ring
-  /// worker_bell after consuming answers (otherwise it would wake a worker that sleeps for lack
-  /// of requests, for nothing).
-  std::atomic<std::uint32_t> worker_wants_room{0};
-  /// 0: nothing; 1 (parent): a partly sent request waits for room; 2 (worker, 1 -> 2 only):
-  /// room was made, and parent_bell rung. The worker's compare-and-swap cannot resurrect a
-  /// wait the parent has since cancelled.
-  std::atomic<std::uint32_t> parent_wants_space{0};
+  /// Room handshakes (stream.hpp): 0 / 1: the producer waits for room / 2: the consumer made
+  /// room and rang the producer's bell.
+  std::atomic<std::uint32_t> request_room{0};  ///< producer: the parent; consumer: the worker
+  std::atomic<std::uint32_t> answer_room{0};   ///< producer: the worker; consumer: the parent
 
   RingControl request;   ///< parent -> worker
   RingControl response;  ///< worker -> parent
@@ -96,6 +93,18 @@ struct Layout {
   RingMemory response(std::byte* base, unsigned k) const noexcept {
     return {&slot(base, k)->response, base + header_bytes() + (std::size_t{2} * k + 1) * ring_bytes,
             ring_bytes};
+  }
+
+  /// Worker k's requests: the parent produces, the worker consumes.
+  StreamEnds requests(std::byte* base, unsigned k) const noexcept {
+    SlotShared* s = slot(base, k);
+    return {request(base, k), &s->worker_bell, &pool(base)->parent_bell, &s->request_room, nullptr};
+  }
+  /// Worker k's answers: the worker produces, the parent consumes (and may poll for them).
+  StreamEnds answers(std::byte* base, unsigned k) const noexcept {
+    SlotShared* s = slot(base, k);
+    return {response(base, k), &pool(base)->parent_bell, &s->worker_bell, &s->answer_room,
+            &pool(base)->parent_polling};
   }
 
   /// Constructs the control blocks in fresh (zero-filled) shared memory.

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The seam between scheduling and the workers, and its shared-memory implementation.
+// The shared-memory transport: workers forked by a fork server, two rings each.
 #pragma once
 
 #include <poll.h>
@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <bit>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -24,99 +24,40 @@
 #include <vector>
 
 #include "../../../errors.hpp"
-#include "../worker_loop.hpp"
+#include "../../protocol/wire.hpp"
+#include "../../util/process.hpp"
+#include "../transport.hpp"
 #include "futex.hpp"
 #include "layout.hpp"
-#include "ring.hpp"
 #include "shm.hpp"
+#include "stream.hpp"
 #include "zygote.hpp"
 
 namespace multicore::detail {
 
-/// How a worker slot stands, as the transport sees it.
-struct WorkerStatus {
-  SlotState state = SlotState::empty;
-  int wait_status = 0;        ///< raw waitpid() status, when dead
-  int spawn_errno = 0;        ///< when spawn_failed
-  bool start_failed = false;  ///< it died because on_worker_start threw
-  std::string start_error;    ///< what on_worker_start threw
-  int pid = 0;
+/// What makes a shared-memory transport.
+struct ShmOptions {
+  unsigned workers = 1;
+  std::size_t ring_bytes = std::size_t{1} << 20;  ///< a power of two, at least a page
+  std::function<void()> on_start;
+  std::size_t max_tasks = 0;  ///< 0: unlimited
+  /// Workers ring the parent when a task's code starts (for a prompt task_timeout).
+  bool report_starts = false;
 };
 
-/// Everything scheduling, futures and failure bookkeeping need from "workers": send bytes to
-/// worker k, receive bytes from it, learn what became of it, replace it. Shared-memory rings
-/// plus a fork server are the first implementation; a message-passing one (MPI) can follow
-/// without touching the scheduler. Except where noted, only one parent thread at a time may
-/// call the methods for a given worker (the scheduler's lock ensures it).
-class Transport {
- public:
-  virtual ~Transport() = default;
-
-  virtual unsigned size() const noexcept = 0;
-
-  /// Asks for a fresh process in slot k; its status goes spawning -> ready (or dead).
-  virtual void spawn(unsigned k) = 0;
-  /// Kills slot k's process (SIGKILL); its death is then reported like any other.
-  virtual void kill(unsigned k) noexcept = 0;
-  virtual WorkerStatus status(unsigned k) const = 0;
-  /// Cheap check of just the state, for polling loops.
-  virtual SlotState state(unsigned k) const noexcept = 0;
-
-  /// Writes as much of `bytes` to worker k as fits now, up to one piece (a fraction of the
-  /// ring, so the worker can copy out while more is copied in); never blocks. Returns bytes
-  /// written.
-  virtual std::size_t send(unsigned k, std::span<const std::byte> bytes) noexcept = 0;
-  /// Asks to be woken (see wait) when worker k makes room for more sending.
-  virtual void want_room(unsigned k, bool on) noexcept = 0;
-  /// Worker k made room since want_room(k, true).
-  virtual bool room_made(unsigned k) const noexcept = 0;
-  /// Worker k has published bytes not yet consumed. Reads only shared indices, so any thread
-  /// may ask, even while another one receives.
-  virtual bool has_bytes(unsigned k) const noexcept = 0;
-  /// Received bytes from worker k that are contiguous, up to one piece; valid until
-  /// consume(k, ...).
-  virtual std::span<const std::byte> peek(unsigned k) noexcept = 0;
-  virtual void consume(unsigned k, std::size_t n) noexcept = 0;
-  /// Worker k broke the ring protocol (an impossible index) on the side the parent reads
-  /// (receive_corrupt) or writes (send_corrupt); it must be treated as failed. Each is asked
-  /// by the thread that uses that side.
-  virtual bool receive_corrupt(unsigned k) const noexcept = 0;
-  virtual bool send_corrupt(unsigned k) const noexcept = 0;
-  /// The task worker k has claimed (0: none) and when it claimed it (steady clock, ns).
-  virtual std::uint64_t running(unsigned k, std::int64_t* since_ns) const noexcept = 0;
-  /// Answers worker k says it has fully sent in its current life.
-  virtual std::uint64_t answers_sent(unsigned k) const noexcept = 0;
-  /// Forgets all in-transit bytes of slot k. Only while slot k has no live process.
-  virtual void reset(unsigned k) noexcept = 0;
-
-  /// Blocks the collector until something may have happened (bytes, a death, a wake()), or
-  /// `timeout` passes; spins first if `spin`. `pending` is re-checked after announcing sleep,
-  /// so nothing is missed.
-  virtual void wait(const std::function<bool()>& pending, std::chrono::nanoseconds timeout,
-                    bool spin) = 0;
-  /// Wakes wait() from any parent thread.
-  virtual void wake() noexcept = 0;
-  /// A parent thread starts (+1) or stops (-1) reading the rings itself; meanwhile workers
-  /// need not wake the collector for answers.
-  virtual void polling(int delta) noexcept = 0;
-
-  /// False once the machinery behind the workers (the fork server) is gone.
-  virtual bool alive() noexcept = 0;
-  /// Kills whatever is left and releases everything. Bounded; idempotent.
-  virtual void close() noexcept = 0;
-};
-
-/// Workers forked by a fork server; one request and one response ring per worker in anonymous
-/// shared memory made before the fork server was forked.
+/// Workers forked by a fork server; one request and one answer ring per worker, in anonymous
+/// shared memory made before the fork server was forked (so there is no name to leak). See
+/// Transport for the contract; stream.hpp for what travels through the rings.
 class ShmTransport final : public Transport {
  public:
-  ShmTransport(unsigned workers, std::size_t ring_bytes, const std::function<void()>& on_start,
-               std::size_t max_tasks)
-      : layout_{workers, ring_bytes},
+  /// Maps the shared memory and forks the fork server (no worker yet: start() makes them).
+  /// Throws SystemError when either fails; nothing is left behind then.
+  explicit ShmTransport(ShmOptions options)
+      : options_(std::move(options)),
+        layout_{options_.workers, options_.ring_bytes},
         region_(layout_.total_bytes()),
-        on_start_(on_start),
-        writers_(workers),
-        readers_(workers) {
+        senders_(options_.workers),
+        slots_(options_.workers) {
     std::byte* base = region_.data();
     layout_.construct(base);
     pool_ = layout_.pool(base);
@@ -128,12 +69,13 @@ class ShmTransport final : public Transport {
     ZygoteSetup setup;
     setup.command_fd = fds[1];
     setup.parent = getpid();
-    setup.pids.assign(workers, 0);
-    for (unsigned k = 0; k < workers; ++k) {
-      setup.workers.push_back({pool_, layout_.slot(base, k), layout_.request(base, k),
-                               layout_.response(base, k), &on_start_, max_tasks});
-      writers_[k] = RingWriter(layout_.request(base, k));
-      readers_[k] = RingReader(layout_.response(base, k));
+    setup.pids.assign(options_.workers, 0);
+    for (unsigned k = 0; k < options_.workers; ++k) {
+      setup.workers.push_back(
+          {pool_, layout_.slot(base, k), layout_.requests(base, k), layout_.answers(base, k),
+           WorkerPlan{&options_.on_start, options_.max_tasks}, options_.report_starts});
+      senders_[k] = MessageSender(layout_.requests(base, k));
+      slots_[k].receiver = AnswerReceiver(layout_.answers(base, k));
     }
     fork_zygote(setup, fds[1]);
   }
@@ -143,12 +85,25 @@ class ShmTransport final : public Transport {
   ShmTransport& operator=(const ShmTransport&) = delete;
 
   unsigned size() const noexcept override { return layout_.workers; }
+  Capabilities capabilities() const noexcept override { return {true, true}; }
 
-  void spawn(unsigned k) override {
-    SlotShared& s = slot(k);
-    s.start_failed.store(0, std::memory_order_relaxed);
-    s.start_error[0] = '\0';
-    s.state.store(SlotState::spawning, std::memory_order_release);
+  void start(unsigned k) override {
+    // The previous worker (if any) is gone and reaped: nobody else touches these now.
+    SlotShared& shared = slot(k);
+    senders_[k].reset();
+    Slot& s = slots_[k];
+    s.receiver.reset();
+    s.seen.store(SlotState::spawning, std::memory_order_relaxed);
+    s.task = 0;
+    s.since.store(0, std::memory_order_relaxed);
+    s.died = false;
+    s.violation.store(nullptr, std::memory_order_relaxed);
+    shared.running.store(0, std::memory_order_relaxed);
+    shared.running_since_ns.store(0, std::memory_order_relaxed);
+    shared.pid.store(0, std::memory_order_relaxed);
+    shared.start_failed.store(0, std::memory_order_relaxed);
+    shared.start_error[0] = '\0';
+    shared.state.store(SlotState::spawning, std::memory_order_release);
     if (!command({ZygoteCommand::spawn, k})) {
       throw Error("multicore: the pool's fork server is gone; no worker can be started");
     }
@@ -156,91 +111,101 @@ class ShmTransport final : public Transport {
 
   void kill(unsigned k) noexcept override { command({ZygoteCommand::kill, k}); }
 
-  WorkerStatus status(unsigned k) const override {
-    const SlotShared& s = slot(k);
-    WorkerStatus st;
-    st.state = s.state.load(std::memory_order_acquire);
-    st.wait_status = s.wait_status.load(std::memory_order_relaxed);
-    st.spawn_errno = s.spawn_errno.load(std::memory_order_relaxed);
-    st.start_failed = s.start_failed.load(std::memory_order_acquire) != 0;
-    if (st.start_failed) {
-      st.start_error.assign(s.start_error, strnlen(s.start_error, sizeof s.start_error));
+  bool try_stop(unsigned k) noexcept override {
+    static const RequestHeader stop = [] {
+      RequestHeader h;
+      h.kind = RequestKind::stop;
+      return h;
+    }();
+    return try_send(k, {reinterpret_cast<const std::byte*>(&stop), sizeof stop});
+  }
+
+  bool try_send(unsigned k, std::span<const std::byte> message) noexcept override {
+    const bool taken = senders_[k].start(message);
+    if (taken) check_sender(k);
+    return taken;
+  }
+
+  bool pump(unsigned k) noexcept override {
+    const bool moved = senders_[k].pump();
+    check_sender(k);
+    return moved;
+  }
+
+  bool sending(unsigned k) const noexcept override { return senders_[k].busy(); }
+
+  Event poll(unsigned k, TailRouter& router) noexcept override {
+    Slot& s = slots_[k];
+    if (s.died) return {};
+    // A death is reported by the fork server only after the process is gone, so whatever it
+    // published is in the ring already: read the state first, then the ring dry.
+    const SlotShared& shared = slot(k);
+    const SlotState state = shared.state.load(std::memory_order_acquire);
+    if (state == SlotState::ready && s.seen.load(std::memory_order_relaxed) != SlotState::ready) {
+      s.seen.store(SlotState::ready, std::memory_order_relaxed);
+      return event(Event::Kind::ready, 0);
     }
-    st.pid = s.pid.load(std::memory_order_relaxed);
-    return st;
+    if (s.violation.load(std::memory_order_relaxed) == nullptr) {
+      const auto status =
+          s.receiver.next([&](const ResponseHeader& h, std::span<const std::byte> head) {
+            return router.open_tail(k, h.task_id, head, h.tail_bytes);
+          });
+      if (status == AnswerReceiver::Status::answer) {
+        const ResponseHeader& h = s.receiver.header();
+        Event e = event(Event::Kind::answer, h.task_id);
+        e.run_nanos = h.run_nanos;
+        e.payload = s.receiver.payload();
+        e.tail = s.receiver.tail();
+        return e;
+      }
+      if (status == AnswerReceiver::Status::violation) violated(k, s.receiver.what());
+    }
+    // Every complete answer is read: now what the worker runs, then whether it is gone.
+    const std::uint64_t task = shared.running.load(std::memory_order_acquire);
+    const std::int64_t since = shared.running_since_ns.load(std::memory_order_acquire);
+    if (task != s.task || since != s.since.load(std::memory_order_relaxed)) {
+      s.task = task;
+      s.since.store(since, std::memory_order_relaxed);
+      if (task != 0) {
+        Event e = event(Event::Kind::running, task);
+        e.since_ns = since;
+        return e;
+      }
+    }
+    if (state == SlotState::dead || state == SlotState::spawn_failed) {
+      s.seen.store(state, std::memory_order_relaxed);
+      s.died = true;
+      s.death = death_of(k, state);
+      Event e = event(Event::Kind::died, 0);
+      e.death = &s.death;
+      return e;
+    }
+    return {};
   }
 
-  SlotState state(unsigned k) const noexcept override {
-    return slot(k).state.load(std::memory_order_acquire);
+  bool may_have_events(unsigned k) const noexcept override {
+    const Slot& s = slots_[k];
+    return s.receiver.has_bytes() ||
+           slot(k).state.load(std::memory_order_relaxed) != s.seen.load(std::memory_order_relaxed);
   }
 
-  std::size_t send(unsigned k, std::span<const std::byte> bytes) noexcept override {
-    const std::size_t n = writers_[k].write_some(ring_piece(bytes, writers_[k].capacity()));
-    if (n > 0) slot(k).worker_bell.ring();
-    return n;
-  }
-
-  void want_room(unsigned k, bool on) noexcept override {
-    slot(k).parent_wants_space.store(on ? 1 : 0, std::memory_order_relaxed);
-    // Order the flag before the caller's next look at the free space (Dekker, as Doorbell).
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-  }
-
-  bool room_made(unsigned k) const noexcept override {
-    return slot(k).parent_wants_space.load(std::memory_order_relaxed) == 2;
-  }
-
-  bool has_bytes(unsigned k) const noexcept override {
-    const RingControl& ring = slot(k).response;
-    return ring.head.load(std::memory_order_acquire) != ring.tail.load(std::memory_order_relaxed);
-  }
-
-  std::span<const std::byte> peek(unsigned k) noexcept override {
-    return ring_piece(readers_[k].peek(), readers_[k].capacity());
-  }
-
-  void consume(unsigned k, std::size_t n) noexcept override {
-    readers_[k].consume(n);
-    // Dekker with Worker::write_all: the worker raises its flag, then looks at the room.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (slot(k).worker_wants_room.load(std::memory_order_relaxed) != 0) slot(k).worker_bell.ring();
-  }
-
-  bool receive_corrupt(unsigned k) const noexcept override { return readers_[k].corrupt(); }
-  bool send_corrupt(unsigned k) const noexcept override { return writers_[k].corrupt(); }
-
-  std::uint64_t running(unsigned k, std::int64_t* since_ns) const noexcept override {
-    const SlotShared& s = slot(k);
-    const std::uint64_t id = s.running.load(std::memory_order_acquire);
-    if (since_ns != nullptr) *since_ns = s.running_since_ns.load(std::memory_order_relaxed);
-    return id;
-  }
-
-  std::uint64_t answers_sent(unsigned k) const noexcept override { return readers_[k].messages(); }
-
-  void reset(unsigned k) noexcept override {
-    SlotShared& s = slot(k);
-    writers_[k].reset();
-    readers_[k].reset();
-    s.running.store(0, std::memory_order_relaxed);
-    s.running_since_ns.store(0, std::memory_order_relaxed);
-    s.parent_wants_space.store(0, std::memory_order_relaxed);
-    s.worker_wants_room.store(0, std::memory_order_relaxed);
-    s.pid.store(0, std::memory_order_relaxed);
-  }
-
-  void wait(const std::function<bool()>& pending, std::chrono::nanoseconds timeout,
-            bool spin) override {
+  void wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept override {
+    const auto news = [this] { return has_news(); };
+    const auto timeout = std::max<std::chrono::nanoseconds>(
+        deadline - std::chrono::steady_clock::now(), std::chrono::nanoseconds{1});
     if (spin) {
-      wait_for(pool_->parent_bell, spin_, pending, timeout);
+      wait_for(pool_->parent_bell, spin_, news, timeout);
     } else {
-      pool_->parent_bell.sleep_unless(pending, timeout);
+      pool_->parent_bell.sleep_unless(news, timeout);
     }
   }
 
-  void wake() noexcept override { pool_->parent_bell.ring(); }
+  void wake() noexcept override {
+    woken_.store(true, std::memory_order_release);
+    pool_->parent_bell.ring();
+  }
 
-  void polling(int delta) noexcept override {
+  void callers_polling(int delta) noexcept override {
     if (delta > 0) {
       pool_->parent_polling.fetch_add(1, std::memory_order_relaxed);
     } else {
@@ -248,13 +213,9 @@ class ShmTransport final : public Transport {
     }
   }
 
-  bool alive() noexcept override {
-    if (zygote_ <= 0) return false;
-    int status = 0;
-    const pid_t r = waitpid(zygote_, &status, WNOHANG);
-    if (r == 0) return true;
-    if (r == zygote_ || (r < 0 && errno == ECHILD)) zygote_ = 0;  // reaped (or by someone else)
-    return zygote_ > 0;
+  std::string broken() noexcept override {
+    if (zygote_alive()) return {};
+    return "multicore: the pool's fork server died, so the pool can no longer run tasks";
   }
 
   void close() noexcept override {
@@ -267,8 +228,92 @@ class ShmTransport final : public Transport {
     if (zygote_ > 0) reap_zygote();
   }
 
+  void release_cold_buffers() noexcept override {
+    const auto now = WarmBuffer::Clock::now();
+    for (Slot& s : slots_) s.receiver.release_if_cold(now);
+  }
+
  private:
+  /// The parent's side of slot k: receive side. `seen` and `since` are also read by wait() and
+  /// may_have_events() (any thread), `violation` also written by the send side: hence atomic.
+  struct Slot {
+    AnswerReceiver receiver;
+    std::atomic<SlotState> seen{SlotState::empty};
+    std::uint64_t task = 0;              // last `running` seen
+    std::atomic<std::int64_t> since{0};  // (also read by wait())
+    bool died = false;                   // reported; nothing more until start()
+    Death death;
+    std::atomic<const char*> violation{nullptr};  // the worker broke the protocol: how
+  };
+
   SlotShared& slot(unsigned k) const noexcept { return *layout_.slot(region_.data(), k); }
+
+  static Event event(Event::Kind kind, std::uint64_t task_id) noexcept {
+    Event e;
+    e.kind = kind;
+    e.task_id = task_id;
+    return e;
+  }
+
+  /// The worker scribbled on the request ring's indices: it is broken.
+  void check_sender(unsigned k) noexcept {
+    if (senders_[k].corrupt()) violated(k, "an impossible index in its request ring");
+  }
+
+  /// Slot k's worker broke the protocol: kill it (once); its death reports why.
+  void violated(unsigned k, const char* what) noexcept {
+    const char* none = nullptr;
+    if (slots_[k].violation.compare_exchange_strong(none, what)) kill(k);
+  }
+
+  Death death_of(unsigned k, SlotState state) const {
+    const SlotShared& shared = slot(k);
+    Death d;
+    d.pid = shared.pid.load(std::memory_order_relaxed);
+    d.running = shared.running.load(std::memory_order_relaxed);
+    if (state == SlotState::spawn_failed) {
+      d.cause = Death::Cause::spawn_failed;
+      d.error = shared.spawn_errno.load(std::memory_order_relaxed);
+      return d;
+    }
+    const int status = shared.wait_status.load(std::memory_order_relaxed);
+    if (WIFSIGNALED(status)) {
+      d.signal = WTERMSIG(status);
+      d.exit_code = -1;
+    } else {
+      d.signal = 0;
+      d.exit_code = WEXITSTATUS(status);
+    }
+    if (const char* what = slots_[k].violation.load(std::memory_order_relaxed)) {
+      d.cause = Death::Cause::violation;
+      d.text = what;
+    } else if (shared.start_failed.load(std::memory_order_acquire) != 0) {
+      d.cause = Death::Cause::start_failed;
+      d.text.assign(shared.start_error, strnlen(shared.start_error, sizeof shared.start_error));
+    }
+    return d;
+  }
+
+  /// Cheap look for anything the collector must handle; touches no receive state (a caller may
+  /// be receiving meanwhile).
+  bool has_news() noexcept {
+    if (woken_.exchange(false, std::memory_order_acq_rel)) return true;
+    const bool answers_are_ours = pool_->parent_polling.load(std::memory_order_relaxed) == 0;
+    for (unsigned k = 0; k < size(); ++k) {
+      const Slot& s = slots_[k];
+      const SlotShared& shared = slot(k);
+      if (shared.state.load(std::memory_order_relaxed) != s.seen.load(std::memory_order_relaxed)) {
+        return true;
+      }
+      if (answers_are_ours && s.receiver.has_bytes()) return true;
+      if (senders_[k].room_made()) return true;
+      if (options_.report_starts && shared.running_since_ns.load(std::memory_order_relaxed) !=
+                                        s.since.load(std::memory_order_relaxed)) {
+        return true;  // a task's code started (or paused): its deadline changed
+      }
+    }
+    return false;
+  }
 
   bool command(ZygoteCommand c) noexcept {
     if (command_fd_ < 0) return false;
@@ -307,6 +352,15 @@ class ShmTransport final : public Transport {
     std::erase(owned.fds, fd);
   }
 
+  bool zygote_alive() noexcept {
+    if (zygote_ <= 0) return false;
+    int status = 0;
+    const pid_t r = waitpid(zygote_, &status, WNOHANG);
+    if (r == 0) return true;
+    if (r == zygote_ || (r < 0 && errno == ECHILD)) zygote_ = 0;  // reaped (or by someone else)
+    return zygote_ > 0;
+  }
+
   /// Waits (bounded) for the fork server to exit after it was told to; if it does not
   /// (stopped, say), kills it: its workers then die with it (PR_SET_PDEATHSIG).
   void reap_zygote() noexcept {
@@ -324,18 +378,19 @@ class ShmTransport final : public Transport {
     if (pidfd < 0) return false;  // kernel < 5.3: go straight to SIGKILL (bounded either way)
     pollfd p{pidfd, POLLIN, 0};
     int r = 0;
-    while ((r = poll(&p, 1, static_cast<int>(limit.count()))) < 0 && errno == EINTR) {
+    while ((r = ::poll(&p, 1, static_cast<int>(limit.count()))) < 0 && errno == EINTR) {
     }
     ::close(pidfd);
     return r > 0;
   }
 
+  ShmOptions options_;  // the workers' on_start is this object's copy, in the snapshot
   Layout layout_;
   SharedRegion region_;
-  std::function<void()> on_start_;  // the workers' copy is this object, in the snapshot
   PoolShared* pool_ = nullptr;
-  std::vector<RingWriter> writers_;
-  std::vector<RingReader> readers_;
+  std::vector<MessageSender> senders_;  // send side
+  std::vector<Slot> slots_;             // receive side (see Slot)
+  std::atomic<bool> woken_{false};
   SpinBudget spin_;
   int command_fd_ = -1;
   pid_t zygote_ = 0;

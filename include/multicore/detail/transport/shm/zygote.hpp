@@ -16,8 +16,8 @@
 #include <mutex>
 #include <vector>
 
-#include "../worker_loop.hpp"
 #include "layout.hpp"
+#include "shm_channel.hpp"
 
 namespace multicore::detail {
 
@@ -46,9 +46,9 @@ struct OwnedDescriptors {
 struct ZygoteSetup {
   int command_fd = -1;
   pid_t parent = 0;
-  std::vector<int> foreign_fds;      // other pools' descriptors, to close
-  std::vector<WorkerSetup> workers;  // one per slot
-  std::vector<pid_t> pids;           // one per slot: the live worker's pid, or 0
+  std::vector<int> foreign_fds;         // other pools' descriptors, to close
+  std::vector<ShmWorkerSetup> workers;  // one per slot
+  std::vector<pid_t> pids;              // one per slot: the live worker's pid, or 0
 };
 
 class Zygote {
@@ -133,7 +133,10 @@ class Zygote {
     // the fork server was already gone.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != zygote) _exit(0);
-    Worker(s_.workers[k]).run();
+    const ShmWorkerSetup& setup = s_.workers[k];
+    current_worker() = &setup;
+    ShmWorkerChannel channel(setup);
+    WorkerLoop(channel, setup.plan).run();
   }
 
   void reap() noexcept {

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: MIT
+// The worker's end of the shared-memory transport: its two streams and its slot's fields.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <span>
+
+#include "../worker_loop.hpp"
+#include "layout.hpp"
+#include "stream.hpp"
+
+namespace multicore::detail {
+
+/// Everything a forked worker needs, prepared by the parent before any fork.
+struct ShmWorkerSetup {
+  PoolShared* pool = nullptr;
+  SlotShared* slot = nullptr;
+  StreamEnds requests;  ///< the worker consumes
+  StreamEnds answers;   ///< the worker produces
+  WorkerPlan plan;
+  /// Ring the parent when a task's code starts, so a sleeping parent arms its timeout at once
+  /// (only pools with a task_timeout pay that wake-up).
+  bool report_starts = false;
+};
+
+/// The running worker's setup, or nullptr outside a worker. A test seam: failure tests use it
+/// from inside a task to scribble on the worker's own rings, as a broken worker would.
+inline const ShmWorkerSetup*& current_worker() noexcept {
+  static const ShmWorkerSetup* setup = nullptr;
+  return setup;
+}
+
+class ShmWorkerChannel final : public WorkerChannel {
+ public:
+  explicit ShmWorkerChannel(const ShmWorkerSetup& setup) noexcept
+      : setup_(setup), requests_(setup.requests), answers_(setup.answers) {}
+
+  bool wait_for_request(std::chrono::nanoseconds timeout) noexcept override {
+    return !requests_.wait_for_bytes(request_spin_, flush_output, timeout).empty();
+  }
+
+  std::span<const std::byte> peek() noexcept override {
+    return requests_.wait_for_bytes(request_spin_, flush_output);
+  }
+
+  void consume(std::size_t n) noexcept override { requests_.consume(n); }
+
+  void write(std::span<const std::byte> bytes) noexcept override {
+    answers_.write_all(bytes, answer_spin_);
+  }
+
+  void end_answer() noexcept override { answers_.count_message(); }
+
+  void claim(std::uint64_t task_id) noexcept override {
+    setup_.slot->running.store(task_id, std::memory_order_release);
+  }
+
+  void running_since(std::int64_t ns) noexcept override {
+    setup_.slot->running_since_ns.store(ns, std::memory_order_release);
+    if (ns != 0 && setup_.report_starts) setup_.pool->parent_bell.ring();
+  }
+
+  void started() noexcept override {
+    setup_.slot->state.store(SlotState::ready, std::memory_order_release);
+    setup_.pool->parent_bell.ring();
+  }
+
+  void start_failed(const char* what) noexcept override {
+    if (what == nullptr) what = "";
+    char* out = setup_.slot->start_error;
+    const std::size_t n = strnlen(what, sizeof setup_.slot->start_error - 1);
+    std::memcpy(out, what, n);
+    out[n] = '\0';
+    setup_.slot->start_failed.store(1, std::memory_order_release);
+  }
+
+ private:
+  /// What the tasks printed goes out when the worker runs out of work and goes to sleep, not
+  /// after every task (a flush walks every stdio stream).
+  static void flush_output() noexcept { std::fflush(nullptr); }
+
+  const ShmWorkerSetup& setup_;
+  StreamConsumer requests_;
+  StreamProducer answers_;
+  SpinBudget request_spin_;
+  SpinBudget answer_spin_;
+};
+
+}  // namespace multicore::detail

@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: MIT
+// The seam between scheduling and the workers: whole messages out, events back.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+// This header is the whole contract between the scheduler (detail/core/) and whatever runs the
+// workers: forked processes over shared-memory rings (transport/shm/), node agents over MPI
+// (transport/mpi/), or a script in a test (tests/support/fake_transport.hpp). It includes no
+// shared memory, fork, serialization or MPI header, and a test checks that it stays so.
+
+namespace multicore::detail {
+
+/// Receives the tail of an answer (see protocol/wire.hpp) piece by piece, straight into the
+/// value it completes.
+class AnswerTail {
+ public:
+  /// The next bytes of the tail; never more than announced to TailRouter::open_tail().
+  virtual void append(std::span<const std::byte> bytes) noexcept = 0;
+  /// The whole tail arrived: the value is complete.
+  virtual void deliver_tail(std::uint64_t run_nanos) noexcept = 0;
+
+ protected:
+  ~AnswerTail() = default;
+};
+
+/// Asked by Transport::poll() when an answer announces a tail: where should it go?
+class TailRouter {
+ public:
+  /// Worker k's answer to `task_id` ends in a tail of `tail_bytes`; `head` is the payload
+  /// before it (untrusted bytes). Returns where the tail goes, or nullptr: the transport then
+  /// assembles the whole payload and reports it as a plain answer.
+  virtual AnswerTail* open_tail(unsigned k, std::uint64_t task_id, std::span<const std::byte> head,
+                                std::uint64_t tail_bytes) noexcept = 0;
+
+ protected:
+  ~TailRouter() = default;
+};
+
+/// How a worker ended, in terms every transport can give.
+struct Death {
+  enum class Cause : std::uint8_t {
+    ended,         ///< the process exited or was killed (signal / exit_code say how)
+    spawn_failed,  ///< no process could be made (`error` is the errno)
+    start_failed,  ///< on_worker_start threw (`text` is what it said)
+    violation,     ///< it broke the protocol (`text` says how); the transport killed it
+  };
+  Cause cause = Cause::ended;
+  int pid = 0;                ///< 0 when there never was a process
+  int signal = 0;             ///< the signal that killed it, 0 if it exited
+  int exit_code = -1;         ///< its exit status, -1 if a signal killed it
+  int error = 0;              ///< spawn_failed: errno
+  std::uint64_t running = 0;  ///< the task it had started (claimed), 0 if none
+  std::string text;           ///< start_failed, violation: what happened
+  std::string where;          ///< where it ran, for messages: "" locally, " on rank 3 (node07)"
+};
+
+/// Something that happened to worker k, as poll(k) reports it.
+struct Event {
+  enum class Kind : std::uint8_t {
+    none,     ///< nothing new
+    ready,    ///< the worker started (on_worker_start returned): it takes messages now
+    running,  ///< it runs task `task_id`'s code since `since_ns`, or paused it (since_ns 0)
+    answer,   ///< `task_id` is answered: `payload`, or through the tail opened for it
+    died,     ///< the worker is gone: `death` says how; start(k) may replace it
+  };
+  Kind kind = Kind::none;
+  std::uint64_t task_id = 0;  ///< running, answer
+  /// running: when the task's user code started, on this process's steady clock
+  /// (steady_now_ns()); 0 while it is not running user code (arguments still streaming in).
+  std::int64_t since_ns = 0;
+  std::uint64_t run_nanos = 0;  ///< answer: how long the user's code ran
+  /// answer: the whole payload (untrusted), valid until the next poll(k); empty when `tail`.
+  std::span<const std::byte> payload;
+  AnswerTail* tail = nullptr;    ///< answer: the sink its tail went to (from the TailRouter)
+  const Death* death = nullptr;  ///< died: valid until the next poll(k) or start(k)
+};
+
+/// What a transport can do, for the layers above to adapt (or refuse) what they send.
+struct Capabilities {
+  /// Workers run this very program image (forks): code and data addresses mean the same there.
+  bool same_image = true;
+  /// Workers run on this machine: shared memory made here can be handed to them.
+  bool same_machine = true;
+};
+
+/// The workers, as the scheduler sees them: numbered slots 0..size()-1, each holding at most
+/// one live worker at a time. Messages are whole requests (protocol/wire.hpp: RequestHeader then
+/// payload); what comes back are events.
+///
+/// Thread contract (the scheduler's locks provide it):
+///  - send side of slot k: try_send, pump, try_stop, start: one thread at a time;
+///  - receive side of slot k: poll: one thread at a time, concurrently with the send side;
+///  - wait: one thread at a time (the collector);
+///  - kill, wake, may_have_events, callers_polling, size, capabilities: any thread, any time;
+///  - construction, close and destruction: no other call in progress.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  virtual unsigned size() const noexcept = 0;
+  virtual Capabilities capabilities() const noexcept = 0;
+
+  /// Asks for a new worker in slot k (empty, or after its died event). Its `ready` (or `died`)
+  /// event follows. Throws Error when no worker can be made any more (see broken()).
+  virtual void start(unsigned k) = 0;
+  /// Kills slot k's worker, if any; its `died` event follows as for any death.
+  virtual void kill(unsigned k) noexcept = 0;
+  /// Asks slot k's worker to exit once it has answered every message sent so far. False if
+  /// the request cannot be sent now (the previous message is still being taken).
+  [[nodiscard]] virtual bool try_stop(unsigned k) noexcept = 0;
+
+  /// Hands a whole request to slot k's worker, or returns false without taking it (the worker
+  /// is not ready, or is still taking the previous message). Never blocks: a message larger
+  /// than the transport can take at once is streamed as the worker makes room (see pump). The
+  /// bytes must stay valid and unchanged until the message's answer is reported or the
+  /// worker's death is.
+  [[nodiscard]] virtual bool try_send(unsigned k, std::span<const std::byte> message) noexcept = 0;
+  /// Moves slot k's message in progress further, as far as the worker has room. True if any
+  /// byte moved.
+  virtual bool pump(unsigned k) noexcept = 0;
+  /// True while slot k still has part of a message to hand over (try_send would say false).
+  virtual bool sending(unsigned k) const noexcept = 0;
+
+  /// The next event of slot k (kind none if nothing happened). Answers come in the order their
+  /// requests were sent; `running` comes before the answer or death it precedes; `died` comes
+  /// after every answer the worker completed.
+  virtual Event poll(unsigned k, TailRouter& router) noexcept = 0;
+  /// Cheap look, from any thread: may poll(k) have something? (A hint: false negatives are
+  /// covered by wait(), false positives cost a poll.)
+  virtual bool may_have_events(unsigned k) const noexcept = 0;
+
+  /// Blocks until some slot may have an event or room was made for a message in progress,
+  /// wake() was called since the last wait() returned, or `deadline` passes. Spins a while
+  /// first when `spin` (not while another thread polls for answers itself: it needs the CPU).
+  virtual void wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept = 0;
+  /// Makes the current or next wait() return, from any thread. Never lost.
+  virtual void wake() noexcept = 0;
+  /// A thread starts (+1) or stops (-1) polling for answers itself: meanwhile workers need not
+  /// wake the collector for every answer. A hint; transports may ignore it.
+  virtual void callers_polling(int delta) noexcept = 0;
+
+  /// Gives back memory kept warm for answers that went unused for a while. Receive side;
+  /// called now and then.
+  virtual void release_cold_buffers() noexcept = 0;
+
+  /// Why no worker can run any more (the fork server is gone, say), or "" while all is well.
+  /// Once broken, every slot's worker is gone or going, and start() throws.
+  virtual std::string broken() noexcept = 0;
+  /// Kills whatever is left and releases everything. Bounded; idempotent.
+  virtual void close() noexcept = 0;
+};
+
+}  // namespace multicore::detail

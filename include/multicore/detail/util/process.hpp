@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: MIT
+// Process-wide facts: which process this is (application, fork server, worker), and the clock.
+#pragma once
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+
+namespace multicore::detail {
+
+/// True in a worker process.
+inline bool& in_worker_process() noexcept {
+  static bool value = false;
+  return value;
+}
+
+/// Counts the forks multicore made on the way to this process (0 in the application). A Pool
+/// remembers the value it was built with: its copy in a fork server or worker is a snapshot,
+/// not a working pool, and must refuse to be used, while a pool built inside a worker works.
+inline std::uint64_t& process_generation() noexcept {
+  static std::uint64_t value = 0;
+  return value;
+}
+
+/// The steady clock in nanoseconds: what workers and the parent stamp events with (the same
+/// clock in every process of one machine).
+inline std::int64_t steady_now_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+/// Leaves a worker without running the parent's atexit handlers or static destructors (they
+/// belong to the parent's snapshot and may touch files or locks it owns), after flushing what
+/// the tasks printed.
+[[noreturn]] inline void leave_worker(int code) noexcept {
+  std::fflush(nullptr);
+  _exit(code);
+}
+
+}  // namespace multicore::detail
