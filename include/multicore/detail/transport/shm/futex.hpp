@@ -14,16 +14,9 @@
 #include <cstdint>
 #include <ctime>
 
-namespace multicore::detail {
+#include "../../util/spin.hpp"
 
-/// Tells the CPU we are spinning (saves power, frees the sibling hyperthread).
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
-}
+namespace multicore::detail {
 
 // libstdc++'s std::atomic::wait uses FUTEX_PRIVATE_FLAG, which keys the futex on the virtual
 // address in one process and so never wakes a waiter in another process. These calls leave the
@@ -78,40 +71,6 @@ struct Doorbell {
     sleeping.store(0, std::memory_order_relaxed);
     return ready();
   }
-};
-
-/// How long to spin before sleeping, learnt from how long recent waits really took: a wait
-/// that ended within `max_spin` (by spinning or after sleeping) says spinning would catch the
-/// next event without a wake-up; longer ones (long tasks) say spinning is wasted, and would take
-/// a core that, on a small machine, the tasks need. Measured in time, not PAUSEs: a PAUSE takes
-/// 10 to 140 cycles depending on the CPU.
-class SpinBudget {
- public:
-  static constexpr std::chrono::nanoseconds min_spin{1'000};
-  static constexpr std::chrono::nanoseconds max_spin{100'000};
-
-  /// Spins up to the budget waiting for `ready()`; true if it became ready meanwhile.
-  template <class Ready>
-  bool spin(Ready&& ready) noexcept {
-    const auto start = std::chrono::steady_clock::now();
-    for (std::uint32_t i = 1;; ++i) {
-      if (ready()) return true;
-      cpu_relax();
-      // Reading the clock costs about as much as a few pauses: do it now and then.
-      if (i % 64 == 0 && std::chrono::steady_clock::now() - start >= budget_) return ready();
-    }
-  }
-
-  /// Learns from a whole wait (spin and sleep) that took `waited`. Within the window, spin the
-  /// whole window next time: a wake-up costs more than the spin (10 to 80 us on a virtual CPU
-  /// that has gone idle), and an event that came this soon is likely to come as soon again.
-  /// Beyond it, halve the budget: waits are long now (long tasks), and spinning only burns.
-  void learn(std::chrono::nanoseconds waited) noexcept {
-    budget_ = waited < max_spin ? max_spin : std::max(min_spin, budget_ / 2);
-  }
-
- private:
-  std::chrono::nanoseconds budget_{max_spin};
 };
 
 /// Spins, then sleeps on `bell` until `ready()` or until `timeout` has passed in total.

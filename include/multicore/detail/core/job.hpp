@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: MIT
+// A job (one request message and where its answer goes) and the completion it carries.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <new>
+#include <span>
+#include <utility>
+
+#include "../../codec.hpp"
+#include "../transport/transport.hpp"
+
+namespace multicore::detail {
+
+/// Where a job's answer goes. Exactly one of deliver(), AnswerTail::deliver_tail() and fail()
+/// is called, exactly once.
+class Completion {
+ public:
+  virtual ~Completion() = default;
+  /// The worker answered; `payload` is what the entry wrote (untrusted bytes: decode with care).
+  virtual void deliver(Reader& payload, std::uint64_t run_nanos) noexcept = 0;
+  /// An answer has a tail of `tail_bytes`; `head` is the rest of its payload (untrusted).
+  /// Returns where the tail goes if `head` decodes to the start of a value that the tail
+  /// completes; otherwise nullptr, and the whole payload is then assembled and deliver()ed
+  /// (which reports whatever is wrong with it). Called again if the answer is sent again.
+  virtual AnswerTail* open_tail(std::span<const std::byte> /*head*/,
+                                std::uint64_t /*tail_bytes*/) noexcept {
+    return nullptr;
+  }
+  /// The job has no answer: its worker died, it timed out, or the pool closed.
+  virtual void fail(std::exception_ptr error) noexcept = 0;
+  /// Nobody wants the answer any more (an abandoned map): a job not yet sent is dropped.
+  virtual bool abandoned() const noexcept { return false; }
+};
+
+/// Runs `work` and returns what it threw (null if nothing), after the handler has ended.
+/// Completions fail with it from there: a handled exception stays referenced until its handler
+/// ends, so failing from inside the handler could let the caller finish with the error first
+/// and leave this thread to destroy it (running the user's exception destructor here, and a
+/// race as far as TSan can tell, which cannot see libstdc++'s reference count).
+template <class Work>
+std::exception_ptr error_of(Work&& work) noexcept {
+  try {
+    std::forward<Work>(work)();
+  } catch (...) {
+    return std::current_exception();
+  }
+  return nullptr;
+}
+
+/// One unit of work: a complete request message and where its answer goes. Jobs are recycled
+/// with their request buffer and completion storage, so steady traffic allocates nothing here
+/// (and nothing allocated by a submitting thread is freed by the collector thread).
+class Job {
+ public:
+  std::uint64_t id = 0;
+  Writer request;
+
+  Job() = default;
+  ~Job() { reset_completion(); }
+  Job(const Job&) = delete;
+  Job& operator=(const Job&) = delete;
+
+  /// Makes the job's completion, in place when it is small (they all are, today).
+  template <class C, class... Args>
+  C& emplace_completion(Args&&... args) {
+    reset_completion();
+    if constexpr (sizeof(C) <= inline_bytes && alignof(C) <= alignof(std::max_align_t)) {
+      completion_ = new (storage_) C(std::forward<Args>(args)...);
+      inline_ = true;
+    } else {
+      completion_ = new C(std::forward<Args>(args)...);
+      inline_ = false;
+    }
+    return static_cast<C&>(*completion_);
+  }
+
+  Completion& completion() noexcept { return *completion_; }
+
+  /// Request buffers up to this size stay with the job when it is recycled.
+  static constexpr std::size_t max_kept_bytes = std::size_t{64} << 10;
+
+  /// Ready for reuse: no completion, no request (a large request buffer is let go).
+  void recycle() noexcept {
+    reset_completion();
+    id = 0;
+    if (request.capacity() > max_kept_bytes) {
+      request = Writer();
+    } else {
+      request.clear();
+    }
+  }
+
+ private:
+  // Room for the library's completions (120 bytes for a std::vector result, which carries the
+  // state to receive a tail), so steady traffic allocates none.
+  static constexpr std::size_t inline_bytes = 128;
+
+  void reset_completion() noexcept {
+    if (completion_ == nullptr) return;
+    if (inline_) {
+      completion_->~Completion();
+    } else {
+      delete completion_;
+    }
+    completion_ = nullptr;
+  }
+
+  alignas(std::max_align_t) std::byte storage_[inline_bytes];
+  Completion* completion_ = nullptr;
+  bool inline_ = false;
+};
+
+}  // namespace multicore::detail

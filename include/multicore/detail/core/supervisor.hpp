@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: MIT
+// The lives of the workers: starting, ready, backing off, stopping; whom to blame when one
+// dies; killing the one whose task overran task_timeout.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../../errors.hpp"
+#include "../transport/transport.hpp"
+#include "../util/process.hpp"
+#include "job.hpp"
+
+namespace multicore::detail {
+
+/// "multicore: worker process 4242 was killed by signal 11 (Segmentation fault)": how a worker
+/// ended, for error messages.
+inline std::string describe(const Death& d) {
+  const std::string who = "multicore: worker process " + std::to_string(d.pid) + d.where;
+  if (d.signal != 0) {
+    const char* name = strsignal(d.signal);
+    return who + " was killed by signal " + std::to_string(d.signal) + " (" +
+           (name != nullptr ? name : "unknown") + ")";
+  }
+  return who + " exited with code " + std::to_string(d.exit_code);
+}
+
+inline WorkerLost worker_lost(const Death& d, const std::string& what) {
+  return WorkerLost(describe(d) + " " + what, d.signal, d.signal != 0 ? -1 : d.exit_code);
+}
+
+/// The error for a worker that could not be started, from how it ended.
+inline std::exception_ptr start_error(const Death& d, bool replacement) {
+  switch (d.cause) {
+    case Death::Cause::spawn_failed:
+      return std::make_exception_ptr(SystemError("fork", d.error));
+    case Death::Cause::start_failed:
+      return std::make_exception_ptr(
+          Error(std::string(replacement ? "multicore: on_worker_start threw in a replacement "
+                                          "worker: "
+                                        : "multicore: on_worker_start threw: ") +
+                d.text));
+    default:
+      return std::make_exception_ptr(Error(describe(d) + " while starting (in on_worker_start)"));
+  }
+}
+
+/// A job that ended without an answer, to be failed outside the scheduling lock.
+struct Failure {
+  std::unique_ptr<Job> job;
+  std::exception_ptr error;
+};
+
+/// Follows every worker's life and decides what its death means. Not thread-safe: the
+/// scheduler calls it under its scheduling lock, except where a member says otherwise.
+class Supervisor {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  Supervisor(Transport& transport, std::chrono::nanoseconds task_timeout);
+
+  /// Starts every worker and waits until each is ready or has failed; throws the first
+  /// failure (SystemError, Error). Before any other member; polls through `router`.
+  void start_all(TailRouter& router);
+
+  /// Worker k is ready and healthy: it may be given jobs.
+  bool can_take(unsigned k) const noexcept { return slots_[k].life == Life::ready && !corrupt(k); }
+  /// Worker k broke the protocol and is being killed. Any thread.
+  bool corrupt(unsigned k) const noexcept {
+    return slots_[k].corrupt.load(std::memory_order_relaxed);
+  }
+  /// Worker k broke the protocol: kills it (once).
+  void mark_corrupt(unsigned k) noexcept;
+  /// Its `ready` event.
+  void started(unsigned k) noexcept;
+  /// Its `running` event, and its answer (no task runs then). Receive side, without the lock.
+  void running(unsigned k, std::uint64_t task, std::int64_t since) noexcept {
+    slots_[k].running_since.store(since, std::memory_order_relaxed);
+    slots_[k].running_task.store(task, std::memory_order_relaxed);
+  }
+  void answered(unsigned k) noexcept { slots_[k].running_task.store(0, std::memory_order_relaxed); }
+
+  /// Worker k died owing the jobs in `owed`, oldest first. Moves the one to blame (if any) to
+  /// `failures` with its error; the rest stay in `owed`, to run again.
+  void blame(unsigned k, const Death& death, std::vector<std::unique_ptr<Job>>& owed,
+             std::vector<Failure>& failures);
+  /// Then replaces it, or backs off when it could not start, or lets it rest when it is not
+  /// `wanted` any more (closing, nothing queued). Returns the start error when no worker at all
+  /// can run now: whatever is queued should fail with it rather than wait.
+  std::exception_ptr after_death(unsigned k, const Death& death, bool wanted);
+  /// Starts slot k again once its backoff is over (if still `wanted`); otherwise lowers
+  /// `wake_at` to when it will be. True if it started one.
+  bool retry_start(unsigned k, bool wanted, Clock::time_point& wake_at);
+  /// Kills workers whose task ran past task_timeout; lowers `wake_at` to the next deadline.
+  void enforce_timeouts(Clock::time_point& wake_at);
+
+  /// Asks every live worker to exit once it has answered everything (nothing is in flight).
+  void stop_all() noexcept;
+  bool all_stopped() const noexcept;
+  /// The transport broke: every worker is gone for good.
+  void lost_all() noexcept;
+
+ private:
+  enum class Life {
+    starting,  ///< asked for a process, not ready yet
+    ready,     ///< can take jobs
+    backoff,   ///< could not be (re)started; retry at retry_at
+    stopping,  ///< told to stop (graceful shutdown)
+    stopped,   ///< gone for good
+  };
+
+  struct Slot {
+    Life life = Life::starting;
+    std::uint64_t timed_out_task = 0;  // we killed the process because this task overran
+    unsigned start_failures = 0;
+    Clock::time_point retry_at{};
+    // Read without the lock too (can_take from the receive side): atomic.
+    std::atomic<bool> corrupt{false};
+    // What it runs (from `running` events): written on the receive side without the lock.
+    std::atomic<std::uint64_t> running_task{0};
+    std::atomic<std::int64_t> running_since{0};
+  };
+
+  void respawn(unsigned k);
+  std::exception_ptr start_failed(unsigned k, std::exception_ptr error);
+  std::exception_ptr timeout_error(const Death& death) const;
+
+  Transport& transport_;
+  std::chrono::nanoseconds task_timeout_;
+  std::vector<Slot> slots_;
+};
+
+// ---- definitions ------------------------------------------------------------------------------
+
+inline Supervisor::Supervisor(Transport& transport, std::chrono::nanoseconds task_timeout)
+    : transport_(transport), task_timeout_(task_timeout), slots_(transport.size()) {}
+
+inline void Supervisor::start_all(TailRouter& router) {
+  const unsigned n = transport_.size();
+  std::vector<char> settled(n, 0);
+  std::vector<Death> deaths(n);
+  for (unsigned k = 0; k < n; ++k) transport_.start(k);
+  for (unsigned left = n; left > 0;) {
+    for (unsigned k = 0; k < n; ++k) {
+      if (settled[k] != 0) continue;
+      const Event e = transport_.poll(k, router);
+      if (e.kind != Event::Kind::ready && e.kind != Event::Kind::died) continue;
+      if (e.kind == Event::Kind::died) deaths[k] = *e.death;
+      settled[k] = e.kind == Event::Kind::ready ? 1 : 2;
+      --left;
+    }
+    if (left == 0) break;
+    if (!transport_.broken().empty()) {
+      throw Error("multicore: the pool's fork server died while starting the workers");
+    }
+    transport_.wait(Clock::now() + std::chrono::milliseconds(100), true);
+  }
+  for (unsigned k = 0; k < n; ++k) {
+    if (settled[k] == 2) std::rethrow_exception(start_error(deaths[k], false));
+    slots_[k].life = Life::ready;
+  }
+}
+
+inline void Supervisor::mark_corrupt(unsigned k) noexcept {
+  if (!slots_[k].corrupt.exchange(true, std::memory_order_relaxed)) transport_.kill(k);
+}
+
+inline void Supervisor::started(unsigned k) noexcept {
+  Slot& s = slots_[k];
+  if (s.life != Life::starting) return;
+  s.life = Life::ready;
+  s.start_failures = 0;
+}
+
+inline void Supervisor::blame(unsigned k, const Death& death,
+                              std::vector<std::unique_ptr<Job>>& owed,
+                              std::vector<Failure>& failures) {
+  const Slot& s = slots_[k];
+  // The culprit is the job the worker had claimed. A worker that broke the protocol without a
+  // claim left the oldest answer unreadable: blaming that one guarantees progress.
+  auto culprit = std::find_if(owed.begin(), owed.end(),
+                              [&](const auto& job) { return job->id == death.running; });
+  const bool corrupt =
+      s.corrupt.load(std::memory_order_relaxed) || death.cause == Death::Cause::violation;
+  if (culprit == owed.end() && corrupt && !owed.empty()) culprit = owed.begin();
+  if (culprit == owed.end()) return;
+  std::exception_ptr error;
+  if (s.timed_out_task == (*culprit)->id) {
+    error = timeout_error(death);
+  } else if (corrupt) {
+    error = std::make_exception_ptr(worker_lost(
+        death, "after sending a corrupt or truncated answer; it was stopped and replaced"));
+  } else if (s.timed_out_task == 0) {
+    error = std::make_exception_ptr(worker_lost(death, "while running this task"));
+  }
+  // Otherwise we killed it for a task that finished just before: this one did nothing wrong
+  // and runs again.
+  if (!error) return;
+  failures.push_back({std::move(*culprit), std::move(error)});
+  owed.erase(culprit);
+}
+
+inline std::exception_ptr Supervisor::after_death(unsigned k, const Death& death, bool wanted) {
+  Slot& s = slots_[k];
+  const Life was = s.life;
+  s.timed_out_task = 0;
+  s.corrupt.store(false, std::memory_order_relaxed);
+  s.running_task.store(0, std::memory_order_relaxed);
+  s.running_since.store(0, std::memory_order_relaxed);
+  if (was == Life::starting || death.cause == Death::Cause::start_failed) {
+    // Died before it was ready (in on_worker_start, say, or no process could be made):
+    // retrying at once would fork as fast as it dies. Back off like any start failure.
+    return start_failed(k, start_error(death, true));
+  }
+  if (was == Life::stopping || was == Life::stopped || !wanted) {
+    s.life = Life::stopped;
+    return nullptr;
+  }
+  respawn(k);
+  return nullptr;
+}
+
+inline void Supervisor::respawn(unsigned k) {
+  slots_[k].life = Life::starting;
+  transport_.start(k);
+}
+
+/// A worker could not be started: try again later, backing off. Returns `error` if no worker
+/// at all can run meanwhile.
+inline std::exception_ptr Supervisor::start_failed(unsigned k, std::exception_ptr error) {
+  Slot& s = slots_[k];
+  s.start_failures = std::min(s.start_failures + 1, 10u);
+  s.life = Life::backoff;
+  s.retry_at = Clock::now() + std::chrono::milliseconds(10) * (1u << (s.start_failures - 1));
+  const bool any_worker = std::any_of(slots_.begin(), slots_.end(), [](const Slot& o) {
+    return o.life == Life::ready || o.life == Life::starting;
+  });
+  return any_worker ? nullptr : error;
+}
+
+inline bool Supervisor::retry_start(unsigned k, bool wanted, Clock::time_point& wake_at) {
+  Slot& s = slots_[k];
+  if (s.life != Life::backoff || !wanted) return false;
+  if (Clock::now() >= s.retry_at) {
+    respawn(k);
+    return true;
+  }
+  wake_at = std::min(wake_at, s.retry_at);
+  return false;
+}
+
+inline void Supervisor::enforce_timeouts(Clock::time_point& wake_at) {
+  if (task_timeout_.count() <= 0) return;
+  const auto now_ns = steady_now_ns();
+  for (unsigned k = 0; k < slots_.size(); ++k) {
+    Slot& s = slots_[k];
+    if (s.life != Life::ready || s.timed_out_task != 0 || corrupt(k)) continue;
+    const std::uint64_t running = s.running_task.load(std::memory_order_relaxed);
+    const std::int64_t since = s.running_since.load(std::memory_order_relaxed);
+    if (running == 0 || since == 0) continue;
+    const std::int64_t deadline = since + task_timeout_.count();
+    if (now_ns >= deadline) {
+      s.timed_out_task = running;
+      transport_.kill(k);
+    } else {
+      wake_at = std::min(wake_at, Clock::now() + std::chrono::nanoseconds(deadline - now_ns));
+    }
+  }
+}
+
+inline std::exception_ptr Supervisor::timeout_error(const Death& death) const {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(task_timeout_);
+  return std::make_exception_ptr(
+      TaskTimeout("multicore: the task ran longer than task_timeout (" +
+                  std::to_string(ms.count()) + " ms); its worker process " +
+                  std::to_string(death.pid) + death.where + " was killed and replaced"));
+}
+
+inline void Supervisor::stop_all() noexcept {
+  for (unsigned k = 0; k < slots_.size(); ++k) {
+    Slot& s = slots_[k];
+    // Nothing is in flight any more, so the transport takes the request at once.
+    if ((s.life == Life::ready || s.life == Life::starting) && transport_.try_stop(k)) {
+      s.life = Life::stopping;
+    } else if (s.life != Life::stopping) {
+      s.life = Life::stopped;
+    }
+  }
+}
+
+inline bool Supervisor::all_stopped() const noexcept {
+  return std::all_of(slots_.begin(), slots_.end(),
+                     [](const Slot& s) { return s.life == Life::stopped; });
+}
+
+inline void Supervisor::lost_all() noexcept {
+  for (Slot& s : slots_) s.life = Life::stopped;
+}
+
+}  // namespace multicore::detail
