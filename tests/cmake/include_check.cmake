@@ -1,0 +1,20 @@
+# Preprocesses one header on its own and fails if it pulls in what its layer must not know:
+# cereal, rapidjson, Boost, the fork server (zygote), the rings or MPI.
+# Usage: cmake -DCOMPILER=<c++> -DINCLUDE=<include dir> -DHEADER=<header> -P include_check.cmake
+string(MAKE_C_IDENTIFIER "${HEADER}" id)
+set(source ${CMAKE_CURRENT_BINARY_DIR}/include_check_${id}.cpp)  # one per header: tests run at once
+file(WRITE ${source} "#include <${HEADER}>\n")
+execute_process(
+  COMMAND ${COMPILER} -std=c++20 -E -I${INCLUDE} ${source}
+  OUTPUT_VARIABLE preprocessed ERROR_VARIABLE errors RESULT_VARIABLE result)
+if(NOT result EQUAL 0)
+  message(FATAL_ERROR "${HEADER} does not compile on its own:\n${errors}")
+endif()
+string(REGEX MATCHALL "# [0-9]+ \"[^\"]*\"" lines "${preprocessed}")
+foreach(line IN LISTS lines)
+  if(line MATCHES "/(cereal|rapidjson|boost)/|zygote\\.hpp|/ring\\.hpp|/mpi\\.h")
+    message(FATAL_ERROR "${HEADER} must not include ${line}")
+  endif()
+endforeach()
+list(LENGTH lines count)
+message(STATUS "${HEADER}: clean (${count} line markers)")
