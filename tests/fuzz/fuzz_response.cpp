@@ -147,15 +147,16 @@ void fuzz_decoders(unsigned op, Format format, std::size_t expected,
 /// nothing to say.
 class FuzzTransport final : public detail::Transport {
  public:
-  FuzzTransport(std::span<const std::byte> stream, std::size_t piece, std::uint64_t claimed,
-                bool bad_head_at_end)
-      : stream_(stream),
+  FuzzTransport(std::span<const std::byte> stream, std::size_t ring_bytes, std::size_t piece,
+                std::uint64_t claimed, bool bad_head_at_end)
+      : ring_bytes_(ring_bytes),
+        stream_(stream),
         piece_(piece == 0 ? stream.size() : piece),
         claimed_(claimed),
         bad_head_at_end_(bad_head_at_end),
         control_(std::make_unique<detail::RingControl>()),
         // Exactly the ring's size on the heap, so ASan sees any access past it.
-        data_(std::make_unique<std::byte[]>(fuzz::response_ring_bytes)),
+        data_(std::make_unique<std::byte[]>(ring_bytes)),
         writer_(memory()),
         receiver_(detail::StreamEnds{memory(), &bell_, &bell_, &wants_room_, nullptr}) {}
 
@@ -276,9 +277,7 @@ class FuzzTransport final : public detail::Transport {
   void close() noexcept override {}
 
  private:
-  detail::RingMemory memory() const noexcept {
-    return {control_.get(), data_.get(), fuzz::response_ring_bytes};
-  }
+  detail::RingMemory memory() const noexcept { return {control_.get(), data_.get(), ring_bytes_}; }
 
   static detail::Event event(detail::Event::Kind kind) noexcept {
     detail::Event e;
@@ -315,11 +314,12 @@ class FuzzTransport final : public detail::Transport {
     if (bad_head_at_end_ && drained()) {
       // Once its answers are read, the worker scribbles an impossible head.
       bad_head_at_end_ = false;
-      control_->head.store(control_->tail.load() + fuzz::response_ring_bytes + 1);
+      control_->head.store(control_->tail.load() + ring_bytes_ + 1);
     }
   }
 
   // Collector thread only, but for the atomics (try_send runs on the submitting thread).
+  const std::size_t ring_bytes_;
   std::span<const std::byte> stream_;
   const std::size_t piece_;
   const std::uint64_t claimed_;
@@ -486,12 +486,14 @@ void fuzz_scheduler(const std::uint8_t* data, std::size_t size) {
   const Format format = (data[1] & 4u) != 0 ? Format::json : Format::binary;
   const std::uint64_t claimed = (data[1] >> 3) & 7u;
   const bool bad_head = (data[1] & 0x40u) != 0;
+  const std::size_t ring_bytes =
+      (data[1] & 0x80u) != 0 ? fuzz::large_response_ring_bytes : fuzz::response_ring_bytes;
   const std::size_t piece = data[6] | (std::size_t{data[7]} << 8);
   const std::span<const std::byte> stream(
       reinterpret_cast<const std::byte*>(data) + fuzz::scheduler_prefix,
       size - fuzz::scheduler_prefix);
 
-  auto owned = std::make_unique<FuzzTransport>(stream, piece, claimed, bad_head);
+  auto owned = std::make_unique<FuzzTransport>(stream, ring_bytes, piece, claimed, bad_head);
   FuzzTransport& transport = *owned;
   std::vector<JobCheck> checks(jobs);
   {

@@ -100,7 +100,8 @@ void with_type(std::size_t index, F&& f) {
 //
 // Scheduler mode: one worker whose response ring carries the input's stream.
 //   byte 1: bits 0-1: jobs - 1; bit 2: Format::json; bits 3-5: answers the worker claims to have
-//           sent; bit 6: after the whole stream, the worker publishes an impossible head
+//           sent; bit 6: after the whole stream, the worker publishes an impossible head; bit 7:
+//           a large ring (large_response_ring_bytes) instead of a small one
 //   bytes 2-5: one per job: bits 0-4: its result type (with_type); bit 5: a map chunk instead of
 //           a submit; bits 6-7: items in the chunk - 1
 //   bytes 6-7: how many bytes the worker publishes at a time, little-endian (0: as many as fit)
@@ -113,8 +114,13 @@ void with_type(std::size_t index, F&& f) {
 inline constexpr std::size_t scheduler_prefix = 8;
 inline constexpr std::size_t decoder_prefix = 4;
 inline constexpr std::size_t max_jobs = 4;
-/// Ring size of the fuzzed worker: small, so answers wrap and stream through in pieces.
+/// Ring size of the fuzzed worker: small, so answers wrap and stream through in pieces. The
+/// parent reads a ring in pieces of an eighth of it (stream.hpp), so here even a header arrives
+/// in pieces.
 inline constexpr std::size_t response_ring_bytes = 256;
+/// The large ring: its pieces hold a header and a small payload, which the parent then reads in
+/// place.
+inline constexpr std::size_t large_response_ring_bytes = 4096;
 
 // ---- fuzz_ring input layout ---------------------------------------------------------------------
 // byte 0: ring capacity 2^(3 + byte % 10): 8 ... 4096 bytes

@@ -65,11 +65,13 @@ struct Job {
 /// A scheduler-mode input: configuration, then the response stream.
 std::vector<std::uint8_t> scheduler_input(std::initializer_list<Job> jobs, Format format,
                                           unsigned claimed, std::uint16_t piece,
-                                          const Writer& stream, bool bad_head = false) {
+                                          const Writer& stream, bool bad_head = false,
+                                          bool large_ring = false) {
   std::vector<std::uint8_t> in(fuzz::scheduler_prefix, 0);
   in[0] = 0;
   in[1] = static_cast<std::uint8_t>((jobs.size() - 1) | (format == Format::json ? 4u : 0u) |
-                                    (claimed << 3) | (bad_head ? 0x40u : 0u));
+                                    (claimed << 3) | (bad_head ? 0x40u : 0u) |
+                                    (large_ring ? 0x80u : 0u));
   std::size_t j = 0;
   for (const Job& job : jobs) {
     in[2 + j++] =
@@ -225,10 +227,10 @@ void response_corpus(const std::filesystem::path& dir) {
   }();
   const auto int_bytes = [](const std::vector<int>& v) { return v.size() * sizeof(int); };
   // A small tail answer, a string tail longer than the ring, a vector<int> tail, then an
-  // ordinary answer. Published as fast as the ring takes them, the first answer is whole in the
-  // ring (the fast path decodes it, tail and all) and the vector's elements start misaligned
-  // and one is split by the ring's end; published 7 bytes at a time, every answer takes the
-  // tail path in pieces that split elements.
+  // ordinary answer. The parent reads this small ring in pieces of 32 bytes, so every answer
+  // takes the tail path (the large_ring seeds below reach the in-place path): published as
+  // fast as the ring takes them, the vector's elements start misaligned and one is split by the
+  // ring's end; published 7 bytes at a time, the pieces split elements.
   for (const std::uint16_t piece : {std::uint16_t{0}, std::uint16_t{7}}) {
     Writer a, b, c, d, stream;
     value_outcome(a, std::vector<int>{1, 2, 3}, Format::binary);
@@ -307,6 +309,28 @@ void response_corpus(const std::filesystem::path& dir) {
          scheduler_input({{type_index<std::vector<int>>()}}, Format::binary, 1, 13, cut));
     save(dir, "tail_truncated_bad_head",
          scheduler_input({{type_index<std::vector<int>>()}}, Format::binary, 0, 13, cut, true));
+  }
+  {  // a large ring: small answers, one with a tail, are read in place, a large one arrives in
+     // pieces; then the worker claims one answer more than it sent (truncated)
+    Writer a, b, c, d, stream;
+    value_outcome(a, 42, Format::binary);
+    value_outcome(b, std::vector<int>{1, 2, 3}, Format::binary);
+    const std::string text(1000, 'l');
+    value_outcome(c, text, Format::binary);
+    value_outcome(d, particle(), Format::binary);
+    response(stream, 1, a);
+    response(stream, 2, b, 3 * sizeof(int));
+    response(stream, 3, c, text.size());
+    Writer three;  // the first three answers
+    put(three, stream.data(), stream.size());
+    response(stream, 4, d);
+    const std::initializer_list<Job> jobs{{type_index<int>()},
+                                          {type_index<std::vector<int>>()},
+                                          {type_index<std::string>()},
+                                          {type_index<fuzz::Particle>()}};
+    save(dir, "large_ring", scheduler_input(jobs, Format::binary, 4, 0, stream, false, true));
+    save(dir, "large_ring_truncated",
+         scheduler_input(jobs, Format::binary, 4, 0, three, false, true));
   }
   // Decoder mode.
   for (const Format format : {Format::binary, Format::json}) {
