@@ -123,8 +123,12 @@ inline constexpr std::size_t response_ring_bytes = 256;
 inline constexpr std::size_t large_response_ring_bytes = 4096;
 
 // ---- fuzz_ring input layout ---------------------------------------------------------------------
-// byte 0: ring capacity 2^(3 + byte % 10): 8 ... 4096 bytes
-// then operations, each an opcode byte followed by its arguments (missing bytes read as 0)
+// byte 0: below stream_mode, the ring alone: capacity 2^(3 + byte % 10), 8 ... 4096 bytes, then
+// RingOps; from stream_mode on, whole messages through a ring (MessageSender, AnswerReceiver):
+// capacity 2^(6 + byte % 8), 64 ... 8192 bytes, then StreamOps.
+// Each operation is an opcode byte followed by its arguments (missing bytes read as 0).
+inline constexpr std::uint8_t stream_mode = 200;
+
 enum class RingOp : std::uint8_t {
   write = 0,           ///< u16 n: write_some of n bytes
   read_exact = 1,      ///< u16 n
@@ -138,6 +142,15 @@ enum class RingOp : std::uint8_t {
   check = 9,           ///< writable() and readable() stay within capacity
   reattach = 10,       ///< u8 which: a new view of the same ring (only while not tampered with)
   ring_op_count = 11,  ///< opcodes wrap modulo this
+};
+
+enum class StreamOp : std::uint8_t {
+  send = 0,     ///< u16 n, u8 t: start sending an answer of n % (4 capacity + 1) payload
+                ///< bytes, its last n * t / 255 announced as a tail (if none is in progress)
+  pump = 1,     ///< the sender moves its message on
+  receive = 2,  ///< u8 take: the receiver reads; it takes a tail when take is odd
+  reset = 3,    ///< both ends forget everything (a new worker)
+  stream_op_count = 4,  ///< opcodes wrap modulo this
 };
 
 }  // namespace fuzz

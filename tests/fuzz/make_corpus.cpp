@@ -423,6 +423,40 @@ class RingScript {
   std::vector<std::uint8_t> bytes_;
 };
 
+/// fuzz_ring's stream mode: an opcode byte, then its arguments (see fuzz_types.hpp).
+class StreamScript {
+ public:
+  explicit StreamScript(unsigned capacity_log2) {
+    static_assert(fuzz::stream_mode % 8 == 0, "the mode byte's value modulo 8 picks the capacity");
+    bytes_.push_back(static_cast<std::uint8_t>(fuzz::stream_mode + capacity_log2 - 6));
+  }
+  StreamScript& send(std::uint16_t payload_bytes, std::uint8_t tail_share) {
+    bytes_.push_back(static_cast<std::uint8_t>(fuzz::StreamOp::send));
+    bytes_.push_back(static_cast<std::uint8_t>(payload_bytes & 0xff));
+    bytes_.push_back(static_cast<std::uint8_t>(payload_bytes >> 8));
+    bytes_.push_back(tail_share);
+    return *this;
+  }
+  StreamScript& pump(int times = 1) {
+    for (int i = 0; i < times; ++i)
+      bytes_.push_back(static_cast<std::uint8_t>(fuzz::StreamOp::pump));
+    return *this;
+  }
+  StreamScript& receive(bool take_tail) {
+    bytes_.push_back(static_cast<std::uint8_t>(fuzz::StreamOp::receive));
+    bytes_.push_back(take_tail ? 1 : 0);
+    return *this;
+  }
+  StreamScript& reset() {
+    bytes_.push_back(static_cast<std::uint8_t>(fuzz::StreamOp::reset));
+    return *this;
+  }
+  const std::vector<std::uint8_t>& bytes() const { return bytes_; }
+
+ private:
+  std::vector<std::uint8_t> bytes_;
+};
+
 void ring_corpus(const std::filesystem::path& dir) {
   using fuzz::RingOp;
   save(dir, "small_ring",
@@ -469,6 +503,37 @@ void ring_corpus(const std::filesystem::path& dir) {
            .op(RingOp::write, 7)
            .op(RingOp::peek)
            .bytes());
+  // Stream mode: answers larger than a 64-byte ring (pieces of 8 bytes, so headers arrive cut),
+  // with tails taken and refused, the sender waiting for room.
+  save(dir, "stream_small_ring",
+       StreamScript(6)
+           .send(200, 128)
+           .pump(2)
+           .receive(true)
+           .pump(3)
+           .receive(true)
+           .send(20, 0)
+           .receive(false)
+           .pump()
+           .send(150, 255)
+           .pump()
+           .receive(false)
+           .bytes());
+  // Small answers whole in a large ring's piece, read in place; one with a tail.
+  save(dir, "stream_in_place",
+       StreamScript(13)
+           .send(100, 0)
+           .receive(true)
+           .send(400, 200)
+           .receive(true)
+           .send(0, 0)
+           .receive(false)
+           .send(3000, 250)
+           .receive(true)
+           .bytes());
+  // A new worker: both ends forget an answer half sent.
+  save(dir, "stream_reset",
+       StreamScript(7).send(500, 100).pump(2).receive(true).reset().send(60, 30).bytes());
 }
 
 }  // namespace
