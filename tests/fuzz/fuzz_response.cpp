@@ -2,28 +2,37 @@
 // libFuzzer target: arbitrary bytes from a worker's response ring must never crash the parent.
 //
 // Two modes (see fuzz_types.hpp for the input layout):
-//  - the real parent-side path: a Scheduler whose one worker is a fake Transport, its response
-//    ring filled with the input. The collector thread validates headers (is_valid), claims jobs,
-//    assembles payloads across the ring's wrap point and hands them to the real completions
-//    (PromiseCompletion<T>, ChunkCompletion<T>), which decode them. An answer with a tail goes
-//    through Completion::open_tail(): when the completion takes it, the tail streams straight
-//    into the result, which must then equal what the whole answer decodes to. Every job must
-//    then be resolved exactly once, with a value or one of the errors the parent may
-//    legitimately report for a broken worker;
+//  - the real parent-side path: a Scheduler over a one-worker transport whose answer ring
+//    carries the input, read by the real framing code as ShmTransport reads it (AnswerReceiver:
+//    headers checked, reassembled across the ring's wrap point or when published in pieces,
+//    payloads assembled, tails routed through the scheduler's TailRouter, truncation and
+//    impossible indices detected). The scheduler checks that each answer is the one it expects
+//    and hands it to the real completions (PromiseCompletion<T>, ChunkCompletion<T>), which
+//    decode it. An answer with a tail goes through Completion::open_tail(): when the completion
+//    takes it, the tail streams straight into the result, which must then equal what the whole
+//    answer decodes to. Every job must then be resolved exactly once, with a value or one of the
+//    errors the parent may legitimately report for a broken worker;
 //  - the decoders alone, faster: read_outcome<T>, read_chunk<T> and decode<T> on the input.
 // Anything else -- another exception type, a job resolved twice or never, and of course any
 // memory error ASan or UBSan sees -- aborts, which libFuzzer reports as a crash.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <future>
 #include <memory>
+// scheduler.hpp uses SpinBudget (transport/shm/futex.hpp) without including it: until it does,
+// stream.hpp comes first (this comment keeps clang-format from sorting it after scheduler.hpp).
+#include <multicore/detail/transport/shm/stream.hpp>
+//
 #include <multicore/detail/core/scheduler.hpp>
 #include <multicore/detail/front/completions.hpp>
 #include <multicore/detail/front/map_state.hpp>
 #include <multicore/detail/protocol/entries.hpp>
 #include <multicore/detail/serialize/serialize.hpp>
-#include <multicore/detail/transport/shm/shm_transport.hpp>
 #include <multicore/errors.hpp>
 #include <mutex>
 #include <span>
@@ -131,20 +140,25 @@ void fuzz_decoders(unsigned op, Format format, std::size_t expected,
 // ---- scheduler mode ---------------------------------------------------------------------------
 
 /// One worker that swallows every request and answers with the fuzz input: the input is
-/// published into a small response ring as the collector consumes it, `piece` bytes at a time.
+/// published into a small answer ring, `piece` bytes at a time, as the parent's real framing
+/// code (AnswerReceiver) reads it, exactly as ShmTransport reads a worker's ring. The worker
+/// says it has sent `claimed` answers once it has published the whole input (a claim that may
+/// lie), and may then scribble an impossible head. Its replacement, if the parent kills it, has
+/// nothing to say.
 class FuzzTransport final : public detail::Transport {
  public:
-  FuzzTransport(std::span<const std::byte> stream, std::size_t piece, std::uint64_t claimed,
-                bool bad_head_at_end)
-      : stream_(stream),
-        piece_(piece),
+  FuzzTransport(std::span<const std::byte> stream, std::size_t ring_bytes, std::size_t piece,
+                std::uint64_t claimed, bool bad_head_at_end)
+      : ring_bytes_(ring_bytes),
+        stream_(stream),
+        piece_(piece == 0 ? stream.size() : piece),
         claimed_(claimed),
         bad_head_at_end_(bad_head_at_end),
         control_(std::make_unique<detail::RingControl>()),
         // Exactly the ring's size on the heap, so ASan sees any access past it.
-        data_(std::make_unique<std::byte[]>(fuzz::response_ring_bytes)),
+        data_(std::make_unique<std::byte[]>(ring_bytes)),
         writer_(memory()),
-        reader_(memory()) {}
+        receiver_(detail::StreamEnds{memory(), &bell_, &bell_, &wants_room_, nullptr}) {}
 
   /// Every job is submitted: from now on an idle collector means the input is used up.
   void all_submitted() {
@@ -163,85 +177,87 @@ class FuzzTransport final : public detail::Transport {
   }
 
   unsigned size() const noexcept override { return 1; }
+  detail::Capabilities capabilities() const noexcept override { return {}; }
 
-  void spawn(unsigned /*k*/) override {
-    ++lives_;
-    state_.store(detail::SlotState::ready);
-  }
-
-  void kill(unsigned /*k*/) noexcept override {
-    detail::SlotState expected = detail::SlotState::ready;
-    state_.compare_exchange_strong(expected, detail::SlotState::dead);
-  }
-
-  detail::WorkerStatus status(unsigned /*k*/) const override {
-    detail::WorkerStatus st;
-    st.state = state_.load();
-    st.wait_status = 9;  // as waitpid() reports a SIGKILL
-    st.pid = 4242;
-    return st;
-  }
-
-  detail::SlotState state(unsigned /*k*/) const noexcept override { return state_.load(); }
-
-  std::size_t send(unsigned /*k*/, std::span<const std::byte> bytes) noexcept override {
-    return bytes.size();
-  }
-  void want_room(unsigned /*k*/, bool /*on*/) noexcept override {}
-  bool room_made(unsigned /*k*/) const noexcept override { return false; }
-
-  std::span<const std::byte> peek(unsigned /*k*/) noexcept override {
-    publish();
-    const std::span<const std::byte> bytes = reader_.peek();
-    const std::byte* begin = data_.get();
-    if (bytes.data() < begin || bytes.data() + bytes.size() > begin + fuzz::response_ring_bytes) {
-      fail("peek() outside the ring");
+  void start(unsigned /*k*/) override {
+    if (++lives_ > 1) {  // a replacement, with a fresh ring and nothing to say
+      writer_.reset();
+      receiver_.reset();
+      stream_ = {};
+      bad_head_at_end_ = false;
     }
-    return bytes;
+    violation_ = nullptr;
+    dying_.store(false);
+    died_.store(false);
+    ready_.store(false);
   }
 
-  void consume(unsigned /*k*/, std::size_t n) noexcept override {
-    if (n > reader_.peek().size()) fail("the scheduler consumed more than it peeked");
-    reader_.consume(n);
+  void kill(unsigned /*k*/) noexcept override { dying_.store(true); }
+  bool try_stop(unsigned /*k*/) noexcept override {
+    dying_.store(true);
+    return true;
   }
 
-  bool receive_corrupt(unsigned /*k*/) const noexcept override { return reader_.corrupt(); }
-  bool send_corrupt(unsigned /*k*/) const noexcept override { return false; }
+  bool try_send(unsigned /*k*/, std::span<const std::byte> /*message*/) noexcept override {
+    return ready_.load() && !died_.load();  // swallowed
+  }
+  bool pump(unsigned /*k*/) noexcept override { return false; }
+  bool sending(unsigned /*k*/) const noexcept override { return false; }
 
-  // Input still to feed counts as bytes: the collector then comes to peek(), which feeds it.
-  bool has_bytes(unsigned /*k*/) const noexcept override {
-    return !stream_.empty() || bad_head_at_end_ ||
-           control_->head.load(std::memory_order_acquire) !=
-               control_->tail.load(std::memory_order_relaxed);
+  // As ShmTransport::poll: ready first, then every complete answer in the ring, then the death.
+  detail::Event poll(unsigned k, detail::TailRouter& router) noexcept override {
+    if (died_.load()) return {};
+    if (!ready_.load()) {
+      ready_.store(true);
+      return event(detail::Event::Kind::ready);
+    }
+    while (violation_ == nullptr) {
+      if (!dying_.load()) publish();
+      const auto status =
+          receiver_.next([&](const detail::ResponseHeader& h, std::span<const std::byte> head) {
+            return router.open_tail(k, h.task_id, head, h.tail_bytes);
+          });
+      if (status == detail::AnswerReceiver::Status::answer) {
+        detail::Event e = event(detail::Event::Kind::answer);
+        e.task_id = receiver_.header().task_id;
+        e.run_nanos = receiver_.header().run_nanos;
+        e.payload = receiver_.payload();
+        e.tail = receiver_.tail();
+        return e;
+      }
+      if (status == detail::AnswerReceiver::Status::violation) {
+        violation_ = receiver_.what();
+        dying_.store(true);  // as ShmTransport kills a worker that broke the protocol
+      } else if (dying_.load() || !can_publish()) {
+        break;
+      }
+    }
+    if (!dying_.load()) return {};
+    died_.store(true);
+    death_ = detail::Death{};
+    death_.cause =
+        violation_ != nullptr ? detail::Death::Cause::violation : detail::Death::Cause::ended;
+    death_.pid = 4242;
+    death_.signal = SIGKILL;
+    death_.exit_code = -1;
+    if (violation_ != nullptr) death_.text = violation_;
+    detail::Event e = event(detail::Event::Kind::died);
+    e.death = &death_;
+    return e;
   }
 
-  std::uint64_t running(unsigned /*k*/, std::int64_t* since_ns) const noexcept override {
-    if (since_ns != nullptr) *since_ns = 0;
-    return 0;
+  bool may_have_events(unsigned /*k*/) const noexcept override {
+    return true;  // a hint, and only callers polling for answers ask (none here)
   }
 
-  // Like a real worker, which counts an answer only after publishing all of its bytes, the
-  // fake claims its answers once the whole stream is in the ring. The claim itself may lie.
-  std::uint64_t answers_sent(unsigned /*k*/) const noexcept override {
-    return lives_ == 1 && published_all_ ? claimed_ : 0;
-  }
-
-  void reset(unsigned /*k*/) noexcept override {
-    writer_.reset();
-    reader_.reset();
-    stream_ = {};  // the replacement has nothing to say
-    bad_head_at_end_ = false;
-  }
-
-  void wait(const std::function<bool()>& pending, std::chrono::nanoseconds timeout,
-            bool /*spin*/) override {
-    if (pending()) return;
+  void wait(std::chrono::steady_clock::time_point deadline, bool /*spin*/) noexcept override {
+    if (has_news()) return;
     std::unique_lock lock(mutex_);
-    if (all_submitted_ && stream_.empty() && !bad_head_at_end_ && reader_.readable() == 0) {
+    if (all_submitted_) {
       idle_ = true;
       idle_cv_.notify_all();
     }
-    cv_.wait_for(lock, timeout, [&] { return woken_; });
+    cv_.wait_until(lock, deadline, [&] { return woken_; });
     woken_ = false;
   }
 
@@ -253,46 +269,74 @@ class FuzzTransport final : public detail::Transport {
     cv_.notify_all();
   }
 
-  void polling(int /*delta*/) noexcept override {}
-
-  bool alive() noexcept override { return true; }
+  void callers_polling(int /*delta*/) noexcept override {}
+  void release_cold_buffers() noexcept override {
+    receiver_.release_if_cold(std::chrono::steady_clock::now());
+  }
+  std::string broken() noexcept override { return {}; }
   void close() noexcept override {}
 
  private:
-  detail::RingMemory memory() const noexcept {
-    return {control_.get(), data_.get(), fuzz::response_ring_bytes};
+  detail::RingMemory memory() const noexcept { return {control_.get(), data_.get(), ring_bytes_}; }
+
+  static detail::Event event(detail::Event::Kind kind) noexcept {
+    detail::Event e;
+    e.kind = kind;
+    return e;
+  }
+
+  bool drained() const noexcept { return control_->head.load() == control_->tail.load(); }
+
+  /// The worker has more to publish, and room for it.
+  bool can_publish() noexcept {
+    if (!published_allowed_.load()) return false;
+    return (!stream_.empty() && writer_.writable() > 0) || (bad_head_at_end_ && drained());
+  }
+
+  /// Something for the collector: an event to report, or input to publish. Collector thread.
+  bool has_news() noexcept {
+    if (!ready_.load() || (dying_.load() && !died_.load())) return true;
+    if (violation_ != nullptr || died_.load()) return false;
+    return can_publish() || receiver_.has_bytes();
   }
 
   // A worker answers only what it was asked: nothing is published before every job was sent.
-  // Collector thread only (through peek()).
   void publish() noexcept {
     if (!published_allowed_.load()) return;
     if (!stream_.empty()) {
-      const std::size_t n = writer_.write_some(
-          stream_.first(std::min(stream_.size(), piece_ == 0 ? stream_.size() : piece_)));
+      const std::size_t n = writer_.write_some(stream_.first(std::min(stream_.size(), piece_)));
       stream_ = stream_.subspan(n);
-      published_all_ = stream_.empty() && lives_ == 1;
+      // Like a real worker, which counts an answer only after publishing all of its bytes, the
+      // fake claims its answers once the whole stream is in the ring. The claim itself may lie.
+      if (stream_.empty() && lives_ == 1) control_->messages.store(claimed_);
       return;
     }
-    if (bad_head_at_end_ && reader_.readable() == 0) {
+    if (bad_head_at_end_ && drained()) {
       // Once its answers are read, the worker scribbles an impossible head.
       bad_head_at_end_ = false;
-      control_->head.store(control_->tail.load() + fuzz::response_ring_bytes + 1);
+      control_->head.store(control_->tail.load() + ring_bytes_ + 1);
     }
   }
 
+  // Collector thread only, but for the atomics (try_send runs on the submitting thread).
+  const std::size_t ring_bytes_;
   std::span<const std::byte> stream_;
   const std::size_t piece_;
   const std::uint64_t claimed_;
   bool bad_head_at_end_;
   std::unique_ptr<detail::RingControl> control_;
   std::unique_ptr<std::byte[]> data_;
-  detail::RingWriter writer_;
-  detail::RingReader reader_;
-  std::atomic<detail::SlotState> state_{detail::SlotState::empty};
-  std::atomic<unsigned> lives_{0};
+  detail::Doorbell bell_;  // nobody sleeps on it: the collector sleeps in wait()
+  std::atomic<std::uint32_t> wants_room_{0};
+  detail::RingWriter writer_;        // the worker's end
+  detail::AnswerReceiver receiver_;  // the parent's end
+  unsigned lives_ = 0;
+  const char* violation_ = nullptr;
+  detail::Death death_;
+  std::atomic<bool> ready_{false};  // reported
+  std::atomic<bool> dying_{false};  // killed or stopped: publishes no more
+  std::atomic<bool> died_{false};   // reported
   std::atomic<bool> published_allowed_{false};
-  bool published_all_ = false;  // collector thread only
 
   std::mutex mutex_;
   std::condition_variable cv_;
@@ -442,12 +486,14 @@ void fuzz_scheduler(const std::uint8_t* data, std::size_t size) {
   const Format format = (data[1] & 4u) != 0 ? Format::json : Format::binary;
   const std::uint64_t claimed = (data[1] >> 3) & 7u;
   const bool bad_head = (data[1] & 0x40u) != 0;
+  const std::size_t ring_bytes =
+      (data[1] & 0x80u) != 0 ? fuzz::large_response_ring_bytes : fuzz::response_ring_bytes;
   const std::size_t piece = data[6] | (std::size_t{data[7]} << 8);
   const std::span<const std::byte> stream(
       reinterpret_cast<const std::byte*>(data) + fuzz::scheduler_prefix,
       size - fuzz::scheduler_prefix);
 
-  auto owned = std::make_unique<FuzzTransport>(stream, piece, claimed, bad_head);
+  auto owned = std::make_unique<FuzzTransport>(stream, ring_bytes, piece, claimed, bad_head);
   FuzzTransport& transport = *owned;
   std::vector<JobCheck> checks(jobs);
   {

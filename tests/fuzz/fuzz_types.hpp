@@ -100,7 +100,8 @@ void with_type(std::size_t index, F&& f) {
 //
 // Scheduler mode: one worker whose response ring carries the input's stream.
 //   byte 1: bits 0-1: jobs - 1; bit 2: Format::json; bits 3-5: answers the worker claims to have
-//           sent; bit 6: after the whole stream, the worker publishes an impossible head
+//           sent; bit 6: after the whole stream, the worker publishes an impossible head; bit 7:
+//           a large ring (large_response_ring_bytes) instead of a small one
 //   bytes 2-5: one per job: bits 0-4: its result type (with_type); bit 5: a map chunk instead of
 //           a submit; bits 6-7: items in the chunk - 1
 //   bytes 6-7: how many bytes the worker publishes at a time, little-endian (0: as many as fit)
@@ -113,12 +114,21 @@ void with_type(std::size_t index, F&& f) {
 inline constexpr std::size_t scheduler_prefix = 8;
 inline constexpr std::size_t decoder_prefix = 4;
 inline constexpr std::size_t max_jobs = 4;
-/// Ring size of the fuzzed worker: small, so answers wrap and stream through in pieces.
+/// Ring size of the fuzzed worker: small, so answers wrap and stream through in pieces. The
+/// parent reads a ring in pieces of an eighth of it (stream.hpp), so here even a header arrives
+/// in pieces.
 inline constexpr std::size_t response_ring_bytes = 256;
+/// The large ring: its pieces hold a header and a small payload, which the parent then reads in
+/// place.
+inline constexpr std::size_t large_response_ring_bytes = 4096;
 
 // ---- fuzz_ring input layout ---------------------------------------------------------------------
-// byte 0: ring capacity 2^(3 + byte % 10): 8 ... 4096 bytes
-// then operations, each an opcode byte followed by its arguments (missing bytes read as 0)
+// byte 0: below stream_mode, the ring alone: capacity 2^(3 + byte % 10), 8 ... 4096 bytes, then
+// RingOps; from stream_mode on, whole messages through a ring (MessageSender, AnswerReceiver):
+// capacity 2^(6 + byte % 8), 64 ... 8192 bytes, then StreamOps.
+// Each operation is an opcode byte followed by its arguments (missing bytes read as 0).
+inline constexpr std::uint8_t stream_mode = 200;
+
 enum class RingOp : std::uint8_t {
   write = 0,           ///< u16 n: write_some of n bytes
   read_exact = 1,      ///< u16 n
@@ -132,6 +142,15 @@ enum class RingOp : std::uint8_t {
   check = 9,           ///< writable() and readable() stay within capacity
   reattach = 10,       ///< u8 which: a new view of the same ring (only while not tampered with)
   ring_op_count = 11,  ///< opcodes wrap modulo this
+};
+
+enum class StreamOp : std::uint8_t {
+  send = 0,     ///< u16 n, u8 t: start sending an answer of n % (4 capacity + 1) payload
+                ///< bytes, its last n * t / 255 announced as a tail (if none is in progress)
+  pump = 1,     ///< the sender moves its message on
+  receive = 2,  ///< u8 take: the receiver reads; it takes a tail when take is odd
+  reset = 3,    ///< both ends forget everything (a new worker)
+  stream_op_count = 4,  ///< opcodes wrap modulo this
 };
 
 }  // namespace fuzz

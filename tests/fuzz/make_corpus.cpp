@@ -65,11 +65,13 @@ struct Job {
 /// A scheduler-mode input: configuration, then the response stream.
 std::vector<std::uint8_t> scheduler_input(std::initializer_list<Job> jobs, Format format,
                                           unsigned claimed, std::uint16_t piece,
-                                          const Writer& stream, bool bad_head = false) {
+                                          const Writer& stream, bool bad_head = false,
+                                          bool large_ring = false) {
   std::vector<std::uint8_t> in(fuzz::scheduler_prefix, 0);
   in[0] = 0;
   in[1] = static_cast<std::uint8_t>((jobs.size() - 1) | (format == Format::json ? 4u : 0u) |
-                                    (claimed << 3) | (bad_head ? 0x40u : 0u));
+                                    (claimed << 3) | (bad_head ? 0x40u : 0u) |
+                                    (large_ring ? 0x80u : 0u));
   std::size_t j = 0;
   for (const Job& job : jobs) {
     in[2 + j++] =
@@ -225,10 +227,10 @@ void response_corpus(const std::filesystem::path& dir) {
   }();
   const auto int_bytes = [](const std::vector<int>& v) { return v.size() * sizeof(int); };
   // A small tail answer, a string tail longer than the ring, a vector<int> tail, then an
-  // ordinary answer. Published as fast as the ring takes them, the first answer is whole in the
-  // ring (the fast path decodes it, tail and all) and the vector's elements start misaligned
-  // and one is split by the ring's end; published 7 bytes at a time, every answer takes the
-  // tail path in pieces that split elements.
+  // ordinary answer. The parent reads this small ring in pieces of 32 bytes, so every answer
+  // takes the tail path (the large_ring seeds below reach the in-place path): published as
+  // fast as the ring takes them, the vector's elements start misaligned and one is split by the
+  // ring's end; published 7 bytes at a time, the pieces split elements.
   for (const std::uint16_t piece : {std::uint16_t{0}, std::uint16_t{7}}) {
     Writer a, b, c, d, stream;
     value_outcome(a, std::vector<int>{1, 2, 3}, Format::binary);
@@ -307,6 +309,28 @@ void response_corpus(const std::filesystem::path& dir) {
          scheduler_input({{type_index<std::vector<int>>()}}, Format::binary, 1, 13, cut));
     save(dir, "tail_truncated_bad_head",
          scheduler_input({{type_index<std::vector<int>>()}}, Format::binary, 0, 13, cut, true));
+  }
+  {  // a large ring: small answers, one with a tail, are read in place, a large one arrives in
+     // pieces; then the worker claims one answer more than it sent (truncated)
+    Writer a, b, c, d, stream;
+    value_outcome(a, 42, Format::binary);
+    value_outcome(b, std::vector<int>{1, 2, 3}, Format::binary);
+    const std::string text(1000, 'l');
+    value_outcome(c, text, Format::binary);
+    value_outcome(d, particle(), Format::binary);
+    response(stream, 1, a);
+    response(stream, 2, b, 3 * sizeof(int));
+    response(stream, 3, c, text.size());
+    Writer three;  // the first three answers
+    put(three, stream.data(), stream.size());
+    response(stream, 4, d);
+    const std::initializer_list<Job> jobs{{type_index<int>()},
+                                          {type_index<std::vector<int>>()},
+                                          {type_index<std::string>()},
+                                          {type_index<fuzz::Particle>()}};
+    save(dir, "large_ring", scheduler_input(jobs, Format::binary, 4, 0, stream, false, true));
+    save(dir, "large_ring_truncated",
+         scheduler_input(jobs, Format::binary, 4, 0, three, false, true));
   }
   // Decoder mode.
   for (const Format format : {Format::binary, Format::json}) {
@@ -399,6 +423,40 @@ class RingScript {
   std::vector<std::uint8_t> bytes_;
 };
 
+/// fuzz_ring's stream mode: an opcode byte, then its arguments (see fuzz_types.hpp).
+class StreamScript {
+ public:
+  explicit StreamScript(unsigned capacity_log2) {
+    static_assert(fuzz::stream_mode % 8 == 0, "the mode byte's value modulo 8 picks the capacity");
+    bytes_.push_back(static_cast<std::uint8_t>(fuzz::stream_mode + capacity_log2 - 6));
+  }
+  StreamScript& send(std::uint16_t payload_bytes, std::uint8_t tail_share) {
+    bytes_.push_back(static_cast<std::uint8_t>(fuzz::StreamOp::send));
+    bytes_.push_back(static_cast<std::uint8_t>(payload_bytes & 0xff));
+    bytes_.push_back(static_cast<std::uint8_t>(payload_bytes >> 8));
+    bytes_.push_back(tail_share);
+    return *this;
+  }
+  StreamScript& pump(int times = 1) {
+    for (int i = 0; i < times; ++i)
+      bytes_.push_back(static_cast<std::uint8_t>(fuzz::StreamOp::pump));
+    return *this;
+  }
+  StreamScript& receive(bool take_tail) {
+    bytes_.push_back(static_cast<std::uint8_t>(fuzz::StreamOp::receive));
+    bytes_.push_back(take_tail ? 1 : 0);
+    return *this;
+  }
+  StreamScript& reset() {
+    bytes_.push_back(static_cast<std::uint8_t>(fuzz::StreamOp::reset));
+    return *this;
+  }
+  const std::vector<std::uint8_t>& bytes() const { return bytes_; }
+
+ private:
+  std::vector<std::uint8_t> bytes_;
+};
+
 void ring_corpus(const std::filesystem::path& dir) {
   using fuzz::RingOp;
   save(dir, "small_ring",
@@ -445,6 +503,37 @@ void ring_corpus(const std::filesystem::path& dir) {
            .op(RingOp::write, 7)
            .op(RingOp::peek)
            .bytes());
+  // Stream mode: answers larger than a 64-byte ring (pieces of 8 bytes, so headers arrive cut),
+  // with tails taken and refused, the sender waiting for room.
+  save(dir, "stream_small_ring",
+       StreamScript(6)
+           .send(200, 128)
+           .pump(2)
+           .receive(true)
+           .pump(3)
+           .receive(true)
+           .send(20, 0)
+           .receive(false)
+           .pump()
+           .send(150, 255)
+           .pump()
+           .receive(false)
+           .bytes());
+  // Small answers whole in a large ring's piece, read in place; one with a tail.
+  save(dir, "stream_in_place",
+       StreamScript(13)
+           .send(100, 0)
+           .receive(true)
+           .send(400, 200)
+           .receive(true)
+           .send(0, 0)
+           .receive(false)
+           .send(3000, 250)
+           .receive(true)
+           .bytes());
+  // A new worker: both ends forget an answer half sent.
+  save(dir, "stream_reset",
+       StreamScript(7).send(500, 100).pump(2).receive(true).reset().send(60, 30).bytes());
 }
 
 }  // namespace
