@@ -24,15 +24,12 @@
 #include <exception>
 #include <future>
 #include <memory>
-// scheduler.hpp uses SpinBudget (transport/shm/futex.hpp) without including it: until it does,
-// stream.hpp comes first (this comment keeps clang-format from sorting it after scheduler.hpp).
-#include <multicore/detail/transport/shm/stream.hpp>
-//
 #include <multicore/detail/core/scheduler.hpp>
 #include <multicore/detail/front/completions.hpp>
 #include <multicore/detail/front/map_state.hpp>
 #include <multicore/detail/protocol/entries.hpp>
 #include <multicore/detail/serialize/serialize.hpp>
+#include <multicore/detail/transport/shm/stream.hpp>
 #include <multicore/errors.hpp>
 #include <mutex>
 #include <span>

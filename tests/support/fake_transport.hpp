@@ -481,6 +481,11 @@ class FakeTransport final : public Transport {
 
   std::string broken() noexcept override {
     std::lock_guard lock(mutex_);
+    // Once told, the scheduler fails what the workers held (the contract lets it free their
+    // requests then): nothing is owed any more.
+    if (!broken_.empty()) {
+      for (Slot& slot : slots_) slot.unanswered.clear();
+    }
     return broken_;
   }
 

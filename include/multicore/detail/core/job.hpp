@@ -15,7 +15,7 @@
 namespace multicore::detail {
 
 /// Where a job's answer goes. Exactly one of deliver(), AnswerTail::deliver_tail() and fail()
-/// is called, exactly once.
+/// is called, exactly once, unless the job is dropped unsent because abandoned() said so.
 class Completion {
  public:
   virtual ~Completion() = default;

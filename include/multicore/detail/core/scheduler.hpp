@@ -240,7 +240,7 @@ inline void Scheduler::collect() noexcept {
         std::lock_guard lock(mutex_);
         const bool wanted = !closed_ || !dispatch_.idle();
         for (unsigned k = 0; k < size(); ++k) {
-          progressed |= transport_->pump(k);
+          if (supervisor_.alive(k)) progressed |= transport_->pump(k);
           progressed |= supervisor_.retry_start(k, wanted, wake_at);
         }
         supervisor_.enforce_timeouts(wake_at);
@@ -464,8 +464,9 @@ inline void Scheduler::close(bool hard) noexcept {
       if (!job->completion().abandoned()) failures.push_back({std::move(job), closed});
     }
   }
-  fail_all(failures);
+  // Closed first: a transport may still be reading the requests of jobs about to be freed.
   transport_->close();
+  fail_all(failures);
   finished_ = true;
 }
 

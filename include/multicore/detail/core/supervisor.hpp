@@ -72,6 +72,12 @@ class Supervisor {
 
   /// Worker k is ready and healthy: it may be given jobs.
   bool can_take(unsigned k) const noexcept { return slots_[k].life == Life::ready && !corrupt(k); }
+  /// Worker k is alive for all we know: a message in progress to it may still be moved. Once
+  /// its death is seen (or the transport broke), the jobs it held may be gone: nothing of
+  /// theirs must be touched again until a new worker starts in the slot.
+  bool alive(unsigned k) const noexcept {
+    return slots_[k].life == Life::ready || slots_[k].life == Life::stopping;
+  }
   /// Worker k broke the protocol and is being killed. Any thread.
   bool corrupt(unsigned k) const noexcept {
     return slots_[k].corrupt.load(std::memory_order_relaxed);
@@ -229,7 +235,13 @@ inline std::exception_ptr Supervisor::after_death(unsigned k, const Death& death
 
 inline void Supervisor::respawn(unsigned k) {
   slots_[k].life = Life::starting;
-  transport_.start(k);
+  try {
+    transport_.start(k);
+  } catch (...) {
+    // The machinery is gone (broken() says so at the next heartbeat, which fails what is
+    // left): until then the slot waits like any slot that could not start.
+    (void)start_failed(k, std::current_exception());
+  }
 }
 
 /// A worker could not be started: try again later, backing off. Returns `error` if no worker

@@ -117,8 +117,9 @@ class Transport {
   /// Hands a whole request to slot k's worker, or returns false without taking it (the worker
   /// is not ready, or is still taking the previous message). Never blocks: a message larger
   /// than the transport can take at once is streamed as the worker makes room (see pump). The
-  /// bytes must stay valid and unchanged until the message's answer is reported or the
-  /// worker's death is.
+  /// bytes must stay valid and unchanged until the message's answer is reported, or until the
+  /// worker's death is reported or close() returns; after a death (or once broken), the caller
+  /// does not pump(k) again before start(k).
   [[nodiscard]] virtual bool try_send(unsigned k, std::span<const std::byte> message) noexcept = 0;
   /// Moves slot k's message in progress further, as far as the worker has room. True if any
   /// byte moved.
