@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "support/app.hpp"
 #include "support/failure.hpp"
 #include "support/leak_check.hpp"
 
@@ -32,91 +33,16 @@ using multicore::PoolClosed;
 using multicore::PoolOptions;
 using multicore::SystemError;
 using multicore::WorkerLost;
+using multicore_test::AppResult;
 using multicore_test::error_of;
+using multicore_test::lines_of;
 using multicore_test::Pipe;
+using multicore_test::Report;
+using multicore_test::run_app;
 using multicore_test::thrown_exactly;
 using namespace std::chrono_literals;
 
 pid_t own_pid() { return getpid(); }
-
-// ----- A child "application" -------------------------------------------------------------------
-//
-// Tests that change the process's identity or limits, or that kill it, run their Pool in a
-// forked child. The child reports through a pipe, one line per fact, and the test asserts on
-// those lines: no gtest assertion runs in the child.
-
-/// Where an application writes its report.
-class Report {
- public:
-  explicit Report(int fd) : fd_(fd) {}
-  void line(const std::string& text) const {
-    const std::string l = text + "\n";
-    multicore_test::write_all(fd_, l.data(), l.size());
-  }
-  /// One line describing how `f` ended: "value <v>", or the exception's exact type and fields.
-  template <class F>
-  void outcome(const std::string& label, F&& f) const {
-    line(label + ": " + describe(std::forward<F>(f)));
-  }
-
-  template <class F>
-  static std::string describe(F&& f) {
-    try {
-      std::ostringstream out;
-      out << "value " << f();
-      return out.str();
-    } catch (const SystemError& e) {
-      return "SystemError code=" + std::to_string(e.code().value()) + " what=" + e.what();
-    } catch (const WorkerLost& e) {
-      return "WorkerLost signal=" + std::to_string(e.signal()) +
-             " exit_code=" + std::to_string(e.exit_code());
-    } catch (const std::exception& e) {
-      return multicore::detail::demangle(typeid(e).name()) + " what=" + e.what();
-    }
-  }
-
- private:
-  int fd_;
-};
-
-struct AppResult {
-  std::string report;
-  int status = -1;
-};
-
-/// Forks an application that runs `body(report)`, then exits; returns its report (read to
-/// end-of-file) and its wait status. An exception out of `body` is reported as "uncaught: ...".
-template <class F>
-AppResult run_app(F body) {
-  Pipe report;
-  std::fflush(nullptr);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    report.close_read();
-    const Report r(report.write_fd());
-    int code = 0;
-    try {
-      body(r);
-    } catch (const std::exception& e) {
-      r.line(std::string("uncaught: ") + e.what());
-      code = 1;
-    }
-    std::fflush(nullptr);
-    _exit(code);
-  }
-  report.close_write();
-  AppResult result;
-  if (pid < 0) {
-    ADD_FAILURE() << "fork: " << std::strerror(errno);
-    return result;
-  }
-  bool complete = false;
-  result.report =
-      multicore_test::read_to_end(report.read_fd(), multicore_test::pipe_liveness, &complete);
-  if (!complete) kill(pid, SIGKILL);  // stuck: the failure is recorded; do not hang here too
-  result.status = multicore_test::reap(pid);
-  return result;
-}
 
 /// The unprivileged user a fork-failure application runs as (called in the application). Not
 /// `nobody` itself: the limit counts every process of the user, and tests running at the same
@@ -163,14 +89,7 @@ bool become_unprivileged_with_process_limit(const Report& report, int extra, int
   return true;
 }
 
-/// Lines of a report, with a "skip: " line turned into GTEST_SKIP by the caller.
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
+/// A "skip: " line from the application becomes GTEST_SKIP.
 #define SKIP_IF_APP_SKIPPED(result)                                               \
   do {                                                                            \
     if ((result).report.rfind("skip: ", 0) == 0) GTEST_SKIP() << (result).report; \
