@@ -2,6 +2,8 @@
 // What a Pool is underneath: validated options, and either worker processes or inline mode.
 #pragma once
 
+#include <pthread.h>
+
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -21,6 +23,7 @@
 #include "scheduler.hpp"
 #include "transport.hpp"
 #include "worker.hpp"
+#include "zygote.hpp"
 
 namespace multicore::detail {
 
@@ -32,6 +35,27 @@ inline constexpr std::size_t max_ring_bytes = std::size_t{1} << 30;
 inline bool inline_requested_by_environment() noexcept {
   const char* v = std::getenv("MULTICORE_INLINE");
   return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+}
+
+/// Runs in the child of every fork() (the pool's own and the application's alike) once this
+/// process has made a pool, while the child has a single thread. Every Pool object the child
+/// inherited becomes a snapshot (see Pool::core()), and the library's process-wide state is
+/// made usable again: a lock another thread held at the moment of the fork would otherwise
+/// stay locked for ever in the child.
+inline void after_fork_in_child() noexcept {
+  ++process_generation();
+  OwnedDescriptors::instance().after_fork();
+}
+
+/// Registers after_fork_in_child() once. Throws SystemError if it cannot be registered.
+inline void watch_forks() {
+  static const int error = [] {
+    // Made now, before any fork can run the handler: a child that inherited it
+    // half-constructed (by another thread) would wait for it for ever.
+    OwnedDescriptors::instance();
+    return pthread_atfork(nullptr, nullptr, after_fork_in_child);
+  }();
+  if (error != 0) throw SystemError("pthread_atfork", error);
 }
 
 /// Checks the options a user gave and fills in the defaults. Throws std::invalid_argument
@@ -62,6 +86,7 @@ inline PoolOptions validated(PoolOptions o) {
 class PoolCore {
  public:
   explicit PoolCore(PoolOptions options) : options_(validated(std::move(options))) {
+    watch_forks();
     if (options_.run_inline) {
       if (options_.on_worker_start) {
         try {

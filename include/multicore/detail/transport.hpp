@@ -120,13 +120,7 @@ class ShmTransport final : public Transport {
     std::byte* base = region_.data();
     layout_.construct(base);
     pool_ = layout_.pool(base);
-    int fds[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
-      throw SystemError("socketpair", errno);
-    }
-    command_fd_ = fds[0];
     ZygoteSetup setup;
-    setup.command_fd = fds[1];
     setup.parent = getpid();
     setup.pids.assign(workers, 0);
     for (unsigned k = 0; k < workers; ++k) {
@@ -135,7 +129,7 @@ class ShmTransport final : public Transport {
       writers_[k] = RingWriter(layout_.request(base, k));
       readers_[k] = RingReader(layout_.response(base, k));
     }
-    fork_zygote(setup, fds[1]);
+    fork_zygote(setup);
   }
 
   ~ShmTransport() override { close(); }
@@ -278,27 +272,42 @@ class ShmTransport final : public Transport {
     return n == static_cast<ssize_t>(sizeof c);
   }
 
-  void fork_zygote(ZygoteSetup& setup, int zygote_end) {
+  /// Makes the command socket and forks the fork server. No lock is held across the fork:
+  /// the child would inherit it locked, and a pool made there (in a task, in on_worker_start)
+  /// would wait for it for ever.
+  void fork_zygote(ZygoteSetup& setup) {
     auto& owned = OwnedDescriptors::instance();
-    std::unique_lock lock(owned.mutex);
-    setup.foreign_fds = owned.fds;
-    // Our own end too: while the fork server or a worker held it, the server would never see
-    // end-of-file when the parent dies.
-    setup.foreign_fds.push_back(command_fd_);
+    {
+      // Made and registered at once: a fork server another thread forks meanwhile closes our
+      // end, or it would hold our lifeline open.
+      std::lock_guard lock(owned.mutex);
+      setup.foreign_fds = owned.fds;
+      setup.foreign_fds.reserve(owned.fds.size() + 1);  // so that no push_back below throws
+      owned.fds.reserve(owned.fds.size() + 1);
+      int fds[2];
+      if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
+        throw SystemError("socketpair", errno);
+      }
+      command_fd_ = fds[0];
+      setup.command_fd = fds[1];
+      owned.fds.push_back(command_fd_);
+      // Our own end too: while the fork server or a worker held it, the server would never
+      // see end-of-file when the parent dies.
+      setup.foreign_fds.push_back(command_fd_);
+    }
     // Whatever stdio holds unwritten would otherwise be written again by every copy.
     std::fflush(nullptr);
     const pid_t pid = fork();
     if (pid == 0) Zygote(setup).run();
     const int err = errno;
-    ::close(zygote_end);
+    ::close(setup.command_fd);
     if (pid < 0) {
-      lock.unlock();
+      unregister_fd(command_fd_);
       ::close(command_fd_);
       command_fd_ = -1;
       throw SystemError("fork", err);
     }
     zygote_ = pid;
-    owned.fds.push_back(command_fd_);
   }
 
   static void unregister_fd(int fd) noexcept {

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <vector>
 
 #include "layout.hpp"
@@ -31,6 +32,8 @@ struct ZygoteCommand {
 
 /// Descriptors every pool of this process owns. A newly forked fork server closes the other
 /// pools' ones, or it would keep their lifelines open and they would never see end-of-file.
+/// The mutex is never held across a fork, but another thread may hold it at that moment:
+/// after_fork() gives the child a fresh one (see watch_forks()).
 struct OwnedDescriptors {
   std::mutex mutex;
   std::vector<int> fds;
@@ -39,6 +42,11 @@ struct OwnedDescriptors {
     static OwnedDescriptors registry;
     return registry;
   }
+
+  /// In the child of a fork, while it has one thread. The holder of the old mutex, if any,
+  /// stayed in the parent. The list stays: those descriptors are open in the child too, and
+  /// a fork server the child makes must close them as well.
+  void after_fork() noexcept { new (&mutex) std::mutex; }
 };
 
 /// What the fork server needs; built by the parent before fork (the fork server must not
@@ -56,8 +64,8 @@ class Zygote {
   explicit Zygote(ZygoteSetup& setup) noexcept : s_(setup) {}
 
   [[noreturn]] void run() noexcept {
-    ++process_generation();
     for (int fd : s_.foreign_fds) close(fd);
+    OwnedDescriptors::instance().fds.clear();  // closed: no pool made here must close them
     // Its own process group: a Ctrl-C at the terminal reaches the application, which decides;
     // the workers then stop with the pool instead of dying mid-task.
     setpgid(0, 0);
@@ -121,7 +129,6 @@ class Zygote {
   }
 
   [[noreturn]] void become_worker(std::uint32_t k, pid_t zygote) noexcept {
-    ++process_generation();
     // A group of its own: a task calling kill(0, ...) then hits only its own worker, not the
     // fork server and every other worker.
     setpgid(0, 0);
