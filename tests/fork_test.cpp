@@ -17,6 +17,7 @@
 
 namespace {
 
+using multicore::MapOptions;
 using multicore::Pool;
 using multicore::PoolOptions;
 using multicore_test::AppResult;
@@ -138,6 +139,56 @@ TEST(NestedPool, MadeInWorkersOfAPoolMadeWhileAnotherThreadUsesAPool) {
     report.line(std::string("hammered: ") + (calls.load() > 0 ? "yes" : "no"));
   });
   EXPECT_EQ(got, "rounds ok: 10\nhammered: yes\n");
+}
+
+// ----- Threads inside workers, after a fork --------------------------------------------------
+
+int sum_with_two_threads(int x) {
+  Pool pool(PoolOptions{.workers = 1});
+  int sum = 0;
+  for (int r : pool.map(twice, std::vector<int>{x, x, x, x},
+                        MapOptions{.chunk_size = 4, .threads_per_worker = 2})) {
+    sum += r;
+  }
+  return sum;
+}
+
+// A map with threads_per_worker runs on a team of threads kept by the process. A process forked
+// from one that has such a team (a worker whose earlier map used threads, then makes a pool)
+// has the team's bookkeeping but not its threads. Regression test: the new pool's workers
+// waited for ever for helper threads that did not exist.
+TEST(NestedPool, MapWithThreadsAfterTheWorkerUsedThreads) {
+  const std::string got = report_of([](const Report& report) {
+    Pool pool(PoolOptions{.workers = 1});
+    int sum = 0;
+    for (int r : pool.map(twice, std::vector<int>{1, 1, 1, 1},
+                          MapOptions{.chunk_size = 4, .threads_per_worker = 2}))
+      sum += r;
+    report.line("threads in the worker: " + std::to_string(sum));
+    report.outcome("nested", [&] { return pool.call(sum_with_two_threads, 5); });
+  });
+  EXPECT_EQ(got, "threads in the worker: 8\nnested: value 40\n");
+}
+
+// The same with the team made in the application: an inline pool runs its map's threads here.
+TEST(NestedPool, MapWithThreadsInWorkersOfAnApplicationThatUsedThreads) {
+  const std::string got = report_of([](const Report& report) {
+    {
+      Pool inline_pool(PoolOptions{.run_inline = true});
+      int sum = 0;
+      for (int r : inline_pool.map(twice, std::vector<int>{1, 1, 1, 1},
+                                   MapOptions{.chunk_size = 4, .threads_per_worker = 2}))
+        sum += r;
+      report.line("inline: " + std::to_string(sum));
+    }
+    Pool pool(PoolOptions{.workers = 1});
+    int sum = 0;
+    for (int r : pool.map(twice, std::vector<int>{3, 3, 3, 3},
+                          MapOptions{.chunk_size = 4, .threads_per_worker = 2}))
+      sum += r;
+    report.line("workers: " + std::to_string(sum));
+  });
+  EXPECT_EQ(got, "inline: 8\nworkers: 24\n");
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "../system.hpp"
 #include "call.hpp"
 #include "scheduler.hpp"
+#include "thread_team.hpp"
 #include "transport.hpp"
 #include "worker.hpp"
 #include "zygote.hpp"
@@ -41,18 +42,20 @@ inline bool inline_requested_by_environment() noexcept {
 /// process has made a pool, while the child has a single thread. Every Pool object the child
 /// inherited becomes a snapshot (see Pool::core()), and the library's process-wide state is
 /// made usable again: a lock another thread held at the moment of the fork would otherwise
-/// stay locked for ever in the child.
+/// stay locked for ever in the child, and threads of the parent do not exist there.
 inline void after_fork_in_child() noexcept {
   ++process_generation();
   OwnedDescriptors::instance().after_fork();
+  ThreadTeam::instance().after_fork();
 }
 
 /// Registers after_fork_in_child() once. Throws SystemError if it cannot be registered.
 inline void watch_forks() {
   static const int error = [] {
-    // Made now, before any fork can run the handler: a child that inherited it
+    // Made now, before any fork can run the handler: a child that inherited one of them
     // half-constructed (by another thread) would wait for it for ever.
     OwnedDescriptors::instance();
+    ThreadTeam::instance();
     return pthread_atfork(nullptr, nullptr, after_fork_in_child);
   }();
   if (error != 0) throw SystemError("pthread_atfork", error);
