@@ -2,11 +2,18 @@
 // Pools and fork(): pools made inside workers (in tasks, in on_worker_start, nested), pools
 // made while other threads work, and what a process forked by the application does with them.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
 #include <memory>
 #include <multicore/multicore.hpp>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -189,6 +196,138 @@ TEST(NestedPool, MapWithThreadsInWorkersOfAnApplicationThatUsedThreads) {
     report.line("workers: " + std::to_string(sum));
   });
   EXPECT_EQ(got, "inline: 8\nworkers: 24\n");
+}
+
+// ----- A process the application forks while a pool exists -----------------------------------
+
+/// Reports, when static destructors destroy it, that they got past the global pool (it is made
+/// first, so destroyed last).
+struct ExitWitness {
+  int fd = -1;  // set in the child only
+  ~ExitWitness() {
+    const char done[] = "static destructors done\n";
+    if (fd >= 0) multicore_test::write_all(fd, done, sizeof done - 1);
+  }
+};
+
+ExitWitness& exit_witness() {
+  static ExitWitness witness;
+  return witness;
+}
+
+/// A pool with static storage duration: static destructors (exit()) destroy it, also in a
+/// child the application forked.
+std::optional<Pool>& global_pool() {
+  exit_witness();
+  static std::optional<Pool> pool;
+  return pool;
+}
+
+/// The worker pids of a pool of `n` (each worker answers with its own pid at least once).
+std::set<pid_t> worker_pids(Pool& pool, unsigned n) {
+  std::set<pid_t> pids;
+  for (int i = 0; i < 100 && pids.size() < n; ++i) {
+    std::vector<std::future<pid_t>> futures;
+    for (unsigned k = 0; k < 4 * n; ++k) futures.push_back(pool.submit(worker_pid));
+    for (auto& f : futures) pids.insert(f.get());
+  }
+  return pids;
+}
+
+/// Forks a child that runs `body(report, the report's fd)` (no gtest assertion there), then
+/// _exits, and returns its report. Waits at most the pipe's liveness bound for it, then kills
+/// it. `status` gets its wait status.
+template <class Body>
+std::string fork_child(Body body, int& status) {
+  multicore_test::Pipe pipe;
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    pipe.close_read();
+    body(Report(pipe.write_fd()), pipe.write_fd());
+    _exit(0);
+  }
+  pipe.close_write();
+  bool complete = false;
+  std::string report =
+      multicore_test::read_to_end(pipe.read_fd(), multicore_test::pipe_liveness, &complete);
+  if (!complete) kill(pid, SIGKILL);
+  status = multicore_test::reap(pid);
+  return report;
+}
+
+/// What a child says when it uses a pool it inherited.
+constexpr const char* refused =
+    "multicore::Error what=multicore: a Pool cannot be used from inside a worker process, nor "
+    "from any other process forked after it was made: the copy there is a snapshot, not a "
+    "working pool (make a new Pool there if you need one)";
+
+// The application forks a child while a global pool exists, and the child leaves with exit(),
+// which runs static destructors: the pool's too. Regression test: that destructor shut down the
+// parent's pool from the child (it sent its workers "stop" through the shared rings) and then
+// hung joining a collector thread that does not exist in the child.
+TEST(ForkedByTheApplication, ChildThatCallsExitWithAGlobalPool) {
+  Pool& pool = global_pool().emplace(PoolOptions{.workers = 2});
+  multicore_test::TerminateIfFailed guard(pool);
+  const std::set<pid_t> workers = worker_pids(pool, 2);
+  ASSERT_EQ(workers.size(), 2u);
+  int status = -1;
+  const std::string report = fork_child(
+      [](const Report& r, int fd) {
+        r.outcome("submit", [] { return global_pool()->submit(twice, 1).get(); });
+        r.line("exiting");
+        exit_witness().fd = fd;
+        std::exit(0);  // static destructors: global_pool() with it
+      },
+      status);
+  EXPECT_EQ(report, std::string("submit: ") + refused + "\nexiting\nstatic destructors done\n");
+  EXPECT_TRUE(WIFEXITED(status)) << "status " << status;
+  // LeakSanitizer checks the child at exit(), and fails it: what only the parent's other threads
+  // (the collector) pointed to looks leaked in a child that has none of them.
+  if (!MULTICORE_TEST_ASAN) {
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+  }
+  // The parent's pool is untouched: same workers, every task succeeds.
+  std::vector<std::future<int>> futures;
+  for (int i = 0; i < 20; ++i) futures.push_back(pool.submit(twice, i));
+  for (std::size_t i = 0; i < futures.size(); ++i) {
+    if (multicore_test::ready_within(futures[i])) {
+      EXPECT_EQ(futures[i].get(), 2 * static_cast<int>(i));
+    }
+  }
+  EXPECT_EQ(worker_pids(pool, 2), workers);
+  global_pool().reset();
+}
+
+// The same with a child that destroys, moves over, shuts down and terminates Pool objects it
+// inherited, then makes and uses a pool of its own.
+TEST(ForkedByTheApplication, ChildThatReleasesInheritedPools) {
+  auto pool = std::make_unique<Pool>(PoolOptions{.workers = 2});
+  Pool other(PoolOptions{.workers = 1});
+  multicore_test::TerminateIfFailed guard(*pool);
+  const std::set<pid_t> workers = worker_pids(*pool, 2);
+  int status = -1;
+  const std::string report = fork_child(
+      [&](const Report& r, int) {
+        r.outcome("call", [&] { return pool->call(twice, 1); });
+        pool->shutdown();
+        pool->terminate();
+        pool.reset();
+        r.line("destroyed");
+        other = Pool(PoolOptions{.workers = 1});  // over a snapshot: the new one works
+        r.outcome("new pool", [&] { return other.call(twice, 2); });
+        other.shutdown();
+        r.line("done");
+      },
+      status);
+  EXPECT_EQ(report, std::string("call: ") + refused + "\ndestroyed\nnew pool: value 4\ndone\n");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  auto f = pool->submit(twice, 21);
+  if (multicore_test::ready_within(f)) {
+    EXPECT_EQ(f.get(), 42);
+  }
+  EXPECT_EQ(other.call(twice, 5), 10);
+  EXPECT_EQ(worker_pids(*pool, 2), workers);
 }
 
 }  // namespace

@@ -26,6 +26,17 @@
 #include "worker.hpp"
 #include "zygote.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define MULTICORE_LEAK_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+#define MULTICORE_LEAK_SANITIZER 1
+#endif
+#endif
+#if MULTICORE_LEAK_SANITIZER
+#include <sanitizer/lsan_interface.h>
+#endif
+
 namespace multicore::detail {
 
 inline constexpr unsigned max_workers = 1024;
@@ -181,5 +192,14 @@ class PoolCore {
   std::unique_ptr<Scheduler> scheduler_;
   std::atomic<bool> closed_{false};
 };
+
+/// Leaves a pool's core undestroyed, for ever (see Pool::abandon_if_snapshot()).
+/// LeakSanitizer, which also checks a forked child that exits normally, is told it is meant.
+inline void abandon(std::unique_ptr<PoolCore> core) noexcept {
+  [[maybe_unused]] PoolCore* left = core.release();
+#if MULTICORE_LEAK_SANITIZER
+  if (left != nullptr) __lsan_ignore_object(left);
+#endif
+}
 
 }  // namespace multicore::detail
