@@ -125,6 +125,13 @@ TEST(NestedPool, MadeInAReplacementWorkersOnWorkerStart) {
 // collector meanwhile) while pools are made on this one: whatever lock that thread holds at the
 // moment of a fork, the new pools' workers must still be able to make pools of their own.
 TEST(NestedPool, MadeInWorkersOfAPoolMadeWhileAnotherThreadUsesAPool) {
+  if (MULTICORE_TEST_ASAN || MULTICORE_TEST_TSAN) {
+    // Seen under ASan: a worker inherited a size class of ASan's allocator locked by the
+    // hammering thread, and its pool's collector thread waited for it for ever. glibc's malloc
+    // takes its locks around fork(); the sanitizers' allocators do so only from LLVM 18
+    // (llvm/llvm-project#75290, ASan; #96600, TSan), later than g++ 12's.
+    GTEST_SKIP() << "the sanitizer's allocator is not fork-safe (in g++ 12)";
+  }
   const std::string got = report_of([](const Report& report) {
     Pool busy(PoolOptions{.workers = 2});
     std::atomic<bool> stop{false};
