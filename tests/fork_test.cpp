@@ -2,6 +2,7 @@
 // Pools and fork(): pools made inside workers (in tasks, in on_worker_start, nested), pools
 // made while other threads work, and what a process forked by the application does with them.
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <future>
 #include <memory>
 #include <multicore/multicore.hpp>
@@ -335,6 +337,54 @@ TEST(ForkedByTheApplication, ChildThatReleasesInheritedPools) {
   }
   EXPECT_EQ(other.call(twice, 5), 10);
   EXPECT_EQ(worker_pids(*pool, 2), workers);
+}
+
+// ----- What workers inherit from the thread that makes the pool ------------------------------
+
+/// Runs `body` on a new thread with a stack of `stack_bytes` (0: the default) and waits for it.
+template <class Body>
+void on_thread(std::size_t stack_bytes, Body body) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  if (stack_bytes != 0) pthread_attr_setstacksize(&attr, stack_bytes);
+  pthread_t thread;
+  const int error = pthread_create(
+      &thread, &attr,
+      [](void* b) -> void* {
+        (*static_cast<Body*>(b))();
+        return nullptr;
+      },
+      &body);
+  pthread_attr_destroy(&attr);
+  ASSERT_EQ(error, 0) << std::strerror(error);
+  pthread_join(thread, nullptr);
+}
+
+/// The calling process's blocked-signal mask, as /proc shows it ("SigBlk:\t<hex>").
+std::string blocked_signals() {
+  const std::string status = multicore_test::slurp("/proc/self/status");
+  const auto at = status.find("SigBlk:");
+  return at == std::string::npos ? "?" : status.substr(at, status.find('\n', at) - at);
+}
+
+int crash() { multicore_test::segfault_by_raise(); }
+
+// A thread that blocks every signal (as threads that leave signal handling to one thread do)
+// makes a pool. Regression test: its workers inherited the mask, so raise(SIGSEGV) did nothing
+// and the task died of the abort() after it (WorkerLost signal 6) instead of signal 11.
+TEST(InheritedState, CrashInAWorkerOfAPoolMadeOnAThreadThatBlocksSignals) {
+  std::string mask;
+  std::string crashed;
+  on_thread(0, [&] {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    Pool pool(PoolOptions{.workers = 1});
+    mask = pool.call(blocked_signals);
+    crashed = Report::describe([&] { return pool.call(crash); });
+  });
+  EXPECT_EQ(mask, "SigBlk:\t0000000000000000");
+  EXPECT_EQ(crashed, "WorkerLost signal=11 exit_code=-1");
 }
 
 }  // namespace

@@ -74,10 +74,12 @@ class Zygote {
     struct sigaction default_action {};
     default_action.sa_handler = SIG_DFL;
     sigaction(SIGCHLD, &default_action, &saved_child_action_);
+    // Only SIGCHLD is blocked (it is read through signalfd), whatever the thread that made the
+    // pool blocked: a worker that inherited a blocked SIGSEGV would not die of raise(SIGSEGV).
     sigset_t child_signal;
     sigemptyset(&child_signal);
     sigaddset(&child_signal, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &child_signal, &saved_mask_);
+    sigprocmask(SIG_SETMASK, &child_signal, nullptr);
     signal_fd_ = signalfd(-1, &child_signal, SFD_CLOEXEC | SFD_NONBLOCK);
     if (signal_fd_ < 0) _exit(71);
     // The parent may have died between fork and now; nobody would then ever close the socket.
@@ -135,7 +137,9 @@ class Zygote {
     close(signal_fd_);
     close(s_.command_fd);
     sigaction(SIGCHLD, &saved_child_action_, nullptr);
-    sigprocmask(SIG_SETMASK, &saved_mask_, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     // Die with the fork server (which dies with the parent). Checked after setting it, in case
     // the fork server was already gone.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -181,7 +185,6 @@ class Zygote {
   }
 
   ZygoteSetup& s_;
-  sigset_t saved_mask_{};
   struct sigaction saved_child_action_ {};
   int signal_fd_ = -1;
 };
