@@ -3,10 +3,14 @@
 // made while other threads work, and what a process forked by the application does with them.
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cinttypes>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +20,7 @@
 #include <multicore/multicore.hpp>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -385,6 +390,140 @@ TEST(InheritedState, CrashInAWorkerOfAPoolMadeOnAThreadThatBlocksSignals) {
   });
   EXPECT_EQ(mask, "SigBlk:\t0000000000000000");
   EXPECT_EQ(crashed, "WorkerLost signal=11 exit_code=-1");
+}
+
+/// Uses `bytes` of stack, touching it page by page from the top down (so that running out of
+/// stack hits the guard page, rather than jumping over it); returns the pages touched.
+__attribute__((noinline)) int use_stack(std::size_t bytes) {
+  constexpr std::size_t page = 4096;
+  char* top = static_cast<char*>(__builtin_alloca(bytes));
+  int pages = 0;
+  for (std::size_t offset = bytes; offset >= page; offset -= page) {
+    static_cast<volatile char*>(top)[offset - 1] = 1;
+    ++pages;
+  }
+  return pages;
+}
+
+// A thread with a small stack (256 KiB) makes a pool. Regression test: a fork runs on the
+// forking thread's stack, so the fork server and every worker had 256 KiB too, and a task
+// using 4 MiB of stack (well within the usual 8 MiB) died of SIGSEGV.
+TEST(InheritedState, WorkersOfAPoolMadeOnASmallStackThreadHaveANormalStack) {
+  rlimit limit{};
+  getrlimit(RLIMIT_STACK, &limit);
+  constexpr std::size_t used = std::size_t{4} << 20;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 2 * used) {
+    GTEST_SKIP() << "RLIMIT_STACK is " << limit.rlim_cur << " bytes: too small for the test";
+  }
+  std::string outcome;
+  on_thread(std::size_t{256} << 10, [&] {
+    Pool pool(PoolOptions{.workers = 1});
+    outcome = Report::describe([&] { return pool.call(use_stack, used); });
+  });
+  EXPECT_EQ(outcome, "value " + std::to_string(used / 4096));
+}
+
+/// True when the caller runs on the stack its process started with ("[stack]" in its maps).
+bool on_initial_stack() {
+  const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+  std::istringstream maps(multicore_test::slurp("/proc/self/maps"));
+  for (std::string line; std::getline(maps, line);) {
+    if (line.size() < 7 || line.compare(line.size() - 7, 7, "[stack]") != 0) continue;
+    std::uintptr_t begin = 0;
+    std::uintptr_t end = 0;
+    if (std::sscanf(line.c_str(), "%" SCNxPTR "-%" SCNxPTR, &begin, &end) != 2) return false;
+    return begin <= here && here < end;
+  }
+  return false;
+}
+
+// The common path is unchanged: a pool made on the main thread forks its fork server right
+// there, so workers run on the stack the program started with, which grows on demand.
+TEST(InheritedState, WorkersOfAPoolMadeOnTheMainThreadRunOnTheInitialStack) {
+  ASSERT_TRUE(on_initial_stack()) << "this test must run on the main thread";
+  Pool pool(PoolOptions{.workers = 1});
+  EXPECT_TRUE(pool.call(on_initial_stack));
+}
+
+/// What a worker got from the process and the thread that made its pool.
+std::string worker_state() {
+  char cwd[4096] = "?";
+  if (getcwd(cwd, sizeof cwd) == nullptr) std::strcpy(cwd, "?");
+  const mode_t mask = umask(0);
+  umask(mask);
+  const char* setting = std::getenv("MULTICORE_TEST_SETTING");
+  rlimit files{};
+  getrlimit(RLIMIT_NOFILE, &files);
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  sched_getaffinity(0, sizeof cpus, &cpus);
+  std::string name = multicore_test::slurp("/proc/self/comm");
+  if (!name.empty() && name.back() == '\n') name.pop_back();
+  std::ostringstream out;
+  out << "cwd=" << cwd << " umask=" << std::oct << mask << std::dec
+      << " setting=" << (setting != nullptr ? setting : "-") << " files=" << files.rlim_cur
+      << " cpus=" << CPU_COUNT(&cpus) << " nice=" << getpriority(PRIO_PROCESS, 0)
+      << " name=" << name << " " << blocked_signals();
+  return out.str();
+}
+
+class WhatWorkersInherit : public ::testing::TestWithParam<std::size_t> {};
+
+INSTANTIATE_TEST_SUITE_P(InheritedState, WhatWorkersInherit,
+                         ::testing::Values(std::size_t{0}, std::size_t{256} << 10),
+                         [](const auto& p) {
+                           return p.param == 0 ? std::string("DefaultStack")
+                                               : std::string("SmallStack");
+                         });
+
+// Checks what README.md ("Fork semantics") says workers inherit: from the process as it was when
+// the pool was made (replacements too: each task here runs in a fresh worker), and from the thread
+// that made it, also when that thread's stack is small and the fork is made from a helper thread.
+TEST_P(WhatWorkersInherit, TheProcessAsItWasAndTheThreadThatMadeThePool) {
+  static std::size_t stack_bytes;
+  stack_bytes = GetParam();
+  const AppResult app = run_app([](const Report& report) {
+    if (chdir("/") != 0) return report.line("chdir failed");
+    umask(027);
+    setenv("MULTICORE_TEST_SETTING", "before", 1);
+    rlimit files{};
+    getrlimit(RLIMIT_NOFILE, &files);
+    files.rlim_cur = 200;
+    setrlimit(RLIMIT_NOFILE, &files);
+    const int nice = getpriority(PRIO_PROCESS, 0) + 2;
+    std::unique_ptr<Pool> pool;
+    on_thread(stack_bytes, [&] {
+      cpu_set_t first;
+      sched_getaffinity(0, sizeof first, &first);
+      for (std::size_t cpu = 0, kept = 0; cpu < CPU_SETSIZE; ++cpu) {
+        if (CPU_ISSET(cpu, &first) && kept++ > 0) CPU_CLR(cpu, &first);
+      }
+      sched_setaffinity(0, sizeof first, &first);                    // this thread only
+      setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice);  // this thread only
+      pthread_setname_np(pthread_self(), "pool-maker");
+      sigset_t one;
+      sigemptyset(&one);
+      sigaddset(&one, SIGUSR1);
+      pthread_sigmask(SIG_BLOCK, &one, nullptr);
+      pool = std::make_unique<Pool>(PoolOptions{.workers = 1, .max_tasks_per_worker = 1});
+    });
+    report.line("first: " + pool->call(worker_state));
+    // Changed afterwards: replacements are forked by the fork server, which kept the old ones.
+    if (chdir("/tmp") != 0) return report.line("chdir failed");
+    umask(0);
+    setenv("MULTICORE_TEST_SETTING", "after", 1);
+    files.rlim_cur = 100;
+    setrlimit(RLIMIT_NOFILE, &files);
+    report.line("replacement: " + pool->call(worker_state));
+    report.line("nice: " + std::to_string(nice));
+  });
+  const auto lines = multicore_test::lines_of(app.report);
+  ASSERT_EQ(lines.size(), 3u) << app.report;
+  const std::string expected = "cwd=/ umask=27 setting=before files=200 cpus=1 " +
+                               lines[2].substr(std::string("nice: ").size()).insert(0, "nice=") +
+                               " name=pool-maker SigBlk:\t0000000000000000";
+  EXPECT_EQ(lines[0], "first: " + expected);
+  EXPECT_EQ(lines[1], "replacement: " + expected);
 }
 
 }  // namespace

@@ -297,15 +297,16 @@ class ShmTransport final : public Transport {
     }
     // Whatever stdio holds unwritten would otherwise be written again by every copy.
     std::fflush(nullptr);
-    const pid_t pid = fork();
-    if (pid == 0) Zygote(setup).run();
+    auto become_zygote = [&setup]() noexcept { Zygote(setup).run(); };
+    const char* failed = nullptr;
+    const pid_t pid = fork_on_normal_stack(become_zygote, failed);
     const int err = errno;
     ::close(setup.command_fd);
     if (pid < 0) {
       unregister_fd(command_fd_);
       ::close(command_fd_);
       command_fd_ = -1;
-      throw SystemError("fork", err);
+      throw SystemError(failed, err);
     }
     zygote_ = pid;
   }

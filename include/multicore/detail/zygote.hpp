@@ -4,14 +4,18 @@
 #pragma once
 
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/auxv.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
 #include <new>
@@ -58,6 +62,85 @@ struct ZygoteSetup {
   std::vector<WorkerSetup> workers;  // one per slot
   std::vector<pid_t> pids;           // one per slot: the live worker's pid, or 0
 };
+
+/// How much stack a program's main thread may use: the soft RLIMIT_STACK, or 8 MiB when it is
+/// unlimited or unknown (glibc then gives new threads only 2 MiB).
+inline std::size_t normal_stack_bytes() noexcept {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_STACK, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return std::size_t{8} << 20;
+  }
+  return static_cast<std::size_t>(limit.rlim_cur);
+}
+
+/// True when the calling thread's stack holds normal_stack_bytes(). The stack a process
+/// started with grows on demand up to that size; the kernel put the program's file name
+/// (AT_EXECFN) at its very top, which makes it cheap to recognise. Other stacks (a thread's,
+/// or that of a process forked from a thread) have a fixed size, which pthread_getattr_np
+/// reports cheaply for them (only for the initial stack does it read /proc/self/maps, which
+/// takes 0.1 to 1 ms).
+inline bool normal_stack() noexcept {
+  const std::size_t wanted = normal_stack_bytes();
+  const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+  const std::uintptr_t top = getauxval(AT_EXECFN);
+  if (top != 0 && here < top && top - here < wanted) return true;
+  pthread_attr_t attr;
+  if (pthread_getattr_np(pthread_self(), &attr) != 0) return false;
+  void* base = nullptr;
+  std::size_t bytes = 0;
+  const bool normal = pthread_attr_getstack(&attr, &base, &bytes) == 0 && bytes >= wanted;
+  pthread_attr_destroy(&attr);
+  return normal;
+}
+
+/// fork(), with the child on a stack of normal size. A child runs on the stack of the thread
+/// that forked it, and so does every worker the fork server forks: a pool made on a thread
+/// with a small stack would give its tasks that small stack. Then the fork is made from a
+/// helper thread with a normal one (it inherits the calling thread's signal mask, CPU
+/// affinity, nice value and name, as the child would). Otherwise (the main thread, a thread
+/// with a default stack) it is a plain fork() right here. Runs `child()`, which must not
+/// return, in the child. Returns fork()'s result in the parent; -1 on failure, with errno set
+/// and `failed` naming the call that failed.
+template <class Child>
+pid_t fork_on_normal_stack(Child& child, const char*& failed) noexcept {
+  struct Fork {
+    Child& child;
+    pid_t pid = -1;
+    int error = 0;
+    void run() noexcept {
+      pid = fork();
+      error = errno;
+      if (pid == 0) child();
+    }
+  } f{child};
+  failed = "fork";
+  if (normal_stack()) {
+    f.run();
+  } else {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    int err = pthread_attr_setstacksize(&attr, normal_stack_bytes());
+    pthread_t helper;
+    if (err == 0) {
+      err = pthread_create(
+          &helper, &attr,
+          [](void* p) -> void* {
+            static_cast<Fork*>(p)->run();
+            return nullptr;
+          },
+          &f);
+    }
+    pthread_attr_destroy(&attr);
+    if (err != 0) {
+      failed = "pthread_create";
+      f.error = err;
+    } else {
+      pthread_join(helper, nullptr);
+    }
+  }
+  errno = f.error;
+  return f.pid;
+}
 
 class Zygote {
  public:
