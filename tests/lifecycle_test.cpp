@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -535,8 +536,17 @@ TEST(Lifecycle, TerminateWithAStoppedBusyWorker) {
   EXPECT_FALSE(multicore_test::running(worker));
 }
 
+/// Workers whose fork server died died with it (PR_SET_PDEATHSIG) and were reparented here (this
+/// process is a subreaper): the pool must have reaped them, so none is left as our child, not
+/// even as a zombie.
+void expect_reaped_by_the_pool(const std::vector<pid_t>& workers) {
+  for (pid_t pid : workers) {
+    EXPECT_EQ(multicore_test::reap(pid), -1) << "worker " << pid << " was left for us to reap";
+  }
+}
+
 // A stopped fork server cannot reap, kill or fork: terminate() kills it (bounded), and its
-// workers die with it (PR_SET_PDEATHSIG). This process, a subreaper, inherits and reaps them.
+// workers die with it (PR_SET_PDEATHSIG).
 TEST(Lifecycle, TerminateWithAStoppedForkServer) {
   Pipe started;
   Pool pool(PoolOptions{.workers = 1});
@@ -555,8 +565,7 @@ TEST(Lifecycle, TerminateWithAStoppedForkServer) {
   pool.terminate();
   EXPECT_TRUE(error_of<PoolClosed>(busy));
   EXPECT_FALSE(multicore_test::running(fork_server));
-  const int status = multicore_test::reap(worker);
-  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "status " << status;
+  expect_reaped_by_the_pool({worker});
 }
 
 TEST(Lifecycle, DestructorWithAStoppedForkServer) {
@@ -574,9 +583,7 @@ TEST(Lifecycle, DestructorWithAStoppedForkServer) {
     EXPECT_EQ(pool.submit([](int x) { return x * 5; }, 5).get(), 25);
   }
   EXPECT_FALSE(multicore_test::running(fork_server));
-  for (pid_t pid : workers) {
-    EXPECT_NE(multicore_test::reap(pid), -1) << "worker " << pid << " was not reparented here";
-  }
+  expect_reaped_by_the_pool(workers);
 }
 
 // ----- (5) The fork server killed from outside -------------------------------------------------
@@ -636,12 +643,55 @@ TEST(Lifecycle, ForkServerKilledFromOutside) {
     ASSERT_TRUE(closed);
     EXPECT_NE(std::string(closed->what()).find("fork server died"), std::string::npos);
   }  // the destructor must complete
-  // The workers died with their fork server (PR_SET_PDEATHSIG) and were reparented here.
-  for (pid_t pid : workers) {
-    const int status = multicore_test::reap(pid);
-    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
-        << "worker " << pid << " status " << status;
+  expect_reaped_by_the_pool(workers);
+}
+
+/// Children of the calling process, zombies included, as "<n> (<states>)": "0 ()" when none.
+std::string describe_children() {
+  std::string states;
+  const std::vector<pid_t> children = multicore_test::child_pids();
+  for (pid_t pid : children) {
+    const auto stat = multicore_test::proc_stat(pid);
+    states += stat ? stat->state : '-';
   }
+  return std::to_string(children.size()) + " (" + states + ")";
+}
+
+// An application that is a child subreaper (as a container's init is) inherits the workers of a
+// fork server killed from outside: they die with it (PR_SET_PDEATHSIG) and are reparented to
+// the application. Regression test: nobody reaped them, and they stayed as zombies for ever; the
+// pool knows their pids and must reap them.
+TEST(Lifecycle, ForkServerKilledFromOutsideLeavesASubreaperApplicationNoZombie) {
+  const AppResult app = run_app([](const Report& report) {
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) {
+      return report.line(std::string("skip: prctl: ") + std::strerror(errno));
+    }
+    {
+      Pipe started;
+      Pool pool(PoolOptions{.workers = 2});
+      const std::vector<pid_t> children = multicore_test::child_pids();
+      if (children.size() != 1) return report.line("expected only the fork server as a child");
+      auto busy = pool.submit(
+          [](int tell) -> int {
+            const pid_t self = getpid();
+            multicore_test::write_all(tell, &self, sizeof self);
+            multicore_test::hang_forever();
+          },
+          started.write_fd());
+      pid_t worker = 0;
+      if (!multicore_test::read_exact(started.read_fd(), &worker, sizeof worker)) {
+        return report.line("the task did not start");
+      }
+      kill(children[0], SIGKILL);
+      report.outcome("busy", [&] { return busy.get(); });
+    }
+    report.line("children after the pool: " + describe_children());
+  });
+  SKIP_IF_APP_SKIPPED(app);
+  EXPECT_TRUE(WIFEXITED(app.status) && WEXITSTATUS(app.status) == 0) << app.report;
+  EXPECT_EQ(app.report,
+            "busy: WorkerLost signal=9 exit_code=-1\n"
+            "children after the pool: 0 ()\n");
 }
 
 }  // namespace

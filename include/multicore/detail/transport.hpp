@@ -247,7 +247,10 @@ class ShmTransport final : public Transport {
     int status = 0;
     const pid_t r = waitpid(zygote_, &status, WNOHANG);
     if (r == 0) return true;
-    if (r == zygote_ || (r < 0 && errno == ECHILD)) zygote_ = 0;  // reaped (or by someone else)
+    if (r == zygote_ || (r < 0 && errno == ECHILD)) {  // reaped (or by someone else)
+      zygote_ = 0;
+      reap_orphans();
+    }
     return zygote_ > 0;
   }
 
@@ -325,6 +328,26 @@ class ShmTransport final : public Transport {
     while (waitpid(zygote_, &status, 0) < 0 && errno == EINTR) {
     }
     zygote_ = 0;
+    reap_orphans();
+  }
+
+  /// The fork server is gone; workers it had not reaped died with it (PR_SET_PDEATHSIG) and
+  /// were reparented to the nearest child subreaper. If that is this process (a container's
+  /// init is one), nobody else knows them: reaps them, or they stay zombies for ever.
+  /// waitpid() on a pid that is not our child fails (ECHILD) without touching anything, and a
+  /// pid that is our child cannot have been reused: only the pids the fork server had not
+  /// reaped (slot not dead) are looked at.
+  void reap_orphans() noexcept {
+    for (unsigned k = 0; k < size(); ++k) {
+      const SlotShared& s = slot(k);
+      const pid_t pid = s.pid.load(std::memory_order_relaxed);
+      if (pid <= 0 || s.state.load(std::memory_order_acquire) == SlotState::dead) continue;
+      int status = 0;
+      if (waitpid(pid, &status, WNOHANG) != 0) continue;  // reaped now, or not ours
+      ::kill(pid, SIGKILL);  // ours and alive: on its way out, unless it missed the signal
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+    }
   }
 
   /// True once the fork server has exited, waiting at most `limit`. Uses a pidfd, which
