@@ -21,6 +21,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/app.hpp"
@@ -545,6 +546,70 @@ void expect_reaped_by_the_pool(const std::vector<pid_t>& workers) {
   }
 }
 
+/// Waits (bounded) until `pid` is stopped; false if it is not within the liveness bound.
+bool stopped(pid_t pid) {
+  const auto deadline = std::chrono::steady_clock::now() + multicore_test::pipe_liveness;
+  for (;;) {
+    const auto stat = multicore_test::proc_stat(pid);
+    if (stat && stat->state == 'T') return true;
+    if (!stat || std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+}
+
+enum class Ending { shutdown, destructor };
+
+void PrintTo(Ending e, std::ostream* os) {
+  *os << (e == Ending::shutdown ? "shutdown" : "destructor");
+}
+
+class StoppedBusyWorker : public ::testing::TestWithParam<Ending> {};
+
+INSTANTIATE_TEST_SUITE_P(Lifecycle, StoppedBusyWorker,
+                         ::testing::Values(Ending::shutdown, Ending::destructor),
+                         [](const auto& p) {
+                           return std::string(p.param == Ending::shutdown ? "Shutdown"
+                                                                          : "Destructor");
+                         });
+
+// A worker stopped from outside (SIGSTOP) while it runs a task, and no task_timeout: shutdown()
+// and the destructor wait for the submitted work, so they first continue every worker
+// (SIGCONT, through the fork server); the task finishes and its future has its value.
+// Regression test: they waited for ever for a task that could not run.
+TEST_P(StoppedBusyWorker, FinishesItsTaskWhenThePoolIsShutDown) {
+  Pipe started;
+  Pipe gate;
+  auto pool = std::make_unique<Pool>(PoolOptions{.workers = 1});
+  auto busy = pool->submit(
+      [](int tell, int wait) {
+        const pid_t self = getpid();
+        multicore_test::write_all(tell, &self, sizeof self);
+        char byte = 0;
+        return multicore_test::read_exact(wait, &byte, 1) ? 42 : 0;
+      },
+      started.write_fd(), gate.read_fd());
+  const pid_t worker = multicore_test::read_value<pid_t>(started.read_fd());
+  ASSERT_EQ(kill(worker, SIGSTOP), 0);
+  ASSERT_TRUE(stopped(worker));
+  const char open = 1;
+  ASSERT_TRUE(multicore_test::write_all(gate.write_fd(), &open, 1));  // it cannot see this yet
+  auto ended = std::async(std::launch::async, [&] {
+    if (GetParam() == Ending::shutdown) {
+      pool->shutdown();
+    } else {
+      pool.reset();
+    }
+  });
+  if (ended.wait_for(multicore_test::pipe_liveness) != std::future_status::ready) {
+    ADD_FAILURE() << "the pool's " << (GetParam() == Ending::shutdown ? "shutdown()" : "destructor")
+                  << " still waits for the stopped worker";
+    kill(worker, SIGCONT);
+  }
+  ended.get();
+  ASSERT_EQ(busy.wait_for(0s), std::future_status::ready);
+  EXPECT_EQ(busy.get(), 42);
+}
+
 // A stopped fork server cannot reap, kill or fork: terminate() kills it (bounded), and its
 // workers die with it (PR_SET_PDEATHSIG).
 TEST(Lifecycle, TerminateWithAStoppedForkServer) {
@@ -568,6 +633,8 @@ TEST(Lifecycle, TerminateWithAStoppedForkServer) {
   expect_reaped_by_the_pool({worker});
 }
 
+// The destructor, which waits for the work, continues the fork server (SIGCONT) instead; it
+// completes either way.
 TEST(Lifecycle, DestructorWithAStoppedForkServer) {
   std::vector<pid_t> workers;
   pid_t fork_server = 0;

@@ -129,8 +129,10 @@ class Pool {
   }
 
   /// Stops accepting tasks, waits until every submitted task is resolved, then stops the
-  /// workers (killing any that do not exit within 2 s). Blocks as long as the tasks run: set
-  /// task_timeout or call terminate() to bound it. Idempotent; never throws.
+  /// workers (killing any that do not exit within 2 s). First continues (SIGCONT) any worker
+  /// stopped from outside, so that its task can finish. Blocks as long as the tasks run, like
+  /// joining a thread: a task that never ends blocks it for ever unless task_timeout is set
+  /// (terminate() does not wait). Idempotent; never throws.
   void shutdown() noexcept {
     if (core_ && !is_snapshot()) core_->shutdown();
   }

@@ -58,6 +58,8 @@ class Transport {
   virtual void spawn(unsigned k) = 0;
   /// Kills slot k's process (SIGKILL); its death is then reported like any other.
   virtual void kill(unsigned k) noexcept = 0;
+  /// Continues every worker process (SIGCONT), in case one was stopped from outside.
+  virtual void resume() noexcept = 0;
   virtual WorkerStatus status(unsigned k) const = 0;
   /// Cheap check of just the state, for polling loops.
   virtual SlotState state(unsigned k) const noexcept = 0;
@@ -149,6 +151,11 @@ class ShmTransport final : public Transport {
   }
 
   void kill(unsigned k) noexcept override { command({ZygoteCommand::kill, k}); }
+
+  void resume() noexcept override {
+    if (zygote_ > 0) ::kill(zygote_, SIGCONT);  // a stopped fork server could not pass it on
+    command({ZygoteCommand::resume, 0});
+  }
 
   WorkerStatus status(unsigned k) const override {
     const SlotShared& s = slot(k);

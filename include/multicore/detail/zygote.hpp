@@ -29,7 +29,7 @@ namespace multicore::detail {
 /// A command from the parent, sent over a SOCK_SEQPACKET socket (one command per packet).
 /// The socket is also the fork server's lifeline: end-of-file means the parent is gone.
 struct ZygoteCommand {
-  enum Op : std::uint32_t { spawn = 1, kill = 2, exit = 3 };
+  enum Op : std::uint32_t { spawn = 1, kill = 2, exit = 3, resume = 4 };
   Op op = spawn;
   std::uint32_t slot = 0;
 };
@@ -191,6 +191,11 @@ class Zygote {
         return;
       case ZygoteCommand::kill:
         if (s_.pids[c.slot] > 0) ::kill(s_.pids[c.slot], SIGKILL);
+        return;
+      case ZygoteCommand::resume:  // only this process knows exactly which pids are workers
+        for (pid_t pid : s_.pids) {
+          if (pid > 0) ::kill(pid, SIGCONT);
+        }
         return;
       case ZygoteCommand::exit:
         break;
