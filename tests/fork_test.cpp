@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <future>
+#include <latch>
 #include <memory>
 #include <multicore/multicore.hpp>
 #include <optional>
@@ -342,6 +343,35 @@ TEST(ForkedByTheApplication, ChildThatReleasesInheritedPools) {
   }
   EXPECT_EQ(other.call(twice, 5), 10);
   EXPECT_EQ(worker_pids(*pool, 2), workers);
+}
+
+// Another thread of the application holds the library's process-wide lock (it is making or
+// destroying a pool) at the moment this thread forks. Regression test: the child inherited the
+// lock held, by a thread that does not exist there, and a pool made in the child waited for it
+// for ever. (Without the test holding it on purpose, about one child in twenty hung when one
+// thread forked while another made pools.)
+TEST(ForkedByTheApplication, ChildMakesAPoolAlthoughAnotherThreadHeldTheLibrarysLock) {
+  Pool pool(PoolOptions{.workers = 1});
+  std::latch held(1);
+  std::latch forked(1);
+  std::thread holder([&] {
+    std::lock_guard lock(multicore::detail::OwnedDescriptors::instance().mutex);
+    held.count_down();
+    forked.wait();
+  });
+  held.wait();
+  int status = -1;
+  const std::string report = fork_child(
+      [](const Report& r, int) {
+        Pool own(PoolOptions{.workers = 1});
+        r.outcome("call", [&] { return own.call(twice, 21); });
+      },
+      status);
+  forked.count_down();
+  holder.join();
+  EXPECT_EQ(report, "call: value 42\n");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  EXPECT_EQ(pool.call(twice, 2), 4);
 }
 
 // ----- What workers inherit from the thread that makes the pool ------------------------------
