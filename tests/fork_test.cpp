@@ -41,6 +41,11 @@ using multicore_test::run_app;
 
 int twice(int x) { return 2 * x; }
 
+/// Why a test cannot run under ThreadSanitizer: in it, a process forked from one with several
+/// threads starts threads, which TSan does not support (it kills the process: die_after_fork).
+constexpr const char* threads_after_multithreaded_fork =
+    "ThreadSanitizer kills a process forked from a multithreaded one when it starts a thread";
+
 /// Makes a pool in the calling process and uses it every way: submit, call, map (8x).
 int use_new_pool(int x) {
   Pool pool(PoolOptions{.workers = 2});
@@ -114,19 +119,16 @@ TEST(NestedPool, MadeInOnWorkerStart) {
 }
 
 // A replacement worker is forked later, by the fork server, from the same snapshot: its
-// on_worker_start must be able to make a pool too.
+// on_worker_start must be able to make a pool too. (Each worker here runs one task.)
 TEST(NestedPool, MadeInAReplacementWorkersOnWorkerStart) {
-  EXPECT_EQ(
-      report_of([](const Report& report) {
-        Pool pool(PoolOptions{.workers = 1, .on_worker_start = make_worker_pool});
-        const pid_t first = pool.call(worker_pid);
-        report.outcome("crash", [&] {
-          return pool.submit([] { multicore_test::segfault_by_raise(); }).get(), 0;
-        });
-        report.line(std::string("replaced: ") + (pool.call(worker_pid) != first ? "yes" : "no"));
-        report.outcome("call", [&] { return pool.call(twice_in_worker_pool, 4); });
-      }),
-      "crash: WorkerLost signal=11 exit_code=-1\nreplaced: yes\ncall: value 8\n");
+  const std::string got = report_of([](const Report& report) {
+    Pool pool(
+        PoolOptions{.workers = 1, .on_worker_start = make_worker_pool, .max_tasks_per_worker = 1});
+    const pid_t first = pool.call(worker_pid);
+    report.outcome("call", [&] { return pool.call(twice_in_worker_pool, 4); });
+    report.line(std::string("replaced: ") + (pool.call(worker_pid) != first ? "yes" : "no"));
+  });
+  EXPECT_EQ(got, "call: value 8\nreplaced: yes\n");
 }
 
 // Another thread of the application hammers a pool (submit and call, answers decoded by the
@@ -180,6 +182,7 @@ int sum_with_two_threads(int x) {
 // has the team's bookkeeping but not its threads. Regression test: the new pool's workers
 // waited for ever for helper threads that did not exist.
 TEST(NestedPool, MapWithThreadsAfterTheWorkerUsedThreads) {
+  if (MULTICORE_TEST_TSAN) GTEST_SKIP() << threads_after_multithreaded_fork;
   const std::string got = report_of([](const Report& report) {
     Pool pool(PoolOptions{.workers = 1});
     int sum = 0;
@@ -194,6 +197,7 @@ TEST(NestedPool, MapWithThreadsAfterTheWorkerUsedThreads) {
 
 // The same with the team made in the application: an inline pool runs its map's threads here.
 TEST(NestedPool, MapWithThreadsInWorkersOfAnApplicationThatUsedThreads) {
+  if (MULTICORE_TEST_TSAN) GTEST_SKIP() << threads_after_multithreaded_fork;
   const std::string got = report_of([](const Report& report) {
     {
       Pool inline_pool(PoolOptions{.run_inline = true});
@@ -317,6 +321,7 @@ TEST(ForkedByTheApplication, ChildThatCallsExitWithAGlobalPool) {
 // The same with a child that destroys, moves over, shuts down and terminates Pool objects it
 // inherited, then makes and uses a pool of its own.
 TEST(ForkedByTheApplication, ChildThatReleasesInheritedPools) {
+  if (MULTICORE_TEST_TSAN) GTEST_SKIP() << threads_after_multithreaded_fork;
   auto pool = std::make_unique<Pool>(PoolOptions{.workers = 2});
   Pool other(PoolOptions{.workers = 1});
   multicore_test::TerminateIfFailed guard(*pool);
@@ -351,6 +356,7 @@ TEST(ForkedByTheApplication, ChildThatReleasesInheritedPools) {
 // for ever. (Without the test holding it on purpose, about one child in twenty hung when one
 // thread forked while another made pools.)
 TEST(ForkedByTheApplication, ChildMakesAPoolAlthoughAnotherThreadHeldTheLibrarysLock) {
+  if (MULTICORE_TEST_TSAN) GTEST_SKIP() << threads_after_multithreaded_fork;
   Pool pool(PoolOptions{.workers = 1});
   std::latch held(1);
   std::latch forked(1);
