@@ -761,4 +761,45 @@ TEST(Lifecycle, ForkServerKilledFromOutsideLeavesASubreaperApplicationNoZombie) 
             "children after the pool: 0 ()\n");
 }
 
+/// The pool a worker made in on_worker_start (null elsewhere).
+std::unique_ptr<Pool>& worker_pool() {
+  static std::unique_ptr<Pool> pool;
+  return pool;
+}
+
+/// Uses the worker's own pool, after starting a child process that exits at once and that this
+/// worker never reaps.
+int through_worker_pool(int x) {
+  if (fork() == 0) _exit(0);
+  return worker_pool()->call([](int y) { return 2 * y; }, x);
+}
+
+// What a worker leaves when it ends is adopted by the nearest child subreaper: the fork server of
+// a pool it made (in on_worker_start, kept in a global: a worker ends with _exit, so that pool is
+// never destroyed; its fork server exits when it sees its lifeline close), and a child a task
+// started and never reaped. Regression test: in a subreaper application (a container's init)
+// they were reparented to the application and stayed zombies for ever, one more with every
+// replaced worker. The fork server is now a subreaper itself and reaps them.
+TEST(Lifecycle, WorkersLeaveASubreaperApplicationNoZombie) {
+  const AppResult app = run_app([](const Report& report) {
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) {
+      return report.line(std::string("skip: prctl: ") + std::strerror(errno));
+    }
+    {
+      Pool pool(
+          PoolOptions{.workers = 1,
+                      .on_worker_start =
+                          [] { worker_pool() = std::make_unique<Pool>(PoolOptions{.workers = 1}); },
+                      .max_tasks_per_worker = 1});
+      int sum = 0;
+      for (int i = 1; i <= 4; ++i) sum += pool.call(through_worker_pool, i);  // 4 workers
+      report.line("sum: " + std::to_string(sum));
+    }
+    report.line("children after the pool: " + describe_children());
+  });
+  SKIP_IF_APP_SKIPPED(app);
+  EXPECT_TRUE(WIFEXITED(app.status) && WEXITSTATUS(app.status) == 0) << app.report;
+  EXPECT_EQ(app.report, "sum: 20\nchildren after the pool: 0 ()\n");
+}
+
 }  // namespace

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -152,6 +153,11 @@ class Zygote {
     // Its own process group: a Ctrl-C at the terminal reaches the application, which decides;
     // the workers then stop with the pool instead of dying mid-task.
     setpgid(0, 0);
+    // What a worker leaves when it ends (the fork server of a pool made in it, a process a
+    // task started) is adopted here rather than by the application, which may be a subreaper
+    // itself (a container's init) that knows nothing of them: they would stay zombies there.
+    // reap() and finish() reap them. (Not inherited by the workers.)
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     // An application that set SIGCHLD to SIG_IGN would have its children reaped by the kernel,
     // and the fork server could never learn how a worker died. Workers get the setting back.
     struct sigaction default_action {};
@@ -254,7 +260,7 @@ class Zygote {
   }
 
   /// Kills and reaps every worker, then exits. SIGKILL works on stopped processes and on
-  /// processes that ignore SIGTERM, so this is bounded.
+  /// processes that ignore SIGTERM, so this is bounded; so is the wait for adopted processes.
   [[noreturn]] void finish() noexcept {
     for (pid_t pid : s_.pids) {
       if (pid > 0) ::kill(pid, SIGKILL);
@@ -269,7 +275,28 @@ class Zygote {
       slot.state.store(SlotState::dead, std::memory_order_release);
     }
     if (!s_.workers.empty()) s_.workers[0].pool->parent_bell.ring();
+    reap_adopted(std::chrono::seconds(1));
     _exit(0);
+  }
+
+  /// Reaps adopted processes (see run()) as they exit, for at most `limit`: the fork servers
+  /// of pools made in the workers just killed see their lifeline close and exit at once. What
+  /// outlives that (a process a task left running) is adopted by whoever adopts orphans next.
+  void reap_adopted(std::chrono::nanoseconds limit) noexcept {
+    const std::int64_t deadline = steady_now_ns() + limit.count();
+    for (;;) {
+      int status = 0;
+      pid_t pid = 0;
+      while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      }
+      const std::int64_t left_ms = (deadline - steady_now_ns()) / 1'000'000;
+      if (pid < 0 || left_ms <= 0) return;  // no child left (ECHILD), or out of time
+      pollfd ready{signal_fd_, POLLIN, 0};
+      poll(&ready, 1, static_cast<int>(left_ms));
+      signalfd_siginfo info;
+      while (read(signal_fd_, &info, sizeof info) > 0) {
+      }
+    }
   }
 
   ZygoteSetup& s_;
