@@ -174,6 +174,8 @@ class FuzzTransport final : public detail::Transport {
     state_.compare_exchange_strong(expected, detail::SlotState::dead);
   }
 
+  void resume() noexcept override {}  // nothing here is ever stopped
+
   detail::WorkerStatus status(unsigned /*k*/) const override {
     detail::WorkerStatus st;
     st.state = state_.load();

@@ -2,6 +2,8 @@
 // What a Pool is underneath: validated options, and either worker processes or inline mode.
 #pragma once
 
+#include <pthread.h>
+
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -19,8 +21,21 @@
 #include "../system.hpp"
 #include "call.hpp"
 #include "scheduler.hpp"
+#include "thread_team.hpp"
 #include "transport.hpp"
 #include "worker.hpp"
+#include "zygote.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MULTICORE_LEAK_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+#define MULTICORE_LEAK_SANITIZER 1
+#endif
+#endif
+#if MULTICORE_LEAK_SANITIZER
+#include <sanitizer/lsan_interface.h>
+#endif
 
 namespace multicore::detail {
 
@@ -32,6 +47,29 @@ inline constexpr std::size_t max_ring_bytes = std::size_t{1} << 30;
 inline bool inline_requested_by_environment() noexcept {
   const char* v = std::getenv("MULTICORE_INLINE");
   return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+}
+
+/// Runs in the child of every fork() (the pool's own and the application's alike) once this
+/// process has made a pool, while the child has a single thread. Every Pool object the child
+/// inherited becomes a snapshot (see Pool::core()), and the library's process-wide state is
+/// made usable again: a lock another thread held at the moment of the fork would otherwise
+/// stay locked for ever in the child, and threads of the parent do not exist there.
+inline void after_fork_in_child() noexcept {
+  ++process_generation();
+  OwnedDescriptors::instance().after_fork();
+  ThreadTeam::instance().after_fork();
+}
+
+/// Registers after_fork_in_child() once. Throws SystemError if it cannot be registered.
+inline void watch_forks() {
+  static const int error = [] {
+    // Made now, before any fork can run the handler: a child that inherited one of them
+    // half-constructed (by another thread) would wait for it for ever.
+    OwnedDescriptors::instance();
+    ThreadTeam::instance();
+    return pthread_atfork(nullptr, nullptr, after_fork_in_child);
+  }();
+  if (error != 0) throw SystemError("pthread_atfork", error);
 }
 
 /// Checks the options a user gave and fills in the defaults. Throws std::invalid_argument
@@ -62,6 +100,7 @@ inline PoolOptions validated(PoolOptions o) {
 class PoolCore {
  public:
   explicit PoolCore(PoolOptions options) : options_(validated(std::move(options))) {
+    watch_forks();
     if (options_.run_inline) {
       if (options_.on_worker_start) {
         try {
@@ -153,5 +192,14 @@ class PoolCore {
   std::unique_ptr<Scheduler> scheduler_;
   std::atomic<bool> closed_{false};
 };
+
+/// Leaves a pool's core undestroyed, for ever (see Pool::abandon_if_snapshot()).
+/// LeakSanitizer, which also checks a forked child that exits normally, is told it is meant.
+inline void abandon(std::unique_ptr<PoolCore> core) noexcept {
+  [[maybe_unused]] PoolCore* left = core.release();
+#if MULTICORE_LEAK_SANITIZER
+  if (left != nullptr) __lsan_ignore_object(left);
+#endif
+}
 
 }  // namespace multicore::detail

@@ -312,8 +312,9 @@ class Scheduler {
   }
 
  public:
-  /// Stops accepting, waits for every submitted job to resolve, stops the workers. Bounded
-  /// once the work is done: workers that do not stop in time are killed.
+  /// Stops accepting, continues workers stopped from outside, waits for every submitted job to
+  /// resolve, stops the workers. Bounded once the work is done: workers that do not stop in
+  /// time are killed.
   void shutdown() noexcept { close(false); }
 
   /// Stops now: unfinished jobs fail with PoolClosed, workers are killed. Bounded.
@@ -979,6 +980,9 @@ class Scheduler {
       std::unique_lock lock(mutex_);
       mark_closed_locked("multicore: the pool is shut down; no new tasks are accepted");
       if (!hard) {
+        // Waiting for the work, like joining a thread, waits as long as a task runs; a worker
+        // stopped from outside (SIGSTOP) would make that for ever.
+        transport_->resume();
         changed_.wait(lock, [&] {
           return terminating_ || outstanding_.load(std::memory_order_seq_cst) == 0;
         });

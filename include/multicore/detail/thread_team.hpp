@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -14,14 +15,19 @@ namespace multicore::detail {
 
 /// Runs body(i) for every i in [0, n) on up to `threads` threads of this process, the calling
 /// thread included, and returns when all are done. Threads are made on first use and kept (a
-/// worker runs many chunks); they belong to the worker process, which never forks again.
-/// One run at a time: a worker serves one request at a time.
+/// worker runs many chunks). One run at a time: a worker serves one request at a time.
 class ThreadTeam {
  public:
   static ThreadTeam& instance() {
     static ThreadTeam team;
     return team;
   }
+
+  /// In the child of a fork, while it has one thread: the helper threads stayed in the parent
+  /// (one may even hold the mutex). Starts a new, empty team in place, without destroying the
+  /// old one, whose joinable std::threads would terminate the child, and whose threads cannot
+  /// be joined here.
+  void after_fork() noexcept { new (this) ThreadTeam; }
 
   ThreadTeam() = default;
   ThreadTeam(const ThreadTeam&) = delete;

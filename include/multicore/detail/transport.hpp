@@ -58,6 +58,8 @@ class Transport {
   virtual void spawn(unsigned k) = 0;
   /// Kills slot k's process (SIGKILL); its death is then reported like any other.
   virtual void kill(unsigned k) noexcept = 0;
+  /// Continues every worker process (SIGCONT), in case one was stopped from outside.
+  virtual void resume() noexcept = 0;
   virtual WorkerStatus status(unsigned k) const = 0;
   /// Cheap check of just the state, for polling loops.
   virtual SlotState state(unsigned k) const noexcept = 0;
@@ -120,13 +122,7 @@ class ShmTransport final : public Transport {
     std::byte* base = region_.data();
     layout_.construct(base);
     pool_ = layout_.pool(base);
-    int fds[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
-      throw SystemError("socketpair", errno);
-    }
-    command_fd_ = fds[0];
     ZygoteSetup setup;
-    setup.command_fd = fds[1];
     setup.parent = getpid();
     setup.pids.assign(workers, 0);
     for (unsigned k = 0; k < workers; ++k) {
@@ -135,7 +131,7 @@ class ShmTransport final : public Transport {
       writers_[k] = RingWriter(layout_.request(base, k));
       readers_[k] = RingReader(layout_.response(base, k));
     }
-    fork_zygote(setup, fds[1]);
+    fork_zygote(setup);
   }
 
   ~ShmTransport() override { close(); }
@@ -155,6 +151,11 @@ class ShmTransport final : public Transport {
   }
 
   void kill(unsigned k) noexcept override { command({ZygoteCommand::kill, k}); }
+
+  void resume() noexcept override {
+    if (zygote_ > 0) ::kill(zygote_, SIGCONT);  // a stopped fork server could not pass it on
+    command({ZygoteCommand::resume, 0});
+  }
 
   WorkerStatus status(unsigned k) const override {
     const SlotShared& s = slot(k);
@@ -253,7 +254,10 @@ class ShmTransport final : public Transport {
     int status = 0;
     const pid_t r = waitpid(zygote_, &status, WNOHANG);
     if (r == 0) return true;
-    if (r == zygote_ || (r < 0 && errno == ECHILD)) zygote_ = 0;  // reaped (or by someone else)
+    if (r == zygote_ || (r < 0 && errno == ECHILD)) {  // reaped (or by someone else)
+      zygote_ = 0;
+      reap_orphans();
+    }
     return zygote_ > 0;
   }
 
@@ -278,27 +282,43 @@ class ShmTransport final : public Transport {
     return n == static_cast<ssize_t>(sizeof c);
   }
 
-  void fork_zygote(ZygoteSetup& setup, int zygote_end) {
+  /// Makes the command socket and forks the fork server. No lock is held across the fork:
+  /// the child would inherit it locked, and a pool made there (in a task, in on_worker_start)
+  /// would wait for it for ever.
+  void fork_zygote(ZygoteSetup& setup) {
     auto& owned = OwnedDescriptors::instance();
-    std::unique_lock lock(owned.mutex);
-    setup.foreign_fds = owned.fds;
-    // Our own end too: while the fork server or a worker held it, the server would never see
-    // end-of-file when the parent dies.
-    setup.foreign_fds.push_back(command_fd_);
+    {
+      // Made and registered at once: a fork server another thread forks meanwhile closes our
+      // end, or it would hold our lifeline open.
+      std::lock_guard lock(owned.mutex);
+      setup.foreign_fds = owned.fds;
+      setup.foreign_fds.reserve(owned.fds.size() + 1);  // so that no push_back below throws
+      owned.fds.reserve(owned.fds.size() + 1);
+      int fds[2];
+      if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
+        throw SystemError("socketpair", errno);
+      }
+      command_fd_ = fds[0];
+      setup.command_fd = fds[1];
+      owned.fds.push_back(command_fd_);
+      // Our own end too: while the fork server or a worker held it, the server would never
+      // see end-of-file when the parent dies.
+      setup.foreign_fds.push_back(command_fd_);
+    }
     // Whatever stdio holds unwritten would otherwise be written again by every copy.
     std::fflush(nullptr);
-    const pid_t pid = fork();
-    if (pid == 0) Zygote(setup).run();
+    auto become_zygote = [&setup]() noexcept { Zygote(setup).run(); };
+    const char* failed = nullptr;
+    const pid_t pid = fork_on_normal_stack(become_zygote, failed);
     const int err = errno;
-    ::close(zygote_end);
+    ::close(setup.command_fd);
     if (pid < 0) {
-      lock.unlock();
+      unregister_fd(command_fd_);
       ::close(command_fd_);
       command_fd_ = -1;
-      throw SystemError("fork", err);
+      throw SystemError(failed, err);
     }
     zygote_ = pid;
-    owned.fds.push_back(command_fd_);
   }
 
   static void unregister_fd(int fd) noexcept {
@@ -315,6 +335,26 @@ class ShmTransport final : public Transport {
     while (waitpid(zygote_, &status, 0) < 0 && errno == EINTR) {
     }
     zygote_ = 0;
+    reap_orphans();
+  }
+
+  /// The fork server is gone; workers it had not reaped died with it (PR_SET_PDEATHSIG) and
+  /// were reparented to the nearest child subreaper. If that is this process (a container's
+  /// init is one), nobody else knows them: reaps them, or they stay zombies for ever.
+  /// waitpid() on a pid that is not our child fails (ECHILD) without touching anything, and a
+  /// pid that is our child cannot have been reused: only the pids the fork server had not
+  /// reaped (slot not dead) are looked at.
+  void reap_orphans() noexcept {
+    for (unsigned k = 0; k < size(); ++k) {
+      const SlotShared& s = slot(k);
+      const pid_t pid = s.pid.load(std::memory_order_relaxed);
+      if (pid <= 0 || s.state.load(std::memory_order_acquire) == SlotState::dead) continue;
+      int status = 0;
+      if (waitpid(pid, &status, WNOHANG) != 0) continue;  // reaped now, or not ours
+      ::kill(pid, SIGKILL);  // ours and alive: on its way out, unless it missed the signal
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+    }
   }
 
   /// True once the fork server has exited, waiting at most `limit`. Uses a pidfd, which

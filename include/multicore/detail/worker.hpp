@@ -28,9 +28,10 @@ inline bool& in_worker_process() noexcept {
   return value;
 }
 
-/// Counts the forks multicore made on the way to this process (0 in the application). A Pool
-/// remembers the value it was built with: its copy in a fork server or worker is a snapshot,
-/// not a working pool, and must refuse to be used, while a pool built inside a worker works.
+/// Counts the forks on the way to this process since it (or an ancestor) made its first pool
+/// (see watch_forks()). A Pool remembers the value it was built with: its copy in a fork
+/// server, a worker or a child the application forked is a snapshot, not a working pool, and
+/// must refuse to be used, while a pool built in that process works.
 inline std::uint64_t& process_generation() noexcept {
   static std::uint64_t value = 0;
   return value;
