@@ -175,7 +175,8 @@ class Pool {
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
-      throw SerializationError(std::string("multicore: could not encode the task: ") + e.what());
+      throw SerializationError(std::string("multicore: could not encode the task: ") +
+                               detail::message_of(e));
     }
   }
 

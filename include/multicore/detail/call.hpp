@@ -100,7 +100,7 @@ inline void write_current_exception(Writer& out) noexcept {
     try {
       throw;
     } catch (const std::exception& e) {
-      message = e.what();
+      message = message_of(e);
     } catch (const std::string& s) {
       message = s;
     } catch (const char* s) {
@@ -133,7 +133,7 @@ inline void write_serialization_failure(Writer& out, std::size_t mark, const cha
   try {
     throw;
   } catch (const std::exception& e) {
-    message = e.what();
+    message = message_of(e);
   } catch (...) {
   }
   try {

@@ -66,12 +66,8 @@ class PoolCore {
       if (options_.on_worker_start) {
         try {
           options_.on_worker_start();
-        } catch (const std::exception& e) {
-          throw Error(std::string("multicore: on_worker_start threw: ") + e.what());
         } catch (...) {
-          throw Error(
-              "multicore: on_worker_start threw an exception not derived from "
-              "std::exception");
+          throw Error("multicore: on_worker_start threw: " + describe_thrown());
         }
       }
       return;

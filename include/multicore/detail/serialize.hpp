@@ -646,16 +646,14 @@ inline std::string describe_current_exception() {
     throw;
   } catch (const SerializationError& error) {
     constexpr std::string_view prefix = "multicore: ";
-    const std::string_view what = error.what();
+    const std::string_view what = message_of(error);
     return std::string(what.starts_with(prefix) ? what.substr(prefix.size()) : what);
   } catch (const std::bad_alloc&) {
     return "out of memory";
   } catch (const std::length_error& error) {
-    return std::string("length error: ") + error.what();
-  } catch (const std::exception& error) {
-    return error.what();
+    return std::string("length error: ") + message_of(error);
   } catch (...) {
-    return "exception of unknown type";
+    return describe_thrown();
   }
 }
 

@@ -12,6 +12,7 @@
 #include <exception>
 #include <functional>
 #include <span>
+#include <string>
 
 #include "../codec.hpp"
 #include "call.hpp"
@@ -107,16 +108,14 @@ class Worker {
   }
 
   void describe_start_failure() noexcept {
-    const char* what = "an exception not derived from std::exception";
+    std::string what;
     try {
-      throw;
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
+      what = describe_thrown();
+    } catch (...) {  // out of memory: say no more than the pool's message does
     }
     char* out = setup_.slot->start_error;
-    const std::size_t n = std::min(std::strlen(what), sizeof setup_.slot->start_error - 1);
-    std::memcpy(out, what, n);
+    const std::size_t n = std::min(what.size(), sizeof setup_.slot->start_error - 1);
+    std::memcpy(out, what.data(), n);
     out[n] = '\0';
   }
 
