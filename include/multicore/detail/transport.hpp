@@ -288,7 +288,12 @@ class ShmTransport final : public Transport {
     // Whatever stdio holds unwritten would otherwise be written again by every copy.
     std::fflush(nullptr);
     const pid_t pid = fork();
-    if (pid == 0) Zygote(setup).run();
+    if (pid == 0) {
+      // The fork server's copy of the registry is locked by this thread, and its workers are
+      // copies of it: a pool made inside a worker would wait for that lock forever.
+      lock.unlock();
+      Zygote(setup).run();
+    }
     const int err = errno;
     ::close(zygote_end);
     if (pid < 0) {
