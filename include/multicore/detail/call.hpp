@@ -51,12 +51,15 @@ class AnswerSender {
   ~AnswerSender() = default;
 };
 
+class ThreadTeam;
+
 /// What the worker tells an entry about the request besides its payload.
 struct CallContext {
   Format format = Format::binary;
   unsigned threads = 1;
   RequestTail* tail = nullptr;     ///< the request's tail, if it has one and it is unread
   AnswerSender* sender = nullptr;  ///< set in a worker, where an answer may have a tail
+  ThreadTeam* team = nullptr;      ///< the worker's own threads; null inline (see MapChunk)
 };
 
 /// The code a request names. Decodes its payload, runs the user's function and writes the

@@ -129,7 +129,10 @@ struct MapChunk {
         errors.emplace_back(i, std::move(error));
       }
     };
-    ThreadTeam::instance().run(n, context.threads, body);
+    // The worker's team; an inline run (no worker) makes its own, joined before it returns.
+    std::optional<ThreadTeam> own_team;
+    ThreadTeam& team = context.team != nullptr ? *context.team : own_team.emplace();
+    team.run(n, context.threads, body);
     try {
       const std::uint64_t count = n;
       out.write(&count, sizeof count);

@@ -19,6 +19,7 @@
 #include "futex.hpp"
 #include "layout.hpp"
 #include "ring.hpp"
+#include "thread_team.hpp"
 #include "wire.hpp"
 
 namespace multicore::detail {
@@ -133,7 +134,7 @@ class Worker {
     tail_.start(tail_bytes);
     Reader reader(std::span<const std::byte>(payload_.bytes()));
     const CallContext context{static_cast<Format>(header.format), header.threads,
-                              tail_bytes != 0 ? &tail_ : nullptr, &sender_};
+                              tail_bytes != 0 ? &tail_ : nullptr, &sender_, &team_};
     // NOLINTNEXTLINE(performance-no-int-to-ptr): the id is an entry address (see RequestHeader)
     reinterpret_cast<Entry>(static_cast<std::uintptr_t>(header.entry))(reader, answer_, context);
     tail_.skip_rest();  // an entry that failed before reading it
@@ -312,6 +313,7 @@ class Worker {
   Writer answer_;
   RingTail tail_{*this};
   Sender sender_{*this};
+  ThreadTeam team_;  // made in this process, with no threads until a chunk asks for them
   std::uint64_t task_id_ = 0;
   std::int64_t began_ = 0;
   bool answered_ = false;
