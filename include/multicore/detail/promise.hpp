@@ -176,7 +176,11 @@ class ValueCompletion : public Completion, private AnswerTail {
     Stored<V> scratch;
     Stored<V>& value = derived().place(scratch);
     std::forward<Fill>(fill)(value);
-    derived().resolve(value);
+    try {
+      derived().resolve(value);
+    } catch (...) {  // moving the value into a promise, or converting it for a Task, threw
+      throw decode_error<V>();
+    }
   }
 
   void append(std::span<const std::byte> bytes) noexcept final {
