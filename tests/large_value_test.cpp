@@ -10,6 +10,7 @@
 #include <memory>
 #include <multicore/multicore.hpp>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -204,6 +205,25 @@ TEST(LargeValue, VectorOfLargeElementsAsTail) {
     const std::vector<T> results = pool.submit(each_twice, inputs).get();
     ASSERT_EQ(results.size(), 3u);
     for (std::size_t k = 0; k < results.size(); ++k) expect_twice(results[k], 20 + k);
+  }
+}
+
+// A lambda that captures a large value is a large callable: it crosses as its bytes and is
+// made in place in the worker, and map keeps one copy of it, on the heap.
+TEST(LargeValue, LambdaCapturingALargeValue) {
+  using T = Raw<4 * mib>;
+  const auto in = input<T>(30);
+  // `new auto(lambda)` builds the closure, and its captured copy, in heap memory.
+  auto* const raw = new auto([big = *in](std::size_t i) { return big.words[i]; });
+  const std::unique_ptr<std::remove_pointer_t<decltype(raw)>> picks(raw);
+  for (bool run_inline : {false, true}) {
+    Pool pool(pool_options(run_inline));
+    EXPECT_EQ(pool.submit(*picks, std::size_t{5}).get(), 35u);
+    EXPECT_EQ(pool.call(*picks, std::size_t{6}), 36u);
+    std::uint64_t expected = 30;
+    for (std::uint64_t word : pool.map(*picks, std::vector<std::size_t>{0, 1, 2})) {
+      EXPECT_EQ(word, expected++);
+    }
   }
 }
 

@@ -190,7 +190,7 @@ class Pool {
     static_assert(!std::is_void_v<detail::result_of_t<Fn&, In>>,
                   "multicore: map needs a function that returns a value; for functions that "
                   "return nothing use submit() or Task<void>");
-    return detail::MapStream<Fn, Source, Ordered>(core(), Fn(std::forward<F>(f)),
+    return detail::MapStream<Fn, Source, Ordered>(core(), std::forward<F>(f),
                                                   std::forward<R>(inputs), options);
   }
 

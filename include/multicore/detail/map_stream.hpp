@@ -330,9 +330,12 @@ class MapStream {
 
   class State {
    public:
-    State(PoolCore& core, Fn fn, Source&& source, MapOptions options)
+    // The callable goes straight to its one copy, here: a lambda capturing a large value is
+    // large, and must not be copied through the stack.
+    template <class F>
+    State(PoolCore& core, F&& fn, Source&& source, MapOptions options)
         : core_(core),
-          fn_(std::move(fn)),
+          fn_(std::forward<F>(fn)),
           view_(std::forward<Source>(source)),
           options_(options),
           inbox_(std::make_shared<MapInbox<Out>>()) {
@@ -586,9 +589,10 @@ class MapStream {
     State* state_ = nullptr;
   };
 
-  MapStream(PoolCore& core, Fn fn, Source&& source, MapOptions options)
-      : state_(
-            std::make_unique<State>(core, std::move(fn), std::forward<Source>(source), options)) {}
+  template <class F>
+  MapStream(PoolCore& core, F&& fn, Source&& source, MapOptions options)
+      : state_(std::make_unique<State>(core, std::forward<F>(fn), std::forward<Source>(source),
+                                       options)) {}
 
   /// Starts the map (sends the first window of chunks) and waits for the first result.
   /// Call once: this is a single-pass range.
