@@ -168,7 +168,7 @@ TEST_P(NullWhatIn, OnWorkerStartThrowingItGivesError) {
 
 // A what() that throws terminates the process that asks it: in a worker, that is the task's
 // worker, which the pool replaces like any crashed one.
-TEST(HostileException, ThrowingWhatCostsTheWorkerOnly) {
+TEST(HostileException, ThrowingWhatCrashesOnlyItsWorker) {
   Pool pool(PoolOptions{.workers = 1});
   auto thrown = pool.submit([] { throw hostile::ThrowingWhat(); });
   const auto lost = error_of<WorkerLost>(thrown);
@@ -177,7 +177,7 @@ TEST(HostileException, ThrowingWhatCostsTheWorkerOnly) {
   EXPECT_EQ(pool.call([](int x) { return x + 1; }, 1), 2);
 }
 
-TEST(HostileException, OnWorkerStartThrowingThrowingWhatGivesError) {
+TEST(HostileException, OnWorkerStartThrowingThrowingWhatCrashesTheWorkerAndGivesError) {
   const auto error = thrown_exactly<Error>([] {
     Pool pool(PoolOptions{.workers = 1, .on_worker_start = [] { throw hostile::ThrowingWhat(); }});
   });

@@ -220,7 +220,7 @@ TEST(HostileValue, NestedAndRethrownExceptions) {
 
 // A destructor that throws terminates the worker, whether it destroys the argument or the
 // result: the task fails as a crashed one, and the pool replaces its worker.
-TEST(HostileValue, DestructorThrowingInTheWorkerCostsOnlyThatWorker) {
+TEST(HostileValue, DestructorThrowingInTheWorkerCrashesOnlyThatWorker) {
   Pool pool(PoolOptions{.workers = 1});
   auto argument = pool.submit([](const ThrowsWhenDestroyedInAWorker& x) { return x.value; },
                               ThrowsWhenDestroyedInAWorker{});
