@@ -191,11 +191,7 @@ void decode_callable(Stored<Fn>& fn, Reader& in, Format format) {
     // Not std::bit_cast: g++ 12 rejects closure types there. A trivially copyable closure is
     // an implicit-lifetime type, so copying its bytes into suitable storage creates it.
     fn.construct([&](void* where) {
-      if constexpr (std::is_empty_v<Fn>) {
-        return std::launder(static_cast<Fn*>(where));
-      } else {
-        return raw_value_at<Fn>(where, in.take(sizeof(Fn)).data());
-      }
+      if constexpr (!std::is_empty_v<Fn>) raw_value_at<Fn>(where, in.take(sizeof(Fn)).data());
     });
   } else {
     fn.decode(in, format);

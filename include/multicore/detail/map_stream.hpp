@@ -215,9 +215,8 @@ std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected, Format
       if constexpr (block_value<Out>) {
         const std::span<const std::byte> block = in.take(expected * sizeof(Out));
         for (std::size_t i = 0; i < expected; ++i) {
-          results[i].value.construct([&](void* where) {
-            return raw_value_at<Out>(where, block.data() + i * sizeof(Out));
-          });
+          results[i].value.construct(
+              [&](void* where) { raw_value_at<Out>(where, block.data() + i * sizeof(Out)); });
         }
       } else {
         throw SerializationError("multicore: corrupt map answer: unexpected raw layout");
