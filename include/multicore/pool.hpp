@@ -198,7 +198,8 @@ class Pool {
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
-      throw SerializationError(std::string("multicore: could not encode the task: ") + e.what());
+      throw SerializationError(std::string("multicore: could not encode the task: ") +
+                               detail::message_of(e));
     }
   }
 
@@ -212,7 +213,7 @@ class Pool {
     static_assert(!std::is_void_v<detail::result_of_t<Fn&, In>>,
                   "multicore: map needs a function that returns a value; for functions that "
                   "return nothing use submit() or Task<void>");
-    return detail::MapStream<Fn, Source, Ordered>(core(), Fn(std::forward<F>(f)),
+    return detail::MapStream<Fn, Source, Ordered>(core(), std::forward<F>(f),
                                                   std::forward<R>(inputs), options);
   }
 

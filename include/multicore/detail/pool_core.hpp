@@ -21,7 +21,6 @@
 #include "../system.hpp"
 #include "call.hpp"
 #include "scheduler.hpp"
-#include "thread_team.hpp"
 #include "transport.hpp"
 #include "worker.hpp"
 #include "zygote.hpp"
@@ -57,7 +56,6 @@ inline bool inline_requested_by_environment() noexcept {
 inline void after_fork_in_child() noexcept {
   ++process_generation();
   OwnedDescriptors::instance().after_fork();
-  ThreadTeam::instance().after_fork();
 }
 
 /// Registers after_fork_in_child() once. Throws SystemError if it cannot be registered.
@@ -66,7 +64,6 @@ inline void watch_forks() {
     // Made now, before any fork can run the handler: a child that inherited one of them
     // half-constructed (by another thread) would wait for it for ever.
     OwnedDescriptors::instance();
-    ThreadTeam::instance();
     return pthread_atfork(nullptr, nullptr, after_fork_in_child);
   }();
   if (error != 0) throw SystemError("pthread_atfork", error);
@@ -105,12 +102,8 @@ class PoolCore {
       if (options_.on_worker_start) {
         try {
           options_.on_worker_start();
-        } catch (const std::exception& e) {
-          throw Error(std::string("multicore: on_worker_start threw: ") + e.what());
         } catch (...) {
-          throw Error(
-              "multicore: on_worker_start threw an exception not derived from "
-              "std::exception");
+          throw Error("multicore: on_worker_start threw: " + describe_thrown());
         }
       }
       return;

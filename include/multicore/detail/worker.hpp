@@ -12,12 +12,14 @@
 #include <exception>
 #include <functional>
 #include <span>
+#include <string>
 
 #include "../codec.hpp"
 #include "call.hpp"
 #include "futex.hpp"
 #include "layout.hpp"
 #include "ring.hpp"
+#include "thread_team.hpp"
 #include "wire.hpp"
 
 namespace multicore::detail {
@@ -108,16 +110,14 @@ class Worker {
   }
 
   void describe_start_failure() noexcept {
-    const char* what = "an exception not derived from std::exception";
+    std::string what;
     try {
-      throw;
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
+      what = describe_thrown();
+    } catch (...) {  // out of memory: say no more than the pool's message does
     }
     char* out = setup_.slot->start_error;
-    const std::size_t n = std::min(std::strlen(what), sizeof setup_.slot->start_error - 1);
-    std::memcpy(out, what, n);
+    const std::size_t n = std::min(what.size(), sizeof setup_.slot->start_error - 1);
+    std::memcpy(out, what.data(), n);
     out[n] = '\0';
   }
 
@@ -135,7 +135,7 @@ class Worker {
     tail_.start(tail_bytes);
     Reader reader(std::span<const std::byte>(payload_.bytes()));
     const CallContext context{static_cast<Format>(header.format), header.threads,
-                              tail_bytes != 0 ? &tail_ : nullptr, &sender_};
+                              tail_bytes != 0 ? &tail_ : nullptr, &sender_, &team_};
     // NOLINTNEXTLINE(performance-no-int-to-ptr): the id is an entry address (see RequestHeader)
     reinterpret_cast<Entry>(static_cast<std::uintptr_t>(header.entry))(reader, answer_, context);
     tail_.skip_rest();  // an entry that failed before reading it
@@ -314,6 +314,7 @@ class Worker {
   Writer answer_;
   RingTail tail_{*this};
   Sender sender_{*this};
+  ThreadTeam team_;  // made in this process, with no threads until a chunk asks for them
   std::uint64_t task_id_ = 0;
   std::int64_t began_ = 0;
   bool answered_ = false;
