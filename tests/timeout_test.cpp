@@ -72,6 +72,14 @@ int sleep_for_a_minute() {
 
 // ----- task_timeout ----------------------------------------------------------------------------
 
+/// Keeps a core busy for `ms` of wall time (or until killed); returns `ms`.
+int busy_for(int ms) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  volatile std::uint64_t spins = 0;
+  while (std::chrono::steady_clock::now() < until) spins = spins + 1;
+  return ms;
+}
+
 TEST(Timeout, InfiniteLoopGivesTaskTimeoutAndQueuedTasksComplete) {
   Pool pool(PoolOptions{.workers = 1, .task_timeout = 200ms});
   const pid_t before = pool.submit(own_pid).get();
@@ -116,6 +124,19 @@ TEST(Timeout, TaskThatFinishesUnderTheTimeoutSucceeds) {
       21);
   EXPECT_EQ(slow.get(), 42);
   EXPECT_EQ(pool.submit(own_pid).get(), before) << "the worker must not have been replaced";
+}
+
+// A huge task_timeout means "practically never": the pool runs tasks normally. max() overflowed
+// the conversion to nanoseconds (undefined behaviour: the UBSan build aborts); 18'446'744'073'710
+// ms (584 years) wrapped around to 0.45 ms, which timed out every task.
+TEST(Timeout, HugeTimeoutMeansPracticallyNever) {
+  for (const auto huge :
+       {std::chrono::milliseconds::max(), std::chrono::milliseconds(18'446'744'073'710)}) {
+    Pool pool(PoolOptions{.workers = 1, .task_timeout = huge});
+    const multicore_test::TerminateIfFailed guard(pool);
+    EXPECT_EQ(pool.submit(busy_for, 200).get(), 200) << huge.count() << " ms";
+    EXPECT_EQ(pool.call(busy_for, 1), 1) << huge.count() << " ms";
+  }
 }
 
 std::uint64_t fingerprint(const std::vector<std::uint8_t>& bytes) {

@@ -21,7 +21,8 @@ struct PoolOptions {
   /// `Pool` constructor throws `multicore::Error`.
   std::function<void()> on_worker_start{};
   /// 0: none. Otherwise a task running longer is failed with `TaskTimeout` and its worker
-  /// is killed and replaced.
+  /// is killed and replaced. Any length is accepted: `milliseconds::max()` means practically
+  /// never (timeouts beyond about 146 years all count as that).
   std::chrono::milliseconds task_timeout{0};
   /// 0: unlimited. Otherwise each worker is replaced after running this many tasks.
   std::size_t max_tasks_per_worker = 0;

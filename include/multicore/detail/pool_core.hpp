@@ -57,6 +57,13 @@ inline PoolOptions validated(PoolOptions o) {
   return o;
 }
 
+/// PoolOptions::task_timeout in the scheduler's nanoseconds, saturated at max_task_timeout
+/// (std::chrono's own conversion overflows past 292 years, undefined behaviour).
+inline std::chrono::nanoseconds saturated_timeout(std::chrono::milliseconds timeout) noexcept {
+  constexpr auto max_ms = std::chrono::duration_cast<std::chrono::milliseconds>(max_task_timeout);
+  return timeout >= max_ms ? max_task_timeout : std::chrono::nanoseconds(timeout);
+}
+
 /// The machinery shared by Pool, Pool::map and Task: accepts encoded jobs and resolves their
 /// completions, in worker processes or, in inline mode, right here.
 class PoolCore {
@@ -80,7 +87,7 @@ class PoolCore {
         std::make_unique<ShmTransport>(options_.workers, options_.ring_bytes,
                                        options_.on_worker_start, options_.max_tasks_per_worker);
     SchedulerOptions s;
-    s.task_timeout = options_.task_timeout;
+    s.task_timeout = saturated_timeout(options_.task_timeout);
     s.max_tasks_per_worker = options_.max_tasks_per_worker;
     scheduler_ = std::make_unique<Scheduler>(std::move(transport), s);
   }

@@ -143,8 +143,13 @@ class Job {
   bool inline_ = false;
 };
 
+/// The longest task timeout the scheduler keeps (2^62 ns, about 146 years): longer ones mean
+/// the same, practically never. It keeps every deadline, a steady-clock reading (nanoseconds
+/// since boot) plus the timeout, far inside int64.
+inline constexpr std::chrono::nanoseconds max_task_timeout{std::int64_t{1} << 62};
+
 struct SchedulerOptions {
-  std::chrono::nanoseconds task_timeout{0};  ///< 0: none
+  std::chrono::nanoseconds task_timeout{0};  ///< 0: none; at most max_task_timeout
   std::size_t max_tasks_per_worker = 0;      ///< 0: unlimited
 };
 
