@@ -126,6 +126,43 @@ TEST(Timeout, TaskThatFinishesUnderTheTimeoutSucceeds) {
   EXPECT_EQ(pool.submit(own_pid).get(), before) << "the worker must not have been replaced";
 }
 
+// A timeout far shorter than the collector's heartbeat must still fire near its deadline: the
+// collector has to learn at once that a worker started a task. 300 ms is 30 times the timeout.
+TEST(Timeout, ShortTimeoutCutsOffABusyTask) {
+  Pool pool(PoolOptions{.workers = 1, .task_timeout = 10ms});
+  const multicore_test::TerminateIfFailed guard(pool);
+  auto busy = pool.submit(busy_for, 300);
+  EXPECT_TRUE(error_of<TaskTimeout>(busy));
+  EXPECT_EQ(pool.size(), 1u);
+}
+
+// The same for a queue: each task starts on a fresh replacement, and each start must arm its
+// deadline. The collector used to learn of a start only at its next heartbeat, up to 100 ms
+// later, so these 80 ms tasks returned values.
+TEST(Timeout, ShortTimeoutCutsOffEveryTaskOfAQueue) {
+  Pool pool(PoolOptions{.workers = 2, .task_timeout = 10ms});
+  const multicore_test::TerminateIfFailed guard(pool);
+  std::vector<std::future<int>> busy;
+  for (int i = 0; i < 8; ++i) busy.push_back(pool.submit(busy_for, 80));
+  for (std::size_t i = 0; i < busy.size(); ++i) {
+    EXPECT_TRUE(error_of<TaskTimeout>(busy[i])) << "task " << i;
+  }
+  EXPECT_EQ(pool.submit(busy_for, 0).get(), 0);
+}
+
+int busy_after_reading(const std::vector<std::uint8_t>& bytes) { return busy_for(80) + bytes[0]; }
+
+// The clock stops while an argument's tail streams in and starts again once it is read: that
+// start, too, must arm the deadline (the collector's last look was while it sent the tail).
+TEST(Timeout, ShortTimeoutCutsOffATaskOnceItsArgumentStreamedIn) {
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 4096, .task_timeout = 10ms});
+  const multicore_test::TerminateIfFailed guard(pool);
+  for (int i = 0; i < 3; ++i) {
+    auto busy = pool.submit(busy_after_reading, std::vector<std::uint8_t>(std::size_t{1} << 20));
+    EXPECT_TRUE(error_of<TaskTimeout>(busy)) << "task " << i;
+  }
+}
+
 // A huge task_timeout means "practically never": the pool runs tasks normally. max() overflowed
 // the conversion to nanoseconds (undefined behaviour: the UBSan build aborts); 18'446'744'073'710
 // ms (584 years) wrapped around to 0.45 ms, which timed out every task.

@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -334,6 +335,8 @@ class Scheduler {
 
  private:
   using Clock = std::chrono::steady_clock;
+  static_assert(std::is_same_v<Clock::duration, std::chrono::nanoseconds>,
+                "deadlines compare the collector's clock with the workers' steady_now_ns()");
 
   enum class Life {
     starting,  ///< asked for a process, not ready yet
@@ -459,6 +462,7 @@ class Scheduler {
       const int k = pick_slot_locked();
       if (k < 0) return;
       Slot& s = slots_[static_cast<unsigned>(k)];
+      watch_deadlines_locked();
       s.in_flight.push_back(pending_.pop_front());
       ++s.dispatched;
       s.sent = 0;
@@ -523,8 +527,8 @@ class Scheduler {
             progressed |= pump_locked(k);
             progressed |= follow_life_locked(k, died[k] != 0, failures, wake_at);
           }
-          enforce_timeouts_locked(wake_at);
           dispatch_locked();
+          enforce_timeouts_locked(wake_at);
           keep_recycled_locked();
           if (Clock::now() >= heartbeat) {
             heartbeat = Clock::now() + std::chrono::milliseconds(100);
@@ -888,27 +892,56 @@ class Scheduler {
     while (!pending_.empty()) failures.push_back({pending_.pop_front(), error});
   }
 
-  /// Kills the worker whose task overran task_timeout. Collector thread, under mutex_.
+  /// Kills the workers whose task overran task_timeout, and plans the collector's next look.
+  /// A worker publishes when its task's clock starts (and restarts it after streaming the
+  /// argument's tail) without telling anyone, so the collector plans to look again by the
+  /// earliest deadline of a running task and, while jobs are in flight or were sent since its
+  /// last look, within task_timeout of now: a clock that starts after this look has its deadline
+  /// after that. Collector thread, under mutex_, after dispatching.
   void enforce_timeouts_locked(Clock::time_point& wake_at) {
     if (options_.task_timeout.count() <= 0) return;
-    const auto now_ns = steady_now_ns();
+    const Clock::time_point now = Clock::now();
+    const std::int64_t now_ns = now.time_since_epoch().count();
+    // Sent since the last look counts even if answered already: calls in a steady stream then
+    // keep the collector watching at its pace, instead of each waking it (watch_deadlines_locked).
+    bool holding = sent_since_look_;
+    sent_since_look_ = false;
     for (unsigned k = 0; k < size(); ++k) {
       Slot& s = slots_[k];
-      if (s.life != Life::ready || s.timed_out_task != 0 ||
+      // A task runs only while its job is in flight: an answered job is off in_flight, and
+      // the worker stops the clock before it answers.
+      if (s.life != Life::ready || s.timed_out_task != 0 || s.in_flight.empty() ||
           s.corrupt.load(std::memory_order_relaxed)) {
         continue;
       }
+      holding = true;
       std::int64_t since = 0;
       const std::uint64_t running = transport_->running(k, &since);
       if (running == 0 || since == 0) continue;
+      // No overflow: since is nanoseconds since boot, the timeout at most max_task_timeout.
       const std::int64_t deadline = since + options_.task_timeout.count();
       if (now_ns >= deadline) {
         s.timed_out_task = running;
         transport_->kill(k);
       } else {
-        wake_at = std::min(wake_at, Clock::now() + std::chrono::nanoseconds(deadline - now_ns));
+        wake_at = std::min(wake_at, Clock::time_point(std::chrono::nanoseconds(deadline)));
       }
     }
+    if (holding) wake_at = std::min(wake_at, now + options_.task_timeout);
+    deadlines_watched_ = wake_at <= now + options_.task_timeout;
+  }
+
+  /// A job goes to a worker. If the collector planned to sleep longer than task_timeout (no job
+  /// was in flight at its last look, and the timeout is shorter than its heartbeat), it could
+  /// miss the job's deadline: wake it to plan again. At most once per look, and only in pools
+  /// with a timeout.
+  void watch_deadlines_locked() noexcept {
+    if (options_.task_timeout.count() <= 0) return;
+    sent_since_look_ = true;
+    if (deadlines_watched_) return;
+    deadlines_watched_ = true;
+    kick_.store(true, std::memory_order_relaxed);
+    transport_->wake();
   }
 
   /// The fork server is gone (killed from outside): its workers died with it and no
@@ -1056,6 +1089,9 @@ class Scheduler {
   std::vector<std::unique_ptr<Job>> recycled_;  // under collect_mutex_
   bool closed_ = false;
   bool terminating_ = false;
+  // The collector's planned wake-up comes before the deadline of any job sent from now on.
+  bool deadlines_watched_ = false;
+  bool sent_since_look_ = false;  // a job was sent since enforce_timeouts_locked last ran
   std::string closed_reason_;
 
   std::atomic<std::size_t> outstanding_{0};  // submitted, not yet answered or failed
