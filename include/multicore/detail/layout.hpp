@@ -18,6 +18,9 @@ namespace multicore::detail {
 ///   fork server: spawning -> spawn_failed (fork failed), any -> dead (after reaping the worker)
 enum class SlotState : std::uint32_t { empty, spawning, ready, spawn_failed, dead };
 
+/// Most jobs the parent has in flight to one worker at a time (sent, not yet answered).
+inline constexpr std::size_t max_jobs_in_flight = 64;
+
 /// Per-worker shared state. The worker's hot fields and the parent-written fields sit on
 /// separate cache lines.
 struct SlotShared {
@@ -49,10 +52,17 @@ struct SlotShared {
 
   RingControl request;   ///< parent -> worker
   RingControl response;  ///< worker -> parent
+
+  /// Parent: jobs the worker must skip, unstarted (their map was abandoned). A job's entry is
+  /// its position in the stream of jobs sent to this process, modulo max_jobs_in_flight; the
+  /// jobs in flight never share one. The worker skips a job whose id it finds there, so a stale
+  /// entry never matches a later job (ids are never reused).
+  alignas(cache_line_size) std::atomic<std::uint64_t> cancelled[max_jobs_in_flight]{};
 };
 static_assert(offsetof(SlotShared, running) % cache_line_size == 0);
 static_assert(offsetof(SlotShared, worker_bell) % cache_line_size == 0);
 static_assert(offsetof(SlotShared, request) % cache_line_size == 0);
+static_assert(offsetof(SlotShared, cancelled) % cache_line_size == 0);
 
 /// Pool-wide shared state.
 struct PoolShared {

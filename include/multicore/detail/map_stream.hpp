@@ -290,7 +290,8 @@ inline void check_map_options(const MapOptions& o) {
 
 /// The lazy result range of Pool::map (Ordered) and Pool::map_unordered. A single-pass input
 /// range: iterate it once, from one thread. Destroying it early abandons the map: chunks not
-/// yet sent are dropped, answers still coming are discarded, the pool stays usable.
+/// yet started are dropped, a worker still running one after abandon_grace is replaced, answers
+/// still coming are discarded, the pool stays usable.
 /// `Source` is how the input is held: `T&` for an lvalue the caller keeps alive, `T` for an
 /// rvalue the stream owns. (Not std::views::all: clang 14 cannot compile libstdc++ 12's views,
 /// and holding the range directly keeps map usable with containers there.)
@@ -324,7 +325,14 @@ class MapStream {
       max_window_ = std::max<std::size_t>(2, 32 * workers);
     }
 
-    ~State() { inbox_->abandoned.store(true, std::memory_order_relaxed); }
+    /// Abandons what is left of the map, if anything: see Scheduler::abandon.
+    ~State() {
+      inbox_->abandoned.store(true, std::memory_order_relaxed);
+      if (std::any_of(chunks_.begin(), chunks_.end(),
+                      [](const auto& c) { return !c.second.done; })) {
+        core_.abandon();
+      }
+    }
 
     void start() {
       it_.emplace(std::ranges::begin(view_));

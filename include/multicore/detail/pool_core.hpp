@@ -136,6 +136,11 @@ class PoolCore {
     }
   }
 
+  /// Some jobs were abandoned (see Scheduler::abandon); in inline mode they all ran already.
+  void abandon() noexcept {
+    if (scheduler_) scheduler_->abandon();
+  }
+
   void shutdown() noexcept {
     closed_.store(true, std::memory_order_release);
     if (scheduler_) scheduler_->shutdown();

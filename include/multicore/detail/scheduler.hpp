@@ -149,6 +149,12 @@ class Job {
 /// since boot) plus the timeout, far inside int64.
 inline constexpr std::chrono::nanoseconds max_task_timeout{std::int64_t{1} << 62};
 
+/// How long a worker may go on running a job of an abandoned map before it is killed and
+/// replaced. Automatic chunks aim at about 0.5 ms, so they end well within it and cost no
+/// respawn (a fork and on_worker_start); only long ones, whose answers nobody wants, are cut
+/// off, so that the pool is soon free again for other work.
+inline constexpr std::chrono::milliseconds abandon_grace{100};
+
 struct SchedulerOptions {
   std::chrono::nanoseconds task_timeout{0};  ///< 0: none; at most max_task_timeout
   std::size_t max_tasks_per_worker = 0;      ///< 0: unlimited
@@ -161,7 +167,7 @@ struct SchedulerOptions {
 class InFlightBound {
  public:
   static constexpr std::size_t min_jobs = 2;
-  static constexpr std::size_t max_jobs = 64;
+  static constexpr std::size_t max_jobs = max_jobs_in_flight;
 
   std::size_t value() const noexcept { return value_; }
 
@@ -318,6 +324,35 @@ class Scheduler {
   }
 
  public:
+  /// Some jobs' completions now say abandoned() (a map was abandoned): nobody wants their
+  /// answers. Those still in the parent are dropped as dispatch comes to them; those sent but
+  /// not started are cancelled (the worker skips them); a worker still running one after
+  /// abandon_grace is killed and replaced. Thread-safe.
+  void abandon() noexcept {
+    {
+      std::lock_guard lock(mutex_);
+      const Clock::time_point check_at = Clock::now() + abandon_grace;
+      for (unsigned k = 0; k < size(); ++k) {
+        Slot& s = slots_[k];
+        const std::uint64_t running = transport_->running(k, nullptr);
+        // in_flight holds the last jobs sent to this process, in order: the front one's position
+        // in the worker's stream of jobs is this.
+        const std::size_t first = s.dispatched - s.in_flight.size();
+        bool any = false;
+        for (std::size_t i = 0; i < s.in_flight.size(); ++i) {
+          Job& job = *s.in_flight[i];
+          if (!job.completion().abandoned()) continue;
+          any = true;
+          if (job.id != running) transport_->cancel(k, first + i, job.id);
+        }
+        // Checked then whatever runs: a job whose cancellation came too late runs by now.
+        if (any) s.cut_off_at = std::min(s.cut_off_at, check_at);
+      }
+    }
+    kick_.store(true, std::memory_order_relaxed);
+    transport_->wake();
+  }
+
   /// Stops accepting, waits for every submitted job to resolve, stops the workers. Bounded
   /// once the work is done: workers that do not stop in time are killed.
   void shutdown() noexcept { close(false); }
@@ -373,7 +408,10 @@ class Scheduler {
     std::size_t sent = 0;                       // bytes of in_flight.back() already written
     bool partial = false;                       // in_flight.back() is not fully written yet
     std::size_t dispatched = 0;                 // jobs given to this process
-    std::uint64_t timed_out_task = 0;           // we killed the process because this task overran
+    // We killed the process because this task overran (task_timeout, or abandon_grace).
+    std::uint64_t timed_out_task = 0;
+    // When to kill the process if it is still running a job of an abandoned map.
+    Clock::time_point cut_off_at = Clock::time_point::max();
     // The process broke the protocol; it is being killed. Set under mutex_ (by whoever sends
     // or receives), read by receive() under collect_mutex_ only: hence atomic.
     std::atomic<bool> corrupt{false};
@@ -529,6 +567,7 @@ class Scheduler {
           }
           dispatch_locked();
           enforce_timeouts_locked(wake_at);
+          cut_off_abandoned_locked(wake_at);
           keep_recycled_locked();
           if (Clock::now() >= heartbeat) {
             heartbeat = Clock::now() + std::chrono::milliseconds(100);
@@ -671,7 +710,8 @@ class Scheduler {
       return false;
     }
     s.assembly.job = s.in_flight.pop_front();
-    bound_.observe(s.assembly.header.run_nanos);
+    // An abandoned job's run time (none, if it was skipped) says nothing about the work to come.
+    if (!s.assembly.job->completion().abandoned()) bound_.observe(s.assembly.header.run_nanos);
     dispatch_locked();
     keep_recycled_locked();
     return true;
@@ -799,7 +839,10 @@ class Scheduler {
         std::find_if(owed.begin(), owed.end(), [&](const auto& job) { return job->id == running; });
     const bool corrupt = s.corrupt.load(std::memory_order_relaxed);
     if (culprit == owed.end() && corrupt && !owed.empty()) culprit = owed.begin();
-    if (culprit != owed.end()) {
+    if (culprit != owed.end() && (*culprit)->completion().abandoned()) {
+      owed.erase(culprit);  // nobody wants its answer, nor to hear how it ended
+      resolved_locked(1);
+    } else if (culprit != owed.end()) {
       std::exception_ptr error;
       if (s.timed_out_task == (*culprit)->id) {
         error = timeout_error(st);
@@ -866,6 +909,7 @@ class Scheduler {
     s.partial = false;
     s.dispatched = 0;
     s.timed_out_task = 0;
+    s.cut_off_at = Clock::time_point::max();
     s.corrupt.store(false, std::memory_order_relaxed);
     s.assembly.reset();
     s.answers_received = 0;
@@ -929,6 +973,34 @@ class Scheduler {
     }
     if (holding) wake_at = std::min(wake_at, now + options_.task_timeout);
     deadlines_watched_ = wake_at <= now + options_.task_timeout;
+  }
+
+  /// Kills the workers still running a job of an abandoned map abandon_grace after the
+  /// abandonment (see abandon()). Collector thread, under mutex_.
+  void cut_off_abandoned_locked(Clock::time_point& wake_at) {
+    const Clock::time_point now = Clock::now();
+    for (unsigned k = 0; k < size(); ++k) {
+      Slot& s = slots_[k];
+      // A process being killed or gone is forgotten with its cut_off_at.
+      if (s.cut_off_at == Clock::time_point::max() || s.life != Life::ready ||
+          s.timed_out_task != 0 || s.corrupt.load(std::memory_order_relaxed)) {
+        continue;
+      }
+      if (now < s.cut_off_at) {
+        wake_at = std::min(wake_at, s.cut_off_at);
+        continue;
+      }
+      s.cut_off_at = Clock::time_point::max();
+      const std::uint64_t running = transport_->running(k, nullptr);
+      for (std::size_t i = 0; i < s.in_flight.size(); ++i) {
+        Job& job = *s.in_flight[i];
+        if (job.id == running && job.completion().abandoned()) {
+          s.timed_out_task = running;
+          transport_->kill(k);
+          break;
+        }
+      }
+    }
   }
 
   /// A job goes to a worker. If the collector planned to sleep longer than task_timeout (no job

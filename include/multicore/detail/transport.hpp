@@ -84,6 +84,10 @@ class Transport {
   virtual bool send_corrupt(unsigned k) const noexcept = 0;
   /// The task worker k has claimed (0: none) and when it claimed it (steady clock, ns).
   virtual std::uint64_t running(unsigned k, std::int64_t* since_ns) const noexcept = 0;
+  /// Asks worker k to skip the job at `position` in the stream of jobs sent to its current
+  /// process (0: the first) if it has not started it yet; it then answers it with an empty
+  /// payload. `task_id` is that job's id.
+  virtual void cancel(unsigned k, std::uint64_t position, std::uint64_t task_id) noexcept = 0;
   /// Answers worker k says it has fully sent in its current life.
   virtual std::uint64_t answers_sent(unsigned k) const noexcept = 0;
   /// Forgets all in-transit bytes of slot k. Only while slot k has no live process.
@@ -214,6 +218,10 @@ class ShmTransport final : public Transport {
     const std::uint64_t id = s.running.load(std::memory_order_acquire);
     if (since_ns != nullptr) *since_ns = s.running_since_ns.load(std::memory_order_relaxed);
     return id;
+  }
+
+  void cancel(unsigned k, std::uint64_t position, std::uint64_t task_id) noexcept override {
+    slot(k).cancelled[position % max_jobs_in_flight].store(task_id, std::memory_order_relaxed);
   }
 
   std::uint64_t answers_sent(unsigned k) const noexcept override { return readers_[k].messages(); }
