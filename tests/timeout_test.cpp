@@ -155,7 +155,7 @@ int busy_after_reading(const std::vector<std::uint8_t>& bytes) { return busy_for
 // The clock stops while an argument's tail streams in and starts again once it is read: that
 // start, too, must arm the deadline (the collector's last look was while it sent the tail).
 TEST(Timeout, ShortTimeoutCutsOffATaskOnceItsArgumentStreamedIn) {
-  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 4096, .task_timeout = 10ms});
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 64 << 10, .task_timeout = 10ms});
   const multicore_test::TerminateIfFailed guard(pool);
   for (int i = 0; i < 3; ++i) {
     auto busy = pool.submit(busy_after_reading, std::vector<std::uint8_t>(std::size_t{1} << 20));
@@ -191,13 +191,13 @@ std::vector<std::uint8_t> big_payload(std::size_t n) {
   return bytes;
 }
 
-// 32 MiB through a 4 KiB ring, each way, while the parent's collector is stalled for three
+// 32 MiB through a 64 KiB ring, each way, while the parent's collector is stalled for three
 // times the timeout (see SlowToDecode): the streaming of the argument (before the function
 // runs) and of the result (after it ran) takes far longer than task_timeout, and must not count.
 TEST(Timeout, PayloadStreamingDoesNotCountTowardTheTimeout) {
   constexpr std::size_t big = std::size_t{32} << 20;
   static_assert(timeout_test_types::decode_stall >= 3 * 500ms);
-  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 4096, .task_timeout = 500ms});
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 64 << 10, .task_timeout = 500ms});
   const pid_t before = pool.submit(own_pid).get();
   const std::vector<std::uint8_t> payload = big_payload(big);
 

@@ -14,7 +14,7 @@ struct PoolOptions {
   /// Number of worker processes; 0 means `usable_cores()`. At most 1024.
   unsigned workers = 0;
   /// Bytes of each shared-memory ring (one request and one response ring per worker).
-  /// Rounded up to a power of two; from 4 KiB to 1 GiB. Larger payloads stream through.
+  /// Rounded up to a power of two; from 64 KiB to 1 GiB. Larger payloads stream through.
   std::size_t ring_bytes = std::size_t{1} << 20;
   /// Runs in every worker process after it starts, also in replacements (open a database
   /// connection, seed a generator, ...). If it throws while the pool is being made, the

@@ -25,7 +25,10 @@
 namespace multicore::detail {
 
 inline constexpr unsigned max_workers = 1024;
-inline constexpr std::size_t min_ring_bytes = std::size_t{4} << 10;
+/// Below this, large payloads stream in too many hand-offs: each is a wait when the two sides
+/// share a core, and a 16 MiB echo through a 4 KiB ring took 20 times as long as through the
+/// default 1 MiB (payload_bench's BM_RoundTripRing); through 64 KiB, a few times as long.
+inline constexpr std::size_t min_ring_bytes = std::size_t{64} << 10;
 inline constexpr std::size_t max_ring_bytes = std::size_t{1} << 30;
 
 /// True when MULTICORE_INLINE is set to something other than "0" or "".
