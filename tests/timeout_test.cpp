@@ -245,6 +245,51 @@ TEST(Timeout, StoppedWorkerMidTaskIsKilledByTheTimeout) {
   EXPECT_EQ(pool.size(), 1u);
 }
 
+// A worker stopped between tasks never starts the ones sent to it. With a timeout, it is killed
+// once stopped that long with tasks to run, and they run on its replacement (they had not started:
+// nothing fails). These used to wait forever: no task clock ran.
+TEST(Timeout, StoppedIdleWorkerIsReplacedForTheTasksSentToIt) {
+  Pool pool(PoolOptions{.workers = 1, .task_timeout = 100ms});
+  const multicore_test::TerminateIfFailed guard(pool);
+  const pid_t worker = pool.submit(own_pid).get();
+  ASSERT_EQ(kill(worker, SIGSTOP), 0);
+  auto next = pool.submit(own_pid);
+  ASSERT_TRUE(multicore_test::ready_within(next));
+  EXPECT_NE(next.get(), worker);
+  EXPECT_FALSE(multicore_test::running(worker)) << "the stopped worker must have been killed";
+}
+
+// The task's clock stops while its answer streams out (the parent may be slow to read), so a
+// worker stopped there used to wait forever, its task's future with it. Now a stopped worker
+// holding tasks counts as overrunning: TaskTimeout.
+TEST(Timeout, WorkerStoppedWhileStreamingItsAnswerIsKilledByTheTimeout) {
+  Pipe started;
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 64 << 10, .task_timeout = 100ms});
+  const multicore_test::TerminateIfFailed guard(pool);
+  // The collector decodes this for 1.5 s: the next answer fills the ring and its worker waits.
+  auto stall = pool.submit([](int x) { return SlowToDecode{x}; }, 1);
+  auto big = pool.submit(
+      [](int tell) {
+        const pid_t self = getpid();
+        multicore_test::write_all(tell, &self, sizeof self);
+        return big_payload(std::size_t{32} << 20);
+      },
+      started.write_fd());
+  const pid_t worker = multicore_test::read_value<pid_t>(started.read_fd());
+  // Asleep after its pid: waiting for room to write the rest of its answer.
+  const auto deadline = std::chrono::steady_clock::now() + multicore_test::pipe_liveness;
+  for (;;) {
+    const auto stat = multicore_test::proc_stat(worker);
+    ASSERT_TRUE(stat && std::chrono::steady_clock::now() < deadline) << "the worker never slept";
+    if (stat->state == 'S') break;
+  }
+  ASSERT_EQ(kill(worker, SIGSTOP), 0);
+  EXPECT_EQ(stall.get().value, 1);
+  ASSERT_TRUE(multicore_test::ready_within(big));
+  EXPECT_TRUE(error_of<TaskTimeout>(big));
+  EXPECT_NE(pool.submit(own_pid).get(), worker);
+}
+
 // ----- max_tasks_per_worker --------------------------------------------------------------------
 
 class Recycling : public ::testing::TestWithParam<unsigned> {};

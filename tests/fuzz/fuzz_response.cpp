@@ -220,6 +220,8 @@ class FuzzTransport final : public detail::Transport {
     return 0;
   }
 
+  std::int64_t stopped_since_ns(unsigned /*k*/) const noexcept override { return 0; }
+
   void cancel(unsigned /*k*/, std::uint64_t /*position*/,
               std::uint64_t /*task_id*/) noexcept override {}
 

@@ -26,9 +26,11 @@ inline constexpr std::size_t max_jobs_in_flight = 64;
 struct SlotShared {
   // Lifecycle (cold).
   alignas(cache_line_size) std::atomic<SlotState> state{SlotState::empty};
-  std::atomic<std::int32_t> pid{0};            ///< fork server, after fork
-  std::atomic<std::int32_t> wait_status{0};    ///< fork server, raw waitpid() status
-  std::atomic<std::int32_t> spawn_errno{0};    ///< fork server, when fork failed
+  std::atomic<std::int32_t> pid{0};          ///< fork server, after fork
+  std::atomic<std::int32_t> wait_status{0};  ///< fork server, raw waitpid() status
+  std::atomic<std::int32_t> spawn_errno{0};  ///< fork server, when fork failed
+  /// Fork server: when the worker was stopped (SIGSTOP; steady clock, ns), 0 while it runs.
+  std::atomic<std::int64_t> stopped_since_ns{0};
   std::atomic<std::uint32_t> start_failed{0};  ///< worker: on_worker_start threw (see start_error)
   char start_error[256]{};                     ///< worker, NUL-terminated, before start_failed
 

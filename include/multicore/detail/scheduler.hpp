@@ -408,7 +408,8 @@ class Scheduler {
     std::size_t sent = 0;                       // bytes of in_flight.back() already written
     bool partial = false;                       // in_flight.back() is not fully written yet
     std::size_t dispatched = 0;                 // jobs given to this process
-    // We killed the process because this task overran (task_timeout, or abandon_grace).
+    // We killed the process because this task overran (task_timeout, or abandon_grace), or
+    // because it was stopped, holding jobs but running none (stopped_idle).
     std::uint64_t timed_out_task = 0;
     // When to kill the process if it is still running a job of an abandoned map.
     Clock::time_point cut_off_at = Clock::time_point::max();
@@ -941,7 +942,7 @@ class Scheduler {
   /// argument's tail) without telling anyone, so the collector plans to look again by the
   /// earliest deadline of a running task and, while jobs are in flight or were sent since its
   /// last look, within task_timeout of now: a clock that starts after this look has its deadline
-  /// after that. Collector thread, under mutex_, after dispatching.
+  /// after that. Collector thread, holding collect_mutex_ and mutex_, after dispatching.
   void enforce_timeouts_locked(Clock::time_point& wake_at) {
     if (options_.task_timeout.count() <= 0) return;
     const Clock::time_point now = Clock::now();
@@ -952,20 +953,25 @@ class Scheduler {
     sent_since_look_ = false;
     for (unsigned k = 0; k < size(); ++k) {
       Slot& s = slots_[k];
-      // A task runs only while its job is in flight: an answered job is off in_flight, and
-      // the worker stops the clock before it answers.
-      if (s.life != Life::ready || s.timed_out_task != 0 || s.in_flight.empty() ||
-          s.corrupt.load(std::memory_order_relaxed)) {
+      // Only a worker that owes answers can overrun: jobs in flight, or an answer still
+      // streaming in (its job is in the assembly; the collector thread holds collect_mutex_).
+      if (s.life != Life::ready || s.timed_out_task != 0 ||
+          (s.in_flight.empty() && !s.assembly.job) || s.corrupt.load(std::memory_order_relaxed)) {
         continue;
       }
       holding = true;
       std::int64_t since = 0;
       const std::uint64_t running = transport_->running(k, &since);
-      if (running == 0 || since == 0) continue;
+      if (running == 0) since = 0;
+      // A worker stopped (SIGSTOP) cannot run its jobs, nor restart its task's clock after
+      // streaming: stopped that long, it counts as overrunning too.
+      const std::int64_t stopped = transport_->stopped_since_ns(k);
+      if (stopped != 0 && (since == 0 || stopped < since)) since = stopped;
+      if (since == 0) continue;
       // No overflow: since is nanoseconds since boot, the timeout at most max_task_timeout.
       const std::int64_t deadline = since + options_.task_timeout.count();
       if (now_ns >= deadline) {
-        s.timed_out_task = running;
+        s.timed_out_task = running != 0 ? running : stopped_idle;
         transport_->kill(k);
       } else {
         wake_at = std::min(wake_at, Clock::time_point(std::chrono::nanoseconds(deadline)));
@@ -1015,6 +1021,8 @@ class Scheduler {
     kick_.store(true, std::memory_order_relaxed);
     transport_->wake();
   }
+
+  static constexpr std::uint64_t stopped_idle = ~std::uint64_t{0};  // no task has this id
 
   /// The fork server is gone (killed from outside): its workers died with it and no
   /// replacement can be made. Everything unresolved fails; the pool refuses new work.

@@ -88,6 +88,8 @@ class Transport {
   /// process (0: the first) if it has not started it yet; it then answers it with an empty
   /// payload. `task_id` is that job's id.
   virtual void cancel(unsigned k, std::uint64_t position, std::uint64_t task_id) noexcept = 0;
+  /// When worker k's process was stopped (SIGSTOP; steady clock, ns), 0 while it runs.
+  virtual std::int64_t stopped_since_ns(unsigned k) const noexcept = 0;
   /// Answers worker k says it has fully sent in its current life.
   virtual std::uint64_t answers_sent(unsigned k) const noexcept = 0;
   /// Forgets all in-transit bytes of slot k. Only while slot k has no live process.
@@ -224,6 +226,10 @@ class ShmTransport final : public Transport {
     slot(k).cancelled[position % max_jobs_in_flight].store(task_id, std::memory_order_relaxed);
   }
 
+  std::int64_t stopped_since_ns(unsigned k) const noexcept override {
+    return slot(k).stopped_since_ns.load(std::memory_order_relaxed);
+  }
+
   std::uint64_t answers_sent(unsigned k) const noexcept override { return readers_[k].messages(); }
 
   void reset(unsigned k) noexcept override {
@@ -232,6 +238,7 @@ class ShmTransport final : public Transport {
     readers_[k].reset();
     s.running.store(0, std::memory_order_relaxed);
     s.running_since_ns.store(0, std::memory_order_relaxed);
+    s.stopped_since_ns.store(0, std::memory_order_relaxed);
     s.parent_wants_space.store(0, std::memory_order_relaxed);
     s.worker_wants_room.store(0, std::memory_order_relaxed);
     s.pid.store(0, std::memory_order_relaxed);
