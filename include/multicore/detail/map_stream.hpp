@@ -325,13 +325,11 @@ class MapStream {
       max_window_ = std::max<std::size_t>(2, 32 * workers);
     }
 
-    /// Abandons what is left of the map, if anything: see Scheduler::abandon.
+    /// Abandons the chunks still with the pool, if any (see Scheduler::abandon). Only then
+    /// does it touch the pool, which may be gone if every chunk was answered.
     ~State() {
       inbox_->abandoned.store(true, std::memory_order_relaxed);
-      if (std::any_of(chunks_.begin(), chunks_.end(),
-                      [](const auto& c) { return !c.second.done; })) {
-        core_.abandon();
-      }
+      if (inbox_->arrivals.load(std::memory_order_acquire) != sent_) core_.abandon();
     }
 
     void start() {
@@ -492,6 +490,7 @@ class MapStream {
       chunk.inputs = std::move(inputs);
       try {
         core_.submit(std::move(job));
+        ++sent_;
       } catch (...) {
         chunks_.erase(first);
         throw;
@@ -531,6 +530,7 @@ class MapStream {
     MapOptions options_;
     std::shared_ptr<MapInbox<Out>> inbox_;
     std::size_t settled_ = 0;  // arrivals taken from the inbox so far
+    std::size_t sent_ = 0;     // chunks submitted (each posts one arrival, unless abandoned)
     std::optional<std::ranges::iterator_t<Range&>> it_;
     bool input_done_ = false;
     std::size_t consumed_ = 0;
