@@ -30,6 +30,14 @@ struct SlowToDecode {
   int value;
 };
 
+/// A result whose decoding in the parent waits for a byte on `release_fd`: it holds the
+/// collector thread (and so every ring) until the test lets it go.
+struct Held {
+  int value;
+};
+
+inline int release_fd = -1;  // read end: one byte lets the decode finish
+
 }  // namespace timeout_test_types
 
 template <>
@@ -45,6 +53,20 @@ struct multicore::Codec<timeout_test_types::SlowToDecode> {
       std::this_thread::sleep_for(timeout_test_types::decode_stall);
     }
     return v;
+  }
+};
+
+template <>
+struct multicore::Codec<timeout_test_types::Held> {
+  static void encode(Writer& out, const timeout_test_types::Held& h) {
+    out.write(&h.value, sizeof h.value);
+  }
+  static timeout_test_types::Held decode(Reader& in) {
+    timeout_test_types::Held h{};
+    in.read(&h.value, sizeof h.value);
+    char byte = 0;
+    multicore_test::read_exact(timeout_test_types::release_fd, &byte, 1);
+    return h;
   }
 };
 
@@ -264,10 +286,13 @@ TEST(Timeout, StoppedIdleWorkerIsReplacedForTheTasksSentToIt) {
 // holding tasks counts as overrunning: TaskTimeout.
 TEST(Timeout, WorkerStoppedWhileStreamingItsAnswerIsKilledByTheTimeout) {
   Pipe started;
+  Pipe release;
+  timeout_test_types::release_fd = release.read_fd();
   Pool pool(PoolOptions{.workers = 1, .ring_bytes = 64 << 10, .task_timeout = 100ms});
   const multicore_test::TerminateIfFailed guard(pool);
-  // The collector decodes this for 1.5 s: the next answer fills the ring and its worker waits.
-  auto stall = pool.submit([](int x) { return SlowToDecode{x}; }, 1);
+  // The collector decodes this until released: the next answer fills the ring, and its worker
+  // waits for room to write the rest.
+  auto held = pool.submit([](int x) { return timeout_test_types::Held{x}; }, 1);
   auto big = pool.submit(
       [](int tell) {
         const pid_t self = getpid();
@@ -276,7 +301,8 @@ TEST(Timeout, WorkerStoppedWhileStreamingItsAnswerIsKilledByTheTimeout) {
       },
       started.write_fd());
   const pid_t worker = multicore_test::read_value<pid_t>(started.read_fd());
-  // Asleep after its pid: waiting for room to write the rest of its answer.
+  // Asleep after its pid: waiting for room to write the rest of its answer, which it cannot
+  // finish while the collector is held. (Asleep earlier, its task's clock would still run.)
   const auto deadline = std::chrono::steady_clock::now() + multicore_test::pipe_liveness;
   for (;;) {
     const auto stat = multicore_test::proc_stat(worker);
@@ -284,7 +310,9 @@ TEST(Timeout, WorkerStoppedWhileStreamingItsAnswerIsKilledByTheTimeout) {
     if (stat->state == 'S') break;
   }
   ASSERT_EQ(kill(worker, SIGSTOP), 0);
-  EXPECT_EQ(stall.get().value, 1);
+  const char go = 1;
+  ASSERT_TRUE(multicore_test::write_all(release.write_fd(), &go, 1));
+  EXPECT_EQ(held.get().value, 1);
   ASSERT_TRUE(multicore_test::ready_within(big));
   EXPECT_TRUE(error_of<TaskTimeout>(big));
   EXPECT_NE(pool.submit(own_pid).get(), worker);
