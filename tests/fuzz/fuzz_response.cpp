@@ -222,6 +222,11 @@ class FuzzTransport final : public detail::Transport {
     return 0;
   }
 
+  std::int64_t stopped_since_ns(unsigned /*k*/) const noexcept override { return 0; }
+
+  void cancel(unsigned /*k*/, std::uint64_t /*position*/,
+              std::uint64_t /*task_id*/) noexcept override {}
+
   // Like a real worker, which counts an answer only after publishing all of its bytes, the
   // fake claims its answers once the whole stream is in the ring. The claim itself may lie.
   std::uint64_t answers_sent(unsigned /*k*/) const noexcept override {

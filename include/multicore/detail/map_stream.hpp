@@ -307,7 +307,8 @@ inline void check_map_options(const MapOptions& o) {
 
 /// The lazy result range of Pool::map (Ordered) and Pool::map_unordered. A single-pass input
 /// range: iterate it once, from one thread. Destroying it early abandons the map: chunks not
-/// yet sent are dropped, answers still coming are discarded, the pool stays usable.
+/// yet started are dropped, a worker still running one after abandon_grace is replaced, answers
+/// still coming are discarded, the pool stays usable.
 /// `Source` is how the input is held: `T&` for an lvalue the caller keeps alive, `T` for an
 /// rvalue the stream owns. (Not std::views::all: clang 14 cannot compile libstdc++ 12's views,
 /// and holding the range directly keeps map usable with containers there.)
@@ -344,7 +345,12 @@ class MapStream {
       max_window_ = std::max<std::size_t>(2, 32 * workers);
     }
 
-    ~State() { inbox_->abandoned.store(true, std::memory_order_relaxed); }
+    /// Abandons the chunks still with the pool, if any (see Scheduler::abandon). Only then
+    /// does it touch the pool, which may be gone if every chunk was answered.
+    ~State() {
+      inbox_->abandoned.store(true, std::memory_order_relaxed);
+      if (inbox_->arrivals.load(std::memory_order_acquire) != sent_) core_.abandon();
+    }
 
     void start() {
       it_.emplace(std::ranges::begin(view_));
@@ -505,6 +511,7 @@ class MapStream {
       chunk.inputs = std::move(inputs);
       try {
         core_.submit(std::move(job));
+        ++sent_;
       } catch (...) {
         chunks_.erase(first);
         throw;
@@ -544,6 +551,7 @@ class MapStream {
     MapOptions options_;
     std::shared_ptr<MapInbox<Out>> inbox_;
     std::size_t settled_ = 0;  // arrivals taken from the inbox so far
+    std::size_t sent_ = 0;     // chunks submitted (each posts one arrival, unless abandoned)
     std::optional<std::ranges::iterator_t<Range&>> it_;
     bool input_done_ = false;
     std::size_t consumed_ = 0;

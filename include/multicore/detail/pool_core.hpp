@@ -39,7 +39,10 @@
 namespace multicore::detail {
 
 inline constexpr unsigned max_workers = 1024;
-inline constexpr std::size_t min_ring_bytes = std::size_t{4} << 10;
+/// Below this, large payloads stream in too many hand-offs: each is a wait when the two sides
+/// share a core, and a 16 MiB echo through a 4 KiB ring took 20 times as long as through the
+/// default 1 MiB (payload_bench's BM_RoundTripRing); through 64 KiB, a few times as long.
+inline constexpr std::size_t min_ring_bytes = std::size_t{64} << 10;
 inline constexpr std::size_t max_ring_bytes = std::size_t{1} << 30;
 
 /// True when MULTICORE_INLINE is set to something other than "0" or "".
@@ -92,6 +95,13 @@ inline PoolOptions validated(PoolOptions o) {
   return o;
 }
 
+/// PoolOptions::task_timeout in the scheduler's nanoseconds, saturated at max_task_timeout
+/// (std::chrono's own conversion overflows past 292 years, undefined behaviour).
+inline std::chrono::nanoseconds saturated_timeout(std::chrono::milliseconds timeout) noexcept {
+  constexpr auto max_ms = std::chrono::duration_cast<std::chrono::milliseconds>(max_task_timeout);
+  return timeout >= max_ms ? max_task_timeout : std::chrono::nanoseconds(timeout);
+}
+
 /// The machinery shared by Pool, Pool::map and Task: accepts encoded jobs and resolves their
 /// completions, in worker processes or, in inline mode, right here.
 class PoolCore {
@@ -112,7 +122,7 @@ class PoolCore {
         std::make_unique<ShmTransport>(options_.workers, options_.ring_bytes,
                                        options_.on_worker_start, options_.max_tasks_per_worker);
     SchedulerOptions s;
-    s.task_timeout = options_.task_timeout;
+    s.task_timeout = saturated_timeout(options_.task_timeout);
     s.max_tasks_per_worker = options_.max_tasks_per_worker;
     scheduler_ = std::make_unique<Scheduler>(std::move(transport), s);
   }
@@ -159,6 +169,11 @@ class PoolCore {
     } else if (!done()) {
       sleep();
     }
+  }
+
+  /// Some jobs were abandoned (see Scheduler::abandon); in inline mode they all ran already.
+  void abandon() noexcept {
+    if (scheduler_) scheduler_->abandon();
   }
 
   void shutdown() noexcept {

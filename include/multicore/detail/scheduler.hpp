@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -143,8 +144,19 @@ class Job {
   bool inline_ = false;
 };
 
+/// The longest task timeout the scheduler keeps (2^62 ns, about 146 years): longer ones mean
+/// the same, practically never. It keeps every deadline, a steady-clock reading (nanoseconds
+/// since boot) plus the timeout, far inside int64.
+inline constexpr std::chrono::nanoseconds max_task_timeout{std::int64_t{1} << 62};
+
+/// How long a worker may go on running a job of an abandoned map before it is killed and
+/// replaced. Automatic chunks aim at about 0.5 ms, so they end well within it and cost no
+/// respawn (a fork and on_worker_start); only long ones, whose answers nobody wants, are cut
+/// off, so that the pool is soon free again for other work.
+inline constexpr std::chrono::milliseconds abandon_grace{100};
+
 struct SchedulerOptions {
-  std::chrono::nanoseconds task_timeout{0};  ///< 0: none
+  std::chrono::nanoseconds task_timeout{0};  ///< 0: none; at most max_task_timeout
   std::size_t max_tasks_per_worker = 0;      ///< 0: unlimited
 };
 
@@ -155,7 +167,7 @@ struct SchedulerOptions {
 class InFlightBound {
  public:
   static constexpr std::size_t min_jobs = 2;
-  static constexpr std::size_t max_jobs = 64;
+  static constexpr std::size_t max_jobs = max_jobs_in_flight;
 
   std::size_t value() const noexcept { return value_; }
 
@@ -312,6 +324,35 @@ class Scheduler {
   }
 
  public:
+  /// Some jobs' completions now say abandoned() (a map was abandoned): nobody wants their
+  /// answers. Those still in the parent are dropped as dispatch comes to them; those sent but
+  /// not started are cancelled (the worker skips them); a worker still running one after
+  /// abandon_grace is killed and replaced. Thread-safe.
+  void abandon() noexcept {
+    {
+      std::lock_guard lock(mutex_);
+      const Clock::time_point check_at = Clock::now() + abandon_grace;
+      for (unsigned k = 0; k < size(); ++k) {
+        Slot& s = slots_[k];
+        const std::uint64_t running = transport_->running(k, nullptr);
+        // in_flight holds the last jobs sent to this process, in order: the front one's position
+        // in the worker's stream of jobs is this.
+        const std::size_t first = s.dispatched - s.in_flight.size();
+        bool any = false;
+        for (std::size_t i = 0; i < s.in_flight.size(); ++i) {
+          Job& job = *s.in_flight[i];
+          if (!job.completion().abandoned()) continue;
+          any = true;
+          if (job.id != running) transport_->cancel(k, first + i, job.id);
+        }
+        // Checked then whatever runs: a job whose cancellation came too late runs by now.
+        if (any) s.cut_off_at = std::min(s.cut_off_at, check_at);
+      }
+    }
+    kick_.store(true, std::memory_order_relaxed);
+    transport_->wake();
+  }
+
   /// Stops accepting, continues workers stopped from outside, waits for every submitted job to
   /// resolve, stops the workers. Bounded once the work is done: workers that do not stop in
   /// time are killed.
@@ -330,6 +371,8 @@ class Scheduler {
 
  private:
   using Clock = std::chrono::steady_clock;
+  static_assert(std::is_same_v<Clock::duration, std::chrono::nanoseconds>,
+                "deadlines compare the collector's clock with the workers' steady_now_ns()");
 
   enum class Life {
     starting,  ///< asked for a process, not ready yet
@@ -366,7 +409,11 @@ class Scheduler {
     std::size_t sent = 0;                       // bytes of in_flight.back() already written
     bool partial = false;                       // in_flight.back() is not fully written yet
     std::size_t dispatched = 0;                 // jobs given to this process
-    std::uint64_t timed_out_task = 0;           // we killed the process because this task overran
+    // We killed the process because this task overran (task_timeout, or abandon_grace), or
+    // because it was stopped, holding jobs but running none (stopped_idle).
+    std::uint64_t timed_out_task = 0;
+    // When to kill the process if it is still running a job of an abandoned map.
+    Clock::time_point cut_off_at = Clock::time_point::max();
     // The process broke the protocol; it is being killed. Set under mutex_ (by whoever sends
     // or receives), read by receive() under collect_mutex_ only: hence atomic.
     std::atomic<bool> corrupt{false};
@@ -455,6 +502,7 @@ class Scheduler {
       const int k = pick_slot_locked();
       if (k < 0) return;
       Slot& s = slots_[static_cast<unsigned>(k)];
+      watch_deadlines_locked();
       s.in_flight.push_back(pending_.pop_front());
       ++s.dispatched;
       s.sent = 0;
@@ -519,8 +567,9 @@ class Scheduler {
             progressed |= pump_locked(k);
             progressed |= follow_life_locked(k, died[k] != 0, failures, wake_at);
           }
-          enforce_timeouts_locked(wake_at);
           dispatch_locked();
+          enforce_timeouts_locked(wake_at);
+          cut_off_abandoned_locked(wake_at);
           keep_recycled_locked();
           if (Clock::now() >= heartbeat) {
             heartbeat = Clock::now() + std::chrono::milliseconds(100);
@@ -663,7 +712,8 @@ class Scheduler {
       return false;
     }
     s.assembly.job = s.in_flight.pop_front();
-    bound_.observe(s.assembly.header.run_nanos);
+    // An abandoned job's run time (none, if it was skipped) says nothing about the work to come.
+    if (!s.assembly.job->completion().abandoned()) bound_.observe(s.assembly.header.run_nanos);
     dispatch_locked();
     keep_recycled_locked();
     return true;
@@ -791,7 +841,10 @@ class Scheduler {
         std::find_if(owed.begin(), owed.end(), [&](const auto& job) { return job->id == running; });
     const bool corrupt = s.corrupt.load(std::memory_order_relaxed);
     if (culprit == owed.end() && corrupt && !owed.empty()) culprit = owed.begin();
-    if (culprit != owed.end()) {
+    if (culprit != owed.end() && (*culprit)->completion().abandoned()) {
+      owed.erase(culprit);  // nobody wants its answer, nor to hear how it ended
+      resolved_locked(1);
+    } else if (culprit != owed.end()) {
       std::exception_ptr error;
       if (s.timed_out_task == (*culprit)->id) {
         error = timeout_error(st);
@@ -858,6 +911,7 @@ class Scheduler {
     s.partial = false;
     s.dispatched = 0;
     s.timed_out_task = 0;
+    s.cut_off_at = Clock::time_point::max();
     s.corrupt.store(false, std::memory_order_relaxed);
     s.assembly.reset();
     s.answers_received = 0;
@@ -884,28 +938,92 @@ class Scheduler {
     while (!pending_.empty()) failures.push_back({pending_.pop_front(), error});
   }
 
-  /// Kills the worker whose task overran task_timeout. Collector thread, under mutex_.
+  /// Kills the workers whose task overran task_timeout, and plans the collector's next look.
+  /// A worker publishes when its task's clock starts (and restarts it after streaming the
+  /// argument's tail) without telling anyone, so the collector plans to look again by the
+  /// earliest deadline of a running task and, while jobs are in flight or were sent since its
+  /// last look, within task_timeout of now: a clock that starts after this look has its deadline
+  /// after that. Collector thread, holding collect_mutex_ and mutex_, after dispatching.
   void enforce_timeouts_locked(Clock::time_point& wake_at) {
     if (options_.task_timeout.count() <= 0) return;
-    const auto now_ns = steady_now_ns();
+    const Clock::time_point now = Clock::now();
+    const std::int64_t now_ns = now.time_since_epoch().count();
+    // Sent since the last look counts even if answered already: calls in a steady stream then
+    // keep the collector watching at its pace, instead of each waking it (watch_deadlines_locked).
+    bool holding = sent_since_look_;
+    sent_since_look_ = false;
     for (unsigned k = 0; k < size(); ++k) {
       Slot& s = slots_[k];
+      // Only a worker that owes answers can overrun: jobs in flight, or an answer still
+      // streaming in (its job is in the assembly; the collector thread holds collect_mutex_).
       if (s.life != Life::ready || s.timed_out_task != 0 ||
-          s.corrupt.load(std::memory_order_relaxed)) {
+          (s.in_flight.empty() && !s.assembly.job) || s.corrupt.load(std::memory_order_relaxed)) {
         continue;
       }
+      holding = true;
       std::int64_t since = 0;
       const std::uint64_t running = transport_->running(k, &since);
-      if (running == 0 || since == 0) continue;
+      if (running == 0) since = 0;
+      // A worker stopped (SIGSTOP) cannot run its jobs, nor restart its task's clock after
+      // streaming: stopped that long, it counts as overrunning too.
+      const std::int64_t stopped = transport_->stopped_since_ns(k);
+      if (stopped != 0 && (since == 0 || stopped < since)) since = stopped;
+      if (since == 0) continue;
+      // No overflow: since is nanoseconds since boot, the timeout at most max_task_timeout.
       const std::int64_t deadline = since + options_.task_timeout.count();
       if (now_ns >= deadline) {
-        s.timed_out_task = running;
+        s.timed_out_task = running != 0 ? running : stopped_idle;
         transport_->kill(k);
       } else {
-        wake_at = std::min(wake_at, Clock::now() + std::chrono::nanoseconds(deadline - now_ns));
+        wake_at = std::min(wake_at, Clock::time_point(std::chrono::nanoseconds(deadline)));
+      }
+    }
+    if (holding) wake_at = std::min(wake_at, now + options_.task_timeout);
+    deadlines_watched_ = wake_at <= now + options_.task_timeout;
+  }
+
+  /// Kills the workers still running a job of an abandoned map abandon_grace after the
+  /// abandonment (see abandon()). Collector thread, under mutex_.
+  void cut_off_abandoned_locked(Clock::time_point& wake_at) {
+    const Clock::time_point now = Clock::now();
+    for (unsigned k = 0; k < size(); ++k) {
+      Slot& s = slots_[k];
+      // A process being killed or gone is forgotten with its cut_off_at.
+      if (s.cut_off_at == Clock::time_point::max() || s.life != Life::ready ||
+          s.timed_out_task != 0 || s.corrupt.load(std::memory_order_relaxed)) {
+        continue;
+      }
+      if (now < s.cut_off_at) {
+        wake_at = std::min(wake_at, s.cut_off_at);
+        continue;
+      }
+      s.cut_off_at = Clock::time_point::max();
+      const std::uint64_t running = transport_->running(k, nullptr);
+      for (std::size_t i = 0; i < s.in_flight.size(); ++i) {
+        Job& job = *s.in_flight[i];
+        if (job.id == running && job.completion().abandoned()) {
+          s.timed_out_task = running;
+          transport_->kill(k);
+          break;
+        }
       }
     }
   }
+
+  /// A job goes to a worker. If the collector planned to sleep longer than task_timeout (no job
+  /// was in flight at its last look, and the timeout is shorter than its heartbeat), it could
+  /// miss the job's deadline: wake it to plan again. At most once per look, and only in pools
+  /// with a timeout.
+  void watch_deadlines_locked() noexcept {
+    if (options_.task_timeout.count() <= 0) return;
+    sent_since_look_ = true;
+    if (deadlines_watched_) return;
+    deadlines_watched_ = true;
+    kick_.store(true, std::memory_order_relaxed);
+    transport_->wake();
+  }
+
+  static constexpr std::uint64_t stopped_idle = ~std::uint64_t{0};  // no task has this id
 
   /// The fork server is gone (killed from outside): its workers died with it and no
   /// replacement can be made. Everything unresolved fails; the pool refuses new work.
@@ -1055,6 +1173,9 @@ class Scheduler {
   std::vector<std::unique_ptr<Job>> recycled_;  // under collect_mutex_
   bool closed_ = false;
   bool terminating_ = false;
+  // The collector's planned wake-up comes before the deadline of any job sent from now on.
+  bool deadlines_watched_ = false;
+  bool sent_since_look_ = false;  // a job was sent since enforce_timeouts_locked last ran
   std::string closed_reason_;
 
   std::atomic<std::size_t> outstanding_{0};  // submitted, not yet answered or failed

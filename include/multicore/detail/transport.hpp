@@ -86,6 +86,12 @@ class Transport {
   virtual bool send_corrupt(unsigned k) const noexcept = 0;
   /// The task worker k has claimed (0: none) and when it claimed it (steady clock, ns).
   virtual std::uint64_t running(unsigned k, std::int64_t* since_ns) const noexcept = 0;
+  /// Asks worker k to skip the job at `position` in the stream of jobs sent to its current
+  /// process (0: the first) if it has not started it yet; it then answers it with an empty
+  /// payload. `task_id` is that job's id.
+  virtual void cancel(unsigned k, std::uint64_t position, std::uint64_t task_id) noexcept = 0;
+  /// When worker k's process was stopped (SIGSTOP; steady clock, ns), 0 while it runs.
+  virtual std::int64_t stopped_since_ns(unsigned k) const noexcept = 0;
   /// Answers worker k says it has fully sent in its current life.
   virtual std::uint64_t answers_sent(unsigned k) const noexcept = 0;
   /// Forgets all in-transit bytes of slot k. Only while slot k has no live process.
@@ -217,6 +223,14 @@ class ShmTransport final : public Transport {
     return id;
   }
 
+  void cancel(unsigned k, std::uint64_t position, std::uint64_t task_id) noexcept override {
+    slot(k).cancelled[position % max_jobs_in_flight].store(task_id, std::memory_order_relaxed);
+  }
+
+  std::int64_t stopped_since_ns(unsigned k) const noexcept override {
+    return slot(k).stopped_since_ns.load(std::memory_order_relaxed);
+  }
+
   std::uint64_t answers_sent(unsigned k) const noexcept override { return readers_[k].messages(); }
 
   void reset(unsigned k) noexcept override {
@@ -225,6 +239,7 @@ class ShmTransport final : public Transport {
     readers_[k].reset();
     s.running.store(0, std::memory_order_relaxed);
     s.running_since_ns.store(0, std::memory_order_relaxed);
+    s.stopped_since_ns.store(0, std::memory_order_relaxed);
     s.parent_wants_space.store(0, std::memory_order_relaxed);
     s.worker_wants_room.store(0, std::memory_order_relaxed);
     s.pid.store(0, std::memory_order_relaxed);

@@ -88,13 +88,41 @@ class Worker {
       // Claim the task before touching its payload: if anything from here on kills the
       // process, the parent blames this task and no other.
       setup_.slot->running.store(header.task_id, std::memory_order_release);
-      serve(header);
+      if (cancelled(header)) {
+        skip(header);
+      } else {
+        serve(header);
+      }
       setup_.slot->running.store(0, std::memory_order_release);
+      // Skipped jobs count too: the parent counts every job it sends (see Scheduler::can_take).
       if (setup_.max_tasks != 0 && ++done >= setup_.max_tasks) leave_worker(0);
     }
   }
 
  private:
+  /// True if the parent cancelled this job (see SlotShared::cancelled). Looked up after the job
+  /// was claimed in `running`: a cancellation too late for this look finds the job running, and
+  /// the parent deals with it as with any job of the abandoned map that had started.
+  bool cancelled(const RequestHeader& header) noexcept {
+    const std::uint64_t position = jobs_read_++;
+    return setup_.slot->cancelled[position % max_jobs_in_flight].load(std::memory_order_relaxed) ==
+           header.task_id;
+  }
+
+  /// Reads past a cancelled job's payload and answers it with nothing.
+  void skip(const RequestHeader& header) noexcept {
+    for (std::uint64_t left = header.payload_bytes; left != 0;) {
+      const std::size_t n =
+          static_cast<std::size_t>(std::min<std::uint64_t>(left, wait_for_request_bytes().size()));
+      consume_request_bytes(n);
+      left -= n;
+    }
+    task_id_ = header.task_id;
+    began_ = steady_now_ns();
+    answer_.resize(sizeof(ResponseHeader));
+    send_answer(answer_, {});
+  }
+
   void start() noexcept {
     keep_freed_memory();
     try {
@@ -316,6 +344,7 @@ class Worker {
   Sender sender_{*this};
   ThreadTeam team_;  // made in this process, with no threads until a chunk asks for them
   std::uint64_t task_id_ = 0;
+  std::uint64_t jobs_read_ = 0;  // call requests read: the position of the next one
   std::int64_t began_ = 0;
   bool answered_ = false;
   std::uintptr_t trimmed_heap_end_ = 0;

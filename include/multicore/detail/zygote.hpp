@@ -247,11 +247,18 @@ class Zygote {
     }
     int status = 0;
     pid_t pid = 0;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    while ((pid = waitpid(-1, &status, WNOHANG | WUNTRACED | WCONTINUED)) > 0) {
       for (std::size_t k = 0; k < s_.pids.size(); ++k) {
         if (s_.pids[k] != pid) continue;
-        s_.pids[k] = 0;
         SlotShared& slot = *s_.workers[k].slot;
+        if (WIFSTOPPED(status) || WIFCONTINUED(status)) {
+          // A stopped worker cannot run its tasks: a pool with a timeout replaces it (see
+          // Scheduler::enforce_timeouts_locked).
+          slot.stopped_since_ns.store(WIFSTOPPED(status) ? steady_now_ns() : 0,
+                                      std::memory_order_relaxed);
+          continue;
+        }
+        s_.pids[k] = 0;
         slot.wait_status.store(status, std::memory_order_relaxed);
         slot.state.store(SlotState::dead, std::memory_order_release);
         s_.workers[k].pool->parent_bell.ring();
