@@ -54,6 +54,9 @@ int slow_square(int x) {
 
 pid_t pid_of_runner(int /*x*/) { return getpid(); }
 
+int crash(int /*x*/) { multicore_test::segfault_by_raise(); }
+int hang(int /*x*/) { multicore_test::hang_forever(); }
+
 // ----- Processes a task leaves behind --------------------------------------------------------
 
 // fork() in a task, and both processes return from it: the child carries on as a second worker
@@ -73,6 +76,19 @@ TEST(AdversarialFailing, DISABLED_TaskThatForksAndReturnsInBothProcessesLeavesNo
   EXPECT_TRUE(multicore_test::no_children_within(3s))
       << "the task's child lives on as a worker: "
       << testing::PrintToString(multicore_test::child_pids());
+  multicore_test::kill_children();
+}
+
+// The same from on_worker_start: the child of a fork there returns into the worker's loop.
+TEST(AdversarialFailing, DISABLED_OnWorkerStartThatForksLeavesNoRogueWorker) {
+  {
+    PoolOptions o = workers(1);
+    o.on_worker_start = [] { fork(); };
+    Pool pool(o);
+    for (int i = 0; i < 20; ++i) EXPECT_EQ(pool.call(square, i), i * i);
+  }
+  EXPECT_TRUE(multicore_test::no_children_within(3s))
+      << "left: " << testing::PrintToString(multicore_test::child_pids());
   multicore_test::kill_children();
 }
 
@@ -98,9 +114,10 @@ TEST(AdversarialFailing, DISABLED_ForkInAThreadsPerWorkerItemLeavesNoProcess) {
   multicore_test::kill_children();
 }
 
-// The classic daemon dance in a task: the worker exits (WorkerLost, fine), but its child returns
-// from the task, writes an answer into the rings of a slot that now belongs to a replacement,
-// and then serves that slot's requests alongside it.
+// The classic daemon dance in a task: the worker exits, but its child returns from the task and
+// writes an answer into the worker's rings: the call returns that answer (5) or WorkerLost,
+// whichever the parent sees first. The child then serves the slot's requests alongside the
+// replacement, and outlives the pool. Expected: WorkerLost (exit code 0), nothing left.
 int daemonise(int x) {
   if (fork() > 0) _exit(0);
   setsid();
@@ -599,7 +616,6 @@ TEST(AdversarialFailing, DISABLED_WorkerBlockedFlushingIdleOutputDoesNotHangTheN
 // behind the crash never runs and never fails, task_timeout or not (only terminate() ends it).
 // Expected: a replacement that does not start within a bound counts as a failed start (backoff,
 // and with no worker left the queued tasks fail, as when on_worker_start throws).
-int crash(int /*x*/) { multicore_test::segfault_by_raise(); }
 
 TEST(AdversarialFailing, DISABLED_ReplacementHangingInOnWorkerStartDoesNotHangQueuedTasks) {
   const auto end = in_child(
@@ -619,6 +635,31 @@ TEST(AdversarialFailing, DISABLED_ReplacementHangingInOnWorkerStartDoesNotHangQu
           return 1;
         }
         return 0;
+      },
+      30s);
+  EXPECT_TRUE(end.exited_with(0)) << end.describe();
+}
+
+// A stopped fork server (SIGSTOP from outside, a debugger) can neither reap nor kill: a worker
+// that dies is never reported and a task past task_timeout is never cut off, so both futures
+// wait as long as the fork server stays stopped. The parent could see deaths itself (a pidfd per
+// worker polls readable at exit, even before the reap) and kill a timed-out worker itself (its
+// pid cannot be reused before the fork server reaps it).
+TEST(AdversarialFailing, DISABLED_TimeoutsAndDeathsAreReportedWhileTheForkServerIsStopped) {
+  const auto end = in_child(
+      [](int report) {
+        PoolOptions o = workers(2);
+        o.task_timeout = 300ms;
+        Pool pool(o);
+        const std::vector<pid_t> fork_servers = multicore_test::child_pids();
+        kill(fork_servers.at(0), SIGSTOP);
+        auto crashed = pool.submit(crash, 1);
+        auto stuck = pool.submit(hang, 1);
+        const bool reported = crashed.wait_for(5s) == std::future_status::ready &&
+                              stuck.wait_for(5s) == std::future_status::ready;
+        if (!reported) say(report, "a crash or a timeout waited 5 s for the stopped fork server");
+        kill(fork_servers.at(0), SIGCONT);
+        return reported ? 0 : 1;
       },
       30s);
   EXPECT_TRUE(end.exited_with(0)) << end.describe();
@@ -656,7 +697,6 @@ TEST(AdversarialFailing, DISABLED_MoveAssignmentWhileOtherThreadsCallIsRaceFree)
 // A watchdog thread calls terminate() to unblock a destructor that waits for a hung task, the
 // one way to bound ~Pool. terminate() blocks on the close mutex the destructor holds, then
 // reads the Scheduler the destructor has just freed: heap-use-after-free (ASan, in most runs).
-int hang(int /*x*/) { multicore_test::hang_forever(); }
 
 TEST(AdversarialFailing, DISABLED_WatchdogTerminateWhileTheDestructorWaitsIsSafe) {
   for (int round = 0; round < 3; ++round) {
