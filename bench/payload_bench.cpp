@@ -44,6 +44,31 @@ void BM_RoundTripBytes(benchmark::State& state) {
 }
 BENCHMARK(BM_RoundTripBytes)->Apply(sizes);
 
+// Ours, by ring size: a 16 MiB echo through the smallest ring allowed, a middle one and the
+// default (1 MiB). A payload larger than the ring streams through it; a smaller ring means
+// more hand-offs between the two sides, each a wait when they share a core.
+void BM_RoundTripRing(benchmark::State& state) {
+  const auto ring = static_cast<std::size_t>(state.range(0));
+  const auto n = static_cast<std::size_t>(state.range(1));
+  multicore::Pool pool(multicore::PoolOptions{.ring_bytes = ring});
+  const std::vector<char> payload = make_payload(n);
+  for (int i = 0; i < 3; ++i) benchmark::DoNotOptimize(pool.submit(echo, payload).get());
+  for (auto _ : state) {
+    std::vector<char> back = pool.submit(echo, payload).get();
+    if (!same_ends(back, payload)) {
+      state.SkipWithError("the echo came back different");
+      break;
+    }
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+BENCHMARK(BM_RoundTripRing)
+    ->ArgNames({"ring", "bytes"})
+    ->Args({static_cast<std::int64_t>(multicore::detail::min_ring_bytes), 16 << 20})
+    ->Args({256 << 10, 16 << 20})
+    ->Args({1 << 20, 16 << 20})
+    ->UseRealTime();
+
 // Baseline: one in-process memcpy of the payload (the memory bandwidth unit).
 void BM_Memcpy(benchmark::State& state) {
   const auto n = static_cast<std::size_t>(state.range(0));

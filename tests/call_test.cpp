@@ -185,7 +185,7 @@ TEST(CallSlot, SleeperLeavesOnlyWhenTheDelivererIsDoneWithTheSlot) {
       while (slot->state.load(std::memory_order_acquire) == Slot::pending) {
         std::this_thread::yield();
       }
-      slot->value.emplace(i);
+      slot->value.make([&] { return i; });
       slot->finish();
     }
   });

@@ -245,10 +245,10 @@ std::vector<std::uint8_t> big_bytes(std::size_t n) {
   return bytes;
 }
 
-// A task queued behind the crasher whose argument (32 MiB through a 4 KiB ring) was only partly
+// A task queued behind the crasher whose argument (32 MiB through a 64 KiB ring) was only partly
 // sent when the worker died: it is sent again, whole, to the replacement.
 TEST(Crash, QueuedTaskWithAPartlySentArgumentCompletesAfterACrash) {
-  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 4096});
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 64 << 10});
   const std::vector<std::uint8_t> payload = big_bytes(std::size_t{32} << 20);
   auto crashed = pool.submit(die, Death::segfault_raise);
   auto big = pool.submit(fingerprint, payload);
@@ -264,8 +264,8 @@ TEST(Crash, WorkerKilledWhileWritingItsAnswer) {
   Pipe release;
   Pipe returning;
   crash_test_types::release_fd = release.read_fd();
-  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 4096});
-  // The first answer holds the collector: the second cannot be read past the ring's 4 KiB.
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 64 << 10});
+  // The first answer holds the collector: the second cannot be read past the ring's 64 KiB.
   auto held = pool.submit([] { return crash_test_types::Held{5}; });
   auto big = pool.submit(
       [](int tell) {

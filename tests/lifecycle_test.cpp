@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -20,8 +21,10 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "support/app.hpp"
 #include "support/failure.hpp"
 #include "support/leak_check.hpp"
 
@@ -32,91 +35,16 @@ using multicore::PoolClosed;
 using multicore::PoolOptions;
 using multicore::SystemError;
 using multicore::WorkerLost;
+using multicore_test::AppResult;
 using multicore_test::error_of;
+using multicore_test::lines_of;
 using multicore_test::Pipe;
+using multicore_test::Report;
+using multicore_test::run_app;
 using multicore_test::thrown_exactly;
 using namespace std::chrono_literals;
 
 pid_t own_pid() { return getpid(); }
-
-// ----- A child "application" -------------------------------------------------------------------
-//
-// Tests that change the process's identity or limits, or that kill it, run their Pool in a
-// forked child. The child reports through a pipe, one line per fact, and the test asserts on
-// those lines: no gtest assertion runs in the child.
-
-/// Where an application writes its report.
-class Report {
- public:
-  explicit Report(int fd) : fd_(fd) {}
-  void line(const std::string& text) const {
-    const std::string l = text + "\n";
-    multicore_test::write_all(fd_, l.data(), l.size());
-  }
-  /// One line describing how `f` ended: "value <v>", or the exception's exact type and fields.
-  template <class F>
-  void outcome(const std::string& label, F&& f) const {
-    line(label + ": " + describe(std::forward<F>(f)));
-  }
-
-  template <class F>
-  static std::string describe(F&& f) {
-    try {
-      std::ostringstream out;
-      out << "value " << f();
-      return out.str();
-    } catch (const SystemError& e) {
-      return "SystemError code=" + std::to_string(e.code().value()) + " what=" + e.what();
-    } catch (const WorkerLost& e) {
-      return "WorkerLost signal=" + std::to_string(e.signal()) +
-             " exit_code=" + std::to_string(e.exit_code());
-    } catch (const std::exception& e) {
-      return multicore::detail::demangle(typeid(e).name()) + " what=" + e.what();
-    }
-  }
-
- private:
-  int fd_;
-};
-
-struct AppResult {
-  std::string report;
-  int status = -1;
-};
-
-/// Forks an application that runs `body(report)`, then exits; returns its report (read to
-/// end-of-file) and its wait status. An exception out of `body` is reported as "uncaught: ...".
-template <class F>
-AppResult run_app(F body) {
-  Pipe report;
-  std::fflush(nullptr);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    report.close_read();
-    const Report r(report.write_fd());
-    int code = 0;
-    try {
-      body(r);
-    } catch (const std::exception& e) {
-      r.line(std::string("uncaught: ") + e.what());
-      code = 1;
-    }
-    std::fflush(nullptr);
-    _exit(code);
-  }
-  report.close_write();
-  AppResult result;
-  if (pid < 0) {
-    ADD_FAILURE() << "fork: " << std::strerror(errno);
-    return result;
-  }
-  bool complete = false;
-  result.report =
-      multicore_test::read_to_end(report.read_fd(), multicore_test::pipe_liveness, &complete);
-  if (!complete) kill(pid, SIGKILL);  // stuck: the failure is recorded; do not hang here too
-  result.status = multicore_test::reap(pid);
-  return result;
-}
 
 /// The unprivileged user a fork-failure application runs as (called in the application). Not
 /// `nobody` itself: the limit counts every process of the user, and tests running at the same
@@ -163,14 +91,7 @@ bool become_unprivileged_with_process_limit(const Report& report, int extra, int
   return true;
 }
 
-/// Lines of a report, with a "skip: " line turned into GTEST_SKIP by the caller.
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
+/// A "skip: " line from the application becomes GTEST_SKIP.
 #define SKIP_IF_APP_SKIPPED(result)                                               \
   do {                                                                            \
     if ((result).report.rfind("skip: ", 0) == 0) GTEST_SKIP() << (result).report; \
@@ -616,8 +537,81 @@ TEST(Lifecycle, TerminateWithAStoppedBusyWorker) {
   EXPECT_FALSE(multicore_test::running(worker));
 }
 
+/// Workers whose fork server died died with it (PR_SET_PDEATHSIG) and were reparented here (this
+/// process is a subreaper): the pool must have reaped them, so none is left as our child, not
+/// even as a zombie.
+void expect_reaped_by_the_pool(const std::vector<pid_t>& workers) {
+  for (pid_t pid : workers) {
+    EXPECT_EQ(multicore_test::reap(pid), -1) << "worker " << pid << " was left for us to reap";
+  }
+}
+
+/// Waits (bounded) until `pid` is stopped; false if it is not within the liveness bound.
+bool stopped(pid_t pid) {
+  const auto deadline = std::chrono::steady_clock::now() + multicore_test::pipe_liveness;
+  for (;;) {
+    const auto stat = multicore_test::proc_stat(pid);
+    if (stat && stat->state == 'T') return true;
+    if (!stat || std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+}
+
+enum class Ending { shutdown, destructor };
+
+void PrintTo(Ending e, std::ostream* os) {
+  *os << (e == Ending::shutdown ? "shutdown" : "destructor");
+}
+
+class StoppedBusyWorker : public ::testing::TestWithParam<Ending> {};
+
+INSTANTIATE_TEST_SUITE_P(Lifecycle, StoppedBusyWorker,
+                         ::testing::Values(Ending::shutdown, Ending::destructor),
+                         [](const auto& p) {
+                           return std::string(p.param == Ending::shutdown ? "Shutdown"
+                                                                          : "Destructor");
+                         });
+
+// A worker stopped from outside (SIGSTOP) while it runs a task, and no task_timeout: shutdown()
+// and the destructor wait for the submitted work, so they first continue every worker
+// (SIGCONT, through the fork server); the task finishes and its future has its value.
+// Regression test: they waited for ever for a task that could not run.
+TEST_P(StoppedBusyWorker, FinishesItsTaskWhenThePoolIsShutDown) {
+  Pipe started;
+  Pipe gate;
+  auto pool = std::make_unique<Pool>(PoolOptions{.workers = 1});
+  auto busy = pool->submit(
+      [](int tell, int wait) {
+        const pid_t self = getpid();
+        multicore_test::write_all(tell, &self, sizeof self);
+        char byte = 0;
+        return multicore_test::read_exact(wait, &byte, 1) ? 42 : 0;
+      },
+      started.write_fd(), gate.read_fd());
+  const pid_t worker = multicore_test::read_value<pid_t>(started.read_fd());
+  ASSERT_EQ(kill(worker, SIGSTOP), 0);
+  ASSERT_TRUE(stopped(worker));
+  const char open = 1;
+  ASSERT_TRUE(multicore_test::write_all(gate.write_fd(), &open, 1));  // it cannot see this yet
+  auto ended = std::async(std::launch::async, [&] {
+    if (GetParam() == Ending::shutdown) {
+      pool->shutdown();
+    } else {
+      pool.reset();
+    }
+  });
+  if (ended.wait_for(multicore_test::pipe_liveness) != std::future_status::ready) {
+    ADD_FAILURE() << "the pool's " << (GetParam() == Ending::shutdown ? "shutdown()" : "destructor")
+                  << " still waits for the stopped worker";
+    kill(worker, SIGCONT);
+  }
+  ended.get();
+  ASSERT_EQ(busy.wait_for(0s), std::future_status::ready);
+  EXPECT_EQ(busy.get(), 42);
+}
+
 // A stopped fork server cannot reap, kill or fork: terminate() kills it (bounded), and its
-// workers die with it (PR_SET_PDEATHSIG). This process, a subreaper, inherits and reaps them.
+// workers die with it (PR_SET_PDEATHSIG).
 TEST(Lifecycle, TerminateWithAStoppedForkServer) {
   Pipe started;
   Pool pool(PoolOptions{.workers = 1});
@@ -636,10 +630,11 @@ TEST(Lifecycle, TerminateWithAStoppedForkServer) {
   pool.terminate();
   EXPECT_TRUE(error_of<PoolClosed>(busy));
   EXPECT_FALSE(multicore_test::running(fork_server));
-  const int status = multicore_test::reap(worker);
-  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "status " << status;
+  expect_reaped_by_the_pool({worker});
 }
 
+// The destructor, which waits for the work, continues the fork server (SIGCONT) instead; it
+// completes either way.
 TEST(Lifecycle, DestructorWithAStoppedForkServer) {
   std::vector<pid_t> workers;
   pid_t fork_server = 0;
@@ -655,9 +650,7 @@ TEST(Lifecycle, DestructorWithAStoppedForkServer) {
     EXPECT_EQ(pool.submit([](int x) { return x * 5; }, 5).get(), 25);
   }
   EXPECT_FALSE(multicore_test::running(fork_server));
-  for (pid_t pid : workers) {
-    EXPECT_NE(multicore_test::reap(pid), -1) << "worker " << pid << " was not reparented here";
-  }
+  expect_reaped_by_the_pool(workers);
 }
 
 // ----- (5) The fork server killed from outside -------------------------------------------------
@@ -717,12 +710,96 @@ TEST(Lifecycle, ForkServerKilledFromOutside) {
     ASSERT_TRUE(closed);
     EXPECT_NE(std::string(closed->what()).find("fork server died"), std::string::npos);
   }  // the destructor must complete
-  // The workers died with their fork server (PR_SET_PDEATHSIG) and were reparented here.
-  for (pid_t pid : workers) {
-    const int status = multicore_test::reap(pid);
-    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
-        << "worker " << pid << " status " << status;
+  expect_reaped_by_the_pool(workers);
+}
+
+/// Children of the calling process, zombies included, as "<n> (<states>)": "0 ()" when none.
+std::string describe_children() {
+  std::string states;
+  const std::vector<pid_t> children = multicore_test::child_pids();
+  for (pid_t pid : children) {
+    const auto stat = multicore_test::proc_stat(pid);
+    states += stat ? stat->state : '-';
   }
+  return std::to_string(children.size()) + " (" + states + ")";
+}
+
+// An application that is a child subreaper (as a container's init is) inherits the workers of a
+// fork server killed from outside: they die with it (PR_SET_PDEATHSIG) and are reparented to
+// the application. Regression test: nobody reaped them, and they stayed as zombies for ever; the
+// pool knows their pids and must reap them.
+TEST(Lifecycle, ForkServerKilledFromOutsideLeavesASubreaperApplicationNoZombie) {
+  const AppResult app = run_app([](const Report& report) {
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) {
+      return report.line(std::string("skip: prctl: ") + std::strerror(errno));
+    }
+    {
+      Pipe started;
+      Pool pool(PoolOptions{.workers = 2});
+      const std::vector<pid_t> children = multicore_test::child_pids();
+      if (children.size() != 1) return report.line("expected only the fork server as a child");
+      auto busy = pool.submit(
+          [](int tell) -> int {
+            const pid_t self = getpid();
+            multicore_test::write_all(tell, &self, sizeof self);
+            multicore_test::hang_forever();
+          },
+          started.write_fd());
+      pid_t worker = 0;
+      if (!multicore_test::read_exact(started.read_fd(), &worker, sizeof worker)) {
+        return report.line("the task did not start");
+      }
+      kill(children[0], SIGKILL);
+      report.outcome("busy", [&] { return busy.get(); });
+    }
+    report.line("children after the pool: " + describe_children());
+  });
+  SKIP_IF_APP_SKIPPED(app);
+  EXPECT_TRUE(WIFEXITED(app.status) && WEXITSTATUS(app.status) == 0) << app.report;
+  EXPECT_EQ(app.report,
+            "busy: WorkerLost signal=9 exit_code=-1\n"
+            "children after the pool: 0 ()\n");
+}
+
+/// The pool a worker made in on_worker_start (null elsewhere).
+std::unique_ptr<Pool>& worker_pool() {
+  static std::unique_ptr<Pool> pool;
+  return pool;
+}
+
+/// Uses the worker's own pool, after starting a child process that exits at once and that this
+/// worker never reaps.
+int through_worker_pool(int x) {
+  if (fork() == 0) _exit(0);
+  return worker_pool()->call([](int y) { return 2 * y; }, x);
+}
+
+// What a worker leaves when it ends is adopted by the nearest child subreaper: the fork server of
+// a pool it made (in on_worker_start, kept in a global: a worker ends with _exit, so that pool is
+// never destroyed; its fork server exits when it sees its lifeline close), and a child a task
+// started and never reaped. Regression test: in a subreaper application (a container's init)
+// they were reparented to the application and stayed zombies for ever, one more with every
+// replaced worker. The fork server is now a subreaper itself and reaps them.
+TEST(Lifecycle, WorkersLeaveASubreaperApplicationNoZombie) {
+  const AppResult app = run_app([](const Report& report) {
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) {
+      return report.line(std::string("skip: prctl: ") + std::strerror(errno));
+    }
+    {
+      Pool pool(
+          PoolOptions{.workers = 1,
+                      .on_worker_start =
+                          [] { worker_pool() = std::make_unique<Pool>(PoolOptions{.workers = 1}); },
+                      .max_tasks_per_worker = 1});
+      int sum = 0;
+      for (int i = 1; i <= 4; ++i) sum += pool.call(through_worker_pool, i);  // 4 workers
+      report.line("sum: " + std::to_string(sum));
+    }
+    report.line("children after the pool: " + describe_children());
+  });
+  SKIP_IF_APP_SKIPPED(app);
+  EXPECT_TRUE(WIFEXITED(app.status) && WEXITSTATUS(app.status) == 0) << app.report;
+  EXPECT_EQ(app.report, "sum: 20\nchildren after the pool: 0 ()\n");
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <future>
 #include <iterator>
 #include <latch>
 #include <list>
@@ -25,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "support/failure.hpp"
 #include "support/leak_check.hpp"
 #include "support/numbers.hpp"
 #include "support/shared_counter.hpp"
@@ -32,7 +34,9 @@
 
 namespace {
 
+using multicore_test::Pipe;
 using multicore_test::SharedCounter;
+using namespace std::chrono_literals;
 
 using multicore::MapOptions;
 using multicore::Pool;
@@ -74,6 +78,25 @@ struct SleepThenAffine {
   std::int64_t operator()(int x) const {
     usleep(static_cast<useconds_t>(micros));
     return std::int64_t{x} + b;
+  }
+};
+
+/// A map item for the abandonment tests. It reports its index through the `started` pipe; item 0
+/// then returns at once, every other one waits for a byte from the `gate` pipe (-1: none ever
+/// comes) for 30 s, far beyond every bound of the tests, which never wait that long.
+struct GatedItem {
+  int started;
+  int gate;
+  int operator()(int x) const {
+    multicore_test::write_all(started, &x, sizeof x);
+    if (x == 0) return 0;
+    if (gate < 0) {
+      std::this_thread::sleep_for(30s);
+      return x;
+    }
+    char byte = 0;
+    multicore_test::read_exact(gate, &byte, 1, 30s);
+    return x;
   }
 };
 
@@ -518,6 +541,82 @@ TEST_P(MapTest, AbandonedBeforeFirstResult) {
   EXPECT_EQ(collect(pool.map(Affine{1, 1}, inputs)), sequential(inputs, Affine{1, 1}));
 }
 
+/// Starts a map of GatedItems in chunks of one, takes its first result (item 0) and waits until
+/// every worker has started a gated item (each then runs one, with the rest queued behind it),
+/// then abandons the map. Returns the `submit`s made while the map was alive.
+std::vector<std::future<std::int64_t>> abandon_gated_map(Pool& pool, int items, int gate_fd,
+                                                         const Pipe& started, int submits) {
+  std::vector<std::future<std::int64_t>> submitted;
+  MapOptions one;
+  one.chunk_size = 1;
+  auto results =
+      pool.map(GatedItem{started.write_fd(), gate_fd}, multicore_test::numbers(0, items), one);
+  auto it = results.begin();
+  EXPECT_EQ(*it, 0);
+  for (int i = 0; i < submits; ++i) submitted.push_back(pool.submit(square, i));
+  std::vector<int> first(pool.size() + 1);
+  EXPECT_TRUE(
+      multicore_test::read_exact(started.read_fd(), first.data(), first.size() * sizeof(int)))
+      << "not every worker started an item";
+  return submitted;
+}
+
+/// Shuts the pool down (bounded), then checks that no item started after the abandonment.
+void expect_no_late_start(Pool& pool, Pipe& started) {
+  auto closing = std::async(std::launch::async, [&] { pool.shutdown(); });
+  ASSERT_TRUE(multicore_test::ready_within(closing)) << "the pool waits for abandoned items";
+  started.close_write();  // the workers are gone: end-of-file once the pipe is read dry
+  std::string late = multicore_test::read_to_end(started.read_fd());
+  EXPECT_EQ(late.size() / sizeof(int), 0u) << "abandoned chunks started after the abandonment";
+}
+
+// Abandoning a map cancels the rest (see the README): a worker still running one of its chunks
+// after a grace is killed and replaced, so the pool does not wait for items nobody wants (here,
+// 30 s each), and the chunks queued behind never run.
+TEST_P(MapTest, AbandonedMapOfLongItemsIsCutOff) {
+  Pipe started;
+  Pool pool(options());
+  const multicore_test::TerminateIfFailed guard(pool);
+  abandon_gated_map(pool, 1000, -1, started, 0);
+  auto quick = pool.submit(square, 3);
+  ASSERT_TRUE(multicore_test::ready_within(quick));
+  EXPECT_EQ(quick.get(), 9);
+  expect_no_late_start(pool, started);
+}
+
+// Chunks running when their map is abandoned may finish; those queued behind them in the
+// workers' rings are skipped, never started.
+TEST_P(MapTest, AbandonedMapSkipsChunksNotStarted) {
+  Pipe started;
+  Pipe gate;
+  Pool pool(options());
+  const multicore_test::TerminateIfFailed guard(pool);
+  abandon_gated_map(pool, 1000, gate.read_fd(), started, 0);
+  const std::string open(256, 'x');  // lets every running item (and any that wrongly starts) end
+  ASSERT_TRUE(multicore_test::write_all(gate.write_fd(), open.data(), open.size()));
+  auto quick = pool.submit(square, 3);
+  ASSERT_TRUE(multicore_test::ready_within(quick));
+  EXPECT_EQ(quick.get(), 9);
+  expect_no_late_start(pool, started);
+}
+
+// Chunks that end soon after the abandonment (automatic chunks aim at about 0.5 ms) finish: no
+// worker is replaced for them.
+TEST_P(MapTest, AbandonedMapOfShortItemsReplacesNoWorker) {
+  SharedCounter starts;
+  PoolOptions o = options();
+  o.on_worker_start = [count = starts.get()] { count->fetch_add(1); };
+  Pool pool(o);
+  {
+    auto results = pool.map(SleepThenAffine{1000, 0}, multicore_test::numbers(0, 100000));
+    auto it = results.begin();
+    for (int i = 0; i < 5; ++i, ++it) ASSERT_EQ(*it, i);
+  }
+  EXPECT_EQ(pool.submit(square, 2).get(), 4);
+  pool.shutdown();
+  EXPECT_EQ((*starts).load(), static_cast<int>(expected_size())) << "a worker was replaced";
+}
+
 TEST_P(MapTest, IteratingTwiceThrowsLogicError) {
   Pool pool(options());
   const std::vector<int> inputs{1, 2, 3};
@@ -574,6 +673,23 @@ TEST_P(MapTest, ConcurrentMapsFromSeveralThreads) {
 }
 
 // ----- Not parameterised ------------------------------------------------------------------------
+
+// Tasks submitted while the map was alive are not abandoned with it: they run and get their
+// values, also the one queued in the worker's ring behind the map's running chunk (requeued,
+// like after any death, when that chunk is cut off).
+TEST(Map, TasksQueuedBehindAnAbandonedMapComplete) {
+  Pipe started;
+  Pool pool(PoolOptions{.workers = 1});
+  const multicore_test::TerminateIfFailed guard(pool);
+  // Item 1 runs, alone in the ring once item 0 has answered: the first task joins it there (a
+  // worker holds at least two jobs), the others wait in the parent.
+  auto queued = abandon_gated_map(pool, 2, -1, started, 20);
+  for (std::size_t i = 0; i < queued.size(); ++i) {
+    ASSERT_TRUE(multicore_test::ready_within(queued[i])) << "task " << i;
+    EXPECT_EQ(queued[i].get(), square(static_cast<int>(i)));
+  }
+  expect_no_late_start(pool, started);
+}
 
 TEST(Map, ResultsAreYieldedBeforeTheInputEnds) {
   // An ordered map yields the first result while later inputs are still unread: the consumer

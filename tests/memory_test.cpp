@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "support/failure.hpp"  // MULTICORE_TEST_ASAN
+#include "support/failure.hpp"  // MULTICORE_TEST_ASAN, MULTICORE_TEST_TSAN
 #include "support/leak_check.hpp"
 
 // Under AddressSanitizer, free() parks blocks in a quarantine (256 MiB by default) to catch
@@ -25,14 +25,6 @@ extern "C" __attribute__((used)) const char* __asan_default_options() {
 }
 
 namespace {
-
-#if defined(__SANITIZE_THREAD__)
-constexpr bool thread_sanitizer = true;
-#elif defined(__has_feature)
-constexpr bool thread_sanitizer = __has_feature(thread_sanitizer);
-#else
-constexpr bool thread_sanitizer = false;
-#endif
 
 /// Resident memory of process `pid`, in KiB (0 if it cannot be read).
 std::size_t resident_kib(pid_t pid) {
@@ -124,7 +116,7 @@ void expect_held_then_given_back(multicore::Pool& pool, Work&& work, std::size_t
 }
 
 TEST(Memory, IdleWorkerGivesBackLargeBuffers) {
-  if (thread_sanitizer) {
+  if (MULTICORE_TEST_TSAN) {
     GTEST_SKIP() << "ThreadSanitizer's shadow memory moves resident size by more than the buffers";
   }
   multicore::Pool pool({.workers = 1});
@@ -137,7 +129,7 @@ TEST(Memory, IdleWorkerGivesBackLargeBuffers) {
 }
 
 TEST(Memory, IdleWorkerGivesBackWhatTasksFreed) {
-  if (thread_sanitizer || MULTICORE_TEST_ASAN) {
+  if (MULTICORE_TEST_TSAN || MULTICORE_TEST_ASAN) {
     GTEST_SKIP() << "the sanitizer replaces glibc's malloc, whose tuning this tests";
   }
   multicore::Pool pool({.workers = 1});

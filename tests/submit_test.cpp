@@ -512,6 +512,24 @@ TEST_P(SubmitTest, OtherPoolUsedInsideAWorkerFails) {
 
 // ----- Not parameterised ------------------------------------------------------------------------
 
+int twice_in_a_pool_of_its_own(int x) {
+  Pool inner(PoolOptions{.workers = 1});
+  return inner.call(twice, x) + inner.submit(twice, x).get();
+}
+
+// Regression test: a worker inherited the fork server's registry of descriptors locked (the
+// parent holds its mutex across the fork), so a Pool made inside a worker, as the error for
+// the snapshot tells users to do, hung in its constructor.
+TEST(Submit, PoolMadeInsideAWorkerWorks) {
+  Pool pool(PoolOptions{.workers = 1});
+  auto nested = pool.submit(twice_in_a_pool_of_its_own, 4);
+  if (nested.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    pool.terminate();
+    FAIL() << "the pool made inside the worker hung";
+  }
+  EXPECT_EQ(nested.get(), 16);
+}
+
 TEST(Submit, WorkersZeroMeansUsableCores) {
   Pool pool;
   EXPECT_EQ(pool.size(), multicore::usable_cores());

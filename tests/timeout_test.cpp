@@ -30,6 +30,14 @@ struct SlowToDecode {
   int value;
 };
 
+/// A result whose decoding in the parent waits for a byte on `release_fd`: it holds the
+/// collector thread (and so every ring) until the test lets it go.
+struct Held {
+  int value;
+};
+
+inline int release_fd = -1;  // read end: one byte lets the decode finish
+
 }  // namespace timeout_test_types
 
 template <>
@@ -45,6 +53,20 @@ struct multicore::Codec<timeout_test_types::SlowToDecode> {
       std::this_thread::sleep_for(timeout_test_types::decode_stall);
     }
     return v;
+  }
+};
+
+template <>
+struct multicore::Codec<timeout_test_types::Held> {
+  static void encode(Writer& out, const timeout_test_types::Held& h) {
+    out.write(&h.value, sizeof h.value);
+  }
+  static timeout_test_types::Held decode(Reader& in) {
+    timeout_test_types::Held h{};
+    in.read(&h.value, sizeof h.value);
+    char byte = 0;
+    multicore_test::read_exact(timeout_test_types::release_fd, &byte, 1);
+    return h;
   }
 };
 
@@ -71,6 +93,14 @@ int sleep_for_a_minute() {
 }
 
 // ----- task_timeout ----------------------------------------------------------------------------
+
+/// Keeps a core busy for `ms` of wall time (or until killed); returns `ms`.
+int busy_for(int ms) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  volatile std::uint64_t spins = 0;
+  while (std::chrono::steady_clock::now() < until) spins = spins + 1;
+  return ms;
+}
 
 TEST(Timeout, InfiniteLoopGivesTaskTimeoutAndQueuedTasksComplete) {
   Pool pool(PoolOptions{.workers = 1, .task_timeout = 200ms});
@@ -118,6 +148,56 @@ TEST(Timeout, TaskThatFinishesUnderTheTimeoutSucceeds) {
   EXPECT_EQ(pool.submit(own_pid).get(), before) << "the worker must not have been replaced";
 }
 
+// A timeout far shorter than the collector's heartbeat must still fire near its deadline: the
+// collector has to learn at once that a worker started a task. 300 ms is 30 times the timeout.
+TEST(Timeout, ShortTimeoutCutsOffABusyTask) {
+  Pool pool(PoolOptions{.workers = 1, .task_timeout = 10ms});
+  const multicore_test::TerminateIfFailed guard(pool);
+  auto busy = pool.submit(busy_for, 300);
+  EXPECT_TRUE(error_of<TaskTimeout>(busy));
+  EXPECT_EQ(pool.size(), 1u);
+}
+
+// The same for a queue: each task starts on a fresh replacement, and each start must arm its
+// deadline. The collector used to learn of a start only at its next heartbeat, up to 100 ms
+// later, so these 80 ms tasks returned values.
+TEST(Timeout, ShortTimeoutCutsOffEveryTaskOfAQueue) {
+  Pool pool(PoolOptions{.workers = 2, .task_timeout = 10ms});
+  const multicore_test::TerminateIfFailed guard(pool);
+  std::vector<std::future<int>> busy;
+  for (int i = 0; i < 8; ++i) busy.push_back(pool.submit(busy_for, 80));
+  for (std::size_t i = 0; i < busy.size(); ++i) {
+    EXPECT_TRUE(error_of<TaskTimeout>(busy[i])) << "task " << i;
+  }
+  EXPECT_EQ(pool.submit(busy_for, 0).get(), 0);
+}
+
+int busy_after_reading(const std::vector<std::uint8_t>& bytes) { return busy_for(80) + bytes[0]; }
+
+// The clock stops while an argument's tail streams in and starts again once it is read: that
+// start, too, must arm the deadline (the collector's last look was while it sent the tail).
+TEST(Timeout, ShortTimeoutCutsOffATaskOnceItsArgumentStreamedIn) {
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 64 << 10, .task_timeout = 10ms});
+  const multicore_test::TerminateIfFailed guard(pool);
+  for (int i = 0; i < 3; ++i) {
+    auto busy = pool.submit(busy_after_reading, std::vector<std::uint8_t>(std::size_t{1} << 20));
+    EXPECT_TRUE(error_of<TaskTimeout>(busy)) << "task " << i;
+  }
+}
+
+// A huge task_timeout means "practically never": the pool runs tasks normally. max() overflowed
+// the conversion to nanoseconds (undefined behaviour: the UBSan build aborts); 18'446'744'073'710
+// ms (584 years) wrapped around to 0.45 ms, which timed out every task.
+TEST(Timeout, HugeTimeoutMeansPracticallyNever) {
+  for (const auto huge :
+       {std::chrono::milliseconds::max(), std::chrono::milliseconds(18'446'744'073'710)}) {
+    Pool pool(PoolOptions{.workers = 1, .task_timeout = huge});
+    const multicore_test::TerminateIfFailed guard(pool);
+    EXPECT_EQ(pool.submit(busy_for, 200).get(), 200) << huge.count() << " ms";
+    EXPECT_EQ(pool.call(busy_for, 1), 1) << huge.count() << " ms";
+  }
+}
+
 std::uint64_t fingerprint(const std::vector<std::uint8_t>& bytes) {
   // Cheap on purpose (the function's run time counts toward the timeout, even in Debug).
   return bytes.size() * 1'000'003 + bytes.front() * 1009u + bytes[bytes.size() / 2] * 7u +
@@ -133,13 +213,13 @@ std::vector<std::uint8_t> big_payload(std::size_t n) {
   return bytes;
 }
 
-// 32 MiB through a 4 KiB ring, each way, while the parent's collector is stalled for three
+// 32 MiB through a 64 KiB ring, each way, while the parent's collector is stalled for three
 // times the timeout (see SlowToDecode): the streaming of the argument (before the function
 // runs) and of the result (after it ran) takes far longer than task_timeout, and must not count.
 TEST(Timeout, PayloadStreamingDoesNotCountTowardTheTimeout) {
   constexpr std::size_t big = std::size_t{32} << 20;
   static_assert(timeout_test_types::decode_stall >= 3 * 500ms);
-  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 4096, .task_timeout = 500ms});
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 64 << 10, .task_timeout = 500ms});
   const pid_t before = pool.submit(own_pid).get();
   const std::vector<std::uint8_t> payload = big_payload(big);
 
@@ -185,6 +265,57 @@ TEST(Timeout, StoppedWorkerMidTaskIsKilledByTheTimeout) {
   const pid_t after = pool.submit(own_pid).get();
   EXPECT_NE(after, worker);
   EXPECT_EQ(pool.size(), 1u);
+}
+
+// A worker stopped between tasks never starts the ones sent to it. With a timeout, it is killed
+// once stopped that long with tasks to run, and they run on its replacement (they had not started:
+// nothing fails). These used to wait forever: no task clock ran.
+TEST(Timeout, StoppedIdleWorkerIsReplacedForTheTasksSentToIt) {
+  Pool pool(PoolOptions{.workers = 1, .task_timeout = 100ms});
+  const multicore_test::TerminateIfFailed guard(pool);
+  const pid_t worker = pool.submit(own_pid).get();
+  ASSERT_EQ(kill(worker, SIGSTOP), 0);
+  auto next = pool.submit(own_pid);
+  ASSERT_TRUE(multicore_test::ready_within(next));
+  EXPECT_NE(next.get(), worker);
+  EXPECT_FALSE(multicore_test::running(worker)) << "the stopped worker must have been killed";
+}
+
+// The task's clock stops while its answer streams out (the parent may be slow to read), so a
+// worker stopped there used to wait forever, its task's future with it. Now a stopped worker
+// holding tasks counts as overrunning: TaskTimeout.
+TEST(Timeout, WorkerStoppedWhileStreamingItsAnswerIsKilledByTheTimeout) {
+  Pipe started;
+  Pipe release;
+  timeout_test_types::release_fd = release.read_fd();
+  Pool pool(PoolOptions{.workers = 1, .ring_bytes = 64 << 10, .task_timeout = 100ms});
+  const multicore_test::TerminateIfFailed guard(pool);
+  // The collector decodes this until released: the next answer fills the ring, and its worker
+  // waits for room to write the rest.
+  auto held = pool.submit([](int x) { return timeout_test_types::Held{x}; }, 1);
+  auto big = pool.submit(
+      [](int tell) {
+        const pid_t self = getpid();
+        multicore_test::write_all(tell, &self, sizeof self);
+        return big_payload(std::size_t{32} << 20);
+      },
+      started.write_fd());
+  const pid_t worker = multicore_test::read_value<pid_t>(started.read_fd());
+  // Asleep after its pid: waiting for room to write the rest of its answer, which it cannot
+  // finish while the collector is held. (Asleep earlier, its task's clock would still run.)
+  const auto deadline = std::chrono::steady_clock::now() + multicore_test::pipe_liveness;
+  for (;;) {
+    const auto stat = multicore_test::proc_stat(worker);
+    ASSERT_TRUE(stat && std::chrono::steady_clock::now() < deadline) << "the worker never slept";
+    if (stat->state == 'S') break;
+  }
+  ASSERT_EQ(kill(worker, SIGSTOP), 0);
+  const char go = 1;
+  ASSERT_TRUE(multicore_test::write_all(release.write_fd(), &go, 1));
+  EXPECT_EQ(held.get().value, 1);
+  ASSERT_TRUE(multicore_test::ready_within(big));
+  EXPECT_TRUE(error_of<TaskTimeout>(big));
+  EXPECT_NE(pool.submit(own_pid).get(), worker);
 }
 
 // ----- max_tasks_per_worker --------------------------------------------------------------------

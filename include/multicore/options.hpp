@@ -14,14 +14,15 @@ struct PoolOptions {
   /// Number of worker processes; 0 means `usable_cores()`. At most 1024.
   unsigned workers = 0;
   /// Bytes of each shared-memory ring (one request and one response ring per worker).
-  /// Rounded up to a power of two; from 4 KiB to 1 GiB. Larger payloads stream through.
+  /// Rounded up to a power of two; from 64 KiB to 1 GiB. Larger payloads stream through.
   std::size_t ring_bytes = std::size_t{1} << 20;
   /// Runs in every worker process after it starts, also in replacements (open a database
   /// connection, seed a generator, ...). If it throws while the pool is being made, the
   /// `Pool` constructor throws `multicore::Error`.
   std::function<void()> on_worker_start{};
   /// 0: none. Otherwise a task running longer is failed with `TaskTimeout` and its worker
-  /// is killed and replaced.
+  /// is killed and replaced. Any length is accepted: `milliseconds::max()` means practically
+  /// never (timeouts beyond about 146 years all count as that).
   std::chrono::milliseconds task_timeout{0};
   /// 0: unlimited. Otherwise each worker is replaced after running this many tasks.
   std::size_t max_tasks_per_worker = 0;

@@ -46,12 +46,20 @@ class Pool {
   explicit Pool(PoolOptions options = {})
       : core_(std::make_unique<detail::PoolCore>(std::move(options))) {}
 
-  /// Finishes every submitted task, then stops the workers (see shutdown()).
-  ~Pool() = default;
+  /// Finishes every submitted task, then stops the workers (see shutdown()). In a process
+  /// forked after the pool was made, releases nothing (see core()).
+  ~Pool() { abandon_if_snapshot(); }
 
   Pool(Pool&&) noexcept = default;
   /// Shuts this pool down (finishing its work), then takes over `other`'s.
-  Pool& operator=(Pool&&) noexcept = default;
+  Pool& operator=(Pool&& other) noexcept {
+    if (this != &other) {
+      abandon_if_snapshot();
+      core_ = std::move(other.core_);
+      generation_ = other.generation_;
+    }
+    return *this;
+  }
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
@@ -103,7 +111,8 @@ class Pool {
   /// as long as you stop. Inputs travel in chunks (MapOptions::chunk_size, automatic by
   /// default); MapOptions::threads_per_worker > 1 runs items of a chunk on several threads
   /// per worker, for functions that block. Dereferencing a result whose task failed throws
-  /// its error; ++ continues with the next one. Destroying the range early abandons the rest.
+  /// its error; ++ continues with the next one. Destroying the range early abandons the rest:
+  /// chunks not started never run, and a worker still running one 100 ms later is replaced.
   ///
   ///     for (int square : pool.map([](int x) { return x * x; }, std::views::iota(0)))
   ///       if (square > 1000) break;
@@ -121,31 +130,46 @@ class Pool {
   }
 
   /// Stops accepting tasks, waits until every submitted task is resolved, then stops the
-  /// workers (killing any that do not exit within 2 s). Blocks as long as the tasks run: set
-  /// task_timeout or call terminate() to bound it. Idempotent; never throws.
+  /// workers (killing any that do not exit within 2 s). First continues (SIGCONT) any worker
+  /// stopped from outside, so that its task can finish. Blocks as long as the tasks run, like
+  /// joining a thread: a task that never ends blocks it for ever unless task_timeout is set
+  /// (terminate() does not wait). Idempotent; never throws.
   void shutdown() noexcept {
-    if (core_ && generation_ == detail::process_generation()) core_->shutdown();
+    if (core_ && !is_snapshot()) core_->shutdown();
   }
 
   /// Stops now: kills the workers; every unfinished task's future gets PoolClosed. Bounded
   /// (a few seconds at most, even with stopped or unresponsive workers). Never throws.
   void terminate() noexcept {
-    if (core_ && generation_ == detail::process_generation()) core_->terminate();
+    if (core_ && !is_snapshot()) core_->terminate();
   }
 
  private:
   template <class R>
   friend class Task;
 
+  /// True in a process forked after this pool was made (a fork server, a worker, a child of
+  /// the application): this object is then a copy of the parent's, a snapshot.
+  bool is_snapshot() const noexcept { return generation_ != detail::process_generation(); }
+
   detail::PoolCore& core() {
     // First: in a worker, this object is a snapshot taken while the pool was being built.
-    if (generation_ != detail::process_generation()) {
+    if (is_snapshot()) {
       throw Error(
-          "multicore: a Pool cannot be used from inside a worker process: the worker's copy "
-          "of it is a snapshot, not a working pool (make a new Pool there if you need one)");
+          "multicore: a Pool cannot be used from inside a worker process, nor from any other "
+          "process forked after it was made: the copy there is a snapshot, not a working pool "
+          "(make a new Pool there if you need one)");
     }
     if (!core_) throw PoolClosed("multicore: this Pool was moved from");
     return *core_;
+  }
+
+  /// A snapshot's core describes the parent's pool: its collector thread, fork server and
+  /// workers belong to the parent. Destroying it here would join a thread that does not
+  /// exist and stop the parent's workers (through the shared rings and the inherited command
+  /// socket), so it is left as it is; its memory goes with this process.
+  void abandon_if_snapshot() noexcept {
+    if (is_snapshot()) detail::abandon(std::move(core_));
   }
 
   template <class F, class... Args>
@@ -175,7 +199,8 @@ class Pool {
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
-      throw SerializationError(std::string("multicore: could not encode the task: ") + e.what());
+      throw SerializationError(std::string("multicore: could not encode the task: ") +
+                               detail::message_of(e));
     }
   }
 
@@ -189,7 +214,7 @@ class Pool {
     static_assert(!std::is_void_v<detail::result_of_t<Fn&, In>>,
                   "multicore: map needs a function that returns a value; for functions that "
                   "return nothing use submit() or Task<void>");
-    return detail::MapStream<Fn, Source, Ordered>(core(), Fn(std::forward<F>(f)),
+    return detail::MapStream<Fn, Source, Ordered>(core(), std::forward<F>(f),
                                                   std::forward<R>(inputs), options);
   }
 

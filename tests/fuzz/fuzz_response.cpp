@@ -190,6 +190,8 @@ class FuzzTransport final : public detail::Transport {
   }
 
   void kill(unsigned /*k*/) noexcept override { dying_.store(true); }
+  void resume() noexcept override {}  // nothing here is ever stopped
+  void cancel(unsigned /*k*/, std::uint64_t /*task_id*/) noexcept override {}  // nor skipped
   bool try_stop(unsigned /*k*/) noexcept override {
     dying_.store(true);
     return true;

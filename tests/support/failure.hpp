@@ -44,6 +44,17 @@
 #define MULTICORE_TEST_ASAN 0
 #endif
 
+#if defined(__SANITIZE_THREAD__)
+#define MULTICORE_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MULTICORE_TEST_TSAN 1
+#endif
+#endif
+#ifndef MULTICORE_TEST_TSAN
+#define MULTICORE_TEST_TSAN 0
+#endif
+
 namespace multicore_test {
 
 // ----- Ways for a task to die ------------------------------------------------------------------

@@ -313,6 +313,19 @@ class FakeTransport final : public Transport {
     }
   }
 
+  void resume() noexcept override {
+    std::lock_guard lock(mutex_);
+    log_locked("resume");
+    changed_locked();
+  }
+
+  void cancel(unsigned k, std::uint64_t task_id) noexcept override {
+    const Exclusive send(slots_[k].send_side, *this, "send side of a slot (cancel)");
+    std::lock_guard lock(mutex_);
+    log_locked("cancel " + std::to_string(k) + " " + std::to_string(task_id));
+    changed_locked();
+  }
+
   bool try_stop(unsigned k) noexcept override {
     const Exclusive send(slots_[k].send_side, *this, "send side of a slot (try_stop)");
     std::lock_guard lock(mutex_);
@@ -399,6 +412,9 @@ class FakeTransport final : public Transport {
           break;
         case Event::Kind::running:
           log_locked("running " + at + " " + std::to_string(s.task_id));
+          break;
+        case Event::Kind::stopped:
+          log_locked("stopped " + at);
           break;
         case Event::Kind::answer:
           if (s.cut_after) {
@@ -695,6 +711,8 @@ class Lent final : public Transport {
   void start(unsigned k) override { fake_->start(k); }
   void kill(unsigned k) noexcept override { fake_->kill(k); }
   bool try_stop(unsigned k) noexcept override { return fake_->try_stop(k); }
+  void resume() noexcept override { fake_->resume(); }
+  void cancel(unsigned k, std::uint64_t task_id) noexcept override { fake_->cancel(k, task_id); }
   bool try_send(unsigned k, std::span<const std::byte> message) noexcept override {
     return fake_->try_send(k, message);
   }

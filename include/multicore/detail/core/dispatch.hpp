@@ -56,10 +56,14 @@ class Dispatcher {
   void push_front(std::vector<std::unique_ptr<Job>>& jobs);
   std::unique_ptr<Job> pop_front() { return pending_.pop_front(); }
 
-  /// Sends queued jobs to the workers `can_take(k)` allows, while they have room. Jobs nobody
-  /// wants any more (Completion::abandoned) are dropped: returns how many.
+  struct Dispatched {
+    std::size_t sent = 0;
+    std::size_t dropped = 0;  ///< nobody wanted them any more (Completion::abandoned)
+  };
+  /// Sends queued jobs to the workers `can_take(k)` allows, while they have room; drops those
+  /// nobody wants any more.
   template <class CanTake>
-  std::size_t dispatch(CanTake&& can_take);
+  Dispatched dispatch(CanTake&& can_take);
 
   /// Takes the job whose answer worker k starts or finishes sending, if `task_id` is the one it
   /// owes next; nullptr if not (the worker is broken). Frees room for the next dispatch.
@@ -73,6 +77,17 @@ class Dispatcher {
   void forget(unsigned k) noexcept { held_[k].dispatched = 0; }
 
   std::size_t holding(unsigned k) const noexcept { return held_[k].in_flight.size(); }
+  /// Worker k owes answers: jobs in flight, or an answer whose tail is arriving.
+  bool owes(unsigned k) const noexcept {
+    return !held_[k].in_flight.empty() || held_[k].answering != nullptr;
+  }
+  /// Calls `f(Job&)` for every job worker k holds, oldest first.
+  template <class F>
+  void for_each_held(unsigned k, F&& f) {
+    Held& h = held_[k];
+    if (h.answering) f(*h.answering);
+    for (std::size_t i = 0; i < h.in_flight.size(); ++i) f(*h.in_flight[i]);
+  }
   InFlightBound& bound() noexcept { return bound_; }
 
  private:
@@ -88,6 +103,7 @@ class Dispatcher {
 
   Transport& transport_;
   std::size_t max_tasks_;
+  std::size_t max_in_flight_;  // what the transport keeps track of (see Capabilities)
   std::vector<Held> held_;
   RingQueue<std::unique_ptr<Job>> pending_;
   std::uint64_t last_id_ = 0;
@@ -98,7 +114,10 @@ class Dispatcher {
 // ---- definitions ------------------------------------------------------------------------------
 
 inline Dispatcher::Dispatcher(Transport& transport, std::size_t max_tasks_per_worker)
-    : transport_(transport), max_tasks_(max_tasks_per_worker), held_(transport.size()) {}
+    : transport_(transport),
+      max_tasks_(max_tasks_per_worker),
+      max_in_flight_(transport.capabilities().max_in_flight),
+      held_(transport.size()) {}
 
 inline void Dispatcher::push_back(std::unique_ptr<Job> job) {
   job->id = ++last_id_;
@@ -113,7 +132,7 @@ inline void Dispatcher::push_front(std::vector<std::unique_ptr<Job>>& jobs) {
 
 inline bool Dispatcher::has_room(unsigned k) const noexcept {
   const Held& h = held_[k];
-  return !transport_.sending(k) && h.in_flight.size() < bound_.value() &&
+  return !transport_.sending(k) && h.in_flight.size() < std::min(bound_.value(), max_in_flight_) &&
          (max_tasks_ == 0 || h.dispatched < max_tasks_);
 }
 
@@ -137,12 +156,12 @@ int Dispatcher::pick(CanTake& can_take) noexcept {
 }
 
 template <class CanTake>
-std::size_t Dispatcher::dispatch(CanTake&& can_take) {
-  std::size_t dropped = 0;
+Dispatcher::Dispatched Dispatcher::dispatch(CanTake&& can_take) {
+  Dispatched d;
   while (!pending_.empty()) {
     if (pending_.front()->completion().abandoned()) {
       pending_.pop_front();
-      ++dropped;
+      ++d.dropped;
       continue;
     }
     const int picked = pick(can_take);
@@ -152,8 +171,9 @@ std::size_t Dispatcher::dispatch(CanTake&& can_take) {
     if (!transport_.try_send(k, pending_.front()->request.bytes())) break;
     held_[k].in_flight.push_back(pending_.pop_front());
     ++held_[k].dispatched;
+    ++d.sent;
   }
-  return dropped;
+  return d;
 }
 
 inline std::unique_ptr<Job> Dispatcher::claim(unsigned k, std::uint64_t task_id) {

@@ -2,6 +2,8 @@
 // What a Pool is underneath: validated options, and either worker processes or inline mode.
 #pragma once
 
+#include <pthread.h>
+
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -19,19 +21,55 @@
 #include "../../system.hpp"
 #include "../protocol/entries.hpp"
 #include "../transport/shm/shm_transport.hpp"
+#include "../transport/shm/zygote.hpp"
 #include "../util/process.hpp"
 #include "scheduler.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MULTICORE_LEAK_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+#define MULTICORE_LEAK_SANITIZER 1
+#endif
+#endif
+#if MULTICORE_LEAK_SANITIZER
+#include <sanitizer/lsan_interface.h>
+#endif
 
 namespace multicore::detail {
 
 inline constexpr unsigned max_workers = 1024;
-inline constexpr std::size_t min_ring_bytes = std::size_t{4} << 10;
+/// Below this, large payloads stream in too many hand-offs: each is a wait when the two sides
+/// share a core, and a 16 MiB echo through a 4 KiB ring took 20 times as long as through the
+/// default 1 MiB (payload_bench's BM_RoundTripRing); through 64 KiB, a few times as long.
+inline constexpr std::size_t min_ring_bytes = std::size_t{64} << 10;
 inline constexpr std::size_t max_ring_bytes = std::size_t{1} << 30;
 
 /// True when MULTICORE_INLINE is set to something other than "0" or "".
 inline bool inline_requested_by_environment() noexcept {
   const char* v = std::getenv("MULTICORE_INLINE");
   return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+}
+
+/// Runs in the child of every fork() (the pool's own and the application's alike) once this
+/// process has made a pool, while the child has a single thread. Every Pool object the child
+/// inherited becomes a snapshot (see Pool::core()), and the library's process-wide state is
+/// made usable again: a lock another thread held at the moment of the fork would otherwise
+/// stay locked for ever in the child, and threads of the parent do not exist there.
+inline void after_fork_in_child() noexcept {
+  ++process_generation();
+  OwnedDescriptors::instance().after_fork();
+}
+
+/// Registers after_fork_in_child() once. Throws SystemError if it cannot be registered.
+inline void watch_forks() {
+  static const int error = [] {
+    // Made now, before any fork can run the handler: a child that inherited one of them
+    // half-constructed (by another thread) would wait for it for ever.
+    OwnedDescriptors::instance();
+    return pthread_atfork(nullptr, nullptr, after_fork_in_child);
+  }();
+  if (error != 0) throw SystemError("pthread_atfork", error);
 }
 
 /// Checks the options a user gave and fills in the defaults. Throws std::invalid_argument
@@ -57,21 +95,25 @@ inline PoolOptions validated(PoolOptions o) {
   return o;
 }
 
+/// PoolOptions::task_timeout in the scheduler's nanoseconds, saturated at max_task_timeout
+/// (std::chrono's own conversion overflows past 292 years, undefined behaviour).
+inline std::chrono::nanoseconds saturated_timeout(std::chrono::milliseconds timeout) noexcept {
+  constexpr auto max_ms = std::chrono::duration_cast<std::chrono::milliseconds>(max_task_timeout);
+  return timeout >= max_ms ? max_task_timeout : std::chrono::nanoseconds(timeout);
+}
+
 /// The machinery shared by Pool, Pool::map and Task: accepts encoded jobs and resolves their
 /// completions, in worker processes or, in inline mode, right here.
 class PoolCore {
  public:
   explicit PoolCore(PoolOptions options) : options_(validated(std::move(options))) {
+    watch_forks();
     if (options_.run_inline) {
       if (options_.on_worker_start) {
         try {
           options_.on_worker_start();
-        } catch (const std::exception& e) {
-          throw Error(std::string("multicore: on_worker_start threw: ") + e.what());
         } catch (...) {
-          throw Error(
-              "multicore: on_worker_start threw an exception not derived from "
-              "std::exception");
+          throw Error("multicore: on_worker_start threw: " + describe_thrown());
         }
       }
       return;
@@ -81,10 +123,9 @@ class PoolCore {
     shm.ring_bytes = options_.ring_bytes;
     shm.on_start = options_.on_worker_start;
     shm.max_tasks = options_.max_tasks_per_worker;
-    shm.report_starts = options_.task_timeout.count() > 0;
     auto transport = std::make_unique<ShmTransport>(std::move(shm));
     SchedulerOptions s;
-    s.task_timeout = options_.task_timeout;
+    s.task_timeout = saturated_timeout(options_.task_timeout);
     s.max_tasks_per_worker = options_.max_tasks_per_worker;
     scheduler_ = std::make_unique<Scheduler>(std::move(transport), s);
   }
@@ -133,6 +174,11 @@ class PoolCore {
     }
   }
 
+  /// Some jobs were abandoned (see Scheduler::abandon); in inline mode they all ran already.
+  void abandon() noexcept {
+    if (scheduler_) scheduler_->abandon();
+  }
+
   void shutdown() noexcept {
     closed_.store(true, std::memory_order_release);
     if (scheduler_) scheduler_->shutdown();
@@ -157,5 +203,14 @@ class PoolCore {
   std::unique_ptr<Scheduler> scheduler_;
   std::atomic<bool> closed_{false};
 };
+
+/// Leaves a pool's core undestroyed, for ever (see Pool::abandon_if_snapshot()).
+/// LeakSanitizer, which also checks a forked child that exits normally, is told it is meant.
+inline void abandon(std::unique_ptr<PoolCore> core) noexcept {
+  [[maybe_unused]] PoolCore* left = core.release();
+#if MULTICORE_LEAK_SANITIZER
+  if (left != nullptr) __lsan_ignore_object(left);
+#endif
+}
 
 }  // namespace multicore::detail

@@ -75,8 +75,15 @@ class Scheduler final : private TailRouter {
   template <class Done, class Sleep>
   void help(Done&& done, Sleep&& sleep) noexcept;
 
-  /// Stops accepting, waits for every submitted job to resolve, stops the workers. Bounded
-  /// once the work is done: workers that do not stop in time are killed.
+  /// Some jobs' completions now say abandoned() (a map was abandoned): nobody wants their
+  /// answers. Those not sent yet are dropped as dispatch comes to them; those sent but not
+  /// started are cancelled (the worker skips them); a worker still running one after
+  /// abandon_grace is killed and replaced. Thread-safe.
+  void abandon() noexcept;
+
+  /// Stops accepting, continues workers stopped from outside, waits for every submitted job to
+  /// resolve, stops the workers. Bounded once the work is done: workers that do not stop in
+  /// time are killed.
   void shutdown() noexcept { close(false); }
   /// Stops now: unfinished jobs fail with PoolClosed, workers are killed. Bounded.
   void terminate() noexcept;
@@ -216,6 +223,25 @@ void Scheduler::help_until(Done&& done, Sleep&& sleep) noexcept {
   }
 }
 
+inline void Scheduler::abandon() noexcept {
+  {
+    std::lock_guard lock(mutex_);
+    const Clock::time_point check_at = Clock::now() + abandon_grace;
+    for (unsigned k = 0; k < size(); ++k) {
+      const std::uint64_t running = supervisor_.running_task(k);
+      bool any = false;
+      dispatch_.for_each_held(k, [&](Job& job) {
+        if (!job.completion().abandoned()) return;
+        any = true;
+        if (job.id != running) transport_->cancel(k, job.id);
+      });
+      // Checked then whatever runs: a job whose cancellation came too late runs by now.
+      if (any) supervisor_.cut_off_at(k, check_at);
+    }
+  }
+  transport_->wake();
+}
+
 inline void Scheduler::terminate() noexcept {
   {
     std::lock_guard lock(mutex_);
@@ -243,8 +269,15 @@ inline void Scheduler::collect() noexcept {
           if (supervisor_.alive(k)) progressed |= transport_->pump(k);
           progressed |= supervisor_.retry_start(k, wanted, wake_at);
         }
-        supervisor_.enforce_timeouts(wake_at);
         dispatch_locked();
+        supervisor_.enforce_timeouts(wake_at, [this](unsigned k) { return dispatch_.owes(k); });
+        supervisor_.cut_off_abandoned(wake_at, [this](unsigned k, std::uint64_t task) {
+          bool abandoned = false;
+          dispatch_.for_each_held(k, [&](Job& job) {
+            if (job.id == task) abandoned = job.completion().abandoned();
+          });
+          return abandoned;
+        });
         if (Clock::now() >= heartbeat) {
           heartbeat = Clock::now() + std::chrono::milliseconds(100);
           if (const std::string reason = transport_->broken(); !reason.empty()) {
@@ -282,6 +315,9 @@ inline bool Scheduler::receive(unsigned k, std::vector<Failure>& failures) {
       case Event::Kind::running:
         supervisor_.running(k, e.task_id, e.since_ns);
         break;
+      case Event::Kind::stopped:
+        supervisor_.stopped(k, e.since_ns);
+        break;
       case Event::Kind::answer:
         answered(k, e);
         break;
@@ -307,7 +343,8 @@ inline void Scheduler::answered(unsigned k, const Event& e) {
     if (supervisor_.corrupt(k)) return;  // what it says no longer counts
     job = claim_locked(k, e.task_id);
     if (!job) return;
-    dispatch_.bound().observe(e.run_nanos);
+    // An abandoned job's run time (none, if it was skipped) says nothing of the work to come.
+    if (!job->completion().abandoned()) dispatch_.bound().observe(e.run_nanos);
   }
   supervisor_.answered(k);
   if (e.tail != nullptr) {
@@ -354,9 +391,11 @@ inline void Scheduler::died(unsigned k, const Death& death, std::vector<Failure>
 }
 
 inline void Scheduler::dispatch_locked() {
-  const std::size_t dropped =
+  const Dispatcher::Dispatched d =
       dispatch_.dispatch([this](unsigned k) { return supervisor_.can_take(k); });
-  if (dropped != 0 && outstanding_.fetch_sub(dropped, std::memory_order_acq_rel) == dropped) {
+  // The collector must see a sent job's deadline in time (task_timeout).
+  if (d.sent != 0 && supervisor_.sent()) transport_->wake();
+  if (d.dropped != 0 && outstanding_.fetch_sub(d.dropped, std::memory_order_acq_rel) == d.dropped) {
     changed_.notify_all();
   }
 }
@@ -410,7 +449,10 @@ inline void Scheduler::finish(std::unique_ptr<Job> job) noexcept {
 }
 
 inline void Scheduler::fail_all(std::vector<Failure>& failures) noexcept {
-  for (Failure& f : failures) f.job->completion().fail(f.error);
+  // Nobody wants an abandoned job's answer, nor to hear how it ended.
+  for (Failure& f : failures) {
+    if (!f.job->completion().abandoned()) f.job->completion().fail(f.error);
+  }
   const std::size_t n = failures.size();
   failures.clear();
   resolved(n);
@@ -435,6 +477,9 @@ inline void Scheduler::close(bool hard) noexcept {
     std::unique_lock lock(mutex_);
     mark_closed_locked("multicore: the pool is shut down; no new tasks are accepted");
     if (!hard) {
+      // Waiting for the work, like joining a thread, waits as long as a task runs; a worker
+      // stopped from outside (SIGSTOP) would make that for ever.
+      transport_->resume();
       changed_.wait(
           lock, [&] { return terminating_ || outstanding_.load(std::memory_order_seq_cst) == 0; });
       hard = terminating_;

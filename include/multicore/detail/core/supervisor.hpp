@@ -52,6 +52,17 @@ inline std::exception_ptr start_error(const Death& d, bool replacement) {
   }
 }
 
+/// The longest task timeout the scheduler keeps (2^62 ns, about 146 years): longer ones mean
+/// the same, practically never. It keeps every deadline, a steady-clock reading (nanoseconds
+/// since boot) plus the timeout, far inside int64.
+inline constexpr std::chrono::nanoseconds max_task_timeout{std::int64_t{1} << 62};
+
+/// How long a worker may go on running a job of an abandoned map before it is killed and
+/// replaced. Automatic chunks aim at about 0.5 ms, so they end well within it and cost no
+/// respawn (a fork and on_worker_start); only long ones, whose answers nobody wants, are cut
+/// off, so that the pool is soon free again for other work.
+inline constexpr std::chrono::milliseconds abandon_grace{100};
+
 /// A job that ended without an answer, to be failed outside the scheduling lock.
 struct Failure {
   std::unique_ptr<Job> job;
@@ -92,6 +103,19 @@ class Supervisor {
     slots_[k].running_task.store(task, std::memory_order_relaxed);
   }
   void answered(unsigned k) noexcept { slots_[k].running_task.store(0, std::memory_order_relaxed); }
+  /// Its `stopped` event. Receive side, without the lock.
+  void stopped(unsigned k, std::int64_t since) noexcept {
+    slots_[k].stopped_since.store(since, std::memory_order_relaxed);
+  }
+  /// The task worker k runs, as far as its events said (0: none).
+  std::uint64_t running_task(unsigned k) const noexcept {
+    return slots_[k].running_task.load(std::memory_order_relaxed);
+  }
+
+  /// A job was sent to a worker. True if the collector must be woken to plan its next look
+  /// again: it planned to sleep past task_timeout (nothing was in flight) and would miss the
+  /// job's deadline. At most once per look, and only in pools with a timeout.
+  bool sent() noexcept;
 
   /// Worker k died owing the jobs in `owed`, oldest first. Moves the one to blame (if any) to
   /// `failures` with its error; the rest stay in `owed`, to run again.
@@ -104,8 +128,19 @@ class Supervisor {
   /// Starts slot k again once its backoff is over (if still `wanted`); otherwise lowers
   /// `wake_at` to when it will be. True if it started one.
   bool retry_start(unsigned k, bool wanted, Clock::time_point& wake_at);
-  /// Kills workers whose task ran past task_timeout; lowers `wake_at` to the next deadline.
-  void enforce_timeouts(Clock::time_point& wake_at);
+  /// Kills workers whose task ran past task_timeout, and plans the collector's next look in
+  /// `wake_at`. `owes(k)`: worker k owes answers.
+  template <class Owes>
+  void enforce_timeouts(Clock::time_point& wake_at, Owes&& owes);
+  /// Worker k holds jobs nobody wants (their map was abandoned): the one it runs `at` is cut off
+  /// if it is one of them.
+  void cut_off_at(unsigned k, Clock::time_point at) noexcept {
+    slots_[k].cut_off_at = std::min(slots_[k].cut_off_at, at);
+  }
+  /// Kills the workers still running an abandoned job at their cut-off time (`abandoned(k,
+  /// task)` says whether worker k's job `task` is one); lowers `wake_at` to the next one.
+  template <class Abandoned>
+  void cut_off_abandoned(Clock::time_point& wake_at, Abandoned&& abandoned);
 
   /// Asks every live worker to exit once it has answered everything (nothing is in flight).
   void stop_all() noexcept;
@@ -122,9 +157,16 @@ class Supervisor {
     stopped,   ///< gone for good
   };
 
+  /// timed_out_task of a worker killed for being stopped while holding jobs but running none.
+  static constexpr std::uint64_t stopped_idle = ~std::uint64_t{0};  // no task has this id
+
   struct Slot {
     Life life = Life::starting;
-    std::uint64_t timed_out_task = 0;  // we killed the process because this task overran
+    // We killed the process because this task overran (task_timeout, or abandon_grace), or
+    // because it was stopped, holding jobs but running none (stopped_idle).
+    std::uint64_t timed_out_task = 0;
+    // When to kill the process if it is still running a job of an abandoned map.
+    Clock::time_point cut_off_at = Clock::time_point::max();
     unsigned start_failures = 0;
     Clock::time_point retry_at{};
     // Read without the lock too (can_take from the receive side): atomic.
@@ -132,6 +174,7 @@ class Supervisor {
     // What it runs (from `running` events): written on the receive side without the lock.
     std::atomic<std::uint64_t> running_task{0};
     std::atomic<std::int64_t> running_since{0};
+    std::atomic<std::int64_t> stopped_since{0};  // from `stopped` events, likewise
   };
 
   void respawn(unsigned k);
@@ -141,6 +184,9 @@ class Supervisor {
   Transport& transport_;
   std::chrono::nanoseconds task_timeout_;
   std::vector<Slot> slots_;
+  // The collector's planned wake-up comes before the deadline of any job sent from now on.
+  bool deadlines_watched_ = false;
+  bool sent_since_look_ = false;  // a job was sent since enforce_timeouts last ran
 };
 
 // ---- definitions ------------------------------------------------------------------------------
@@ -217,9 +263,11 @@ inline std::exception_ptr Supervisor::after_death(unsigned k, const Death& death
   Slot& s = slots_[k];
   const Life was = s.life;
   s.timed_out_task = 0;
+  s.cut_off_at = Clock::time_point::max();
   s.corrupt.store(false, std::memory_order_relaxed);
   s.running_task.store(0, std::memory_order_relaxed);
   s.running_since.store(0, std::memory_order_relaxed);
+  s.stopped_since.store(0, std::memory_order_relaxed);
   if (was == Life::starting || death.cause == Death::Cause::start_failed) {
     // Died before it was ready (in on_worker_start, say, or no process could be made):
     // retrying at once would fork as fast as it dies. Back off like any start failure.
@@ -268,21 +316,73 @@ inline bool Supervisor::retry_start(unsigned k, bool wanted, Clock::time_point& 
   return false;
 }
 
-inline void Supervisor::enforce_timeouts(Clock::time_point& wake_at) {
+inline bool Supervisor::sent() noexcept {
+  if (task_timeout_.count() <= 0) return false;
+  sent_since_look_ = true;
+  if (deadlines_watched_) return false;
+  deadlines_watched_ = true;
+  return true;
+}
+
+// A worker publishes when its task's clock starts (and restarts it after streaming the
+// argument's tail) without waking anyone: the collector sees it at its next look. So it plans to
+// look again by the earliest deadline of a running task and, while jobs are in flight or were
+// sent since its last look, within task_timeout of now: a clock that starts after this look has
+// its deadline after that. (Having workers ring the parent instead made every call in a pool
+// with a timeout wake a sleeping collector: about 50 times slower.)
+template <class Owes>
+void Supervisor::enforce_timeouts(Clock::time_point& wake_at, Owes&& owes) {
   if (task_timeout_.count() <= 0) return;
-  const auto now_ns = steady_now_ns();
+  const Clock::time_point now = Clock::now();
+  const std::int64_t now_ns = now.time_since_epoch().count();
+  // Sent since the last look counts even if answered already: calls in a steady stream then
+  // keep the collector watching at its pace, instead of each waking it (see sent()).
+  bool holding = sent_since_look_;
+  sent_since_look_ = false;
   for (unsigned k = 0; k < slots_.size(); ++k) {
     Slot& s = slots_[k];
-    if (s.life != Life::ready || s.timed_out_task != 0 || corrupt(k)) continue;
+    // Only a worker that owes answers can overrun.
+    if (s.life != Life::ready || s.timed_out_task != 0 || !owes(k) || corrupt(k)) continue;
+    holding = true;
     const std::uint64_t running = s.running_task.load(std::memory_order_relaxed);
-    const std::int64_t since = s.running_since.load(std::memory_order_relaxed);
-    if (running == 0 || since == 0) continue;
+    std::int64_t since = running != 0 ? s.running_since.load(std::memory_order_relaxed) : 0;
+    // A worker stopped (SIGSTOP) cannot run its jobs, nor restart its task's clock after
+    // streaming: stopped that long, it counts as overrunning too.
+    const std::int64_t stopped = s.stopped_since.load(std::memory_order_relaxed);
+    if (stopped != 0 && (since == 0 || stopped < since)) since = stopped;
+    if (since == 0) continue;
+    // No overflow: since is nanoseconds since boot, the timeout at most max_task_timeout.
     const std::int64_t deadline = since + task_timeout_.count();
     if (now_ns >= deadline) {
-      s.timed_out_task = running;
+      s.timed_out_task = running != 0 ? running : stopped_idle;
       transport_.kill(k);
     } else {
-      wake_at = std::min(wake_at, Clock::now() + std::chrono::nanoseconds(deadline - now_ns));
+      wake_at = std::min(wake_at, Clock::time_point(std::chrono::nanoseconds(deadline)));
+    }
+  }
+  if (holding) wake_at = std::min(wake_at, now + task_timeout_);
+  deadlines_watched_ = wake_at <= now + task_timeout_;
+}
+
+template <class Abandoned>
+void Supervisor::cut_off_abandoned(Clock::time_point& wake_at, Abandoned&& abandoned) {
+  const Clock::time_point now = Clock::now();
+  for (unsigned k = 0; k < slots_.size(); ++k) {
+    Slot& s = slots_[k];
+    // A process being killed or gone is forgotten with its cut_off_at.
+    if (s.cut_off_at == Clock::time_point::max() || s.life != Life::ready ||
+        s.timed_out_task != 0 || corrupt(k)) {
+      continue;
+    }
+    if (now < s.cut_off_at) {
+      wake_at = std::min(wake_at, s.cut_off_at);
+      continue;
+    }
+    s.cut_off_at = Clock::time_point::max();
+    const std::uint64_t running = s.running_task.load(std::memory_order_relaxed);
+    if (running != 0 && abandoned(k, running)) {
+      s.timed_out_task = running;
+      transport_.kill(k);
     }
   }
 }

@@ -137,9 +137,11 @@ class TailReceiver<R> {
 };
 
 /// The part every completion of one call shares: reads the outcome, from the whole answer
-/// (deliver) or from its head and its tail (open_tail), and hands the value of type V to
-/// `Derived::resolve(value)` (`resolve()` for void), or the error to `Derived::fail(error)`.
-/// resolve() may throw; its error then goes to fail().
+/// (deliver) or from its head and its tail (open_tail), and resolves it, or hands the error to
+/// `Derived::fail(error)`. A value of type V is made in place, in the Stored<V> that
+/// `Derived::place(scratch)` names: its own destination, or `scratch` (a value that must then
+/// move on, into a promise say); `Derived::resolve(value)` is called with it (`resolve()` for
+/// void). resolve() may throw; its error then goes to fail().
 template <class Derived, class V>
 class ValueCompletion : public Completion, private AnswerTail {
  public:
@@ -147,14 +149,15 @@ class ValueCompletion : public Completion, private AnswerTail {
 
   void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept final {
     std::exception_ptr error = error_of([&] {
+      read_value_tag(payload);
       if constexpr (std::is_void_v<V>) {
-        read_outcome<void>(payload, format_);
         expect_end(payload);
         derived().resolve();
       } else {
-        V value = read_outcome<V>(payload, format_);
-        expect_end(payload);
-        derived().resolve(std::move(value));
+        resolve_with([&](Stored<V>& value) {
+          value.decode(payload, format_);
+          expect_end(payload);
+        });
       }
     });
     if (error) derived().fail(std::move(error));
@@ -167,13 +170,28 @@ class ValueCompletion : public Completion, private AnswerTail {
  private:
   Derived& derived() noexcept { return static_cast<Derived&>(*this); }
 
+  /// Has `fill(value)` make the value where the derived completion wants it, then resolves.
+  template <class Fill>
+  void resolve_with(Fill&& fill) {
+    Stored<V> scratch;
+    Stored<V>& value = derived().place(scratch);
+    std::forward<Fill>(fill)(value);
+    try {
+      derived().resolve(value);
+    } catch (...) {  // moving the value into a promise, or converting it for a Task, threw
+      throw decode_error<V>();
+    }
+  }
+
   void append(std::span<const std::byte> bytes) noexcept final {
     if constexpr (tail_value<V>) tail_.append(bytes);
   }
 
   void deliver_tail(std::uint64_t /*run_nanos*/) noexcept final {
     if constexpr (tail_value<V>) {  // open_tail() never succeeds for other types
-      std::exception_ptr error = error_of([&] { derived().resolve(tail_.take()); });
+      std::exception_ptr error = error_of([&] {
+        resolve_with([&](Stored<V>& value) { value.make([&] { return tail_.take(); }); });
+      });
       if (error) derived().fail(std::move(error));
     }
   }
@@ -190,10 +208,15 @@ class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R>, R> 
 
   std::future<R> future() { return promise_.get_future(); }
 
+  // A promise cannot make its value in place: it is decoded into `scratch`, then moved in.
+  template <class V>
+  Stored<V>& place(Stored<V>& scratch) noexcept {
+    return scratch;
+  }
   void resolve() { promise_.set_value(); }
   template <class V>
-  void resolve(V&& value) {
-    promise_.set_value(std::forward<V>(value));
+  void resolve(Stored<V>& value) {
+    promise_.set_value(std::move(*value));
   }
 
   void fail(std::exception_ptr error) noexcept override {
@@ -208,16 +231,16 @@ class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R>, R> 
   std::promise<R> promise_;
 };
 
-/// Where Pool::call()'s answer lands: on the caller's stack, filled in by whichever thread
-/// delivers it. The caller returns (destroying this) as soon as it sees `done`, so the
-/// delivering thread must not touch the object after publishing `done`. A caller that went to
-/// `sleeping` sees `done` only under `mutex`, which the deliverer holds from publishing to
-/// waking it: the sleeper cannot leave before the deliverer has let go.
+/// Where Pool::call()'s answer lands: on the caller's stack (a large value in a Stored, on the
+/// heap), filled in by whichever thread delivers it. The caller returns (destroying this) as soon
+/// as it sees `done`, so the delivering thread must not touch the object after publishing `done`. A
+/// caller that went to `sleeping` sees `done` only under `mutex`, which the deliverer holds from
+/// publishing to waking it: the sleeper cannot leave before the deliverer has let go.
 template <class R>
 struct CallSlot {
   enum State : int { pending, sleeping, done };
   std::atomic<int> state{pending};
-  std::optional<std::conditional_t<std::is_void_v<R>, char, R>> value;
+  Stored<std::conditional_t<std::is_void_v<R>, char, R>> value;
   std::exception_ptr error;
   std::mutex mutex;
   std::condition_variable woken;
@@ -258,13 +281,14 @@ class CallCompletion final : public ValueCompletion<CallCompletion<R>, R> {
   CallCompletion(CallSlot<R>* slot, Format format)
       : ValueCompletion<CallCompletion<R>, R>(format), slot_(slot) {}
 
-  void resolve() {
-    slot_->value.emplace();
-    slot_->finish();
-  }
+  /// The value is decoded right into the caller's slot.
   template <class V>
-  void resolve(V&& value) {
-    slot_->value.emplace(std::forward<V>(value));
+  Stored<V>& place(Stored<V>& /*scratch*/) noexcept {
+    return slot_->value;
+  }
+  void resolve() { slot_->finish(); }
+  template <class V>
+  void resolve(Stored<V>& /*value*/) {
     slot_->finish();
   }
 
@@ -281,9 +305,9 @@ class CallCompletion final : public ValueCompletion<CallCompletion<R>, R> {
 /// completions, so a Task destroyed before its runs finish leaves nothing dangling.
 template <class R>
 struct TaskBatch {
-  using Stored = std::conditional_t<std::is_void_v<R>, char, R>;
+  using Value = std::conditional_t<std::is_void_v<R>, char, R>;
   struct Slot {
-    std::optional<Stored> value;
+    Stored<Value> value;  // set for void too: the run succeeded
     std::exception_ptr error;
   };
   std::deque<Slot> slots;  // push_back keeps references to earlier slots valid
@@ -317,16 +341,25 @@ class TaskRunCompletion final : public ValueCompletion<TaskRunCompletion<R, Resu
         batch_(std::move(batch)),
         slot_(slot) {}
 
+  /// A result of the Task's own type is decoded right into its slot; another is converted.
+  template <class V>
+  Stored<V>& place(Stored<V>& scratch) noexcept {
+    if constexpr (std::is_same_v<V, R>) {
+      return slot_->value;
+    } else {
+      return scratch;
+    }
+  }
   void resolve() {
-    slot_->value.emplace();
+    slot_->value.make([] { return char{}; });
     batch_->one_done();
   }
   template <class V>
-  void resolve(V&& value) {
+  void resolve(Stored<V>& value) {
     if constexpr (std::is_void_v<R>) {
-      slot_->value.emplace();
-    } else {
-      slot_->value.emplace(static_cast<R>(std::forward<V>(value)));
+      slot_->value.make([] { return char{}; });
+    } else if constexpr (!std::is_same_v<V, R>) {
+      slot_->value.make([&] { return static_cast<R>(std::move(*value)); });
     }
     batch_->one_done();
   }

@@ -4,8 +4,6 @@
 #pragma once
 
 #include <algorithm>
-#include <array>
-#include <bit>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -37,7 +35,7 @@ namespace multicore::detail {
 /// One item's result: the value, or the error to throw in its place.
 template <class Out>
 struct ItemResult {
-  std::optional<Out> value;
+  Stored<Out> value;
   std::exception_ptr error;
 };
 
@@ -64,20 +62,35 @@ void encode_items(Writer& out, const std::vector<T>& items, Format format) {
   for (const T& x : items) encode(out, x, format);
 }
 
+/// How a chunk's items are held in the worker: raw values as one block, read with one copy;
+/// other values each in a Stored, decoded in place.
+template <class T>
+concept block_item = block_value<T> && std::is_default_constructible_v<T>;
+template <class T>
+using ChunkItem = std::conditional_t<block_item<T>, T, Stored<T>>;
+
+template <class T>
+T&& take_item(ChunkItem<T>& item) noexcept {
+  if constexpr (block_item<T>) {
+    return std::move(item);
+  } else {
+    return std::move(*item);
+  }
+}
+
 /// Reads `n` items written by encode_items (raw values: one bounds check, one copy).
 template <class T>
-std::vector<T> decode_items(Reader& in, std::size_t n, Format format) {
-  std::vector<T> items;
-  if constexpr (block_value<T> && std::is_default_constructible_v<T>) {
-    if (format == Format::binary) {
-      if (n > in.remaining() / sizeof(T)) throw SerializationError("multicore: truncated chunk");
-      items.resize(n);
-      in.read(items.data(), n * sizeof(T));
-      return items;
-    }
+std::vector<ChunkItem<T>> decode_items(Reader& in, std::size_t n, Format format) {
+  std::vector<ChunkItem<T>> items;
+  if constexpr (block_item<T>) {
+    if (format != Format::binary) throw SerializationError("multicore: corrupt chunk: not binary");
+    if (n > in.remaining() / sizeof(T)) throw SerializationError("multicore: truncated chunk");
+    items.resize(n);
+    in.read(items.data(), n * sizeof(T));
+  } else {
+    items.reserve(std::min<std::size_t>(n, in.remaining()));
+    for (std::size_t i = 0; i < n; ++i) items.emplace_back().decode(in, format);
   }
-  items.reserve(std::min<std::size_t>(n, in.remaining()));
-  for (std::size_t i = 0; i < n; ++i) items.push_back(decode<T>(in, format));
   return items;
 }
 
@@ -89,10 +102,10 @@ struct MapChunk {
 
   static void entry(Reader& in, Writer& out, const CallContext& context) noexcept {
     const std::size_t mark = out.size();
-    std::optional<Fn> fn;
-    std::vector<In> items;
+    Stored<Fn> fn;
+    std::vector<ChunkItem<In>> items;
     try {
-      fn.emplace(decode_callable<Fn>(in, context.format));
+      decode_callable(fn, in, context.format);
       std::uint64_t n = 0;
       in.read(&n, sizeof n);
       if (n > in.remaining()) throw SerializationError("multicore: corrupt chunk: bad count");
@@ -102,12 +115,13 @@ struct MapChunk {
       return;
     }
     const std::size_t n = items.size();
-    std::vector<std::optional<Out>> values(n);
+    std::vector<Stored<Out>> values(n);
     std::vector<std::pair<std::size_t, Writer>> errors;
     std::mutex errors_mutex;
     auto body = [&](std::size_t i) noexcept {
       try {
-        values[i].emplace(std::invoke(*fn, std::move(items[i])));
+        // The result is made right in values[i]: no copy, on any thread's stack.
+        values[i].make([&] { return std::invoke(*fn, take_item<In>(items[i])); });
       } catch (...) {
         Writer error;
         write_current_exception(error);
@@ -115,7 +129,10 @@ struct MapChunk {
         errors.emplace_back(i, std::move(error));
       }
     };
-    ThreadTeam::instance().run(n, context.threads, body);
+    // The worker's team; an inline run (no worker) makes its own, joined before it returns.
+    std::optional<ThreadTeam> own_team;
+    ThreadTeam& team = context.team != nullptr ? *context.team : own_team.emplace();
+    team.run(n, context.threads, body);
     try {
       const std::uint64_t count = n;
       out.write(&count, sizeof count);
@@ -198,9 +215,8 @@ std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected, Format
       if constexpr (block_value<Out>) {
         const std::span<const std::byte> block = in.take(expected * sizeof(Out));
         for (std::size_t i = 0; i < expected; ++i) {
-          std::array<std::byte, sizeof(Out)> bytes;
-          std::memcpy(bytes.data(), block.data() + i * sizeof(Out), sizeof(Out));
-          results[i].value.emplace(std::bit_cast<Out>(bytes));
+          results[i].value.construct(
+              [&](void* where) { raw_value_at<Out>(where, block.data() + i * sizeof(Out)); });
         }
       } else {
         throw SerializationError("multicore: corrupt map answer: unexpected raw layout");
@@ -208,7 +224,8 @@ std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected, Format
     } else if (layout == ChunkLayout::outcomes) {
       for (auto& r : results) {
         try {
-          r.value.emplace(read_outcome<Out>(in, format));
+          read_value_tag(in);
+          r.value.decode(in, format);
         } catch (...) {
           r.error = std::current_exception();
         }
@@ -290,7 +307,8 @@ inline void check_map_options(const MapOptions& o) {
 
 /// The lazy result range of Pool::map (Ordered) and Pool::map_unordered. A single-pass input
 /// range: iterate it once, from one thread. Destroying it early abandons the map: chunks not
-/// yet sent are dropped, answers still coming are discarded, the pool stays usable.
+/// yet started are dropped, a worker still running one after abandon_grace is replaced, answers
+/// still coming are discarded, the pool stays usable.
 /// `Source` is how the input is held: `T&` for an lvalue the caller keeps alive, `T` for an
 /// rvalue the stream owns. (Not std::views::all: clang 14 cannot compile libstdc++ 12's views,
 /// and holding the range directly keeps map usable with containers there.)
@@ -312,9 +330,12 @@ class MapStream {
 
   class State {
    public:
-    State(PoolCore& core, Fn fn, Source&& source, MapOptions options)
+    // The callable goes straight to its one copy, here: a lambda capturing a large value is
+    // large, and must not be copied through the stack.
+    template <class F>
+    State(PoolCore& core, F&& fn, Source&& source, MapOptions options)
         : core_(core),
-          fn_(std::move(fn)),
+          fn_(std::forward<F>(fn)),
           view_(std::forward<Source>(source)),
           options_(options),
           inbox_(std::make_shared<MapInbox<Out>>()) {
@@ -324,7 +345,12 @@ class MapStream {
       max_window_ = std::max<std::size_t>(2, 32 * workers);
     }
 
-    ~State() { inbox_->abandoned.store(true, std::memory_order_relaxed); }
+    /// Abandons the chunks still with the pool, if any (see Scheduler::abandon). Only then
+    /// does it touch the pool, which may be gone if every chunk was answered.
+    ~State() {
+      inbox_->abandoned.store(true, std::memory_order_relaxed);
+      if (inbox_->arrivals.load(std::memory_order_acquire) != sent_) core_.abandon();
+    }
 
     void start() {
       it_.emplace(std::ranges::begin(view_));
@@ -422,7 +448,8 @@ class MapStream {
         }
         return;
       }
-      chunk.results.assign(n, ItemResult<Out>{std::nullopt, a.failure});
+      chunk.results = std::vector<ItemResult<Out>>(n);
+      for (ItemResult<Out>& r : chunk.results) r.error = a.failure;
       chunk.done = true;
       chunk.inputs.clear();
     }
@@ -484,6 +511,7 @@ class MapStream {
       chunk.inputs = std::move(inputs);
       try {
         core_.submit(std::move(job));
+        ++sent_;
       } catch (...) {
         chunks_.erase(first);
         throw;
@@ -523,6 +551,7 @@ class MapStream {
     MapOptions options_;
     std::shared_ptr<MapInbox<Out>> inbox_;
     std::size_t settled_ = 0;  // arrivals taken from the inbox so far
+    std::size_t sent_ = 0;     // chunks submitted (each posts one arrival, unless abandoned)
     std::optional<std::ranges::iterator_t<Range&>> it_;
     bool input_done_ = false;
     std::size_t consumed_ = 0;
@@ -567,9 +596,10 @@ class MapStream {
     State* state_ = nullptr;
   };
 
-  MapStream(PoolCore& core, Fn fn, Source&& source, MapOptions options)
-      : state_(
-            std::make_unique<State>(core, std::move(fn), std::forward<Source>(source), options)) {}
+  template <class F>
+  MapStream(PoolCore& core, F&& fn, Source&& source, MapOptions options)
+      : state_(std::make_unique<State>(core, std::forward<F>(fn), std::forward<Source>(source),
+                                       options)) {}
 
   /// Starts the map (sends the first window of chunks) and waits for the first result.
   /// Call once: this is a single-pass range.

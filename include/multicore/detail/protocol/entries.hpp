@@ -4,14 +4,11 @@
 
 #include <cxxabi.h>
 
-#include <array>
-#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <new>
-#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -54,12 +51,15 @@ class AnswerSender {
   ~AnswerSender() = default;
 };
 
+class ThreadTeam;
+
 /// What the worker tells an entry about the request besides its payload.
 struct CallContext {
   Format format = Format::binary;
   unsigned threads = 1;
   RequestTail* tail = nullptr;     ///< the request's tail, if it has one and it is unread
   AnswerSender* sender = nullptr;  ///< set in a worker, where an answer may have a tail
+  ThreadTeam* team = nullptr;      ///< the worker's own threads; null inline (see MapChunk)
 };
 
 /// The code a request names. Decodes its payload, runs the user's function and writes the
@@ -100,7 +100,7 @@ inline void write_current_exception(Writer& out) noexcept {
     try {
       throw;
     } catch (const std::exception& e) {
-      message = e.what();
+      message = message_of(e);
     } catch (const std::string& s) {
       message = s;
     } catch (const char* s) {
@@ -133,7 +133,7 @@ inline void write_serialization_failure(Writer& out, std::size_t mark, const cha
   try {
     throw;
   } catch (const std::exception& e) {
-    message = e.what();
+    message = message_of(e);
   } catch (...) {
   }
   try {
@@ -144,18 +144,13 @@ inline void write_serialization_failure(Writer& out, std::size_t mark, const cha
   }
 }
 
-/// Reads one outcome; returns the value or throws what the worker reported.
-template <class R>
-R read_outcome(Reader& in, Format format) {
+/// Reads an outcome's tag: returns if a value follows, or throws what the worker reported.
+inline void read_value_tag(Reader& in) {
   Outcome o{};
   in.read(&o, 1);
   switch (o) {
     case Outcome::value:
-      if constexpr (std::is_void_v<R>) {
-        return;
-      } else {
-        return decode<R>(in, format);
-      }
+      return;
     case Outcome::remote_error: {
       std::string type = read_string(in);
       std::string message = read_string(in);
@@ -166,6 +161,14 @@ R read_outcome(Reader& in, Format format) {
   }
   throw SerializationError("multicore: corrupt result from worker: unknown outcome " +
                            std::to_string(static_cast<unsigned>(o)));
+}
+
+/// Reads one outcome; returns the value or throws what the worker reported. (For values that
+/// may be large: read_value_tag(), then Stored::decode().)
+template <class R>
+R read_outcome(Reader& in, Format format) {
+  read_value_tag(in);
+  if constexpr (!std::is_void_v<R>) return decode<R>(in, format);
 }
 
 // The callable crosses as raw bytes when it is trivially copyable: a function pointer or a
@@ -180,22 +183,25 @@ void encode_callable(Writer& out, const Fn& fn, Format format) {
   }
 }
 
+/// Decodes the callable into `fn`. A callable is often large (a lambda may capture an array):
+/// it is made in place, like any value.
 template <class Fn>
-Fn decode_callable(Reader& in, Format format) {
+void decode_callable(Stored<Fn>& fn, Reader& in, Format format) {
   if constexpr (std::is_trivially_copyable_v<Fn>) {
     // Not std::bit_cast: g++ 12 rejects closure types there. A trivially copyable closure is
     // an implicit-lifetime type, so copying its bytes into suitable storage creates it.
-    alignas(Fn) std::byte storage[sizeof(Fn)];
-    if constexpr (!std::is_empty_v<Fn>) in.read(storage, sizeof storage);
-    return *std::launder(reinterpret_cast<Fn*>(storage));
+    fn.construct([&](void* where) {
+      if constexpr (!std::is_empty_v<Fn>) raw_value_at<Fn>(where, in.take(sizeof(Fn)).data());
+    });
   } else {
-    return decode<Fn>(in, format);
+    fn.decode(in, format);
   }
 }
 
-/// Decodes a request's last value, reading its elements from the request's tail if it has one.
+/// Decodes a request's last value into `value`, reading its elements from the request's tail
+/// if it has one.
 template <class T>
-T decode_last(Reader& in, const CallContext& context) {
+void decode_last(Stored<T>& value, Reader& in, const CallContext& context) {
   if constexpr (tail_value<T>) {
     if (context.tail != nullptr && context.tail->left() != 0) {
       RequestTail& tail = *context.tail;
@@ -210,27 +216,30 @@ T decode_last(Reader& in, const CallContext& context) {
           builder.append(piece);
           tail.consume(piece.size());
         }
-        return builder.take();
+        value.make([&] { return builder.take(); });
+        return;
       } catch (...) {
         throw decode_error<T>();
       }
     }
   }
-  return decode<T>(in, context.format);
+  value.decode(in, context.format);
 }
 
-/// Decodes the arguments of a call, left to right (wire order).
+/// Decodes the arguments of a call into `args`, left to right (wire order).
 template <class... Args>
-std::tuple<Args...> decode_arguments(Reader& in, const CallContext& context) {
-  return [&]<std::size_t... I>(std::index_sequence<I...>) {
-    // Braced initialisation evaluates the decodes left to right.
-    return std::tuple<Args...>{[&]() -> Args {
-      if constexpr (I + 1 == sizeof...(Args)) {
-        return decode_last<Args>(in, context);
-      } else {
-        return decode<Args>(in, context.format);
-      }
-    }()...};
+void decode_arguments(std::tuple<Stored<Args>...>& args, Reader& in, const CallContext& context) {
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    // A comma fold evaluates the decodes left to right.
+    (
+        [&] {
+          if constexpr (I + 1 == sizeof...(Args)) {
+            decode_last(std::get<I>(args), in, context);
+          } else {
+            std::get<I>(args).decode(in, context.format);
+          }
+        }(),
+        ...);
   }
   (std::index_sequence_for<Args...>{});
 }
@@ -238,18 +247,21 @@ std::tuple<Args...> decode_arguments(Reader& in, const CallContext& context) {
 /// Runs `fn(args...)` and appends its outcome to `out` (or sends it, see CallContext::sender).
 template <class Fn, class... Args>
 void run_and_write(Writer& out, const CallContext& context, Fn& fn,
-                   std::tuple<Args...>& args) noexcept {
+                   std::tuple<Stored<Args>...>& args) noexcept {
   // Called as rvalues: the worker's copies are its own, and this matches the result type
   // Pool::submit promises (std::invoke_result_t<F, Args...> with decayed types).
   using Result = std::invoke_result_t<Fn, Args...>;
+  const auto call = [&] {
+    return std::apply(
+        [&](Stored<Args>&... arg) { return std::invoke(std::move(fn), std::move(*arg)...); }, args);
+  };
   const std::size_t mark = out.size();
-  std::optional<std::conditional_t<std::is_void_v<Result>, char, Result>> result;
+  Stored<std::conditional_t<std::is_void_v<Result>, char, Result>> result;
   try {
     if constexpr (std::is_void_v<Result>) {
-      std::apply(std::move(fn), std::move(args));
-      result.emplace();
+      call();
     } else {
-      result.emplace(std::apply(std::move(fn), std::move(args)));
+      result.make(call);  // the function's result is made right in `result`: no copy
     }
   } catch (...) {
     out.resize(mark);
@@ -279,16 +291,16 @@ template <class Fn, class... Args>
 struct Call {
   static void entry(Reader& in, Writer& out, const CallContext& context) noexcept {
     const std::size_t mark = out.size();
-    std::optional<Fn> fn;
-    std::optional<std::tuple<Args...>> args;
+    Stored<Fn> fn;
+    std::tuple<Stored<Args>...> args;
     try {
-      fn.emplace(decode_callable<Fn>(in, context.format));
-      args.emplace(decode_arguments<Args...>(in, context));
+      decode_callable(fn, in, context.format);
+      decode_arguments(args, in, context);
     } catch (...) {
       write_serialization_failure(out, mark, "decoding the arguments in the worker");
       return;
     }
-    run_and_write(out, context, *fn, *args);
+    run_and_write(out, context, *fn, args);
   }
 };
 

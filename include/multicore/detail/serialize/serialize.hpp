@@ -646,16 +646,14 @@ inline std::string describe_current_exception() {
     throw;
   } catch (const SerializationError& error) {
     constexpr std::string_view prefix = "multicore: ";
-    const std::string_view what = error.what();
+    const std::string_view what = message_of(error);
     return std::string(what.starts_with(prefix) ? what.substr(prefix.size()) : what);
   } catch (const std::bad_alloc&) {
     return "out of memory";
   } catch (const std::length_error& error) {
-    return std::string("length error: ") + error.what();
-  } catch (const std::exception& error) {
-    return error.what();
+    return std::string("length error: ") + message_of(error);
   } catch (...) {
-    return "exception of unknown type";
+    return describe_thrown();
   }
 }
 
@@ -842,6 +840,26 @@ T decode_cereal(Reader& in) {
   return value;
 }
 
+/// Values larger than this never sit on a thread's stack inside multicore (see Stored): a
+/// stack is 8 MiB at most by default, and a thread's may be much smaller, while a value's size
+/// is meant to be limited only by memory. Values up to this size stay inline, allocating nothing.
+inline constexpr std::size_t max_inline_value_bytes = std::size_t{4} << 10;
+
+/// Uninitialised storage for one T.
+template <class T>
+struct alignas(T) RawRoom {
+  std::byte bytes[sizeof(T)];
+};
+
+/// Makes the trivially copyable T whose object representation is at `bytes` in the storage at
+/// `where`: copying the bytes there creates it (an implicit-lifetime type), with no copy of the
+/// value through the stack.
+template <class T>
+T* raw_value_at(void* where, const std::byte* bytes) noexcept {
+  std::memcpy(where, bytes, sizeof(T));
+  return std::launder(static_cast<T*>(where));
+}
+
 template <class T>
 void encode_raw_sequence(Writer& out, const T& sequence) {
   using E = typename T::value_type;
@@ -858,6 +876,11 @@ void encode_raw_sequence(Writer& out, const T& sequence) {
 template <class T>
 class SequenceBuilder {
   using E = typename T::value_type;
+  // Room for one element that arrives in pieces, and for a batch of elements that arrive
+  // misaligned: in the builder, or on the heap for an element too large for a stack.
+  static constexpr bool large = sizeof(E) > max_inline_value_bytes;
+  static constexpr std::size_t batch = large ? 1 : max_inline_value_bytes / sizeof(E);
+  using Staging = std::conditional_t<large, std::unique_ptr<RawRoom<E>>, RawRoom<E>>;
 
  public:
   /// Expects `count` elements. Reserves room for all of them, or for at most `reserve_bytes`
@@ -867,6 +890,9 @@ class SequenceBuilder {
                            std::size_t reserve_bytes = std::numeric_limits<std::size_t>::max())
       : count_(count), left_(count * sizeof(E)) {
     reserve(std::min(count, std::max<std::size_t>(reserve_bytes / sizeof(E), 1)));
+    if constexpr (large) {
+      if (count != 0) partial_ = std::make_unique_for_overwrite<RawRoom<E>>();
+    }
   }
 
   /// Bytes still expected.
@@ -888,18 +914,18 @@ class SequenceBuilder {
     }
     if (partial_size_ != 0) {  // finish the element the previous piece began
       const std::size_t n = std::min(bytes.size(), sizeof(E) - partial_size_);
-      std::memcpy(partial_.data() + partial_size_, bytes.data(), n);
+      std::memcpy(partial() + partial_size_, bytes.data(), n);
       partial_size_ += n;
       bytes = bytes.subspan(n);
       if (partial_size_ < sizeof(E)) return;
-      sequence_.push_back(std::bit_cast<E>(partial_));
+      push(std::launder(reinterpret_cast<const E*>(partial())), 1);
       partial_size_ = 0;
     }
     const std::size_t whole = bytes.size() / sizeof(E);
     append_elements(bytes.first(whole * sizeof(E)));
     partial_size_ = bytes.size() - whole * sizeof(E);
     if (partial_size_ != 0) {  // an element the next piece finishes
-      std::memcpy(partial_.data(), bytes.data() + whole * sizeof(E), partial_size_);
+      std::memcpy(partial(), bytes.data() + whole * sizeof(E), partial_size_);
     }
   }
 
@@ -921,15 +947,29 @@ class SequenceBuilder {
       return;
     }
     // Misaligned for E (a ring hands out pieces at any offset): through an aligned buffer that
-    // stays in the L1 cache. memcpy into it creates the E objects (trivially copyable types are
-    // implicit-lifetime types).
-    constexpr std::size_t batch = std::max<std::size_t>(1, 4096 / sizeof(E));
-    alignas(E) std::byte buffer[batch * sizeof(E)];
-    while (!bytes.empty()) {
-      const std::size_t n = std::min(bytes.size(), sizeof buffer);
-      std::memcpy(buffer, bytes.data(), n);
-      push(std::launder(reinterpret_cast<const E*>(buffer)), n / sizeof(E));
-      bytes = bytes.subspan(n);
+    // stays in the L1 cache (for a large E: the staging room, one element at a time). memcpy
+    // into it creates the E objects (trivially copyable types are implicit-lifetime types).
+    const auto through = [&](std::byte* buffer) noexcept {
+      while (!bytes.empty()) {
+        const std::size_t n = std::min(bytes.size(), batch * sizeof(E));
+        std::memcpy(buffer, bytes.data(), n);
+        push(std::launder(reinterpret_cast<const E*>(buffer)), n / sizeof(E));
+        bytes = bytes.subspan(n);
+      }
+    };
+    if constexpr (large) {
+      through(partial());
+    } else {
+      alignas(E) std::byte buffer[batch * sizeof(E)];
+      through(buffer);
+    }
+  }
+
+  std::byte* partial() noexcept {
+    if constexpr (large) {
+      return partial_->bytes;
+    } else {
+      return partial_.bytes;
     }
   }
 
@@ -944,7 +984,7 @@ class SequenceBuilder {
   T sequence_;
   std::size_t count_;
   std::size_t left_;
-  std::array<std::byte, sizeof(E)> partial_{};
+  Staging partial_;
   std::size_t partial_size_ = 0;
   bool failed_ = false;
 };
@@ -1097,5 +1137,101 @@ T decode(Reader& in, Format format) {
     throw decode_error<T>();
   }
 }
+
+/// decode() in place: makes the T in `where` (uninitialised storage for one) instead of
+/// returning it, so that a large value never passes through a stack. Throws what decode()
+/// throws, and then leaves no T in `where`.
+template <class T>
+T* decode_at(void* where, Reader& in, Format format) {
+  if constexpr (raw_value<T> && !has_codec<T>) {
+    if (format == Format::binary) {
+      try {
+        return raw_value_at<T>(where, in.take(sizeof(T)).data());
+      } catch (...) {
+        throw decode_error<T>();
+      }
+    }
+  }
+  // decode()'s result is a prvalue: it is made right in `where` (guaranteed copy elision); the
+  // decoders under it return their one local object, which compilers build there too (NRVO).
+  return ::new (where) T(decode<T>(in, format));
+}
+
+/// Holds at most one T, like std::optional<T> (and as compact), but a T larger than
+/// max_inline_value_bytes on the heap. The T is made in place: from a function's result (a T
+/// returned by value is built right there: guaranteed copy elision) or decoded into it. Moving
+/// a Stored moves the pointer to a large T, never the T.
+template <class T>
+class Stored {
+  static constexpr bool large = sizeof(T) > max_inline_value_bytes;
+
+ public:
+  Stored() noexcept = default;
+  Stored(Stored&& other) noexcept(large || std::is_nothrow_move_constructible_v<T>) {
+    if constexpr (large) {
+      room_ = std::move(other.room_);
+      engaged_ = std::exchange(other.engaged_, false);
+    } else if (other.engaged_) {
+      make([&] { return std::move(*other); });
+    }
+  }
+  Stored& operator=(Stored&&) = delete;
+  ~Stored() { reset(); }
+
+  bool has_value() const noexcept { return engaged_; }
+  T& operator*() noexcept { return *value(); }
+  const T& operator*() const noexcept { return *const_cast<Stored&>(*this).value(); }
+  T* operator->() noexcept { return value(); }
+  const T* operator->() const noexcept { return const_cast<Stored&>(*this).value(); }
+
+  /// Replaces the value by what `construct(where)` makes in the uninitialised storage `where`
+  /// for a T. Throws what construct throws (the Stored is then empty), or std::bad_alloc.
+  template <class Construct>
+  T& construct(Construct&& construct) {
+    reset();
+    std::forward<Construct>(construct)(room());
+    engaged_ = true;
+    return *value();
+  }
+
+  /// Replaces the value by `make()`'s result, made in place.
+  template <class Make>
+  T& make(Make&& make) {
+    return construct([&](void* where) { ::new (where) T(std::forward<Make>(make)()); });
+  }
+
+  /// Replaces the value by one decoded from `in`, in place (see decode_at()).
+  T& decode(Reader& in, Format format) {
+    return construct([&](void* where) { decode_at<T>(where, in, format); });
+  }
+
+  void reset() noexcept {
+    if (std::exchange(engaged_, false)) std::destroy_at(value());
+  }
+
+ private:
+  void* room() {
+    if constexpr (large) {
+      if (!room_) room_ = std::make_unique_for_overwrite<RawRoom<T>>();
+      return room_->bytes;
+    } else {
+      return room_.bytes;
+    }
+  }
+
+  T* value() noexcept {
+    if constexpr (large) {
+      return std::launder(reinterpret_cast<T*>(room_->bytes));
+    } else {
+      return std::launder(reinterpret_cast<T*>(room_.bytes));
+    }
+  }
+
+  std::conditional_t<large, std::unique_ptr<RawRoom<T>>, RawRoom<T>> room_;
+  bool engaged_ = false;
+};
+// A map chunk holds one per item, on both sides: a pointer more (the first version had one)
+// made a map of ints fault in 1.5x the memory and run at half speed.
+static_assert(sizeof(Stored<int>) == sizeof(std::optional<int>));
 
 }  // namespace multicore::detail

@@ -65,6 +65,7 @@ struct Event {
     none,     ///< nothing new
     ready,    ///< the worker started (on_worker_start returned): it takes messages now
     running,  ///< it runs task `task_id`'s code since `since_ns`, or paused it (since_ns 0)
+    stopped,  ///< it was stopped (SIGSTOP) at `since_ns`, or continued (since_ns 0)
     answer,   ///< `task_id` is answered: `payload`, or through the tail opened for it
     died,     ///< the worker is gone: `death` says how; start(k) may replace it
   };
@@ -72,6 +73,7 @@ struct Event {
   std::uint64_t task_id = 0;  ///< running, answer
   /// running: when the task's user code started, on this process's steady clock
   /// (steady_now_ns()); 0 while it is not running user code (arguments still streaming in).
+  /// stopped: when the worker was stopped; 0 once it runs again.
   std::int64_t since_ns = 0;
   std::uint64_t run_nanos = 0;  ///< answer: how long the user's code ran
   /// answer: the whole payload (untrusted), valid until the next poll(k); empty when `tail`.
@@ -86,6 +88,8 @@ struct Capabilities {
   bool same_image = true;
   /// Workers run on this machine: shared memory made here can be handed to them.
   bool same_machine = true;
+  /// Most messages a slot may hold unanswered at once (cancel() keeps track of no more).
+  std::size_t max_in_flight = 64;
 };
 
 /// The workers, as the scheduler sees them: numbered slots 0..size()-1, each holding at most
@@ -93,10 +97,11 @@ struct Capabilities {
 /// payload); what comes back are events.
 ///
 /// Thread contract (the scheduler's locks provide it):
-///  - send side of slot k: try_send, pump, try_stop, start: one thread at a time;
+///  - send side of slot k: try_send, pump, try_stop, cancel, start: one thread at a time;
 ///  - receive side of slot k: poll: one thread at a time, concurrently with the send side;
 ///  - wait: one thread at a time (the collector);
-///  - kill, wake, may_have_events, callers_polling, size, capabilities: any thread, any time;
+///  - kill, resume, wake, may_have_events, callers_polling, size, capabilities: any thread,
+///    any time;
 ///  - construction, close and destruction: no other call in progress.
 class Transport {
  public:
@@ -113,6 +118,13 @@ class Transport {
   /// Asks slot k's worker to exit once it has answered every message sent so far. False if
   /// the request cannot be sent now (the previous message is still being taken).
   [[nodiscard]] virtual bool try_stop(unsigned k) noexcept = 0;
+  /// Continues every worker stopped from outside (SIGSTOP): whoever waits for their work
+  /// would otherwise wait for ever. Any thread.
+  virtual void resume() noexcept = 0;
+  /// Slot k's worker should skip the message for `task_id` if it has not started it (nobody
+  /// wants its answer any more), and answer it with an empty payload. It may have started it
+  /// already: the answer then comes as usual. Send side.
+  virtual void cancel(unsigned k, std::uint64_t task_id) noexcept = 0;
 
   /// Hands a whole request to slot k's worker, or returns false without taking it (the worker
   /// is not ready, or is still taking the previous message). Never blocks: a message larger

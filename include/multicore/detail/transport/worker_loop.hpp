@@ -14,11 +14,13 @@
 #include <exception>
 #include <functional>
 #include <span>
+#include <string>
 
 #include "../../codec.hpp"
 #include "../protocol/entries.hpp"
 #include "../protocol/wire.hpp"
 #include "../util/process.hpp"
+#include "../util/thread_team.hpp"
 #include "../util/warm_buffer.hpp"
 
 namespace multicore::detail {
@@ -47,6 +49,9 @@ class WorkerChannel {
   /// The user's code of the claimed task runs since `ns` (steady_now_ns()), or paused (0):
   /// task_timeout counts only while it runs.
   virtual void running_since(std::int64_t ns) noexcept = 0;
+  /// The parent no longer wants the request just claimed (asked once per call request, in the
+  /// order they come): skip it.
+  virtual bool cancelled(std::uint64_t task_id) noexcept = 0;
   /// on_worker_start returned: the worker takes requests.
   virtual void started() noexcept = 0;
   /// on_worker_start threw `what`; the worker exits right after.
@@ -81,8 +86,13 @@ class WorkerLoop {
       // Claim the task before touching its payload: if anything from here on kills the
       // process, the parent blames this task and no other.
       channel_.claim(header.task_id);
-      serve(header);
+      if (channel_.cancelled(header.task_id)) {
+        skip(header);
+      } else {
+        serve(header);
+      }
       channel_.claim(0);
+      // Skipped requests count too: the parent counts every request it sends.
       if (plan_.max_tasks != 0 && ++done >= plan_.max_tasks) leave_worker(0);
     }
   }
@@ -93,21 +103,35 @@ class WorkerLoop {
     try {
       if (plan_.on_start != nullptr && *plan_.on_start) (*plan_.on_start)();
     } catch (...) {
-      channel_.start_failed(describe_start_failure());
+      channel_.start_failed(describe_start_failure().c_str());
       leave_worker(70);
     }
     std::fflush(nullptr);
     channel_.started();
   }
 
-  static const char* describe_start_failure() noexcept {
+  /// What on_worker_start threw, as a sentence (called in its handler).
+  static std::string describe_start_failure() noexcept {
     try {
-      throw;
-    } catch (const std::exception& e) {
-      return e.what();
-    } catch (...) {
-      return "an exception not derived from std::exception";
+      return describe_thrown();
+    } catch (...) {  // out of memory: say no more than the pool's message does
+      return {};
     }
+  }
+
+  /// Reads past a cancelled request's payload and answers it with nothing.
+  void skip(const RequestHeader& header) noexcept {
+    for (std::uint64_t left = header.payload_bytes; left != 0;) {
+      const std::size_t n =
+          static_cast<std::size_t>(std::min<std::uint64_t>(left, channel_.peek().size()));
+      channel_.consume(n);
+      left -= n;
+    }
+    task_id_ = header.task_id;
+    began_ = steady_now_ns();
+    Writer& answer = answer_.get();
+    answer.resize(sizeof(ResponseHeader));
+    send_answer(answer, {});
   }
 
   void serve(const RequestHeader& header) noexcept {
@@ -126,7 +150,7 @@ class WorkerLoop {
     tail_.start(tail_bytes);
     Reader reader(std::span<const std::byte>(payload.bytes()));
     const CallContext context{static_cast<Format>(header.format), header.threads,
-                              tail_bytes != 0 ? &tail_ : nullptr, &sender_};
+                              tail_bytes != 0 ? &tail_ : nullptr, &sender_, &team_};
     // NOLINTNEXTLINE(performance-no-int-to-ptr): the id is an entry address (see RequestHeader)
     reinterpret_cast<Entry>(static_cast<std::uintptr_t>(header.entry))(reader, answer, context);
     tail_.skip_rest();  // an entry that failed before reading it
@@ -248,6 +272,7 @@ class WorkerLoop {
   WarmBuffer answer_{kept_buffer_bytes};
   ChannelTail tail_{*this};
   ChannelSender sender_{*this};
+  ThreadTeam team_;  // made in this process, with no threads until a chunk asks for them
   std::uint64_t task_id_ = 0;
   std::int64_t began_ = 0;
   bool answered_ = false;

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
-// Readable C++ type names for error messages ("std::vector<int>", not "St6vectorIiSaIiEE").
+// Readable C++ type names for error messages ("std::vector<int>", not "St6vectorIiSaIiEE"), and
+// the messages of user exceptions, read defensively.
 #pragma once
 
 #include <cxxabi.h>
 
 #include <cstdlib>
+#include <exception>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -65,6 +67,30 @@ inline std::string demangle(const char* mangled) {
       abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);
   if (status != 0 || demangled == nullptr) return mangled;
   return tidy_type_name(demangled.get());
+}
+
+/// `e.what()`, or "" when it returns nullptr (a user type may: std::string(nullptr) would then
+/// crash whoever describes the exception, the worker or the caller). A what() that throws
+/// cannot be guarded against: what() is noexcept, so the throw calls std::terminate inside it.
+inline const char* message_of(const std::exception& e) noexcept {
+  const char* what = e.what();
+  return what != nullptr ? what : "";
+}
+
+/// Describes the exception being handled for an error message: its what(), or its type when it
+/// has no message ("an exception of type X with no message"). Call only inside a catch block.
+inline std::string describe_thrown() {
+  std::string message;
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    message = message_of(e);
+  } catch (...) {
+  }
+  if (!message.empty()) return message;
+  const std::type_info* type = abi::__cxa_current_exception_type();
+  return "an exception of type " + (type != nullptr ? demangle(type->name()) : "unknown") +
+         " with no message";
 }
 
 /// The readable name of `T` (cv-qualifiers and references are dropped, as `typeid` does).

@@ -13,16 +13,13 @@
 namespace multicore::detail {
 
 /// Runs body(i) for every i in [0, n) on up to `threads` threads of this process, the calling
-/// thread included, and returns when all are done. Threads are made on first use and kept (a
-/// worker runs many chunks); they belong to the worker process, which never forks again.
-/// One run at a time: a worker serves one request at a time.
+/// thread included, and returns when all are done. Threads are made on first use and kept
+/// until the team is destroyed (a worker runs many chunks). One run at a time, so a team has
+/// one owner: a worker (which serves one request at a time) or a single inline run. Never
+/// global: a fork made later (a pool made in the application or inside a worker) would
+/// inherit a team whose threads do not exist in it, and concurrent inline maps would share it.
 class ThreadTeam {
  public:
-  static ThreadTeam& instance() {
-    static ThreadTeam team;
-    return team;
-  }
-
   ThreadTeam() = default;
   ThreadTeam(const ThreadTeam&) = delete;
   ThreadTeam& operator=(const ThreadTeam&) = delete;

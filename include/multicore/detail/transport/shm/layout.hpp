@@ -19,14 +19,19 @@ namespace multicore::detail {
 ///   fork server: spawning -> spawn_failed (fork failed), any -> dead (after reaping the worker)
 enum class SlotState : std::uint32_t { empty, spawning, ready, spawn_failed, dead };
 
+/// Most jobs the parent has in flight to one worker at a time (sent, not yet answered).
+inline constexpr std::size_t max_jobs_in_flight = 64;
+
 /// Per-worker shared state. The worker's hot fields and the parent-written fields sit on
 /// separate cache lines.
 struct SlotShared {
   // Lifecycle (cold).
   alignas(cache_line_size) std::atomic<SlotState> state{SlotState::empty};
-  std::atomic<std::int32_t> pid{0};            ///< fork server, after fork
-  std::atomic<std::int32_t> wait_status{0};    ///< fork server, raw waitpid() status
-  std::atomic<std::int32_t> spawn_errno{0};    ///< fork server, when fork failed
+  std::atomic<std::int32_t> pid{0};          ///< fork server, after fork
+  std::atomic<std::int32_t> wait_status{0};  ///< fork server, raw waitpid() status
+  std::atomic<std::int32_t> spawn_errno{0};  ///< fork server, when fork failed
+  /// Fork server: when the worker was stopped (SIGSTOP; steady clock, ns), 0 while it runs.
+  std::atomic<std::int64_t> stopped_since_ns{0};
   std::atomic<std::uint32_t> start_failed{0};  ///< worker: on_worker_start threw (see start_error)
   char start_error[256]{};                     ///< worker, NUL-terminated, before start_failed
 
@@ -46,10 +51,17 @@ struct SlotShared {
 
   RingControl request;   ///< parent -> worker
   RingControl response;  ///< worker -> parent
+
+  /// Parent: jobs the worker must skip, unstarted (their map was abandoned). A job's entry is
+  /// its position in the stream of jobs sent to this process, modulo max_jobs_in_flight; the
+  /// jobs in flight never share one. The worker skips a job whose id it finds there, so a stale
+  /// entry never matches a later job (ids are never reused).
+  alignas(cache_line_size) std::atomic<std::uint64_t> cancelled[max_jobs_in_flight]{};
 };
 static_assert(offsetof(SlotShared, running) % cache_line_size == 0);
 static_assert(offsetof(SlotShared, worker_bell) % cache_line_size == 0);
 static_assert(offsetof(SlotShared, request) % cache_line_size == 0);
+static_assert(offsetof(SlotShared, cancelled) % cache_line_size == 0);
 
 /// Pool-wide shared state.
 struct PoolShared {

@@ -23,9 +23,6 @@ struct ShmWorkerSetup {
   StreamEnds requests;  ///< the worker consumes
   StreamEnds answers;   ///< the worker produces
   WorkerPlan plan;
-  /// Ring the parent when a task's code starts, so a sleeping parent arms its timeout at once
-  /// (only pools with a task_timeout pay that wake-up).
-  bool report_starts = false;
 };
 
 /// The running worker's setup, or nullptr outside a worker. A test seam: failure tests use it
@@ -62,7 +59,15 @@ class ShmWorkerChannel final : public WorkerChannel {
 
   void running_since(std::int64_t ns) noexcept override {
     setup_.slot->running_since_ns.store(ns, std::memory_order_release);
-    if (ns != 0 && setup_.report_starts) setup_.pool->parent_bell.ring();
+  }
+
+  /// Looked up after the request was claimed: a cancellation too late for this look finds the
+  /// task running, and the parent deals with it as with any task it wants no more (see
+  /// ShmTransport::cancel, which writes the entry of this request's place in the stream).
+  bool cancelled(std::uint64_t task_id) noexcept override {
+    const std::uint64_t place = requests_read_++;
+    return setup_.slot->cancelled[place % max_jobs_in_flight].load(std::memory_order_relaxed) ==
+           task_id;
   }
 
   void started() noexcept override {
@@ -89,6 +94,7 @@ class ShmWorkerChannel final : public WorkerChannel {
   StreamProducer answers_;
   SpinBudget request_spin_;
   SpinBudget answer_spin_;
+  std::uint64_t requests_read_ = 0;  // the place of the next request in the stream
 };
 
 }  // namespace multicore::detail

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -41,8 +42,6 @@ struct ShmOptions {
   std::size_t ring_bytes = std::size_t{1} << 20;  ///< a power of two, at least a page
   std::function<void()> on_start;
   std::size_t max_tasks = 0;  ///< 0: unlimited
-  /// Workers ring the parent when a task's code starts (for a prompt task_timeout).
-  bool report_starts = false;
 };
 
 /// Workers forked by a fork server; one request and one answer ring per worker, in anonymous
@@ -57,27 +56,22 @@ class ShmTransport final : public Transport {
         layout_{options_.workers, options_.ring_bytes},
         region_(layout_.total_bytes()),
         senders_(options_.workers),
+        sent_(options_.workers),
         slots_(options_.workers) {
     std::byte* base = region_.data();
     layout_.construct(base);
     pool_ = layout_.pool(base);
-    int fds[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
-      throw SystemError("socketpair", errno);
-    }
-    command_fd_ = fds[0];
     ZygoteSetup setup;
-    setup.command_fd = fds[1];
     setup.parent = getpid();
     setup.pids.assign(options_.workers, 0);
     for (unsigned k = 0; k < options_.workers; ++k) {
-      setup.workers.push_back(
-          {pool_, layout_.slot(base, k), layout_.requests(base, k), layout_.answers(base, k),
-           WorkerPlan{&options_.on_start, options_.max_tasks}, options_.report_starts});
+      setup.workers.push_back({pool_, layout_.slot(base, k), layout_.requests(base, k),
+                               layout_.answers(base, k),
+                               WorkerPlan{&options_.on_start, options_.max_tasks}});
       senders_[k] = MessageSender(layout_.requests(base, k));
       slots_[k].receiver = AnswerReceiver(layout_.answers(base, k));
     }
-    fork_zygote(setup, fds[1]);
+    fork_zygote(setup);
   }
 
   ~ShmTransport() override { close(); }
@@ -85,7 +79,7 @@ class ShmTransport final : public Transport {
   ShmTransport& operator=(const ShmTransport&) = delete;
 
   unsigned size() const noexcept override { return layout_.workers; }
-  Capabilities capabilities() const noexcept override { return {true, true}; }
+  Capabilities capabilities() const noexcept override { return {true, true, max_jobs_in_flight}; }
 
   void start(unsigned k) override {
     // The previous worker (if any) is gone and reaped: nobody else touches these now.
@@ -95,12 +89,16 @@ class ShmTransport final : public Transport {
     s.receiver.reset();
     s.seen.store(SlotState::spawning, std::memory_order_relaxed);
     s.task = 0;
-    s.since.store(0, std::memory_order_relaxed);
+    s.since = 0;
     s.died = false;
     s.violation.store(nullptr, std::memory_order_relaxed);
     shared.running.store(0, std::memory_order_relaxed);
     shared.running_since_ns.store(0, std::memory_order_relaxed);
+    shared.stopped_since_ns.store(0, std::memory_order_relaxed);
     shared.pid.store(0, std::memory_order_relaxed);
+    s.stopped.store(0, std::memory_order_relaxed);
+    sent_[k] = {};
+    for (auto& c : shared.cancelled) c.store(0, std::memory_order_relaxed);
     shared.start_failed.store(0, std::memory_order_relaxed);
     shared.start_error[0] = '\0';
     shared.state.store(SlotState::spawning, std::memory_order_release);
@@ -110,6 +108,24 @@ class ShmTransport final : public Transport {
   }
 
   void kill(unsigned k) noexcept override { command({ZygoteCommand::kill, k}); }
+
+  void resume() noexcept override {
+    if (zygote_ > 0) ::kill(zygote_, SIGCONT);  // a stopped fork server could not pass it on
+    command({ZygoteCommand::resume, 0});        // only it knows exactly which pids are workers
+  }
+
+  void cancel(unsigned k, std::uint64_t task_id) noexcept override {
+    // The worker looks its next message up by its place in the stream of messages sent to it
+    // (see ShmWorkerChannel::cancelled); at most max_jobs_in_flight are unanswered, so the
+    // places of those still to come never share an entry.
+    const Sent& sent = sent_[k];
+    for (std::size_t i = 0; i < max_jobs_in_flight; ++i) {
+      if (sent.ids[i] == task_id && task_id != 0) {
+        slot(k).cancelled[i].store(task_id, std::memory_order_relaxed);
+        return;
+      }
+    }
+  }
 
   bool try_stop(unsigned k) noexcept override {
     static const RequestHeader stop = [] {
@@ -122,7 +138,13 @@ class ShmTransport final : public Transport {
 
   bool try_send(unsigned k, std::span<const std::byte> message) noexcept override {
     const bool taken = senders_[k].start(message);
-    if (taken) check_sender(k);
+    if (taken) {
+      RequestHeader h;
+      std::memcpy(&h, message.data(), std::min(message.size(), sizeof h));
+      Sent& sent = sent_[k];
+      sent.ids[sent.count++ % max_jobs_in_flight] = h.kind == RequestKind::call ? h.task_id : 0;
+      check_sender(k);
+    }
     return taken;
   }
 
@@ -160,12 +182,19 @@ class ShmTransport final : public Transport {
       }
       if (status == AnswerReceiver::Status::violation) violated(k, s.receiver.what());
     }
-    // Every complete answer is read: now what the worker runs, then whether it is gone.
+    // Every complete answer is read: now whether it was stopped, what it runs, whether it is gone.
+    const std::int64_t stopped = shared.stopped_since_ns.load(std::memory_order_acquire);
+    if (stopped != s.stopped.load(std::memory_order_relaxed)) {
+      s.stopped.store(stopped, std::memory_order_relaxed);
+      Event e = event(Event::Kind::stopped, 0);
+      e.since_ns = stopped;
+      return e;
+    }
     const std::uint64_t task = shared.running.load(std::memory_order_acquire);
     const std::int64_t since = shared.running_since_ns.load(std::memory_order_acquire);
-    if (task != s.task || since != s.since.load(std::memory_order_relaxed)) {
+    if (task != s.task || since != s.since) {
       s.task = task;
-      s.since.store(since, std::memory_order_relaxed);
+      s.since = since;
       if (task != 0) {
         Event e = event(Event::Kind::running, task);
         e.since_ns = since;
@@ -234,14 +263,16 @@ class ShmTransport final : public Transport {
   }
 
  private:
-  /// The parent's side of slot k: receive side. `seen` and `since` are also read by wait() and
-  /// may_have_events() (any thread), `violation` also written by the send side: hence atomic.
+  /// The parent's side of slot k: receive side. `seen` and `stopped` are also read by wait()
+  /// and may_have_events() (any thread), `violation` also written by the send side: hence
+  /// atomic.
   struct Slot {
     AnswerReceiver receiver;
     std::atomic<SlotState> seen{SlotState::empty};
-    std::uint64_t task = 0;              // last `running` seen
-    std::atomic<std::int64_t> since{0};  // (also read by wait())
-    bool died = false;                   // reported; nothing more until start()
+    std::uint64_t task = 0;  // last `running` seen
+    std::int64_t since = 0;
+    std::atomic<std::int64_t> stopped{0};  // last `stopped` reported (also read by wait())
+    bool died = false;                     // reported; nothing more until start()
     Death death;
     std::atomic<const char*> violation{nullptr};  // the worker broke the protocol: how
   };
@@ -307,9 +338,9 @@ class ShmTransport final : public Transport {
       }
       if (answers_are_ours && s.receiver.has_bytes()) return true;
       if (senders_[k].room_made()) return true;
-      if (options_.report_starts && shared.running_since_ns.load(std::memory_order_relaxed) !=
-                                        s.since.load(std::memory_order_relaxed)) {
-        return true;  // a task's code started (or paused): its deadline changed
+      if (shared.stopped_since_ns.load(std::memory_order_relaxed) !=
+          s.stopped.load(std::memory_order_relaxed)) {
+        return true;  // stopped or continued: a task_timeout deadline changed
       }
     }
     return false;
@@ -323,27 +354,43 @@ class ShmTransport final : public Transport {
     return n == static_cast<ssize_t>(sizeof c);
   }
 
-  void fork_zygote(ZygoteSetup& setup, int zygote_end) {
+  /// Makes the command socket and forks the fork server. No lock is held across the fork:
+  /// the child would inherit it locked, and a pool made there (in a task, in on_worker_start)
+  /// would wait for it for ever.
+  void fork_zygote(ZygoteSetup& setup) {
     auto& owned = OwnedDescriptors::instance();
-    std::unique_lock lock(owned.mutex);
-    setup.foreign_fds = owned.fds;
-    // Our own end too: while the fork server or a worker held it, the server would never see
-    // end-of-file when the parent dies.
-    setup.foreign_fds.push_back(command_fd_);
+    {
+      // Made and registered at once: a fork server another thread forks meanwhile closes our
+      // end, or it would hold our lifeline open.
+      std::lock_guard lock(owned.mutex);
+      setup.foreign_fds = owned.fds;
+      setup.foreign_fds.reserve(owned.fds.size() + 1);  // so that no push_back below throws
+      owned.fds.reserve(owned.fds.size() + 1);
+      int fds[2];
+      if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
+        throw SystemError("socketpair", errno);
+      }
+      command_fd_ = fds[0];
+      setup.command_fd = fds[1];
+      owned.fds.push_back(command_fd_);
+      // Our own end too: while the fork server or a worker held it, the server would never
+      // see end-of-file when the parent dies.
+      setup.foreign_fds.push_back(command_fd_);
+    }
     // Whatever stdio holds unwritten would otherwise be written again by every copy.
     std::fflush(nullptr);
-    const pid_t pid = fork();
-    if (pid == 0) Zygote(setup).run();
+    auto become_zygote = [&setup]() noexcept { Zygote(setup).run(); };
+    const char* failed = nullptr;
+    const pid_t pid = fork_on_normal_stack(become_zygote, failed);
     const int err = errno;
-    ::close(zygote_end);
+    ::close(setup.command_fd);
     if (pid < 0) {
-      lock.unlock();
+      unregister_fd(command_fd_);
       ::close(command_fd_);
       command_fd_ = -1;
-      throw SystemError("fork", err);
+      throw SystemError(failed, err);
     }
     zygote_ = pid;
-    owned.fds.push_back(command_fd_);
   }
 
   static void unregister_fd(int fd) noexcept {
@@ -357,7 +404,10 @@ class ShmTransport final : public Transport {
     int status = 0;
     const pid_t r = waitpid(zygote_, &status, WNOHANG);
     if (r == 0) return true;
-    if (r == zygote_ || (r < 0 && errno == ECHILD)) zygote_ = 0;  // reaped (or by someone else)
+    if (r == zygote_ || (r < 0 && errno == ECHILD)) {  // reaped (or by someone else)
+      zygote_ = 0;
+      reap_orphans();
+    }
     return zygote_ > 0;
   }
 
@@ -369,6 +419,26 @@ class ShmTransport final : public Transport {
     while (waitpid(zygote_, &status, 0) < 0 && errno == EINTR) {
     }
     zygote_ = 0;
+    reap_orphans();
+  }
+
+  /// The fork server is gone; workers it had not reaped died with it (PR_SET_PDEATHSIG) and
+  /// were reparented to the nearest child subreaper. If that is this process (a container's
+  /// init is one), nobody else knows them: reaps them, or they stay zombies for ever.
+  /// waitpid() on a pid that is not our child fails (ECHILD) without touching anything, and a
+  /// pid that is our child cannot have been reused: only the pids the fork server had not
+  /// reaped (slot not dead) are looked at.
+  void reap_orphans() noexcept {
+    for (unsigned k = 0; k < size(); ++k) {
+      const SlotShared& s = slot(k);
+      const pid_t pid = s.pid.load(std::memory_order_relaxed);
+      if (pid <= 0 || s.state.load(std::memory_order_acquire) == SlotState::dead) continue;
+      int status = 0;
+      if (waitpid(pid, &status, WNOHANG) != 0) continue;  // reaped now, or not ours
+      ::kill(pid, SIGKILL);  // ours and alive: on its way out, unless it missed the signal
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+    }
   }
 
   /// True once the fork server has exited, waiting at most `limit`. Uses a pidfd, which
@@ -388,8 +458,16 @@ class ShmTransport final : public Transport {
   Layout layout_;
   SharedRegion region_;
   PoolShared* pool_ = nullptr;
-  std::vector<MessageSender> senders_;  // send side
-  std::vector<Slot> slots_;             // receive side (see Slot)
+  /// The ids of the last messages sent to a slot's worker, by their place in its stream modulo
+  /// max_jobs_in_flight (0 for a stop request), so that cancel() finds their cancel entry.
+  struct Sent {
+    std::array<std::uint64_t, max_jobs_in_flight> ids{};
+    std::uint64_t count = 0;
+  };
+
+  std::vector<MessageSender> senders_;  // send side, with sent_
+  std::vector<Sent> sent_;
+  std::vector<Slot> slots_;  // receive side (see Slot)
   std::atomic<bool> woken_{false};
   SpinBudget spin_;
   int command_fd_ = -1;

@@ -4,16 +4,22 @@
 #pragma once
 
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/auxv.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <vector>
 
 #include "layout.hpp"
@@ -24,13 +30,15 @@ namespace multicore::detail {
 /// A command from the parent, sent over a SOCK_SEQPACKET socket (one command per packet).
 /// The socket is also the fork server's lifeline: end-of-file means the parent is gone.
 struct ZygoteCommand {
-  enum Op : std::uint32_t { spawn = 1, kill = 2, exit = 3 };
+  enum Op : std::uint32_t { spawn = 1, kill = 2, exit = 3, resume = 4 };
   Op op = spawn;
   std::uint32_t slot = 0;
 };
 
 /// Descriptors every pool of this process owns. A newly forked fork server closes the other
 /// pools' ones, or it would keep their lifelines open and they would never see end-of-file.
+/// The mutex is never held across a fork, but another thread may hold it at that moment:
+/// after_fork() gives the child a fresh one (see watch_forks()).
 struct OwnedDescriptors {
   std::mutex mutex;
   std::vector<int> fds;
@@ -39,6 +47,11 @@ struct OwnedDescriptors {
     static OwnedDescriptors registry;
     return registry;
   }
+
+  /// In the child of a fork, while it has one thread. The holder of the old mutex, if any,
+  /// stayed in the parent. The list stays: those descriptors are open in the child too, and
+  /// a fork server the child makes must close them as well.
+  void after_fork() noexcept { new (&mutex) std::mutex; }
 };
 
 /// What the fork server needs; built by the parent before fork (the fork server must not
@@ -51,25 +64,111 @@ struct ZygoteSetup {
   std::vector<pid_t> pids;              // one per slot: the live worker's pid, or 0
 };
 
+/// How much stack a program's main thread may use: the soft RLIMIT_STACK, or 8 MiB when it is
+/// unlimited or unknown (glibc then gives new threads only 2 MiB).
+inline std::size_t normal_stack_bytes() noexcept {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_STACK, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return std::size_t{8} << 20;
+  }
+  return static_cast<std::size_t>(limit.rlim_cur);
+}
+
+/// True when the calling thread's stack holds normal_stack_bytes(). The stack a process
+/// started with grows on demand up to that size; the kernel put the program's file name
+/// (AT_EXECFN) at its very top, which makes it cheap to recognise. Other stacks (a thread's,
+/// or that of a process forked from a thread) have a fixed size, which pthread_getattr_np
+/// reports cheaply for them (only for the initial stack does it read /proc/self/maps, which
+/// takes 0.1 to 1 ms).
+inline bool normal_stack() noexcept {
+  const std::size_t wanted = normal_stack_bytes();
+  const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+  const std::uintptr_t top = getauxval(AT_EXECFN);
+  if (top != 0 && here < top && top - here < wanted) return true;
+  pthread_attr_t attr;
+  if (pthread_getattr_np(pthread_self(), &attr) != 0) return false;
+  void* base = nullptr;
+  std::size_t bytes = 0;
+  const bool normal = pthread_attr_getstack(&attr, &base, &bytes) == 0 && bytes >= wanted;
+  pthread_attr_destroy(&attr);
+  return normal;
+}
+
+/// fork(), with the child on a stack of normal size. A child runs on the stack of the thread
+/// that forked it, and so does every worker the fork server forks: a pool made on a thread
+/// with a small stack would give its tasks that small stack. Then the fork is made from a
+/// helper thread with a normal one (it inherits the calling thread's signal mask, CPU
+/// affinity, nice value and name, as the child would). Otherwise (the main thread, a thread
+/// with a default stack) it is a plain fork() right here. Runs `child()`, which must not
+/// return, in the child. Returns fork()'s result in the parent; -1 on failure, with errno set
+/// and `failed` naming the call that failed.
+template <class Child>
+pid_t fork_on_normal_stack(Child& child, const char*& failed) noexcept {
+  struct Fork {
+    Child& child;
+    pid_t pid = -1;
+    int error = 0;
+    void run() noexcept {
+      pid = fork();
+      error = errno;
+      if (pid == 0) child();
+    }
+  } f{child};
+  failed = "fork";
+  if (normal_stack()) {
+    f.run();
+  } else {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    int err = pthread_attr_setstacksize(&attr, normal_stack_bytes());
+    pthread_t helper;
+    if (err == 0) {
+      err = pthread_create(
+          &helper, &attr,
+          [](void* p) -> void* {
+            static_cast<Fork*>(p)->run();
+            return nullptr;
+          },
+          &f);
+    }
+    pthread_attr_destroy(&attr);
+    if (err != 0) {
+      failed = "pthread_create";
+      f.error = err;
+    } else {
+      pthread_join(helper, nullptr);
+    }
+  }
+  errno = f.error;
+  return f.pid;
+}
+
 class Zygote {
  public:
   explicit Zygote(ZygoteSetup& setup) noexcept : s_(setup) {}
 
   [[noreturn]] void run() noexcept {
-    ++process_generation();
     for (int fd : s_.foreign_fds) close(fd);
+    OwnedDescriptors::instance().fds.clear();  // closed: no pool made here must close them
     // Its own process group: a Ctrl-C at the terminal reaches the application, which decides;
     // the workers then stop with the pool instead of dying mid-task.
     setpgid(0, 0);
+    // What a worker leaves when it ends (the fork server of a pool made in it, a process a
+    // task started) is adopted here rather than by the application, which may be a subreaper
+    // itself (a container's init) that knows nothing of them: they would stay zombies there.
+    // reap() and finish() reap them. (Not inherited by the workers.)
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     // An application that set SIGCHLD to SIG_IGN would have its children reaped by the kernel,
     // and the fork server could never learn how a worker died. Workers get the setting back.
     struct sigaction default_action {};
     default_action.sa_handler = SIG_DFL;
     sigaction(SIGCHLD, &default_action, &saved_child_action_);
+    // Only SIGCHLD is blocked (it is read through signalfd), whatever the thread that made the
+    // pool blocked: a worker that inherited a blocked SIGSEGV would not die of raise(SIGSEGV).
     sigset_t child_signal;
     sigemptyset(&child_signal);
     sigaddset(&child_signal, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &child_signal, &saved_mask_);
+    sigprocmask(SIG_SETMASK, &child_signal, nullptr);
     signal_fd_ = signalfd(-1, &child_signal, SFD_CLOEXEC | SFD_NONBLOCK);
     if (signal_fd_ < 0) _exit(71);
     // The parent may have died between fork and now; nobody would then ever close the socket.
@@ -99,6 +198,11 @@ class Zygote {
       case ZygoteCommand::kill:
         if (s_.pids[c.slot] > 0) ::kill(s_.pids[c.slot], SIGKILL);
         return;
+      case ZygoteCommand::resume:  // only this process knows exactly which pids are workers
+        for (pid_t pid : s_.pids) {
+          if (pid > 0) ::kill(pid, SIGCONT);
+        }
+        return;
       case ZygoteCommand::exit:
         break;
     }
@@ -121,14 +225,15 @@ class Zygote {
   }
 
   [[noreturn]] void become_worker(std::uint32_t k, pid_t zygote) noexcept {
-    ++process_generation();
     // A group of its own: a task calling kill(0, ...) then hits only its own worker, not the
     // fork server and every other worker.
     setpgid(0, 0);
     close(signal_fd_);
     close(s_.command_fd);
     sigaction(SIGCHLD, &saved_child_action_, nullptr);
-    sigprocmask(SIG_SETMASK, &saved_mask_, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     // Die with the fork server (which dies with the parent). Checked after setting it, in case
     // the fork server was already gone.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -145,11 +250,18 @@ class Zygote {
     }
     int status = 0;
     pid_t pid = 0;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    while ((pid = waitpid(-1, &status, WNOHANG | WUNTRACED | WCONTINUED)) > 0) {
       for (std::size_t k = 0; k < s_.pids.size(); ++k) {
         if (s_.pids[k] != pid) continue;
-        s_.pids[k] = 0;
         SlotShared& slot = *s_.workers[k].slot;
+        if (WIFSTOPPED(status) || WIFCONTINUED(status)) {
+          // A stopped worker cannot run its tasks: a pool with a timeout replaces it (see
+          // Scheduler::enforce_timeouts_locked).
+          slot.stopped_since_ns.store(WIFSTOPPED(status) ? steady_now_ns() : 0,
+                                      std::memory_order_relaxed);
+          continue;
+        }
+        s_.pids[k] = 0;
         slot.wait_status.store(status, std::memory_order_relaxed);
         slot.state.store(SlotState::dead, std::memory_order_release);
         s_.workers[k].pool->parent_bell.ring();
@@ -158,7 +270,7 @@ class Zygote {
   }
 
   /// Kills and reaps every worker, then exits. SIGKILL works on stopped processes and on
-  /// processes that ignore SIGTERM, so this is bounded.
+  /// processes that ignore SIGTERM, so this is bounded; so is the wait for adopted processes.
   [[noreturn]] void finish() noexcept {
     for (pid_t pid : s_.pids) {
       if (pid > 0) ::kill(pid, SIGKILL);
@@ -173,11 +285,31 @@ class Zygote {
       slot.state.store(SlotState::dead, std::memory_order_release);
     }
     if (!s_.workers.empty()) s_.workers[0].pool->parent_bell.ring();
+    reap_adopted(std::chrono::seconds(1));
     _exit(0);
   }
 
+  /// Reaps adopted processes (see run()) as they exit, for at most `limit`: the fork servers
+  /// of pools made in the workers just killed see their lifeline close and exit at once. What
+  /// outlives that (a process a task left running) is adopted by whoever adopts orphans next.
+  void reap_adopted(std::chrono::nanoseconds limit) noexcept {
+    const std::int64_t deadline = steady_now_ns() + limit.count();
+    for (;;) {
+      int status = 0;
+      pid_t pid = 0;
+      while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      }
+      const std::int64_t left_ms = (deadline - steady_now_ns()) / 1'000'000;
+      if (pid < 0 || left_ms <= 0) return;  // no child left (ECHILD), or out of time
+      pollfd ready{signal_fd_, POLLIN, 0};
+      poll(&ready, 1, static_cast<int>(left_ms));
+      signalfd_siginfo info;
+      while (read(signal_fd_, &info, sizeof info) > 0) {
+      }
+    }
+  }
+
   ZygoteSetup& s_;
-  sigset_t saved_mask_{};
   struct sigaction saved_child_action_ {};
   int signal_fd_ = -1;
 };

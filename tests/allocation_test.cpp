@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: MIT
+// Pool::call with small values allocates nothing, in the caller or in the worker, once warm:
+// values up to 4 KiB are held inline, only larger ones go to the heap. (Counts every operator
+// new of this binary; its workers are forks of it, so they count too.)
+#include <gtest/gtest.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <multicore/multicore.hpp>
+#include <new>
+
+#include "support/leak_check.hpp"
+
+namespace {
+std::atomic<std::uint64_t> process_allocations{0};
+thread_local std::uint64_t thread_allocations = 0;
+}  // namespace
+
+void* operator new(std::size_t n) {
+  ++thread_allocations;
+  process_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n != 0 ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t /*n*/) noexcept { std::free(p); }
+
+namespace {
+
+using multicore::Pool;
+using multicore::PoolOptions;
+
+/// A raw value as large as multicore still holds inline.
+struct Page {
+  std::array<unsigned char, 4096> bytes;
+};
+
+std::uint64_t allocations_in_this_process() {
+  return process_allocations.load(std::memory_order_relaxed);
+}
+
+int plus_one(int x) { return x + 1; }
+
+Page next_page(const Page& page) {
+  Page out;
+  for (std::size_t i = 0; i < out.bytes.size(); ++i) out.bytes[i] = page.bytes[i] + 1;
+  return out;
+}
+
+template <class Calls>
+void expect_no_allocation(Pool& pool, Calls&& calls) {
+  calls();  // warm up: jobs are recycled, buffers kept
+  const std::uint64_t worker_before = pool.call(allocations_in_this_process);
+  const std::uint64_t caller_before = thread_allocations;
+  calls();
+  EXPECT_EQ(thread_allocations - caller_before, 0u) << "in the caller";
+  EXPECT_EQ(pool.call(allocations_in_this_process) - worker_before, 0u) << "in the worker";
+}
+
+TEST(Allocation, CallWithAnIntAllocatesNothing) {
+  Pool pool(PoolOptions{.workers = 1});
+  expect_no_allocation(pool, [&] {
+    for (int i = 0; i < 1000; ++i) ASSERT_EQ(pool.call(plus_one, i), i + 1);
+  });
+}
+
+TEST(Allocation, CallWithA4KiBValueAllocatesNothing) {
+  Pool pool(PoolOptions{.workers = 1});
+  Page page{};
+  expect_no_allocation(pool, [&] {
+    for (int i = 0; i < 100; ++i) page = pool.call(next_page, page);
+  });
+  EXPECT_EQ(page.bytes[0], 200);
+}
+
+}  // namespace
