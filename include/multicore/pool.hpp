@@ -13,6 +13,7 @@
 #include "detail/front/completions.hpp"
 #include "detail/front/map_state.hpp"
 #include "detail/protocol/entries.hpp"
+#include "detail/protocol/request.hpp"
 #include "errors.hpp"
 #include "options.hpp"
 

@@ -13,6 +13,7 @@
 #include "detail/core/pool_core.hpp"
 #include "detail/front/completions.hpp"
 #include "detail/protocol/entries.hpp"
+#include "detail/protocol/request.hpp"
 #include "options.hpp"
 #include "pool.hpp"
 #include "system.hpp"

@@ -28,6 +28,7 @@
 #include <multicore/detail/front/completions.hpp>
 #include <multicore/detail/front/map_state.hpp>
 #include <multicore/detail/protocol/entries.hpp>
+#include <multicore/detail/protocol/request.hpp>
 #include <multicore/detail/serialize/serialize.hpp>
 #include <multicore/detail/transport/shm/stream.hpp>
 #include <multicore/errors.hpp>
@@ -121,9 +122,9 @@ void fuzz_decoders(unsigned op, Format format, std::size_t expected,
         if (results.size() != expected) fail("read_chunk: wrong number of results");
         for (const auto& r : results) {
           if (r.error) {
-            if (r.value) fail("read_chunk: an item has both a value and an error");
+            if (r.value.has_value()) fail("read_chunk: an item has both a value and an error");
             check_error(r.error);
-          } else if (!r.value) {
+          } else if (!r.value.has_value()) {
             fail("read_chunk: an item has neither a value nor an error");
           } else {
             note("item value");

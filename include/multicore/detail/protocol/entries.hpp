@@ -21,6 +21,7 @@
 #include "../../options.hpp"
 #include "../serialize/serialize.hpp"
 #include "../util/demangle.hpp"
+#include "outcome.hpp"
 #include "wire.hpp"
 
 namespace multicore::detail {
@@ -66,110 +67,6 @@ struct CallContext {
 /// outcome to `out`, or sends it with a tail through `context.sender`. Never throws: every
 /// failure becomes an outcome the parent can read.
 using Entry = void (*)(Reader& payload, Writer& out, const CallContext& context) noexcept;
-
-/// First byte of every outcome a worker writes for one call (or one item of a map chunk).
-enum class Outcome : std::uint8_t {
-  value = 0,                ///< followed by the encoded result (nothing for void)
-  remote_error = 1,         ///< followed by the thrown type's name and its message
-  serialization_error = 2,  ///< followed by a message
-};
-
-inline void write_string(Writer& out, std::string_view s) {
-  const auto n = static_cast<std::uint32_t>(s.size());
-  out.write(&n, sizeof n);
-  out.write(s.data(), s.size());
-}
-
-inline std::string read_string(Reader& in) {
-  std::uint32_t n = 0;
-  in.read(&n, sizeof n);
-  const auto bytes = in.take(n);
-  return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
-}
-
-inline void write_outcome(Writer& out, Outcome o) { out.write(&o, 1); }
-
-/// Records the exception being handled as a remote error: its type and, where it has one, its
-/// message. Works for anything thrown, std::exception or not.
-inline void write_current_exception(Writer& out) noexcept {
-  const std::size_t mark = out.size();
-  std::string type = "unknown exception";
-  std::string message;
-  try {
-    if (const std::type_info* t = abi::__cxa_current_exception_type()) type = demangle(t->name());
-    try {
-      throw;
-    } catch (const std::exception& e) {
-      message = message_of(e);
-    } catch (const std::string& s) {
-      message = s;
-    } catch (const char* s) {
-      message = s;
-    } catch (...) {
-    }
-    write_outcome(out, Outcome::remote_error);
-    write_string(out, type);
-    write_string(out, message);
-  } catch (...) {
-    // Out of memory while describing the error (a huge message, say): keep what fits, the
-    // type, so the answer stays well-formed and the worker is not taken for broken.
-    out.resize(mark);
-    try {
-      write_outcome(out, Outcome::remote_error);
-      write_string(out, type);
-      write_string(out, "");
-    } catch (...) {
-      // Not even that: an empty outcome, which the parent reports as a SerializationError
-      // for this task, and the worker lives on.
-      out.resize(mark);
-    }
-  }
-}
-
-/// Records a serialization failure that happened while `doing` something in the worker.
-inline void write_serialization_failure(Writer& out, std::size_t mark, const char* doing) noexcept {
-  out.resize(mark);
-  std::string message = std::string("multicore: ") + doing + " failed";
-  try {
-    throw;
-  } catch (const std::exception& e) {
-    message = message_of(e);
-  } catch (...) {
-  }
-  try {
-    write_outcome(out, Outcome::serialization_error);
-    write_string(out, message);
-  } catch (...) {
-    out.resize(mark);
-  }
-}
-
-/// Reads an outcome's tag: returns if a value follows, or throws what the worker reported.
-inline void read_value_tag(Reader& in) {
-  Outcome o{};
-  in.read(&o, 1);
-  switch (o) {
-    case Outcome::value:
-      return;
-    case Outcome::remote_error: {
-      std::string type = read_string(in);
-      std::string message = read_string(in);
-      throw RemoteError(std::move(type), message);
-    }
-    case Outcome::serialization_error:
-      throw SerializationError(read_string(in));
-  }
-  throw SerializationError("multicore: corrupt result from worker: unknown outcome " +
-                           std::to_string(static_cast<unsigned>(o)));
-}
-
-/// Reads one outcome; returns the value or throws what the worker reported. (For values that
-/// may be large: read_value_tag(), then Stored::decode().)
-template <class R>
-R read_outcome(Reader& in, Format format) {
-  read_value_tag(in);
-  if constexpr (!std::is_void_v<R>) return decode<R>(in, format);
-}
 
 // The callable crosses as raw bytes when it is trivially copyable: a function pointer or a
 // lambda's captures are meaningful in a fork of the same program. Anything else must be
@@ -307,58 +204,6 @@ struct Call {
 template <class Fn>
 std::uint64_t entry_id() noexcept {
   return reinterpret_cast<std::uintptr_t>(&Fn::entry);
-}
-
-/// Starts a request message: room for the header, which `finish_request` fills in.
-inline void begin_request(Writer& msg) { msg.resize(sizeof(RequestHeader)); }
-
-/// `tail_bytes`: the payload ends with a tail of that many bytes (see wire.hpp).
-inline void finish_request(Writer& msg, std::uint64_t entry, Format format, unsigned threads,
-                           std::uint64_t tail_bytes = 0) {
-  RequestHeader h;
-  h.entry = entry;
-  h.payload_bytes = msg.size() - sizeof(RequestHeader);
-  h.tail_bytes = tail_bytes;
-  h.format = static_cast<std::uint32_t>(format);
-  h.threads = threads;
-  std::memcpy(msg.data(), &h, sizeof h);
-}
-
-/// Bytes `value` will take on the wire when that is cheap to know (raw values and sequences of
-/// them), else 0. Lets a request be sized once instead of grown by doubling, which for a large
-/// vector would copy it several times over.
-template <class T>
-std::size_t size_hint(const T& value) noexcept {
-  if constexpr (has_codec<T>) {
-    return 0;
-  } else if constexpr (raw_value<T>) {
-    return sizeof(T);
-  } else if constexpr (raw_sequence<T>) {
-    return sizeof(std::uint64_t) + value.size() * sizeof(typename T::value_type);
-  } else {
-    return 0;
-  }
-}
-
-/// Bytes the request for `fn(args...)` will take, when cheap to know (0 otherwise).
-template <class Fn, class... Args>
-std::size_t request_size_hint(Format format, const Args&... args) noexcept {
-  if (format != Format::binary) return 0;
-  return sizeof(RequestHeader) + sizeof(Fn) + (size_hint(args) + ... + 0);
-}
-
-/// Encodes `fn(args...)` as a complete request message (task id still 0).
-template <class Fn, class... Args>
-void encode_call(Writer& msg, Format format, const Fn& fn, const Args&... args) {
-  msg.reserve(request_size_hint<Fn>(format, args...));
-  begin_request(msg);
-  encode_callable(msg, fn, format);
-  (encode(msg, args, format), ...);
-  std::size_t tail = 0;
-  if constexpr (sizeof...(Args) != 0) {
-    tail = tail_bytes_of(std::get<sizeof...(Args) - 1>(std::tie(args...)), format);
-  }
-  finish_request(msg, entry_id<Call<Fn, Args...>>(), format, 1, tail);
 }
 
 /// Runs a request message in this process, exactly as a worker would: the inline mode and the

@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: MIT
+// A map chunk on the wire: its items, the entry that runs them in the worker (on several threads
+// if asked), and its answer, one result per item.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../../codec.hpp"
+#include "../../errors.hpp"
+#include "../../options.hpp"
+#include "../serialize/serialize.hpp"
+#include "../util/thread_team.hpp"
+#include "entries.hpp"
+#include "outcome.hpp"
+
+namespace multicore::detail {
+
+/// One item's result: the value, or the error to throw in its place.
+template <class Out>
+struct ItemResult {
+  Stored<Out> value;
+  std::exception_ptr error;
+};
+
+/// How a chunk's answer is laid out after its item count.
+enum class ChunkLayout : std::uint8_t {
+  outcomes = 0,  ///< one Outcome per item (see call.hpp)
+  raw = 1,       ///< every item succeeded and its result is raw bytes: one block, no tags
+  failed = 2,    ///< the chunk could not be decoded at all: one serialization error message
+};
+
+/// Values whose encoding is their bytes: a chunk of them travels as one block.
+template <class T>
+concept block_value = raw_value<T> && !has_codec<T>;
+
+/// Appends items, each encoded as encode<T> would (for raw values: as one block).
+template <class T>
+void encode_items(Writer& out, const std::vector<T>& items, Format format) {
+  if constexpr (block_value<T>) {
+    if (format == Format::binary) {
+      out.write(items.data(), items.size() * sizeof(T));
+      return;
+    }
+  }
+  for (const T& x : items) encode(out, x, format);
+}
+
+/// How a chunk's items are held in the worker: raw values as one block, read with one copy;
+/// other values each in a Stored, decoded in place.
+template <class T>
+concept block_item = block_value<T> && std::is_default_constructible_v<T>;
+template <class T>
+using ChunkItem = std::conditional_t<block_item<T>, T, Stored<T>>;
+
+template <class T>
+T&& take_item(ChunkItem<T>& item) noexcept {
+  if constexpr (block_item<T>) {
+    return std::move(item);
+  } else {
+    return std::move(*item);
+  }
+}
+
+/// Reads `n` items written by encode_items (raw values: one bounds check, one copy).
+template <class T>
+std::vector<ChunkItem<T>> decode_items(Reader& in, std::size_t n, Format format) {
+  std::vector<ChunkItem<T>> items;
+  if constexpr (block_item<T>) {
+    if (format != Format::binary) throw SerializationError("multicore: corrupt chunk: not binary");
+    if (n > in.remaining() / sizeof(T)) throw SerializationError("multicore: truncated chunk");
+    items.resize(n);
+    in.read(items.data(), n * sizeof(T));
+  } else {
+    items.reserve(std::min<std::size_t>(n, in.remaining()));
+    for (std::size_t i = 0; i < n; ++i) items.emplace_back().decode(in, format);
+  }
+  return items;
+}
+
+/// The entry for a map chunk: payload = callable, item count, items. Items run on
+/// `threads` threads of the worker (processes x threads for blocking functions).
+template <class Fn, class In>
+struct MapChunk {
+  using Out = std::invoke_result_t<Fn&, In>;
+
+  static void entry(Reader& in, Writer& out, const CallContext& context) noexcept {
+    const std::size_t mark = out.size();
+    Stored<Fn> fn;
+    std::vector<ChunkItem<In>> items;
+    try {
+      decode_callable(fn, in, context.format);
+      std::uint64_t n = 0;
+      in.read(&n, sizeof n);
+      if (n > in.remaining()) throw SerializationError("multicore: corrupt chunk: bad count");
+      items = decode_items<In>(in, static_cast<std::size_t>(n), context.format);
+    } catch (...) {
+      write_chunk_failure(out, mark);
+      return;
+    }
+    const std::size_t n = items.size();
+    std::vector<Stored<Out>> values(n);
+    std::vector<std::pair<std::size_t, Writer>> errors;
+    std::mutex errors_mutex;
+    auto body = [&](std::size_t i) noexcept {
+      try {
+        // The result is made right in values[i]: no copy, on any thread's stack.
+        values[i].make([&] { return std::invoke(*fn, take_item<In>(items[i])); });
+      } catch (...) {
+        Writer error;
+        write_current_exception(error);
+        std::lock_guard lock(errors_mutex);
+        errors.emplace_back(i, std::move(error));
+      }
+    };
+    // The worker's team; an inline run (no worker) makes its own, joined before it returns.
+    std::optional<ThreadTeam> own_team;
+    ThreadTeam& team = context.team != nullptr ? *context.team : own_team.emplace();
+    team.run(n, context.threads, body);
+    try {
+      const std::uint64_t count = n;
+      out.write(&count, sizeof count);
+      if constexpr (block_value<Out>) {
+        if (errors.empty() && context.format == Format::binary) {
+          const auto layout = ChunkLayout::raw;
+          out.write(&layout, 1);
+          std::byte* block = out.extend(n * sizeof(Out));
+          for (std::size_t i = 0; i < n; ++i) {
+            std::memcpy(block + i * sizeof(Out), &*values[i], sizeof(Out));
+          }
+          return;
+        }
+      }
+      const auto layout = ChunkLayout::outcomes;
+      out.write(&layout, 1);
+      std::sort(errors.begin(), errors.end(),
+                [](const auto& a, const auto& b) { return a.first < b.first; });
+      auto error = errors.begin();
+      for (std::size_t i = 0; i < n; ++i) {
+        if (error != errors.end() && error->first == i) {
+          out.write(error->second.data(), error->second.size());
+          ++error;
+          continue;
+        }
+        const std::size_t item_mark = out.size();
+        try {
+          write_outcome(out, Outcome::value);
+          encode(out, *values[i], context.format);
+        } catch (...) {
+          write_serialization_failure(out, item_mark, "encoding a result in the worker");
+        }
+      }
+    } catch (...) {
+      write_chunk_failure(out, mark);
+    }
+  }
+
+  static void write_chunk_failure(Writer& out, std::size_t mark) noexcept {
+    try {
+      out.resize(mark);
+      const std::uint64_t count = 0;
+      out.write(&count, sizeof count);
+      const auto layout = ChunkLayout::failed;
+      out.write(&layout, 1);
+      write_serialization_failure(out, out.size(), "decoding a map chunk in the worker");
+    } catch (...) {
+      out.resize(mark);
+    }
+  }
+};
+
+/// Reads a chunk's answer into one result per item. Never throws: a malformed answer becomes
+/// an error on every item.
+template <class Out>
+std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected, Format format) {
+  std::vector<ItemResult<Out>> results(expected);
+  const auto fail_all = [&](std::exception_ptr e) {
+    for (auto& r : results) {
+      r.value.reset();
+      r.error = e;
+    }
+  };
+  try {
+    std::uint64_t count = 0;
+    ChunkLayout layout{};
+    in.read(&count, sizeof count);
+    in.read(&layout, 1);
+    if (layout == ChunkLayout::failed) {
+      Outcome o{};
+      in.read(&o, 1);
+      fail_all(std::make_exception_ptr(SerializationError(read_string(in))));
+      return results;
+    }
+    if (count != expected) {
+      throw SerializationError("multicore: corrupt map answer: " + std::to_string(count) +
+                               " results for " + std::to_string(expected) + " inputs");
+    }
+    if (layout == ChunkLayout::raw) {
+      if constexpr (block_value<Out>) {
+        const std::span<const std::byte> block = in.take(expected * sizeof(Out));
+        for (std::size_t i = 0; i < expected; ++i) {
+          results[i].value.construct(
+              [&](void* where) { raw_value_at<Out>(where, block.data() + i * sizeof(Out)); });
+        }
+      } else {
+        throw SerializationError("multicore: corrupt map answer: unexpected raw layout");
+      }
+    } else if (layout == ChunkLayout::outcomes) {
+      for (auto& r : results) {
+        try {
+          read_value_tag(in);
+          r.value.decode(in, format);
+        } catch (...) {
+          r.error = std::current_exception();
+        }
+      }
+    } else {
+      throw SerializationError("multicore: corrupt map answer: unknown layout");
+    }
+    expect_end(in);
+  } catch (...) {
+    fail_all(std::current_exception());
+  }
+  return results;
+}
+
+}  // namespace multicore::detail
