@@ -20,6 +20,7 @@
 #include <multicore/detail/core/scheduler.hpp>
 #include <multicore/detail/front/completions.hpp>
 #include <multicore/detail/protocol/entries.hpp>
+#include <multicore/detail/protocol/request.hpp>
 #include <multicore/detail/serialize/serialize.hpp>
 #include <multicore/detail/util/process.hpp>
 #include <multicore/errors.hpp>

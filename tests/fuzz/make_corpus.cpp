@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <multicore/detail/front/map_state.hpp>
 #include <multicore/detail/protocol/entries.hpp>
+#include <multicore/detail/protocol/request.hpp>
 #include <multicore/detail/protocol/wire.hpp>
 #include <multicore/detail/serialize/serialize.hpp>
 #include <string>
