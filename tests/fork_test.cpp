@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cinttypes>
 #include <csignal>
 #include <cstdio>
@@ -28,7 +29,9 @@
 
 #include "support/app.hpp"
 #include "support/failure.hpp"
+#include "support/in_child.hpp"
 #include "support/leak_check.hpp"
+#include "support/numbers.hpp"
 
 namespace {
 
@@ -560,6 +563,83 @@ TEST_P(WhatWorkersInherit, TheProcessAsItWasAndTheThreadThatMadeThePool) {
                                " name=pool-maker SigBlk:\t0000000000000000";
   EXPECT_EQ(lines[0], "first: " + expected);
   EXPECT_EQ(lines[1], "replacement: " + expected);
+}
+
+// ----- Copies of a worker that user code forks -------------------------------------------------
+
+int square(int x) { return x * x; }
+
+/// No process is left once the pool is gone (the test process is a subreaper: orphans land
+/// here). Kills what is left, so one failure does not spill into the next test.
+void expect_no_process_left() {
+  EXPECT_TRUE(multicore_test::no_children_within(std::chrono::seconds(3)))
+      << "left: " << testing::PrintToString(multicore_test::child_pids());
+  multicore_test::kill_children();
+}
+
+// Regression test: both processes of a fork() in a task returned, and the copy carried on as a
+// second worker on the same rings (it answered too: "corrupt or truncated answer", and it
+// outlived the pool). A copy that comes back into the worker's loop now exits at once.
+int fork_and_return(int x) {
+  fork();
+  return x;
+}
+
+TEST(ForkedByATask, CopyThatReturnsFromTheTaskIsNoWorker) {
+  {
+    Pool pool(PoolOptions{.workers = 2});
+    EXPECT_EQ(pool.call(fork_and_return, 1), 1);
+    for (int i = 0; i < 20; ++i) EXPECT_EQ(pool.call(square, i), i * i);
+  }
+  expect_no_process_left();
+}
+
+// Regression test: the copy made by a fork in on_worker_start returned into the worker's loop.
+TEST(ForkedByATask, CopyThatReturnsFromOnWorkerStartIsNoWorker) {
+  {
+    Pool pool(PoolOptions{.workers = 1, .on_worker_start = [] { fork(); }});
+    for (int i = 0; i < 20; ++i) EXPECT_EQ(pool.call(square, i), i * i);
+  }
+  expect_no_process_left();
+}
+
+// Regression test: forked from an item run by a threads_per_worker helper thread, the copy's
+// only thread was that helper, which waited for the team's next chunk for ever.
+int fork_in_item(int x) {
+  if (x == 3) fork();
+  return x;
+}
+
+TEST(ForkedByATask, CopyMadeInAThreadsPerWorkerItemEnds) {
+  {
+    Pool pool(PoolOptions{.workers = 2});
+    int sum = 0;
+    for (int x : pool.map(fork_in_item, multicore_test::Numbers(0, 64),
+                          {.chunk_size = 8, .threads_per_worker = 4})) {
+      sum += x;
+    }
+    EXPECT_EQ(sum, 63 * 64 / 2);
+  }
+  expect_no_process_left();
+}
+
+// Regression test: in the classic daemon dance the worker exits, and its child returned from
+// the task and wrote the answer (5) into the worker's rings, then served the slot's requests
+// alongside the replacement and outlived the pool. The task's worker exited: WorkerLost.
+int daemonise(int x) {
+  if (fork() > 0) _exit(0);
+  setsid();
+  return x;
+}
+
+TEST(ForkedByATask, DaemonisingTaskIsAWorkerLostAndLeavesNoProcess) {
+  {
+    Pool pool(PoolOptions{.workers = 2});
+    EXPECT_TRUE(multicore_test::thrown_exactly<multicore::WorkerLost>(
+        [&] { (void)pool.call(daemonise, 5); }));
+    for (int i = 0; i < 20; ++i) EXPECT_EQ(pool.call(square, i), i * i);
+  }
+  expect_no_process_left();
 }
 
 }  // namespace

@@ -76,6 +76,7 @@ class WorkerLoop {
 
   [[noreturn]] void run() noexcept {
     in_worker_process() = true;
+    pid_ = getpid();
     start();
     std::size_t done = 0;
     for (;;) {
@@ -106,8 +107,17 @@ class WorkerLoop {
       channel_.start_failed(describe_start_failure().c_str());
       leave_worker(70);
     }
+    stay_the_worker();
     std::fflush(nullptr);
     channel_.started();
+  }
+
+  /// Ends a copy of the worker that user code forked (in on_worker_start, a task or an item)
+  /// and that came back here: only the worker itself may touch the channel, and the copy's
+  /// stdio buffers hold the worker's output, so it leaves without flushing them. Called
+  /// whenever user code returns, before the channel is touched.
+  void stay_the_worker() const noexcept {
+    if (getpid() != pid_) _exit(0);
   }
 
   /// What on_worker_start threw, as a sentence (called in its handler).
@@ -153,6 +163,7 @@ class WorkerLoop {
                               tail_bytes != 0 ? &tail_ : nullptr, &sender_, &team_};
     // NOLINTNEXTLINE(performance-no-int-to-ptr): the id is an entry address (see RequestHeader)
     reinterpret_cast<Entry>(static_cast<std::uintptr_t>(header.entry))(reader, answer, context);
+    stay_the_worker();
     tail_.skip_rest();  // an entry that failed before reading it
     if (!answered_) send_answer(answer, {});
     payload.clear(max_warm_bytes);
@@ -161,6 +172,7 @@ class WorkerLoop {
 
   /// Sends the answer in `out` (room for its header first), followed by `tail`.
   void send_answer(Writer& out, std::span<const std::byte> tail) noexcept {
+    stay_the_worker();
     channel_.running_since(0);
     ResponseHeader response;
     response.task_id = task_id_;
@@ -198,6 +210,7 @@ class WorkerLoop {
     std::uint64_t left() const noexcept override { return left_; }
 
     std::span<const std::byte> next() noexcept override {
+      loop_.stay_the_worker();
       if (!paused_) {  // streaming is not running the user's code (see serve())
         loop_.channel_.running_since(0);
         paused_ = true;
@@ -273,6 +286,7 @@ class WorkerLoop {
   ChannelTail tail_{*this};
   ChannelSender sender_{*this};
   ThreadTeam team_;  // made in this process, with no threads until a chunk asks for them
+  pid_t pid_ = 0;    // the worker's, set in run()
   std::uint64_t task_id_ = 0;
   std::int64_t began_ = 0;
   bool answered_ = false;

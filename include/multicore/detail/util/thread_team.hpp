@@ -2,6 +2,8 @@
 // A few persistent threads inside one worker process, for MapOptions::threads_per_worker.
 #pragma once
 
+#include <unistd.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -57,6 +59,7 @@ class ThreadTeam {
     }
     work_.notify_all();
     take_items();
+    leave_if_forked();
     std::unique_lock lock(mutex_);
     done_.wait(lock, [&] { return busy_ == 0; });
   }
@@ -71,6 +74,7 @@ class ThreadTeam {
       seen = generation_;
       lock.unlock();
       take_items();
+      leave_if_forked();
       lock.lock();
       if (--busy_ == 0) done_.notify_all();
     }
@@ -84,6 +88,13 @@ class ThreadTeam {
     }
   }
 
+  /// Ends a process an item forked, once its thread is back from the items: the copy has none
+  /// of the team's other threads, so it would wait for them (or for the next run) for ever.
+  void leave_if_forked() const noexcept {
+    if (getpid() != owner_) _exit(0);
+  }
+
+  const pid_t owner_ = getpid();  // the team's threads exist in this process only
   std::mutex mutex_;
   std::condition_variable work_;
   std::condition_variable done_;
