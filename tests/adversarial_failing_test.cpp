@@ -59,25 +59,6 @@ int hang(int /*x*/) { multicore_test::hang_forever(); }
 
 // ----- Processes a task leaves behind --------------------------------------------------------
 
-// A task that starts a helper process and returns: the helper (in the worker's process group)
-// keeps the pool's shared memory mapped and outlives the pool.
-int start_helper_process(int x) {
-  if (fork() == 0) {
-    for (;;) pause();
-  }
-  return x;
-}
-
-TEST(AdversarialFailing, DISABLED_HelperProcessOfATaskDoesNotOutliveThePool) {
-  {
-    Pool pool(workers(2));
-    EXPECT_EQ(pool.call(start_helper_process, 3), 3);
-  }
-  EXPECT_TRUE(multicore_test::no_children_within(3s))
-      << "left: " << testing::PrintToString(multicore_test::child_pids());
-  multicore_test::kill_children();
-}
-
 // ----- The application forks ---------------------------------------------------------------
 
 // A child the application forks (while another thread is in call()) uses the pool it

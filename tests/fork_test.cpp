@@ -642,4 +642,41 @@ TEST(ForkedByATask, DaemonisingTaskIsAWorkerLostAndLeavesNoProcess) {
   expect_no_process_left();
 }
 
+// Regression test: a process a task started and left running (in the worker's process group,
+// the pool's shared memory mapped) outlived the pool. The fork server kills what is left of
+// the pool's processes when it ends.
+int start_helper_process(int x) {
+  if (fork() == 0) {
+    for (;;) pause();
+  }
+  return x;
+}
+
+TEST(ForkedByATask, HelperProcessEndsWithThePool) {
+  {
+    Pool pool(PoolOptions{.workers = 2});
+    EXPECT_EQ(pool.call(start_helper_process, 3), 3);
+  }
+  expect_no_process_left();
+}
+
+// The same for one that left the worker's process group (setsid()) and whose worker ended
+// first: adopted by the fork server, it is killed too.
+int start_session_leader(int x) {
+  if (fork() == 0) {
+    setsid();
+    for (;;) pause();
+  }
+  return x;
+}
+
+TEST(ForkedByATask, ProcessInASessionOfItsOwnEndsWithThePool) {
+  {
+    Pool pool(PoolOptions{.workers = 1, .max_tasks_per_worker = 1});
+    EXPECT_EQ(pool.call(start_session_leader, 3), 3);
+    EXPECT_EQ(pool.call(square, 3), 9);  // on the replacement: the first worker has ended
+  }
+  expect_no_process_left();
+}
+
 }  // namespace

@@ -3,6 +3,7 @@
 // forks every worker, so that replacements start from the same memory snapshot.
 #pragma once
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -20,6 +21,7 @@
 #include <cstdint>
 #include <mutex>
 #include <new>
+#include <span>
 #include <vector>
 
 #include "layout.hpp"
@@ -196,7 +198,7 @@ class Zygote {
         spawn(c.slot);
         return;
       case ZygoteCommand::kill:
-        if (s_.pids[c.slot] > 0) ::kill(s_.pids[c.slot], SIGKILL);
+        if (s_.pids[c.slot] > 0) kill_worker(s_.pids[c.slot]);
         return;
       case ZygoteCommand::resume:  // only this process knows exactly which pids are workers
         for (pid_t pid : s_.pids) {
@@ -273,7 +275,7 @@ class Zygote {
   /// processes that ignore SIGTERM, so this is bounded; so is the wait for adopted processes.
   [[noreturn]] void finish() noexcept {
     for (pid_t pid : s_.pids) {
-      if (pid > 0) ::kill(pid, SIGKILL);
+      if (pid > 0) kill_worker(pid);
     }
     for (std::size_t k = 0; k < s_.pids.size(); ++k) {
       if (s_.pids[k] <= 0) continue;
@@ -285,16 +287,26 @@ class Zygote {
       slot.state.store(SlotState::dead, std::memory_order_release);
     }
     if (!s_.workers.empty()) s_.workers[0].pool->parent_bell.ring();
-    reap_adopted(std::chrono::seconds(1));
+    end_adopted(std::chrono::seconds(1));
     _exit(0);
   }
 
-  /// Reaps adopted processes (see run()) as they exit, for at most `limit`: the fork servers
-  /// of pools made in the workers just killed see their lifeline close and exit at once. What
-  /// outlives that (a process a task left running) is adopted by whoever adopts orphans next.
-  void reap_adopted(std::chrono::nanoseconds limit) noexcept {
+  /// Kills a worker and the processes its tasks started in its process group (the worker's
+  /// pid names its group while the worker is unreaped, so the group is the worker's own).
+  static void kill_worker(pid_t pid) noexcept {
+    ::kill(-pid, SIGKILL);
+    ::kill(pid, SIGKILL);  // a task may have moved the worker to another group
+  }
+
+  /// Kills and reaps what is left of the pool's process tree, for at most `limit`: every
+  /// process the fork server adopted (see run()), the processes of dead workers and those that
+  /// left their worker's group (setsid(), a pool made in a worker). Killing one makes its own
+  /// children orphans, adopted here in turn. (Without /proc/thread-self/children they are only
+  /// reaped as they exit, and what outlives `limit` is adopted by whoever adopts orphans next.)
+  void end_adopted(std::chrono::nanoseconds limit) noexcept {
     const std::int64_t deadline = steady_now_ns() + limit.count();
     for (;;) {
+      kill_children();
       int status = 0;
       pid_t pid = 0;
       while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
@@ -307,6 +319,26 @@ class Zygote {
       while (read(signal_fd_, &info, sizeof info) > 0) {
       }
     }
+  }
+
+  /// SIGKILLs every child of this (single-threaded) process. Reads the list without
+  /// allocating: the fork server may be a fork of a multithreaded program.
+  static void kill_children() noexcept {
+    const int fd = open("/proc/thread-self/children", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    char buffer[512];
+    pid_t pid = 0;
+    for (ssize_t n = 0; (n = read(fd, buffer, sizeof buffer)) > 0;) {
+      for (const char c : std::span(buffer, static_cast<std::size_t>(n))) {
+        if (c >= '0' && c <= '9') {
+          pid = pid * 10 + (c - '0');
+        } else if (pid != 0) {  // the list is "pid pid ... "
+          ::kill(pid, SIGKILL);
+          pid = 0;
+        }
+      }
+    }
+    close(fd);
   }
 
   ZygoteSetup& s_;
