@@ -427,30 +427,6 @@ TEST(AdversarialFailing, DISABLED_AnswerTooLargeToAssembleIsASerializationError)
 
 // ----- Descriptors -----------------------------------------------------------------------------
 
-// A daemon that closed stderr before making its pool: the pool's command socket gets fd 2, so
-// the next line anything writes to stderr (the application, a library, multicore's own
-// diagnostics) is a packet to the fork server, which takes it for a broken parent and exits,
-// killing every worker ("the pool's fork server died").
-TEST(AdversarialFailing, DISABLED_StderrClosedBeforeThePoolIsMadeDoesNotKillIt) {
-  const auto end = in_child(
-      [](int report) {
-        close(STDERR_FILENO);
-        Pool pool(workers(2));
-        (void)pool.call(square, 3);
-        std::fputs("a log line\n", stderr);
-        std::fflush(stderr);
-        usleep(300'000);  // the fork server polls every 250 ms at most
-        try {
-          return pool.call(square, 4) == 16 ? 0 : 1;
-        } catch (const std::exception& e) {
-          say(report, std::string("after one line on stderr: ") + e.what());
-          return 1;
-        }
-      },
-      20s);
-  EXPECT_TRUE(end.exited_with(0)) << end.describe();
-}
-
 // ----- task_timeout does not cover a worker that never claims the task -------------------------
 
 // The timeout runs from the moment the worker claims a task. A worker that is stopped while idle

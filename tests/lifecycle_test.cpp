@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Pool lifecycle under failure: fork failures (making the pool and replacing a worker), parent
 // death, terminate()/destruction with unresponsive workers, and a fork server killed from outside.
+#include <fcntl.h>
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
@@ -800,6 +801,32 @@ TEST(Lifecycle, WorkersLeaveASubreaperApplicationNoZombie) {
   SKIP_IF_APP_SKIPPED(app);
   EXPECT_TRUE(WIFEXITED(app.status) && WEXITSTATUS(app.status) == 0) << app.report;
   EXPECT_EQ(app.report, "sum: 20\nchildren after the pool: 0 ()\n");
+}
+
+// Regression test: a daemon that closed its standard streams before making its pool got the
+// pool's command socket there (fd 2 with only stderr closed), so the next line anything wrote
+// to stderr was a packet to the fork server, which took it for a broken parent and exited
+// ("the pool's fork server died"). The library's descriptors never take 0, 1 or 2.
+int twice(int x) { return 2 * x; }
+
+TEST(Lifecycle, StandardStreamsClosedBeforeThePoolIsMadeStayFree) {
+  for (const int first_closed : {STDERR_FILENO, STDIN_FILENO}) {
+    const AppResult app = run_app([first_closed](const Report& report) {
+      for (int fd = first_closed; fd <= STDERR_FILENO; ++fd) close(fd);
+      Pool pool(PoolOptions{.workers = 2});
+      report.outcome("first", [&] { return pool.call(twice, 3); });
+      for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; ++fd) {
+        if (fd >= first_closed && fcntl(fd, F_GETFD) != -1) {
+          report.line("the pool took fd " + std::to_string(fd));
+        }
+      }
+      std::fputs("a log line\n", stderr);
+      std::fflush(stderr);
+      report.outcome("after a line on stderr", [&] { return pool.call(twice, 4); });
+    });
+    EXPECT_EQ(app.report, "first: value 6\nafter a line on stderr: value 8\n")
+        << "closed from fd " << first_closed;
+  }
 }
 
 }  // namespace

@@ -2,8 +2,10 @@
 // Process-wide facts: which process this is (application, fork server, worker), and the clock.
 #pragma once
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -30,6 +32,19 @@ inline std::int64_t steady_now_ns() noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
+}
+
+/// Moves a descriptor the library just made off 0, 1 and 2 (returns it as it is if it is not
+/// one of them), close-on-exec. A program that closed its standard streams gets new
+/// descriptors there, and whatever it, a library or a worker then writes to "stderr" would
+/// land in the library's socket. -1 on failure, with errno set (`fd` is closed either way).
+inline int above_stdio(int fd) noexcept {
+  if (fd < 0 || fd > STDERR_FILENO) return fd;
+  const int moved = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+  const int err = errno;
+  close(fd);
+  errno = err;
+  return moved;
 }
 
 /// Leaves a worker without running the parent's atexit handlers or static destructors (they

@@ -370,6 +370,15 @@ class ShmTransport final : public Transport {
       if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
         throw SystemError("socketpair", errno);
       }
+      fds[0] = above_stdio(fds[0]);
+      fds[1] = above_stdio(fds[1]);
+      if (fds[0] < 0 || fds[1] < 0) {
+        const int err = errno;
+        for (int fd : fds) {
+          if (fd >= 0) ::close(fd);
+        }
+        throw SystemError("fcntl", err);
+      }
       command_fd_ = fds[0];
       setup.command_fd = fds[1];
       owned.fds.push_back(command_fd_);
@@ -444,7 +453,7 @@ class ShmTransport final : public Transport {
   /// True once the fork server has exited, waiting at most `limit`. Uses a pidfd, which
   /// becomes readable when the process exits, so no polling loop is needed.
   bool exited_within(std::chrono::milliseconds limit) const noexcept {
-    const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, zygote_, 0));
+    const int pidfd = above_stdio(static_cast<int>(syscall(SYS_pidfd_open, zygote_, 0)));
     if (pidfd < 0) return false;  // kernel < 5.3: go straight to SIGKILL (bounded either way)
     pollfd p{pidfd, POLLIN, 0};
     int r = 0;

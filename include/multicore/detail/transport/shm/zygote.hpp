@@ -171,7 +171,7 @@ class Zygote {
     sigemptyset(&child_signal);
     sigaddset(&child_signal, SIGCHLD);
     sigprocmask(SIG_SETMASK, &child_signal, nullptr);
-    signal_fd_ = signalfd(-1, &child_signal, SFD_CLOEXEC | SFD_NONBLOCK);
+    signal_fd_ = above_stdio(signalfd(-1, &child_signal, SFD_CLOEXEC | SFD_NONBLOCK));
     if (signal_fd_ < 0) _exit(71);
     // The parent may have died between fork and now; nobody would then ever close the socket.
     if (getppid() != s_.parent) finish();
