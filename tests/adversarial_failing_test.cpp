@@ -335,53 +335,6 @@ TEST(AdversarialFailing, DISABLED_ArgumentCodecThatReadsLessThanItWroteIsASerial
   }));
 }
 
-// A Codec<T>::decode that itself uses the pool (say, a value that resolves a reference through
-// it). Answers are decoded by the thread holding the collector's receive lock (the collector, or
-// a call() helping); the nested call() waits for an answer that only that thread could read:
-// deadlock, and terminate() cannot end it (it joins the collector). Expected: a clear error
-// (std::logic_error or multicore::Error) instead of a hang.
-Pool* resolver_pool = nullptr;
-
-struct Resolved {
-  int v = 0;
-};
-
-}  // namespace
-
-template <>
-struct multicore::Codec<Resolved> {
-  static void encode(Writer& out, const Resolved& r) { out.write(&r.v, sizeof r.v); }
-  static Resolved decode(Reader& in) {
-    Resolved r;
-    in.read(&r.v, sizeof r.v);
-    if (resolver_pool != nullptr && !multicore::detail::in_worker_process()) {
-      r.v = resolver_pool->call(square, r.v);
-    }
-    return r;
-  }
-};
-
-namespace {
-
-Resolved make_resolved(int v) { return Resolved{v}; }
-
-TEST(AdversarialFailing, DISABLED_CodecDecodeThatUsesThePoolDoesNotDeadlock) {
-  const auto end = in_child(
-      [](int report) {
-        Pool pool(workers(2));
-        resolver_pool = &pool;
-        try {
-          say(report, "call: " + std::to_string(pool.call(make_resolved, 3).v));
-        } catch (const std::exception& e) {
-          say(report, std::string("call threw: ") + e.what());
-        }
-        resolver_pool = nullptr;
-        return 0;
-      },
-      10s);
-  EXPECT_TRUE(end.exited_with(0)) << end.describe();
-}
-
 // ----- Memory --------------------------------------------------------------------------------
 
 /// Sets RLIMIT_AS to what the process maps now plus `headroom`.

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <exception>
@@ -13,7 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "support/app.hpp"
 #include "support/failure.hpp"
+#include "support/in_child.hpp"
 #include "support/leak_check.hpp"
 
 namespace hostile_value {
@@ -235,3 +238,62 @@ TEST(HostileValue, DestructorThrowingInTheWorkerCrashesOnlyThatWorker) {
 }
 
 }  // namespace
+
+// ----- A decoder that uses the pool ------------------------------------------------------------
+
+namespace hostile_value {
+
+multicore::Pool* resolver_pool = nullptr;
+
+/// Its decoder resolves the value through resolver_pool (in the application only).
+struct Resolved {
+  int v = 0;
+};
+
+}  // namespace hostile_value
+
+template <>
+struct multicore::Codec<hostile_value::Resolved> {
+  static void encode(Writer& out, const hostile_value::Resolved& r) { out.write(&r.v, sizeof r.v); }
+  static hostile_value::Resolved decode(Reader& in) {
+    hostile_value::Resolved r;
+    in.read(&r.v, sizeof r.v);
+    if (hostile_value::resolver_pool != nullptr && !multicore::detail::in_worker_process()) {
+      r.v = hostile_value::resolver_pool->call([](int x) { return x * x; }, r.v);
+    }
+    return r;
+  }
+};
+
+namespace hostile_value {
+namespace {
+
+Resolved make_resolved(int v) { return Resolved{v}; }
+
+// Regression test: answers are decoded by the thread that reads them (the collector, or a
+// call() polling), so a nested call() in a decoder waited for an answer only that thread could
+// read: a deadlock that not even terminate() ended. Now the nested use throws Error, and the
+// answer being decoded fails with it.
+TEST(HostileValue, DecoderThatUsesItsOwnPoolGetsAnErrorNotADeadlock) {
+  const auto end = multicore_test::in_child(
+      [](int report) {
+        multicore::Pool pool(multicore::PoolOptions{.workers = 2});
+        resolver_pool = &pool;
+        const std::string outcome =
+            multicore_test::Report::describe([&] { return pool.call(make_resolved, 3).v; });
+        resolver_pool = nullptr;
+        multicore_test::say(report, outcome);
+        multicore_test::say(report, "then: " + std::to_string(pool.call(make_resolved, 4).v));
+        return 0;
+      },
+      std::chrono::seconds(10));
+  EXPECT_TRUE(end.exited_with(0)) << end.describe();
+  EXPECT_EQ(end.report,
+            "multicore::SerializationError what=multicore: could not decode "
+            "hostile_value::Resolved: multicore: a Pool cannot be used from code that runs while "
+            "that pool's answers are read (a Codec<T>::decode, say): it would wait for this very "
+            "thread\nthen: 4\n");
+}
+
+}  // namespace
+}  // namespace hostile_value

@@ -43,7 +43,9 @@ struct SchedulerOptions {
 ///    its own answers without a hand-off;
 ///  - mutex_ (the scheduling lock): dispatch_, supervisor_, closing state; submitters take it;
 ///  - the job pool's own lock (innermost).
-/// Completions run with no lock held (they run user code: Codec decoders, promises).
+/// Completions run with no scheduling lock held (they run user code: Codec decoders,
+/// promises), but under collect_mutex_: the thread running them cannot wait for an answer of
+/// this scheduler, which only it could read (submit() refuses it).
 class Scheduler final : private TailRouter {
  public:
   /// Starts every worker and waits until each has run on_worker_start. Throws SystemError if a
@@ -115,6 +117,26 @@ class Scheduler final : private TailRouter {
   void resolved(std::size_t n) noexcept;
   void close(bool hard) noexcept;
 
+  /// The scheduler whose answers the calling thread reads now (holding its collect_mutex_),
+  /// running the completions' user code; null if none.
+  static const Scheduler*& reading_answers() noexcept {
+    thread_local const Scheduler* scheduler = nullptr;
+    return scheduler;
+  }
+  /// Marks the calling thread as reading `s`'s answers for its lifetime (see submit()).
+  class ReadingAnswers {
+   public:
+    explicit ReadingAnswers(const Scheduler* s) noexcept : previous_(reading_answers()) {
+      reading_answers() = s;
+    }
+    ~ReadingAnswers() { reading_answers() = previous_; }
+    ReadingAnswers(const ReadingAnswers&) = delete;
+    ReadingAnswers& operator=(const ReadingAnswers&) = delete;
+
+   private:
+    const Scheduler* previous_;
+  };
+
   /// Each calling thread learns its own spin budget (tasks differ by caller).
   static SpinBudget& caller_spin() noexcept {
     thread_local SpinBudget budget;
@@ -158,6 +180,13 @@ inline Scheduler::Scheduler(std::unique_ptr<Transport> transport, SchedulerOptio
 }
 
 inline void Scheduler::submit(std::unique_ptr<Job> job) {
+  // Its answer would have to be read by this very thread, which is busy in user code (a
+  // Codec<T>::decode, a completion) until the job is done: a deadlock.
+  if (reading_answers() == this) {
+    throw Error(
+        "multicore: a Pool cannot be used from code that runs while that pool's answers are "
+        "read (a Codec<T>::decode, say): it would wait for this very thread");
+  }
   std::lock_guard lock(mutex_);
   if (closed_) throw PoolClosed(closed_reason_);
   dispatch_.push_back(std::move(job));
@@ -198,6 +227,7 @@ void Scheduler::help_until(Done&& done, Sleep&& sleep) noexcept {
     bool news = false;
     for (unsigned k = 0; k < size() && !news; ++k) news = transport_->may_have_events(k);
     if (news && collect_mutex_.try_lock()) {
+      const ReadingAnswers reading(this);
       std::vector<Failure> failures;
       try {
         for (unsigned k = 0; k < size(); ++k) receive(k, failures);
@@ -261,6 +291,7 @@ inline void Scheduler::collect() noexcept {
     Clock::time_point wake_at = Clock::now() + std::chrono::milliseconds(100);
     try {
       std::lock_guard collecting(collect_mutex_);
+      const ReadingAnswers reading(this);
       for (unsigned k = 0; k < size(); ++k) progressed |= receive(k, failures);
       {
         std::lock_guard lock(mutex_);
