@@ -337,47 +337,6 @@ TEST(AdversarialFailing, DISABLED_ArgumentCodecThatReadsLessThanItWroteIsASerial
 
 // ----- Memory --------------------------------------------------------------------------------
 
-/// Sets RLIMIT_AS to what the process maps now plus `headroom`.
-void limit_address_space(std::size_t headroom) {
-  const std::string status = multicore_test::slurp("/proc/self/status");
-  const auto at = status.find("VmSize:");
-  const long kib = at == std::string::npos ? 0 : std::atol(status.c_str() + at + 7);
-  rlimit limit{};
-  getrlimit(RLIMIT_AS, &limit);
-  limit.rlim_cur = static_cast<rlim_t>(kib) * 1024 + headroom;
-  setrlimit(RLIMIT_AS, &limit);
-}
-
-std::vector<std::string> mebibyte_strings(int n) {
-  return std::vector<std::string>(static_cast<std::size_t>(n), std::string(1 << 20, 'x'));
-}
-
-// An answer the application has no memory to assemble: a cereal value (or a vector when even
-// the 64 MiB start of its tail receiver cannot be had) goes through the assembly buffer, whose
-// growth throws std::bad_alloc out of Scheduler::receive(). The collector catches it, prints
-// "multicore: collector: unexpected error, retrying" and retries the same growth: forever (a
-// busy loop, ~10^4 lines a second on stderr), and the call never returns. Expected: that
-// answer fails with SerializationError ("out of memory"), as a vector that ran out of memory
-// half-way does, and the pool carries on. (Sanitizers reserve far more address space.)
-TEST(AdversarialFailing, DISABLED_AnswerTooLargeToAssembleIsASerializationError) {
-  if (multicore_test::under_sanitizer) GTEST_SKIP() << "RLIMIT_AS and sanitizers";
-  const auto end = in_child(
-      [](int report) {
-        Pool pool(workers(2));
-        std::freopen("/dev/null", "w", stderr);  // the retry loop floods it
-        limit_address_space(std::size_t{64} << 20);
-        try {
-          (void)pool.call(mebibyte_strings, 200);
-          say(report, "the answer arrived");
-          return 1;
-        } catch (const multicore::SerializationError&) {
-        }
-        return pool.call(square, 7) == 49 ? 0 : 1;
-      },
-      20s);
-  EXPECT_TRUE(end.exited_with(0)) << end.describe();
-}
-
 // ----- Descriptors -----------------------------------------------------------------------------
 
 // ----- task_timeout does not cover a worker that never claims the task -------------------------

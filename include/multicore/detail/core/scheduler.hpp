@@ -378,7 +378,10 @@ inline void Scheduler::answered(unsigned k, const Event& e) {
     if (!job->completion().abandoned()) dispatch_.bound().observe(e.run_nanos);
   }
   supervisor_.answered(k);
-  if (e.tail != nullptr) {
+  if (e.dropped) {
+    job->completion().fail(error_of(
+        [] { throw SerializationError("multicore: out of memory while receiving the answer"); }));
+  } else if (e.tail != nullptr) {
     e.tail->deliver_tail(e.run_nanos);
   } else {
     Reader reader(e.payload);

@@ -78,7 +78,9 @@ struct Event {
   std::uint64_t run_nanos = 0;  ///< answer: how long the user's code ran
   /// answer: the whole payload (untrusted), valid until the next poll(k); empty when `tail`.
   std::span<const std::byte> payload;
-  AnswerTail* tail = nullptr;    ///< answer: the sink its tail went to (from the TailRouter)
+  AnswerTail* tail = nullptr;  ///< answer: the sink its tail went to (from the TailRouter)
+  /// answer: there was no memory to receive it (payload empty, no tail): the job fails.
+  bool dropped = false;
   const Death* death = nullptr;  ///< died: valid until the next poll(k) or start(k)
 };
 

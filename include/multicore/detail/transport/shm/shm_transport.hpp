@@ -178,6 +178,7 @@ class ShmTransport final : public Transport {
         e.run_nanos = h.run_nanos;
         e.payload = s.receiver.payload();
         e.tail = s.receiver.tail();
+        e.dropped = s.receiver.dropped();
         return e;
       }
       if (status == AnswerReceiver::Status::violation) violated(k, s.receiver.what());

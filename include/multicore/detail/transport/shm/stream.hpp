@@ -259,13 +259,13 @@ class AnswerReceiver {
     const std::uint64_t sent = stream_.messages();
     for (;;) {
       if (stream_.corrupt()) return violation("an impossible ring index");
-      if (in_answer_ && tail_ == nullptr && assembly().size() == wanted_) {
+      if (in_answer_ && tail_ == nullptr && assembled() == wanted_) {
         if (wanted_ == header_.payload_bytes) {
           payload_ = assembly().bytes();
           return answered();
         }
         // All of the payload before the tail is here: the tail may go straight to its value.
-        tail_ = open_tail(header_, assembly().bytes());
+        if (!dropped_) tail_ = open_tail(header_, assembly().bytes());
         if (tail_ != nullptr) {
           tail_left_ = header_.tail_bytes;
         } else {
@@ -291,13 +291,16 @@ class AnswerReceiver {
         continue;
       }
       if (in_answer_) {  // the payload, arriving in pieces
-        const auto n = static_cast<std::size_t>(
-            std::min<std::uint64_t>(bytes.size(), wanted_ - assembly().size()));
-        try {
-          assembly().write(bytes.data(), n);
-        } catch (...) {  // out of memory: read it again later
-          return Status::none;
+        const auto n =
+            static_cast<std::size_t>(std::min<std::uint64_t>(bytes.size(), wanted_ - assembled()));
+        if (!dropped_) {
+          try {
+            assembly().write(bytes.data(), n);
+          } catch (...) {  // out of memory: the rest is read past, and the answer is lost
+            drop_payload();
+          }
         }
+        if (dropped_) dropped_bytes_ += n;
         stream_.consume(n);
         continue;
       }
@@ -333,6 +336,9 @@ class AnswerReceiver {
   std::span<const std::byte> payload() const noexcept { return payload_; }
   /// The sink the tail of the answer next() found went to, or nullptr.
   AnswerTail* tail() const noexcept { return tail_; }
+  /// The answer next() found could not be kept (no memory to assemble it): its payload is
+  /// empty, its bytes were read past.
+  bool dropped() const noexcept { return dropped_; }
   /// How the stream is broken, after a violation.
   const char* what() const noexcept { return what_; }
   /// An answer has started arriving but is not complete.
@@ -356,6 +362,19 @@ class AnswerReceiver {
 
  private:
   Writer& assembly() noexcept { return assembly_buffer_.get(); }
+
+  /// Payload bytes read so far (assembled, or read past).
+  std::uint64_t assembled() noexcept { return dropped_ ? dropped_bytes_ : assembly().size(); }
+
+  /// Out of memory while assembling: reads past the rest of the payload, tail included (the
+  /// worker waits for room in the ring), gives the memory back, and reports the answer dropped.
+  void drop_payload() noexcept {
+    dropped_ = true;
+    dropped_bytes_ = assembly().size();
+    wanted_ = header_.payload_bytes;
+    assembly_buffer_.done();
+    assembly_buffer_.release();
+  }
 
   Status answered() noexcept {
     ++received_;
@@ -385,6 +404,8 @@ class AnswerReceiver {
     tail_ = nullptr;
     tail_left_ = 0;
     payload_ = {};
+    dropped_ = false;
+    dropped_bytes_ = 0;
     assembly_buffer_.done();
   }
 
@@ -407,9 +428,11 @@ class AnswerReceiver {
   WarmBuffer assembly_buffer_{std::size_t{64} << 10};
   ResponseHeader header_{};
   std::size_t header_got_ = 0;
-  bool in_answer_ = false;    // the header is complete and well formed
-  bool done_ = false;         // next() returned this answer
-  std::uint64_t wanted_ = 0;  // payload bytes to assemble: all, or those before the tail
+  bool in_answer_ = false;           // the header is complete and well formed
+  bool done_ = false;                // next() returned this answer
+  std::uint64_t wanted_ = 0;         // payload bytes to assemble: all, or those before the tail
+  bool dropped_ = false;             // out of memory: the payload is read past (see drop_payload())
+  std::uint64_t dropped_bytes_ = 0;  // payload bytes read so far, once dropped_
   AnswerTail* tail_ = nullptr;
   std::uint64_t tail_left_ = 0;
   std::span<const std::byte> payload_;
