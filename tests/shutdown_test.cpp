@@ -246,4 +246,23 @@ TEST(Shutdown, TwoPoolsAtOnceShutDownIndependently) {
   EXPECT_EQ(first.submit(square, 5).get(), 25);
 }
 
+// Regression test: a watchdog thread calls terminate() to end a destructor that waits for a hung
+// task, the one way to bound ~Pool. terminate() waited for the close the destructor was running,
+// then used the scheduler the destructor had just freed (heap-use-after-free under ASan, in most
+// runs). Now the destructor waits for terminate() calls in progress. (Any interleaving is valid;
+// the delay only makes the interesting one, the destructor already waiting, the likely one.)
+TEST(Shutdown, WatchdogTerminateWhileTheDestructorWaits) {
+  for (int round = 0; round < 3; ++round) {
+    auto pool = std::make_unique<Pool>(PoolOptions{.workers = 2});
+    auto stuck = pool->submit(block_forever, 1);
+    std::thread watchdog([p = pool.get()] {
+      usleep(50'000);
+      p->terminate();
+    });
+    pool.reset();  // waits for `stuck` until the watchdog terminates
+    watchdog.join();
+    EXPECT_EQ(outcome_of(stuck), "PoolClosed");
+  }
+}
+
 }  // namespace

@@ -51,7 +51,13 @@ class Scheduler final : private TailRouter {
   /// Starts every worker and waits until each has run on_worker_start. Throws SystemError if a
   /// process cannot be forked, Error if a worker fails to start; nothing is left running then.
   Scheduler(std::unique_ptr<Transport> transport, SchedulerOptions options);
-  ~Scheduler() { shutdown(); }
+  /// Shuts down, then waits for terminate() calls still running on other threads (a watchdog
+  /// ending the wait for a hung task): they use the members until they return.
+  ~Scheduler() {
+    shutdown();
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return terminate_calls_ == 0; });
+  }
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
@@ -87,7 +93,8 @@ class Scheduler final : private TailRouter {
   /// resolve, stops the workers. Bounded once the work is done: workers that do not stop in
   /// time are killed.
   void shutdown() noexcept { close(false); }
-  /// Stops now: unfinished jobs fail with PoolClosed, workers are killed. Bounded.
+  /// Stops now: unfinished jobs fail with PoolClosed, workers are killed. Bounded. May run on
+  /// another thread while shutdown() or the destructor waits, and ends that wait.
   void terminate() noexcept;
 
  private:
@@ -154,6 +161,7 @@ class Scheduler final : private TailRouter {
   Supervisor supervisor_;
   bool closed_ = false;
   bool terminating_ = false;
+  unsigned terminate_calls_ = 0;  // terminate() calls in progress (see ~Scheduler)
   std::string closed_reason_;
 
   // Atomics, read without a lock:
@@ -275,11 +283,16 @@ inline void Scheduler::abandon() noexcept {
 inline void Scheduler::terminate() noexcept {
   {
     std::lock_guard lock(mutex_);
+    ++terminate_calls_;
     terminating_ = true;
     mark_closed_locked("multicore: the pool was terminated");
   }
   changed_.notify_all();
   close(true);
+  // Notified under the lock: the destructor, once it sees the count at 0, may free changed_.
+  std::lock_guard lock(mutex_);
+  --terminate_calls_;
+  changed_.notify_all();
 }
 
 /// Runs on its own thread: reads events, follows worker lives, enforces timeouts.
