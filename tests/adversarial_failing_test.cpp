@@ -339,45 +339,6 @@ TEST(AdversarialFailing, DISABLED_ArgumentCodecThatReadsLessThanItWroteIsASerial
 
 // ----- Descriptors -----------------------------------------------------------------------------
 
-// ----- task_timeout does not cover a worker that never claims the task -------------------------
-
-// A worker flushes what tasks printed when it goes idle, outside any task. With stdout a pipe
-// nobody reads, that flush blocks once the pipe is full, and the next task sent to the worker is
-// never claimed: it hangs despite task_timeout.
-int chatty(int x) {
-  const std::string line(3000, 'x');
-  std::fputs(line.c_str(), stdout);  // under the pipe's 4 KiB stdio buffer: flushed when idle
-  return x;
-}
-
-TEST(AdversarialFailing, DISABLED_WorkerBlockedFlushingIdleOutputDoesNotHangTheNextTask) {
-  const auto end = in_child(
-      [](int report) {
-        multicore_test::Pipe unread;
-        dup2(unread.write_fd(), STDOUT_FILENO);
-        unread.close_write();
-        PoolOptions o = workers(1);
-        o.task_timeout = 300ms;
-        Pool pool(o);
-        for (int i = 0; i < 40; ++i) {
-          auto f = pool.submit(chatty, i);
-          if (f.wait_for(5s) != std::future_status::ready) {
-            say(report, "task " + std::to_string(i) + " waited 5 s with task_timeout = 300 ms");
-            pool.terminate();
-            return 1;
-          }
-          try {
-            (void)f.get();
-          } catch (const multicore::TaskTimeout&) {
-          }
-          usleep(20'000);  // the worker goes idle and flushes
-        }
-        return 0;
-      },
-      60s);
-  EXPECT_TRUE(end.exited_with(0)) << end.describe();
-}
-
 // A replacement whose on_worker_start hangs: the pool waits for it forever, so a task queued
 // behind the crash never runs and never fails, task_timeout or not (only terminate() ends it).
 // Expected: a replacement that does not start within a bound counts as a failed start (backoff,

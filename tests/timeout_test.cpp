@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: MIT
 // task_timeout and max_tasks_per_worker: overrunning tasks fail with TaskTimeout and cost only
 // their worker; payload streaming does not count; workers are recycled after N tasks.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <future>
 #include <map>
 #include <multicore/multicore.hpp>
@@ -16,6 +19,7 @@
 #include <vector>
 
 #include "support/failure.hpp"
+#include "support/in_child.hpp"
 #include "support/leak_check.hpp"
 
 namespace timeout_test_types {
@@ -397,6 +401,58 @@ TEST(MaxTasksPerWorker, KeepsExactlyOneLiveWorker) {
     started.push_back(multicore_test::read_value<pid_t>(starts.read_fd()));
   for (int i = 0; i < 4; ++i) EXPECT_FALSE(multicore_test::running(started[std::size_t(i)]));
   EXPECT_EQ(multicore_test::live_children_of(fork_server), std::vector<pid_t>{started.back()});
+}
+
+// Regression test: a worker flushes what tasks printed when it goes idle, outside any task. With
+// stdout a pipe nobody reads, that flush blocks, and the next task sent to the worker was never
+// claimed: it waited for ever, task_timeout or not. A worker stuck so while holding tasks now
+// counts as overrunning: it is killed, and the task (which never started) runs on the
+// replacement.
+pid_t print_then_own_pid() {
+  std::fputs(std::string(3000, 'x').c_str(), stdout);  // under the stdio buffer: kept for later
+  return getpid();
+}
+
+/// True once `pid` is blocked in write(2) (syscall 1 on x86-64; its number on others), waiting
+/// at most 10 s.
+bool blocked_in_write_within(pid_t pid) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/syscall";
+  const std::string write_call = std::to_string(SYS_write) + " ";
+  for (int i = 0; i < 1000; ++i) {
+    if (multicore_test::slurp(path).starts_with(write_call)) return true;
+    usleep(10'000);  // polling a state, bounded: not waiting for a guess
+  }
+  return false;
+}
+
+TEST(Timeout, WorkerBlockedFlushingItsOutputWhenIdleDoesNotHangTheNextTask) {
+  const auto end = multicore_test::in_child(
+      [](int report) {
+        Pipe unread;  // made full, so that the first flush blocks
+        fcntl(unread.write_fd(), F_SETFL, O_NONBLOCK);
+        const std::string block(4096, 'x');
+        while (write(unread.write_fd(), block.data(), block.size()) > 0) {
+        }
+        fcntl(unread.write_fd(), F_SETFL, 0);  // the workers share the open file: blocking
+        dup2(unread.write_fd(), STDOUT_FILENO);
+        Pool pool(PoolOptions{.workers = 1, .task_timeout = 300ms});
+        const pid_t first = pool.call(print_then_own_pid);
+        if (!blocked_in_write_within(first)) {
+          multicore_test::say(report, "the idle worker did not block flushing");
+          return 1;
+        }
+        auto next = pool.submit(print_then_own_pid);
+        if (next.wait_for(10s) != std::future_status::ready) {
+          multicore_test::say(report, "the next task waited 10 s with task_timeout = 300 ms");
+          pool.terminate();
+          return 1;
+        }
+        const pid_t second = next.get();
+        pool.terminate();  // its worker blocks flushing too, for ever
+        return second != first ? 0 : 1;
+      },
+      60s);
+  EXPECT_TRUE(end.exited_with(0)) << end.describe();
 }
 
 }  // namespace

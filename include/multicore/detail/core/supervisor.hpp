@@ -157,13 +157,14 @@ class Supervisor {
     stopped,   ///< gone for good
   };
 
-  /// timed_out_task of a worker killed for being stopped while holding jobs but running none.
+  /// timed_out_task of a worker killed for being stopped, or stuck outside any task (flushing
+  /// output), while holding jobs but running none.
   static constexpr std::uint64_t stopped_idle = ~std::uint64_t{0};  // no task has this id
 
   struct Slot {
     Life life = Life::starting;
     // We killed the process because this task overran (task_timeout, or abandon_grace), or
-    // because it was stopped, holding jobs but running none (stopped_idle).
+    // because it was stopped or stuck, holding jobs but running none (stopped_idle).
     std::uint64_t timed_out_task = 0;
     // When to kill the process if it is still running a job of an abandoned map.
     Clock::time_point cut_off_at = Clock::time_point::max();
@@ -344,8 +345,10 @@ void Supervisor::enforce_timeouts(Clock::time_point& wake_at, Owes&& owes) {
     // Only a worker that owes answers can overrun.
     if (s.life != Life::ready || s.timed_out_task != 0 || !owes(k) || corrupt(k)) continue;
     holding = true;
+    // Running task 0 since a time: busy outside any task (flushing output), it cannot start
+    // the tasks it holds either.
     const std::uint64_t running = s.running_task.load(std::memory_order_relaxed);
-    std::int64_t since = running != 0 ? s.running_since.load(std::memory_order_relaxed) : 0;
+    std::int64_t since = s.running_since.load(std::memory_order_relaxed);
     // A worker stopped (SIGSTOP) cannot run its jobs, nor restart its task's clock after
     // streaming: stopped that long, it counts as overrunning too.
     const std::int64_t stopped = s.stopped_since.load(std::memory_order_relaxed);

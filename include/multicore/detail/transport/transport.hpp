@@ -64,7 +64,8 @@ struct Event {
   enum class Kind : std::uint8_t {
     none,     ///< nothing new
     ready,    ///< the worker started (on_worker_start returned): it takes messages now
-    running,  ///< it runs task `task_id`'s code since `since_ns`, or paused it (since_ns 0)
+    running,  ///< it runs task `task_id`'s code since `since_ns`, or paused it (since_ns 0);
+              ///< task 0: it is busy outside any task since `since_ns` (flushing output)
     stopped,  ///< it was stopped (SIGSTOP) at `since_ns`, or continued (since_ns 0)
     answer,   ///< `task_id` is answered: `payload`, or through the tail opened for it
     died,     ///< the worker is gone: `death` says how; start(k) may replace it

@@ -38,11 +38,14 @@ class ShmWorkerChannel final : public WorkerChannel {
       : setup_(setup), requests_(setup.requests), answers_(setup.answers) {}
 
   bool wait_for_request(std::chrono::nanoseconds timeout) noexcept override {
-    return !requests_.wait_for_bytes(request_spin_, flush_output, timeout).empty();
+    return !requests_
+                .wait_for_bytes(
+                    request_spin_, [this] { flush_output(); }, timeout)
+                .empty();
   }
 
   std::span<const std::byte> peek() noexcept override {
-    return requests_.wait_for_bytes(request_spin_, flush_output);
+    return requests_.wait_for_bytes(request_spin_, [this] { flush_output(); });
   }
 
   void consume(std::size_t n) noexcept override { requests_.consume(n); }
@@ -86,8 +89,14 @@ class ShmWorkerChannel final : public WorkerChannel {
 
  private:
   /// What the tasks printed goes out when the worker runs out of work and goes to sleep, not
-  /// after every task (a flush walks every stdio stream).
-  static void flush_output() noexcept { std::fflush(nullptr); }
+  /// after every task (a flush walks every stdio stream). A flush blocks while its pipe is full
+  /// (nobody reads it): the parent sees the worker busy outside any task meanwhile, and
+  /// task_timeout cuts it off as it would a task, if it holds tasks it cannot start.
+  void flush_output() noexcept {
+    running_since(steady_now_ns());
+    std::fflush(nullptr);
+    running_since(0);
+  }
 
   const ShmWorkerSetup& setup_;
   StreamConsumer requests_;

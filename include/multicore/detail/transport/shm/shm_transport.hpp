@@ -196,11 +196,11 @@ class ShmTransport final : public Transport {
     if (task != s.task || since != s.since) {
       s.task = task;
       s.since = since;
-      if (task != 0) {
-        Event e = event(Event::Kind::running, task);
-        e.since_ns = since;
-        return e;
-      }
+      // Task 0 too: the parent's picture must not keep a clock that stopped (task 0 with a
+      // time means busy outside any task: flushing output).
+      Event e = event(Event::Kind::running, task);
+      e.since_ns = since;
+      return e;
     }
     if (state == SlotState::dead || state == SlotState::spawn_failed) {
       s.seen.store(state, std::memory_order_relaxed);
