@@ -339,34 +339,6 @@ TEST(AdversarialFailing, DISABLED_ArgumentCodecThatReadsLessThanItWroteIsASerial
 
 // ----- Descriptors -----------------------------------------------------------------------------
 
-// A replacement whose on_worker_start hangs: the pool waits for it forever, so a task queued
-// behind the crash never runs and never fails, task_timeout or not (only terminate() ends it).
-// Expected: a replacement that does not start within a bound counts as a failed start (backoff,
-// and with no worker left the queued tasks fail, as when on_worker_start throws).
-
-TEST(AdversarialFailing, DISABLED_ReplacementHangingInOnWorkerStartDoesNotHangQueuedTasks) {
-  const auto end = in_child(
-      [](int report) {
-        static multicore_test::SharedCounter starts;
-        PoolOptions o = workers(1);
-        o.task_timeout = 300ms;
-        o.on_worker_start = [] {
-          if ((*starts)++ > 0) multicore_test::hang_forever();
-        };
-        Pool pool(o);
-        auto crashed = pool.submit(crash, 1);
-        auto queued = pool.submit(square, 2);
-        if (queued.wait_for(10s) != std::future_status::ready) {
-          say(report, "the queued task waited 10 s with task_timeout = 300 ms");
-          pool.terminate();
-          return 1;
-        }
-        return 0;
-      },
-      30s);
-  EXPECT_TRUE(end.exited_with(0)) << end.describe();
-}
-
 // A stopped fork server (SIGSTOP from outside, a debugger) can neither reap nor kill: a worker
 // that dies is never reported and a task past task_timeout is never cut off, so both futures
 // wait as long as the fork server stays stopped. The parent could see deaths itself (a pidfd per

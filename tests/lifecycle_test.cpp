@@ -309,6 +309,40 @@ TEST(Lifecycle, ReplacementThatDiesInOnWorkerStartFailsTheQueuedTasks) {
   munmap(shared, sizeof(std::atomic<int>));
 }
 
+// The same when a replacement hangs in on_worker_start. Regression test: the pool waited for it
+// for ever, so the queued tasks never ran nor failed, task_timeout or not. With a task_timeout,
+// a replacement whose on_worker_start runs longer than task_timeout plus twice what the first
+// workers' start took is killed, as a failed start: backoff, and with no worker left the
+// queued tasks fail.
+TEST(Lifecycle, ReplacementThatHangsInOnWorkerStartFailsTheQueuedTasks) {
+  void* shared = mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(shared, MAP_FAILED);
+  auto* starts = new (shared) std::atomic<int>(0);
+  {
+    Pool pool(PoolOptions{.workers = 1,
+                          .on_worker_start =
+                              [starts] {
+                                if (starts->fetch_add(1) >= 1) multicore_test::hang_forever();
+                              },
+                          .task_timeout = 300ms});
+    auto crashed = pool.submit(crash);
+    auto queued = pool.submit([](int x) { return x; }, 2);
+    EXPECT_TRUE(error_of<WorkerLost>(crashed));
+    if (queued.wait_for(10s) != std::future_status::ready) {
+      ADD_FAILURE() << "the queued task waited 10 s with task_timeout = 300 ms";
+    } else {
+      const auto error = error_of<multicore::Error>(queued);
+      ASSERT_TRUE(error);
+      EXPECT_TRUE(
+          std::string(error->what()).starts_with("multicore: on_worker_start ran longer than "))
+          << error->what();
+    }
+    pool.terminate();  // bounded, whatever happened
+  }
+  munmap(shared, sizeof(std::atomic<int>));
+}
+
 // ----- (3) Parent death ------------------------------------------------------------------------
 
 // The application makes a pool of two workers, keeps one of them busy, tells us the pids of

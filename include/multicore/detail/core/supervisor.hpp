@@ -11,6 +11,7 @@
 #include <exception>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../../errors.hpp"
@@ -170,6 +171,8 @@ class Supervisor {
     Clock::time_point cut_off_at = Clock::time_point::max();
     unsigned start_failures = 0;
     Clock::time_point retry_at{};
+    Clock::time_point start_began{};  // when the replacement starting now was asked for
+    bool start_timed_out = false;     // we killed it: its on_worker_start ran too long
     // Read without the lock too (can_take from the receive side): atomic.
     std::atomic<bool> corrupt{false};
     // What it runs (from `running` events): written on the receive side without the lock.
@@ -184,6 +187,8 @@ class Supervisor {
 
   Transport& transport_;
   std::chrono::nanoseconds task_timeout_;
+  /// With a task_timeout: how long a replacement's on_worker_start may run (see start_all()).
+  std::chrono::nanoseconds start_allowance_{0};
   std::vector<Slot> slots_;
   // The collector's planned wake-up comes before the deadline of any job sent from now on.
   bool deadlines_watched_ = false;
@@ -196,6 +201,7 @@ inline Supervisor::Supervisor(Transport& transport, std::chrono::nanoseconds tas
     : transport_(transport), task_timeout_(task_timeout), slots_(transport.size()) {}
 
 inline void Supervisor::start_all(TailRouter& router) {
+  const Clock::time_point began = Clock::now();
   const unsigned n = transport_.size();
   std::vector<char> settled(n, 0);
   std::vector<Death> deaths(n);
@@ -219,6 +225,10 @@ inline void Supervisor::start_all(TailRouter& router) {
     if (settled[k] == 2) std::rethrow_exception(start_error(deaths[k], false));
     slots_[k].life = Life::ready;
   }
+  // A replacement runs the same on_worker_start from the same snapshot: one that takes more
+  // than twice what the first workers took, plus task_timeout, is taken for hung (tasks wait
+  // for it, and nothing else would ever end them).
+  start_allowance_ = task_timeout_ + 2 * (Clock::now() - began);
 }
 
 inline void Supervisor::mark_corrupt(unsigned k) noexcept {
@@ -269,6 +279,14 @@ inline std::exception_ptr Supervisor::after_death(unsigned k, const Death& death
   s.running_task.store(0, std::memory_order_relaxed);
   s.running_since.store(0, std::memory_order_relaxed);
   s.stopped_since.store(0, std::memory_order_relaxed);
+  if (std::exchange(s.start_timed_out, false)) {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(start_allowance_);
+    return start_failed(
+        k, std::make_exception_ptr(
+               Error("multicore: on_worker_start ran longer than " + std::to_string(ms.count()) +
+                     " ms in a replacement worker (task_timeout plus twice what the first workers' "
+                     "start took); it was killed")));
+  }
   if (was == Life::starting || death.cause == Death::Cause::start_failed) {
     // Died before it was ready (in on_worker_start, say, or no process could be made):
     // retrying at once would fork as fast as it dies. Back off like any start failure.
@@ -284,6 +302,7 @@ inline std::exception_ptr Supervisor::after_death(unsigned k, const Death& death
 
 inline void Supervisor::respawn(unsigned k) {
   slots_[k].life = Life::starting;
+  slots_[k].start_began = Clock::now();
   try {
     transport_.start(k);
   } catch (...) {
@@ -342,6 +361,16 @@ void Supervisor::enforce_timeouts(Clock::time_point& wake_at, Owes&& owes) {
   sent_since_look_ = false;
   for (unsigned k = 0; k < slots_.size(); ++k) {
     Slot& s = slots_[k];
+    if (s.life == Life::starting && !s.start_timed_out) {
+      const Clock::time_point deadline = s.start_began + start_allowance_;
+      if (now >= deadline) {
+        s.start_timed_out = true;
+        transport_.kill(k);
+      } else {
+        wake_at = std::min(wake_at, deadline);
+      }
+      continue;
+    }
     // Only a worker that owes answers can overrun.
     if (s.life != Life::ready || s.timed_out_task != 0 || !owes(k) || corrupt(k)) continue;
     holding = true;
