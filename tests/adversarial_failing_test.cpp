@@ -61,48 +61,6 @@ int hang(int /*x*/) { multicore_test::hang_forever(); }
 
 // ----- The application forks ---------------------------------------------------------------
 
-// A child the application forks (while another thread is in call()) uses the pool it
-// inherited. Its copy has no collector thread and numbers its jobs like the parent's, so it
-// sends requests into the parent's rings and reads the parent's answers: seen returning 0
-// (the parent's square(0)) or hanging. It should throw Error, as a pool used inside a worker
-// does, and leave the parent's pool alone.
-int forty_two() { return 42; }
-
-TEST(AdversarialFailing, DISABLED_ChildOfTheApplicationCannotUseThePool) {
-  const auto end = in_child(
-      [](int report) {
-        Pool pool(workers(2));
-        std::atomic<bool> stop{false};
-        std::thread caller([&] {
-          for (int i = 0; !stop; ++i) (void)pool.call(square, i % 100);
-        });
-        usleep(10'000);
-        const pid_t child = fork();
-        if (child == 0) {
-          alarm(5);  // a hang ends the child (SIGALRM), reported below
-          try {
-            say(report, "child: call returned " + std::to_string(pool.call(forty_two)));
-          } catch (const multicore::Error& e) {
-            if (typeid(e) == typeid(multicore::Error)) _exit(0);
-            say(report, std::string("child: wrong error: ") + e.what());
-          }
-          _exit(1);
-        }
-        int bad = 0;
-        for (int i = 0; i < 200; ++i) {
-          if (pool.call(square, i) != i * i) ++bad;
-        }
-        const int status = multicore_test::reap(child);
-        stop = true;
-        caller.join();
-        if (bad != 0) say(report, "parent: " + std::to_string(bad) + " wrong results");
-        if (!WIFEXITED(status)) say(report, "child: hung in call()");
-        return WIFEXITED(status) && WEXITSTATUS(status) == 0 && bad == 0 ? 0 : 1;
-      },
-      30s);
-  EXPECT_TRUE(end.exited_with(0)) << end.describe();
-}
-
 // ----- Values that are addresses in disguise ---------------------------------------------------
 
 // std::ref / std::cref are trivially copyable, so they cross as raw bytes: the worker reads
