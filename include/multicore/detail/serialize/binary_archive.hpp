@@ -51,6 +51,8 @@ class CheckedBinaryOutputArchive
         out_(out) {}
 
   void saveBinary(const void* data, std::size_t n) { out_.write(data, n); }
+  /// Where the bytes go, for a Codec<T> element.
+  Writer& writer() noexcept { return out_; }
 
  private:
   Writer& out_;
@@ -67,6 +69,8 @@ class CheckedBinaryInputArchive
   /// Copies the next `n` bytes to `data`; throws SerializationError when fewer are left.
   void loadBinary(void* data, std::size_t n) { in_.read(data, n); }
   std::size_t remaining() const noexcept { return in_.remaining(); }
+  /// The bytes left, for a Codec<T> element.
+  Reader& reader() noexcept { return in_; }
 
   /// A container claims `count` elements. Every element cereal writes takes at least one byte
   /// (elements of an empty type aside), so a count beyond the bytes left is corrupt; checking it
@@ -220,12 +224,28 @@ void CEREAL_LOAD_FUNCTION_NAME(CheckedBinaryInputArchive& archive, std::valarray
   if (size != 0) archive(cereal::binary_data(&valarray[0], valarray.size() * sizeof(T)));
 }
 
-/// A trivially copyable type that cereal cannot serialize on its own; inside a cereal value it
-/// goes as raw bytes, as it does on its own. (Asking cereal's standard archives, which never see
-/// these overloads, keeps the constraint from depending on itself.)
+// The encoding rule inside cereal values (see traits.hpp): an element with a Codec<T> is written
+// by its Codec (rule 1, preferred by cereal even when T has cereal functions too: see the
+// cereal::specialize below), the user's cereal functions are cereal's business (rule 2), and a
+// plain raw value goes as its bytes, a std::vector of them as one memcpy (rule 3).
+
+template <codec_element T>
+void CEREAL_SAVE_FUNCTION_NAME(CheckedBinaryOutputArchive& archive, const T& value) {
+  Codec<T>::encode(archive.writer(), value);
+}
+
+template <codec_element T>
+void CEREAL_LOAD_FUNCTION_NAME(CheckedBinaryInputArchive& archive, T& value) {
+  value = Codec<T>::decode(archive.reader());
+}
+
+/// A plain raw value that cereal cannot serialize on its own goes as its bytes. (Asking cereal's
+/// standard archives, which never see these overloads, keeps the constraint from depending on
+/// itself; a std::array or std::complex of raw values has cereal's functions, which write the
+/// same bytes.)
 template <class T>
 concept raw_fallback =
-    raw_value<T> && !std::is_arithmetic_v<T> && std::default_initializable<T> &&
+    plain_raw<T> && !std::is_arithmetic_v<T> && std::default_initializable<T> &&
     !cereal::traits::is_output_serializable<T, cereal::BinaryOutputArchive>::value &&
     !cereal::traits::is_input_serializable<T, cereal::BinaryInputArchive>::value;
 
@@ -239,6 +259,28 @@ void CEREAL_LOAD_FUNCTION_NAME(CheckedBinaryInputArchive& archive, T& value) {
   archive.loadBinary(std::addressof(value), sizeof(T));
 }
 
+// A std::vector of raw_fallback elements: one memcpy instead of one call per element (cereal's
+// own overload does this for arithmetic elements). The same bytes as element by element.
+template <raw_fallback E, class A>
+void CEREAL_SAVE_FUNCTION_NAME(CheckedBinaryOutputArchive& archive,
+                               const std::vector<E, A>& vector) {
+  archive(cereal::make_size_tag(static_cast<cereal::size_type>(vector.size())));
+  archive.saveBinary(vector.data(), vector.size() * sizeof(E));
+}
+
+template <raw_fallback E, class A>
+void CEREAL_LOAD_FUNCTION_NAME(CheckedBinaryInputArchive& archive, std::vector<E, A>& vector) {
+  cereal::size_type size = 0;
+  archive(cereal::make_size_tag(size));
+  if (size > archive.remaining() / sizeof(E)) {  // before allocating for elements not there
+    throw SerializationError("multicore: corrupt data: a vector claims " + std::to_string(size) +
+                             " elements of " + std::to_string(sizeof(E)) + " bytes, but only " +
+                             std::to_string(archive.remaining()) + " bytes are left");
+  }
+  vector.resize(static_cast<std::size_t>(size));
+  archive.loadBinary(vector.data(), vector.size() * sizeof(E));
+}
+
 }  // namespace multicore::detail
 
 // Polymorphic types registered with cereal bind to these archives too, and save_minimal /
@@ -247,3 +289,13 @@ CEREAL_REGISTER_ARCHIVE(multicore::detail::CheckedBinaryOutputArchive)
 CEREAL_REGISTER_ARCHIVE(multicore::detail::CheckedBinaryInputArchive)
 CEREAL_SETUP_ARCHIVE_TRAITS(multicore::detail::CheckedBinaryInputArchive,
                             multicore::detail::CheckedBinaryOutputArchive)
+
+namespace cereal {
+// A Codec<T> element is written by its Codec even when T has cereal functions too (rule 1).
+template <multicore::detail::codec_element T>
+struct specialize<multicore::detail::CheckedBinaryOutputArchive, T,
+                  specialization::non_member_load_save> {};
+template <multicore::detail::codec_element T>
+struct specialize<multicore::detail::CheckedBinaryInputArchive, T,
+                  specialization::non_member_load_save> {};
+}  // namespace cereal

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cereal/archives/json.hpp>
+#include <cereal/external/base64.hpp>
 #include <cstddef>
 #include <exception>
 #include <istream>
@@ -186,3 +187,37 @@ inline void check_json_text(std::span<const std::byte> text) {
 }
 
 }  // namespace multicore::detail
+
+// A Codec<T> element inside a JSON value (rule 1 of the encoding rule, traits.hpp) is its
+// Codec's bytes as a base64 string. These are in namespace cereal because cereal finds an
+// archive's functions by argument-dependent lookup, and these archives are cereal's.
+namespace cereal {
+
+template <multicore::detail::codec_element T>
+std::string CEREAL_SAVE_MINIMAL_FUNCTION_NAME(const JSONOutputArchive& /*archive*/,
+                                              const T& value) {
+  multicore::Writer bytes;
+  multicore::Codec<T>::encode(bytes, value);
+  return base64::encode(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+}
+
+template <multicore::detail::codec_element T>
+void CEREAL_LOAD_MINIMAL_FUNCTION_NAME(const JSONInputArchive& /*archive*/, T& value,
+                                       const std::string& text) {
+  const std::string bytes = base64::decode(text);  // stops at the first non-base64 character
+  multicore::Reader in(std::as_bytes(std::span(bytes)));
+  value = multicore::Codec<T>::decode(in);
+  if (in.remaining() != 0) {
+    throw multicore::SerializationError(
+        "multicore: corrupt data: " + std::to_string(in.remaining()) +
+        " bytes left over after a Codec value");
+  }
+}
+
+// Preferred even when T has cereal functions too.
+template <multicore::detail::codec_element T>
+struct specialize<JSONOutputArchive, T, specialization::non_member_load_save_minimal> {};
+template <multicore::detail::codec_element T>
+struct specialize<JSONInputArchive, T, specialization::non_member_load_save_minimal> {};
+
+}  // namespace cereal

@@ -199,9 +199,10 @@ T decode_raw_sequence(Reader& in) {
 /// are its last value. Smaller ones are cheap to copy through a buffer that stays in cache.
 inline constexpr std::size_t min_tail_bytes = std::size_t{64} << 10;
 
-/// Values that can form a message's tail: raw sequences encoded as such, not by a Codec.
+/// Values that can form a message's tail: those the encoding rule sends as a raw sequence.
 template <class T>
-concept tail_value = raw_sequence<T> && !has_codec<T>;
+concept tail_value = encoding_of<T>(Format::binary)
+== Encoding::raw_sequence;
 
 /// The tail `value` forms as its message's last value in `format`: the bytes of its elements
 /// when it is a large enough raw sequence, else 0.

@@ -163,9 +163,45 @@ std::string json_unsupported_message() {
          " (or a multicore::Codec<" + name + "> specialisation), or use Format::binary";
 }
 
-/// Appends `value` to `out` in `format`, using the first encoding that applies:
-///   Format::binary: Codec<T>, then raw bytes, then a raw sequence, then cereal's binary archive;
-///   Format::json:   Codec<T>, then cereal's JSON archive; a type with neither throws.
+/// Appends `value` in format F, encoded by the encoding rule (encoding_of(), traits.hpp).
+template <Format F, class T>
+void encode_value(Writer& out, const T& value) {
+  constexpr Encoding how = encoding_of<T>(F);
+  if constexpr (how == Encoding::codec) {
+    Codec<T>::encode(out, value);
+  } else if constexpr (how == Encoding::raw) {
+    out.write(std::addressof(value), sizeof(T));
+  } else if constexpr (how == Encoding::raw_sequence) {
+    encode_raw_sequence(out, value);
+  } else if constexpr (F == Format::binary) {
+    encode_cereal<Format::binary>(out, value);
+  } else if constexpr (json_value<T>) {
+    encode_cereal<Format::json>(out, value);
+  } else {
+    throw SerializationError(json_unsupported_message<T>());
+  }
+}
+
+/// Reads what encode_value<F> wrote.
+template <Format F, class T>
+T decode_value(Reader& in) {
+  constexpr Encoding how = encoding_of<T>(F);
+  if constexpr (how == Encoding::codec) {
+    return Codec<T>::decode(in);
+  } else if constexpr (how == Encoding::raw) {
+    return decode_raw_value<T>(in);
+  } else if constexpr (how == Encoding::raw_sequence) {
+    return decode_raw_sequence<T>(in);
+  } else if constexpr (F == Format::binary) {
+    return decode_cereal<Format::binary, T>(in);
+  } else if constexpr (json_value<T>) {
+    return decode_cereal<Format::json, T>(in);
+  } else {
+    throw SerializationError(json_unsupported_message<T>());
+  }
+}
+
+/// Appends `value` to `out` in `format`, encoded by the encoding rule (encoding_of()).
 /// Throws SerializationError naming the type if encoding fails; `out` is then left as it was.
 template <class T>
 void encode(Writer& out, const T& value, Format format) {
@@ -179,20 +215,10 @@ void encode(Writer& out, const T& value, Format format) {
   const std::size_t start = out.size();
   try {
     check_format(format);
-    if constexpr (has_codec<T>) {
-      Codec<T>::encode(out, value);
-    } else if (format == Format::json) {
-      if constexpr (json_value<T>) {
-        encode_cereal<Format::json>(out, value);
-      } else {
-        throw SerializationError(json_unsupported_message<T>());
-      }
-    } else if constexpr (raw_value<T>) {
-      out.write(std::addressof(value), sizeof(T));
-    } else if constexpr (raw_sequence<T>) {
-      encode_raw_sequence(out, value);
+    if (format == Format::json) {
+      encode_value<Format::json>(out, value);
     } else {
-      encode_cereal<Format::binary>(out, value);
+      encode_value<Format::binary>(out, value);
     }
   } catch (const abi::__forced_unwind&) {  // thread cancellation must keep unwinding
     out.resize(start);
@@ -219,21 +245,8 @@ T decode(Reader& in, Format format) {
                 "multicore::Codec<T>.");
   try {
     check_format(format);
-    if constexpr (has_codec<T>) {
-      return Codec<T>::decode(in);
-    } else if (format == Format::json) {
-      if constexpr (json_value<T>) {
-        return decode_cereal<Format::json, T>(in);
-      } else {
-        throw SerializationError(json_unsupported_message<T>());
-      }
-    } else if constexpr (raw_value<T>) {
-      return decode_raw_value<T>(in);
-    } else if constexpr (raw_sequence<T>) {
-      return decode_raw_sequence<T>(in);
-    } else {
-      return decode_cereal<Format::binary, T>(in);
-    }
+    if (format == Format::json) return decode_value<Format::json, T>(in);
+    return decode_value<Format::binary, T>(in);
   } catch (const abi::__forced_unwind&) {
     throw;
   } catch (...) {
@@ -246,7 +259,7 @@ T decode(Reader& in, Format format) {
 /// throws, and then leaves no T in `where`.
 template <class T>
 T* decode_at(void* where, Reader& in, Format format) {
-  if constexpr (raw_value<T> && !has_codec<T>) {
+  if constexpr (encoding_of<T>(Format::binary) == Encoding::raw) {
     if (format == Format::binary) {
       try {
         return raw_value_at<T>(where, in.take(sizeof(T)).data());

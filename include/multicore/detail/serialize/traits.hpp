@@ -4,6 +4,8 @@
 #pragma once
 
 #include <array>
+#include <bitset>
+#include <cereal/archives/binary.hpp>  // user_cereal asks cereal's own archives
 #include <cereal/cereal.hpp>
 #include <cereal/types/array.hpp>
 #include <cereal/types/bitset.hpp>
@@ -24,8 +26,11 @@
 #include <cereal/types/valarray.hpp>
 #include <cereal/types/variant.hpp>
 #include <cereal/types/vector.hpp>
+#include <chrono>
+#include <complex>
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <forward_list>
 #include <list>
@@ -46,6 +51,7 @@
 #include <vector>
 
 #include "../../codec.hpp"
+#include "../../options.hpp"
 
 namespace cereal {
 class JSONOutputArchive;
@@ -94,25 +100,12 @@ concept codec_declared = requires {
   sizeof(Codec<T>);
 };
 
-/// Sent as a memcpy of its object representation. Decoding trusts the bytes to be one: corrupt
+/// Trivially copyable: its object representation can be sent as a memcpy (whether it is depends
+/// on the encoding rule, see encoding_of()). Decoding trusts the bytes to be one: corrupt
 /// bytes give a wrong value (or, for a bool or enum member, an invalid one), never a bad read.
 template <class T>
 concept raw_value = std::is_trivially_copyable_v<T> && std::is_object_v<T> && !std::is_array_v<T> &&
                     !address_value<T> && !view_value<T>;
-
-template <class T>
-struct is_raw_sequence : std::false_type {};
-// std::vector<bool> is excluded: it packs bits and has no data().
-template <class E>
-struct is_raw_sequence<std::vector<E, std::allocator<E>>>
-    : std::bool_constant<raw_value<E> && !std::is_same_v<E, bool>> {};
-template <class E, class Traits>
-struct is_raw_sequence<std::basic_string<E, Traits, std::allocator<E>>>
-    : std::bool_constant<raw_value<E>> {};
-
-/// A contiguous std container of raw values: sent as an element count and one memcpy.
-template <class T>
-concept raw_sequence = is_raw_sequence<T>::value;
 
 // ---------------------------------------------------------------------------------------------
 // Which types cereal can carry.
@@ -253,11 +246,125 @@ concept cereal_value =
     deeply_serializable<CheckedBinaryOutputArchive, CheckedBinaryInputArchive, T>() &&
     std::default_initializable<T> && std::move_constructible<T>;
 
+// ---------------------------------------------------------------------------------------------
+// The encoding rule: how a value of type T is sent, the same in every place a value crosses
+// (arguments, results, map items and blocks, tails, size hints, both formats, inside cereal
+// values). In this order:
+//   1. Codec<T> when specialised;
+//   2. the user's own cereal functions (member or free, versioned or not, any of serialize,
+//      save/load, save_minimal/load_minimal);
+//   3. raw bytes for trivially copyable values, one memcpy (or a message's tail) for a
+//      std::vector or std::basic_string of them;
+//   4. cereal for standard containers and the rest.
+// In Format::json rows 3 and 4 are cereal's JSON archive (raw bytes are not JSON).
+
+template <class T>
+struct is_std_leaf : std::false_type {};
+template <class Rep, class Period>
+struct is_std_leaf<std::chrono::duration<Rep, Period>> : std::true_type {};
+template <class Clock, class Duration>
+struct is_std_leaf<std::chrono::time_point<Clock, Duration>> : std::true_type {};
+template <class E>
+struct is_std_leaf<std::complex<E>> : std::true_type {};
+template <std::size_t N>
+struct is_std_leaf<std::bitset<N>> : std::true_type {};
+
+/// A type cereal has its own functions for: arithmetic types, enums, pointers (cereal's only
+/// static_asserts), standard templates.
+template <class T>
+concept cereal_builtin =
+    std::is_arithmetic_v<T> || std::is_enum_v<T> || std::is_pointer_v<T> || is_std_leaf<T>::value ||
+    !std::is_same_v<typename nested_types<T>::type, type_list<>> ||
+    is_basic_string<T>::value;
+
+/// The user wrote cereal functions for T; cereal's own functions for standard types do not
+/// count. (Asked of cereal's standard archives, which never see multicore's overloads, so the
+/// answer cannot depend on itself.)
+template <class T>
+concept user_cereal =
+    !cereal_builtin<T> &&
+    (cereal::traits::detail::count_output_serializers<T, cereal::BinaryOutputArchive>::value != 0 ||
+     cereal::traits::detail::count_input_serializers<T, cereal::BinaryInputArchive>::value != 0);
+
+template <class T>
+consteval bool sent_raw();
+
+template <class... Ts>
+consteval bool all_sent_raw(type_list<Ts...> /*types*/) {
+  return (sent_raw<Ts>() && ...);
+}
+
+/// Row 3 applies: trivially copyable, and neither T nor a type a standard T is made of (the E of
+/// a std::array<E, N> or std::optional<E>) has a Codec or the user's cereal functions.
+template <class T>
+consteval bool sent_raw() {
+  if constexpr (!raw_value<T> || has_codec<T> || user_cereal<T>) {
+    return false;
+  } else {
+    return all_sent_raw(typename nested_types<T>::type{});
+  }
+}
+
+/// Sent as a memcpy of its object representation (in Format::binary).
+template <class T>
+concept plain_raw = sent_raw<T>();
+
+template <class T>
+struct is_raw_sequence : std::false_type {};
+// std::vector<bool> is excluded: it packs bits and has no data().
+template <class E>
+struct is_raw_sequence<std::vector<E, std::allocator<E>>>
+    : std::bool_constant<plain_raw<E> && !std::is_same_v<E, bool>> {};
+template <class E, class Traits>
+struct is_raw_sequence<std::basic_string<E, Traits, std::allocator<E>>>
+    : std::bool_constant<plain_raw<E>> {};
+
+/// A contiguous std container of plain raw values: sent as an element count and one memcpy.
+template <class T>
+concept raw_sequence = is_raw_sequence<T>::value;
+
+/// A value inside a cereal value (an element, a member) that its Codec<T> writes. Arithmetic
+/// types are left to cereal: their functions also write cereal's own sizes and ids, which a
+/// user's Codec must not change.
+template <class T>
+concept codec_element = has_codec<T> && !std::is_arithmetic_v<T>;
+
+/// How a value is sent; see encoding_of().
+enum class Encoding : std::uint8_t {
+  codec,         ///< Codec<T>::encode / decode
+  user_cereal,   ///< the user's cereal functions, through cereal's archive for the format
+  raw,           ///< sizeof(T) bytes
+  raw_sequence,  ///< u64 element count, then the elements' bytes (or a message's tail)
+  cereal,        ///< cereal's archive for the format
+  none,          ///< cannot be sent
+};
+
+/// The encoding rule (see above), decided at compile time. In Format::json, `cereal` means
+/// cereal's JSON archive, which reports a type it cannot carry when encoding (json.hpp).
+template <class T>
+consteval Encoding encoding_of(Format format) {
+  if constexpr (address_value<T> || view_value<T>) {
+    return Encoding::none;  // even with a Codec: a decoded view could only point into a buffer
+  } else if constexpr (has_codec<T>) {
+    return Encoding::codec;
+  } else if (format == Format::json) {
+    return user_cereal<T> ? Encoding::user_cereal : Encoding::cereal;
+  } else if constexpr (user_cereal<T>) {
+    return cereal_value<T> ? Encoding::user_cereal : Encoding::none;
+  } else if constexpr (plain_raw<T>) {
+    return Encoding::raw;
+  } else if constexpr (raw_sequence<T>) {
+    return Encoding::raw_sequence;
+  } else {
+    return cereal_value<T> ? Encoding::cereal : Encoding::none;
+  }
+}
+
 /// Can cross a process boundary as a task argument or result. Pointers and views never can,
 /// even with a Codec: their decoded value could only point into the receiver's buffers.
 template <class T>
-concept sendable = !address_value<T> && !view_value<T> &&
-                   (has_codec<T> || raw_value<T> || raw_sequence<T> || cereal_value<T>);
+concept sendable = encoding_of<T>(Format::binary)
+!= Encoding::none;
 
 // ---------------------------------------------------------------------------------------------
 // Compile-time checks with messages a user can act on. Each check fires at most one
