@@ -156,7 +156,12 @@ class Reader {
 };
 
 /// Customisation point: specialise it to choose how a type is encoded. A specialisation takes
-/// priority over every built-in encoding, in both Format::binary and Format::json:
+/// priority over every built-in encoding (row 1 of the encoding rule, see README "Callables and
+/// values"), in both Format::binary and Format::json, wherever T is sent: as an argument,
+/// result or map item, and inside containers and other cereal values (for a class or enum T;
+/// arithmetic types inside cereal values keep cereal's encoding). In Format::json a T inside a
+/// JSON value is the base64 of the bytes `encode` wrote. A Codec that copies the bytes, as this
+/// one does, forces raw bytes for a trivially copyable type that has cereal functions:
 ///
 ///     template <>
 ///     struct multicore::Codec<Point> {

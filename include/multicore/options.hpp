@@ -42,7 +42,7 @@ struct MapOptions {
 
 /// Wire format of a `Task`'s arguments and results.
 enum class Format {
-  binary,  ///< raw bytes for trivially copyable values, cereal's binary archive otherwise
+  binary,  ///< by the encoding rule: Codec, your cereal functions, raw bytes, cereal (README)
   json,    ///< cereal's JSON archive for every value (each needs a cereal serialize())
 };
 

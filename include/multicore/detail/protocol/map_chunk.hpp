@@ -43,7 +43,8 @@ enum class ChunkLayout : std::uint8_t {
 
 /// Values whose encoding is their bytes: a chunk of them travels as one block.
 template <class T>
-concept block_value = raw_value<T> && !has_codec<T>;
+concept block_value = encoding_of<T>(Format::binary)
+== Encoding::raw;
 
 /// Appends items, each encoded as encode<T> would (for raw values: as one block).
 template <class T>

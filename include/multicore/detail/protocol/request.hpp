@@ -35,11 +35,10 @@ inline void finish_request(Writer& msg, std::uint64_t entry, Format format, unsi
 /// vector would copy it several times over.
 template <class T>
 std::size_t size_hint(const T& value) noexcept {
-  if constexpr (has_codec<T>) {
-    return 0;
-  } else if constexpr (raw_value<T>) {
+  constexpr Encoding how = encoding_of<T>(Format::binary);  // the only format with a hint
+  if constexpr (how == Encoding::raw) {
     return sizeof(T);
-  } else if constexpr (raw_sequence<T>) {
+  } else if constexpr (how == Encoding::raw_sequence) {
     return sizeof(std::uint64_t) + value.size() * sizeof(typename T::value_type);
   } else {
     return 0;
