@@ -104,7 +104,6 @@ inline detail::ShmOptions shm_options(const ClusterOptions& o, unsigned workers)
   shm.ring_bytes = o.ring_bytes;
   shm.on_start = o.on_worker_start;
   shm.max_tasks = o.max_tasks_per_worker;
-  shm.report_starts = o.task_timeout.count() > 0;
   return shm;
 }
 

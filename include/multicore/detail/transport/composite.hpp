@@ -39,8 +39,10 @@ class CompositeTransport final : public Transport {
   Capabilities capabilities() const noexcept override {
     Capabilities c;
     for (const Transport* p : parts_) {
-      c.same_image = c.same_image && p->capabilities().same_image;
-      c.same_machine = c.same_machine && p->capabilities().same_machine;
+      const Capabilities part = p->capabilities();
+      c.same_image = c.same_image && part.same_image;
+      c.same_machine = c.same_machine && part.same_machine;
+      c.max_in_flight = std::min(c.max_in_flight, part.max_in_flight);
     }
     return c;
   }
@@ -48,6 +50,12 @@ class CompositeTransport final : public Transport {
   void start(unsigned k) override { part(k).start(local(k)); }
   void kill(unsigned k) noexcept override { part(k).kill(local(k)); }
   bool try_stop(unsigned k) noexcept override { return part(k).try_stop(local(k)); }
+  void resume() noexcept override {
+    for (Transport* p : parts_) p->resume();
+  }
+  void cancel(unsigned k, std::uint64_t task_id) noexcept override {
+    part(k).cancel(local(k), task_id);
+  }
   bool try_send(unsigned k, std::span<const std::byte> message) noexcept override {
     return part(k).try_send(local(k), message);
   }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <optional>
 #include <span>
@@ -102,6 +103,10 @@ class Agent final : private TailRouter {
       exiting_ = true;
       return;
     }
+    if (m.header.kind == Kind::resume) {
+      local_.resume();
+      return;
+    }
     if (m.header.slot >= slots_.size()) return;  // malformed: ignore
     const unsigned j = m.header.slot;
     Slot& s = slots_[j];
@@ -130,6 +135,9 @@ class Agent final : private TailRouter {
       case Kind::request:
         if (m.header.life == s.life) s.queued.push_back(std::move(m.bytes));
         break;
+      case Kind::cancel:
+        if (m.header.life == s.life) cancel(j, m.header.task_id);
+        break;
       default:
         break;
     }
@@ -150,6 +158,27 @@ class Agent final : private TailRouter {
     Writer w;
     w.write(&h, sizeof h);
     return w;
+  }
+
+  /// Rank 0 no longer wants `task_id`'s answer: a request still here is answered with nothing
+  /// (as a worker answers a request it skips); one the worker has is left to it to skip.
+  void cancel(unsigned j, std::uint64_t task_id) {
+    Slot& s = slots_[j];
+    for (auto it = s.queued.begin(); it != s.queued.end(); ++it) {
+      RequestHeader request;
+      if (it->size() < sizeof request) continue;
+      std::memcpy(&request, it->data(), sizeof request);
+      if (request.kind != RequestKind::call || request.task_id != task_id) continue;
+      s.queued.erase(it);
+      Header h;
+      h.kind = Kind::answer;
+      h.slot = j;
+      h.life = s.worker_life;
+      h.task_id = task_id;
+      outbox_.post(0, h, {});
+      return;
+    }
+    local_.cancel(j, task_id);
   }
 
   /// Hands the next queued request to slot j's worker when it can take one.
@@ -191,6 +220,11 @@ class Agent final : private TailRouter {
         return;
       case Event::Kind::running:
         h.kind = Kind::running;
+        h.value = e.since_ns == 0 ? -1 : steady_now_ns() - e.since_ns;
+        outbox_.post(0, h, {});
+        return;
+      case Event::Kind::stopped:
+        h.kind = Kind::stopped;
         h.value = e.since_ns == 0 ? -1 : steady_now_ns() - e.since_ns;
         outbox_.post(0, h, {});
         return;

@@ -98,9 +98,9 @@ inline std::string mismatch(int rank, const Card& ours, const Card& theirs) {
     if (i >= b.size()) return who + " lacks a module rank 0 loads: " + a[i].second;
     const bool ids = a[i].first != "-" && b[i].first != "-";
     if (ids ? a[i].first != b[i].first : a[i].second != b[i].second) {
-      const auto name = [](const std::string& n) { return n.empty() ? "the executable" : n; };
-      return who + " runs a different build: its module " + name(b[i].second) + " has build-id " +
-             b[i].first + ", rank 0's " + name(a[i].second) + " has " + a[i].first;
+      const std::string what = b[i].second.empty() ? "the executable" : b[i].second;
+      return who + " runs a different build of " + what + " (build-id " + b[i].first +
+             ") than rank 0 (" + a[i].first + ")";
     }
   }
   return {};
@@ -115,7 +115,7 @@ inline Roster meet(unsigned workers, const std::string& problem) {
   MPI_Comm_size(MPI_COMM_WORLD, &ranks);
   const std::string mine = card(workers, problem);
   const int size = static_cast<int>(mine.size());
-  std::vector<int> sizes(rank == 0 ? ranks : 0);
+  std::vector<int> sizes(rank == 0 ? static_cast<std::size_t>(ranks) : 0);
   check(MPI_Gather(&size, 1, MPI_INT, sizes.data(), 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Gather");
   std::vector<int> offsets(sizes.size());
   std::string all;
@@ -135,8 +135,9 @@ inline Roster meet(unsigned workers, const std::string& problem) {
     const Card ours = read_card(mine);
     if (!ours.problem.empty()) roster.error = "multicore: rank 0: " + ours.problem;
     for (int r = 1; r < ranks && roster.error.empty(); ++r) {
-      const Card theirs = read_card(
-          all.substr(static_cast<std::size_t>(offsets[r]), static_cast<std::size_t>(sizes[r])));
+      const Card theirs =
+          read_card(all.substr(static_cast<std::size_t>(offsets[static_cast<std::size_t>(r)]),
+                               static_cast<std::size_t>(sizes[static_cast<std::size_t>(r)])));
       roster.error = mismatch(r, ours, theirs);
       roster.agents.push_back({r, theirs.workers, theirs.host});
     }

@@ -26,9 +26,10 @@ namespace multicore::detail::mpi {
 // of messages (one tag), so what rank 0 says to an agent arrives in the order it was said:
 //
 //   down (rank 0 -> agent):  start j | kill j | stop j | request j (+ the request's bytes) |
-//                            exit
-//   up (agent -> rank 0):    ready j | running j task elapsed | answer j task (+ its bytes) |
-//                            died j (+ a DeathRecord and its text) | bye
+//                            cancel j task | resume | exit
+//   up (agent -> rank 0):    ready j | running j task elapsed | stopped j elapsed |
+//                            answer j task (+ its bytes) | died j (+ a DeathRecord and its text)
+//                            | bye
 //
 // A message is a Header, then its `bytes` in pieces of at most max_piece (MPI counts are ints;
 // pieces also let a large payload start moving before it is all sent). MPI never lets messages
@@ -51,12 +52,15 @@ enum class Kind : std::uint32_t {
   stop = 3,
   request = 4,
   exit = 5,
+  resume = 6,  ///< continue every worker stopped from outside
+  cancel = 7,  ///< skip `task_id` if not started
   // up
   ready = 16,
   running = 17,
   answer = 18,
   died = 19,
   bye = 20,
+  stopped = 21,  ///< value: ns it has been stopped for, as the agent sends this (-1: continued)
 };
 
 struct Header {
@@ -128,7 +132,8 @@ inline void check(int code, const char* what) {
   char text[MPI_MAX_ERROR_STRING];
   int length = 0;
   MPI_Error_string(code, text, &length);
-  throw Error(std::string("multicore: ") + what + " failed: " + std::string(text, length));
+  throw Error(std::string("multicore: ") + what +
+              " failed: " + std::string(text, static_cast<std::size_t>(length)));
 }
 
 /// Messages being sent without blocking. A message's header and owned bytes live here until

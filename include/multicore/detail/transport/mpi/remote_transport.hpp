@@ -54,7 +54,7 @@ class RemoteTransport final : public Transport {
   ~RemoteTransport() override { close(); }
 
   unsigned size() const noexcept override { return static_cast<unsigned>(slots_.size()); }
-  Capabilities capabilities() const noexcept override { return {false, false}; }
+  Capabilities capabilities() const noexcept override { return {false, false, 64}; }
 
   void start(unsigned k) override {
     std::lock_guard lock(mutex_);
@@ -80,6 +80,31 @@ class RemoteTransport final : public Transport {
       return true;
     } catch (...) {
       return false;
+    }
+  }
+
+  void resume() noexcept override {
+    std::lock_guard lock(mutex_);
+    try {
+      for (const AgentInfo& a : agents_) {
+        Header h;
+        h.kind = Kind::resume;
+        outbox_.post(a.rank, h, {});
+      }
+    } catch (...) {  // MPI failed: the job is ending anyway
+    }
+  }
+
+  void cancel(unsigned k, std::uint64_t task_id) noexcept override {
+    std::lock_guard lock(mutex_);
+    try {
+      Header h;
+      h.kind = Kind::cancel;
+      h.slot = slots_[k].worker;
+      h.life = slots_[k].life;
+      h.task_id = task_id;
+      outbox_.post(agent_rank(k), h, {});
+    } catch (...) {
     }
   }
 
@@ -238,6 +263,10 @@ class RemoteTransport final : public Transport {
           break;
         case Kind::running:
           p.event.kind = Event::Kind::running;
+          p.event.since_ns = m->header.value < 0 ? 0 : steady_now_ns() - m->header.value;
+          break;
+        case Kind::stopped:
+          p.event.kind = Event::Kind::stopped;
           p.event.since_ns = m->header.value < 0 ? 0 : steady_now_ns() - m->header.value;
           break;
         case Kind::answer:
