@@ -721,8 +721,8 @@ class Lent final : public Transport {
   bool sending(unsigned k) const noexcept override { return fake_->sending(k); }
   Event poll(unsigned k, TailRouter& router) noexcept override { return fake_->poll(k, router); }
   bool may_have_events(unsigned k) const noexcept override { return fake_->may_have_events(k); }
-  void wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept override {
-    fake_->wait(deadline, spin);
+  bool wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept override {
+    return fake_->wait(deadline, spin);
   }
   void wake() noexcept override { fake_->wake(); }
   void callers_polling(int delta) noexcept override { fake_->callers_polling(delta); }
