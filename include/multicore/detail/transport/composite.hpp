@@ -57,6 +57,10 @@ class CompositeTransport final : public Transport {
     part(k).cancel(local(k), task_id);
   }
   bool try_send(unsigned k, std::span<const std::byte> message) noexcept override {
+    if (where_[k].first != 0) {
+      others_active_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                           std::memory_order_relaxed);
+    }
     return part(k).try_send(local(k), message);
   }
   bool pump(unsigned k) noexcept override { return part(k).pump(local(k)); }
@@ -74,17 +78,27 @@ class CompositeTransport final : public Transport {
     if (parts_.size() == 1) return parts_[0]->wait(deadline, spin);
     // Naps on the first part, which wakes at once for its own events; looks at the others
     // between naps (a wait whose deadline has passed is a look).
+    // Looking costs (MPI_Iprobe); when the other parts have had nothing to say and nothing was
+    // sent to them for a second, naps grow longer: an idle pool costs almost no CPU, and an
+    // answer after a long quiet spell waits at most max_idle_nap more.
     auto nap = std::chrono::microseconds(2);
     for (;;) {
+      const auto looked = std::chrono::steady_clock::now();
       for (std::size_t i = 1; i < parts_.size(); ++i) {
-        if (parts_[i]->wait({}, false)) return true;
+        if (parts_[i]->wait({}, false)) {
+          others_active_.store(looked.time_since_epoch().count(), std::memory_order_relaxed);
+          return true;
+        }
       }
       if (woken_.exchange(false)) return true;
       const auto now = std::chrono::steady_clock::now();
       if (now >= deadline) return false;
       if (parts_[0]->wait(std::min(deadline, now + nap), spin)) return true;
       spin = false;
-      nap = std::min<std::chrono::microseconds>(nap * 2, max_nap);
+      const auto quiet =
+          now.time_since_epoch().count() - others_active_.load(std::memory_order_relaxed);
+      const bool long_quiet = quiet > std::chrono::nanoseconds(std::chrono::seconds(1)).count();
+      nap = std::min<std::chrono::microseconds>(nap * 2, long_quiet ? max_idle_nap : max_nap);
     }
   }
 
@@ -113,6 +127,7 @@ class CompositeTransport final : public Transport {
 
  private:
   static constexpr std::chrono::microseconds max_nap{1000};
+  static constexpr std::chrono::microseconds max_idle_nap{20000};
 
   struct Where {
     Transport* part;
@@ -142,6 +157,8 @@ class CompositeTransport final : public Transport {
   std::vector<unsigned> first_;
   std::vector<Where> where_;
   std::atomic<bool> woken_{false};
+  /// When a part other than the first last had news or was sent a message (steady_clock ticks).
+  std::atomic<std::chrono::steady_clock::rep> others_active_{0};
   bool closed_ = false;
 };
 
