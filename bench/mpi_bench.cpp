@@ -185,6 +185,14 @@ void BM_Map(benchmark::State& state) {
   state.counters["workers"] = the_pool->size();
 }
 
+// Baseline: the CPU items one after the other in this process.
+void BM_CpuSequential(benchmark::State& state) {
+  long sum = 0, done = 0;
+  for (auto _ : state) sum += cpu_item(done++);
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(done);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -220,6 +228,7 @@ int main(int argc, char** argv) {
   } else {
     benchmark::RegisterBenchmark("BM_MapTrivial", BM_Map<trivial>)->Arg(100'000)->UseRealTime();
     benchmark::RegisterBenchmark("BM_MapCpu", BM_Map<cpu_item>)->Arg(600)->UseRealTime();
+    benchmark::RegisterBenchmark("BM_CpuSequential", BM_CpuSequential)->UseRealTime();
   }
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
