@@ -23,6 +23,7 @@
 #include "detail/transport/mpi/mpi_api.hpp"
 #include "detail/transport/mpi/remote_transport.hpp"
 #include "detail/transport/shm/shm_transport.hpp"
+#include "detail/util/threads.hpp"
 #include "errors.hpp"
 #include "options.hpp"
 #include "pool.hpp"
@@ -43,6 +44,8 @@ struct ClusterOptions {
   std::chrono::milliseconds task_timeout{0};
   /// 0: unlimited. Otherwise each worker is replaced after running this many tasks.
   std::size_t max_tasks_per_worker = 0;
+  /// Other threads running as the Cluster makes its fork server (see PoolOptions).
+  OtherThreads other_threads = OtherThreads::warn;
 };
 
 /// The machines of an MPI job, made into one set of workers for a Pool.
@@ -129,6 +132,7 @@ inline Cluster::Cluster(int& argc, char**& argv, ClusterOptions options)
         "made first, so that workers carry no MPI state");
   }
   const PoolOptions checked = detail::validated(detail_cluster::pool_options(options_));
+  detail::check_other_threads(options_.other_threads, "a Cluster", "ClusterOptions::other_threads");
   options_.ring_bytes = checked.ring_bytes;
   local_ = std::make_unique<detail::ShmTransport>(
       detail_cluster::shm_options(options_, checked.workers));

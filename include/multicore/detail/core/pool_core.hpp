@@ -23,6 +23,7 @@
 #include "../transport/shm/shm_transport.hpp"
 #include "../transport/shm/zygote.hpp"
 #include "../util/process.hpp"
+#include "../util/threads.hpp"
 #include "scheduler.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -113,6 +114,7 @@ class PoolCore {
       run_on_worker_start_here();
       return;
     }
+    check_other_threads(options_.other_threads, "a Pool", "PoolOptions::other_threads");
     ShmOptions shm;
     shm.workers = options_.workers;
     shm.ring_bytes = options_.ring_bytes;
