@@ -8,6 +8,15 @@
 
 namespace multicore {
 
+/// What to do when other threads run as a `Pool` (or `mpi::Cluster`) forks its fork server:
+/// whatever they hold at that moment (a lock, an OpenMP runtime's thread pool) is copied into
+/// every worker half-made, and tasks that touch it can hang.
+enum class OtherThreads {
+  warn,    ///< say so once per process on stderr, with what to do (the default)
+  ignore,  ///< say nothing (you know the threads hold nothing tasks need)
+  error,   ///< throw multicore::Error instead of making the pool
+};
+
 /// How a `Pool` is built. Every field has a sensible default; `Pool(PoolOptions{})` uses
 /// one worker per usable core.
 struct PoolOptions {
@@ -29,6 +38,9 @@ struct PoolOptions {
   /// Debug aid: run every task in the calling process, through the same encode/decode path.
   /// `MULTICORE_INLINE=1` in the environment does the same for every pool.
   bool run_inline = false;
+  /// Other threads running as the pool is made (see OtherThreads; multicore's own threads,
+  /// other pools' included, do not count). Not checked in inline mode, which forks nothing.
+  OtherThreads other_threads = OtherThreads::warn;
 };
 
 /// How `Pool::map` and `Pool::map_unordered` cut their input into tasks.

@@ -22,6 +22,10 @@ namespace multicore {
 template <class R>
 class Task;
 
+namespace mpi {
+class Cluster;
+}
+
 /// A fixed set of worker processes, forked once, that run functions for you.
 ///
 /// Each task runs in a separate process: if it crashes, calls exit, hangs past
@@ -46,6 +50,10 @@ class Pool {
   /// running then.
   explicit Pool(PoolOptions options = {})
       : core_(std::make_unique<detail::PoolCore>(std::move(options))) {}
+
+  /// Runs on the workers of every rank of an MPI job (see multicore/mpi.hpp, which defines this
+  /// constructor): size() is their sum. One Pool at a time per Cluster; throws Error otherwise.
+  explicit Pool(mpi::Cluster& cluster);
 
   /// Finishes every submitted task, then stops the workers (see shutdown()). In a process
   /// forked after the pool was made, releases nothing (see core()).

@@ -250,15 +250,16 @@ class FuzzTransport final : public detail::Transport {
     return true;  // a hint, and only callers polling for answers ask (none here)
   }
 
-  void wait(std::chrono::steady_clock::time_point deadline, bool /*spin*/) noexcept override {
-    if (has_news()) return;
+  bool wait(std::chrono::steady_clock::time_point deadline, bool /*spin*/) noexcept override {
+    if (has_news()) return true;
     std::unique_lock lock(mutex_);
     if (all_submitted_) {
       idle_ = true;
       idle_cv_.notify_all();
     }
-    cv_.wait_until(lock, deadline, [&] { return woken_; });
+    const bool woken = cv_.wait_until(lock, deadline, [&] { return woken_; });
     woken_ = false;
+    return woken;
   }
 
   void wake() noexcept override {

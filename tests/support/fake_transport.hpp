@@ -466,7 +466,7 @@ class FakeTransport final : public Transport {
     return !slots_[k].events.empty();
   }
 
-  void wait(std::chrono::steady_clock::time_point deadline, bool /*spin*/) noexcept override {
+  bool wait(std::chrono::steady_clock::time_point deadline, bool /*spin*/) noexcept override {
     const Exclusive waiting(waiting_, *this, "wait");
     std::unique_lock lock(mutex_);
     const auto news = [&] {
@@ -477,8 +477,9 @@ class FakeTransport final : public Transport {
       state_.idle_version = state_.version;
       changed_cv_.notify_all();
     }
-    changed_cv_.wait_until(lock, deadline, news);
+    const bool news_came = changed_cv_.wait_until(lock, deadline, news);
     woken_ = false;
+    return news_came;
   }
 
   void wake() noexcept override {
@@ -720,8 +721,8 @@ class Lent final : public Transport {
   bool sending(unsigned k) const noexcept override { return fake_->sending(k); }
   Event poll(unsigned k, TailRouter& router) noexcept override { return fake_->poll(k, router); }
   bool may_have_events(unsigned k) const noexcept override { return fake_->may_have_events(k); }
-  void wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept override {
-    fake_->wait(deadline, spin);
+  bool wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept override {
+    return fake_->wait(deadline, spin);
   }
   void wake() noexcept override { fake_->wake(); }
   void callers_polling(int delta) noexcept override { fake_->callers_polling(delta); }

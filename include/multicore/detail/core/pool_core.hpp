@@ -23,6 +23,7 @@
 #include "../transport/shm/shm_transport.hpp"
 #include "../transport/shm/zygote.hpp"
 #include "../util/process.hpp"
+#include "../util/threads.hpp"
 #include "scheduler.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -106,28 +107,33 @@ inline std::chrono::nanoseconds saturated_timeout(std::chrono::milliseconds time
 /// completions, in worker processes or, in inline mode, right here.
 class PoolCore {
  public:
+  /// A pool of workers forked on this machine (or inline, as the options say).
   explicit PoolCore(PoolOptions options) : options_(validated(std::move(options))) {
     watch_forks();
     if (options_.run_inline) {
-      if (options_.on_worker_start) {
-        try {
-          options_.on_worker_start();
-        } catch (...) {
-          throw Error("multicore: on_worker_start threw: " + describe_thrown());
-        }
-      }
+      run_on_worker_start_here();
       return;
     }
+    check_other_threads(options_.other_threads, "a Pool", "PoolOptions::other_threads");
     ShmOptions shm;
     shm.workers = options_.workers;
     shm.ring_bytes = options_.ring_bytes;
     shm.on_start = options_.on_worker_start;
     shm.max_tasks = options_.max_tasks_per_worker;
-    auto transport = std::make_unique<ShmTransport>(std::move(shm));
-    SchedulerOptions s;
-    s.task_timeout = saturated_timeout(options_.task_timeout);
-    s.max_tasks_per_worker = options_.max_tasks_per_worker;
-    scheduler_ = std::make_unique<Scheduler>(std::move(transport), s);
+    start(std::make_unique<ShmTransport>(std::move(shm)));
+  }
+
+  /// A pool on the workers of `transport` (a cluster's): `options` say how it is scheduled
+  /// (task_timeout, max_tasks_per_worker, run_inline); `workers` is the transport's size.
+  PoolCore(PoolOptions options, std::unique_ptr<Transport> transport) {
+    watch_forks();
+    options.workers = transport->size();
+    options_ = validated(std::move(options));
+    if (options_.run_inline) {
+      run_on_worker_start_here();
+      return;
+    }
+    start(std::move(transport));
   }
 
   unsigned size() const noexcept { return options_.workers; }
@@ -199,6 +205,23 @@ class PoolCore {
   }
 
  private:
+  void start(std::unique_ptr<Transport> transport) {
+    SchedulerOptions s;
+    s.task_timeout = saturated_timeout(options_.task_timeout);
+    s.max_tasks_per_worker = options_.max_tasks_per_worker;
+    scheduler_ = std::make_unique<Scheduler>(std::move(transport), s);
+  }
+
+  /// Inline mode has no worker: on_worker_start runs once, here.
+  void run_on_worker_start_here() {
+    if (!options_.on_worker_start) return;
+    try {
+      options_.on_worker_start();
+    } catch (...) {
+      throw Error("multicore: on_worker_start threw: " + describe_thrown());
+    }
+  }
+
   PoolOptions options_;
   std::unique_ptr<Scheduler> scheduler_;
   std::atomic<bool> closed_{false};

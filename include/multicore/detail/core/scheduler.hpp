@@ -22,6 +22,7 @@
 #include "../../errors.hpp"
 #include "../transport/transport.hpp"
 #include "../util/spin.hpp"
+#include "../util/threads.hpp"
 #include "dispatch.hpp"
 #include "job.hpp"
 #include "job_pool.hpp"
@@ -184,7 +185,10 @@ inline Scheduler::Scheduler(std::unique_ptr<Transport> transport, SchedulerOptio
       dispatch_(*transport_, options.max_tasks_per_worker),
       supervisor_(*transport_, options.task_timeout) {
   supervisor_.start_all(*this);
-  collector_ = std::thread([this] { collect(); });
+  collector_ = std::thread([this] {
+    name_this_thread("multicore-coll");
+    collect();
+  });
 }
 
 inline void Scheduler::submit(std::unique_ptr<Job> job) {

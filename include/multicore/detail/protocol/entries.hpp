@@ -20,6 +20,7 @@
 #include "../../errors.hpp"
 #include "../../options.hpp"
 #include "../serialize/serialize.hpp"
+#include "../util/code_ref.hpp"
 #include "../util/demangle.hpp"
 #include "outcome.hpp"
 #include "wire.hpp"
@@ -73,7 +74,10 @@ using Entry = void (*)(Reader& payload, Writer& out, const CallContext& context)
 // serializable like an argument.
 template <class Fn>
 void encode_callable(Writer& out, const Fn& fn, Format format) {
-  if constexpr (std::is_trivially_copyable_v<Fn>) {
+  if constexpr (std::is_pointer_v<Fn>) {  // a function: by name, valid in every image
+    const std::uint64_t name = code_name(reinterpret_cast<const void*>(fn));
+    out.write(&name, sizeof name);
+  } else if constexpr (std::is_trivially_copyable_v<Fn>) {
     if constexpr (!std::is_empty_v<Fn>) out.write(&fn, sizeof fn);
   } else {
     encode(out, fn, format);
@@ -84,7 +88,16 @@ void encode_callable(Writer& out, const Fn& fn, Format format) {
 /// it is made in place, like any value.
 template <class Fn>
 void decode_callable(Stored<Fn>& fn, Reader& in, Format format) {
-  if constexpr (std::is_trivially_copyable_v<Fn>) {
+  if constexpr (std::is_pointer_v<Fn>) {  // a function, by name (see encode_callable)
+    std::uint64_t name = 0;
+    in.read(&name, sizeof name);
+    void* address = code_address(name);
+    if (address == nullptr) {
+      throw SerializationError(
+          "multicore: the function to run is in a module this process does not have");
+    }
+    fn.make([&] { return reinterpret_cast<Fn>(address); });
+  } else if constexpr (std::is_trivially_copyable_v<Fn>) {
     // Not std::bit_cast: g++ 12 rejects closure types there. A trivially copyable closure is
     // an implicit-lifetime type, so copying its bytes into suitable storage creates it.
     fn.construct([&](void* where) {
@@ -201,9 +214,16 @@ struct Call {
   }
 };
 
+/// The entry a request names in this process, or nullptr if its module is not loaded here.
+inline Entry entry_named(std::uint64_t name) noexcept {
+  return reinterpret_cast<Entry>(code_address(name));
+}
+
+/// The name of an entry (see util/code_ref.hpp), found once per entry type.
 template <class Fn>
-std::uint64_t entry_id() noexcept {
-  return reinterpret_cast<std::uintptr_t>(&Fn::entry);
+std::uint64_t entry_id() {
+  static const std::uint64_t name = code_name(reinterpret_cast<const void*>(&Fn::entry));
+  return name;
 }
 
 /// Runs a request message in this process, exactly as a worker would: the inline mode and the
@@ -213,8 +233,7 @@ inline void run_request(std::span<const std::byte> msg, Writer& out) noexcept {
   std::memcpy(&h, msg.data(), sizeof h);
   Reader payload(msg.subspan(sizeof h));
   const CallContext context{static_cast<Format>(h.format), h.threads};
-  // NOLINTNEXTLINE(performance-no-int-to-ptr): the id is the entry's address (see RequestHeader)
-  reinterpret_cast<Entry>(static_cast<std::uintptr_t>(h.entry))(payload, out, context);
+  entry_named(h.entry)(payload, out, context);  // named here, by this very process
 }
 
 }  // namespace multicore::detail

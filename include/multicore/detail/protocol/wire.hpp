@@ -38,9 +38,8 @@ struct RequestHeader {
   std::uint32_t magic = request_magic;
   RequestKind kind = RequestKind::call;
   std::uint64_t task_id = 0;
-  /// Names the code to run. Today: the address of an `Entry` function in the forked image
-  /// (valid in every worker, which is a fork of this program). A registry of names can take
-  /// its place for transports where addresses do not survive (exec, another machine).
+  /// Names the code to run: an `Entry` function, as (module, offset) (see util/code_ref.hpp),
+  /// valid in every process that runs this build.
   std::uint64_t entry = 0;
   std::uint64_t payload_bytes = 0;
   std::uint64_t tail_bytes = 0;  ///< the payload's last bytes that form its tail (0: none)

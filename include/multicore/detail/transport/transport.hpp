@@ -153,7 +153,9 @@ class Transport {
   /// Blocks until some slot may have an event or room was made for a message in progress,
   /// wake() was called since the last wait() returned, or `deadline` passes. Spins a while
   /// first when `spin` (not while another thread polls for answers itself: it needs the CPU).
-  virtual void wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept = 0;
+  /// Returns false if it returned for the deadline alone: a deadline already passed makes it a
+  /// mere look.
+  virtual bool wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept = 0;
   /// Makes the current or next wait() return, from any thread. Never lost.
   virtual void wake() noexcept = 0;
   /// A thread starts (+1) or stops (-1) polling for answers itself: meanwhile workers need not

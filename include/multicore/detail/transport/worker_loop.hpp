@@ -161,8 +161,14 @@ class WorkerLoop {
     Reader reader(std::span<const std::byte>(payload.bytes()));
     const CallContext context{static_cast<Format>(header.format), header.threads,
                               tail_bytes != 0 ? &tail_ : nullptr, &sender_, &team_};
-    // NOLINTNEXTLINE(performance-no-int-to-ptr): the id is an entry address (see RequestHeader)
-    reinterpret_cast<Entry>(static_cast<std::uintptr_t>(header.entry))(reader, answer, context);
+    const Entry entry = entry_named(header.entry);
+    if (entry == nullptr) {
+      // Only a module loaded after this worker's program image was made can be missing: the
+      // task's worker is lost (the parent says so), nothing else is.
+      std::fputs("multicore: a task names code in a module this worker does not have\n", stderr);
+      leave_worker(72);
+    }
+    entry(reader, answer, context);
     stay_the_worker();
     tail_.skip_rest();  // an entry that failed before reading it
     if (!answered_) send_answer(answer, {});

@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "threads.hpp"
+
 namespace multicore::detail {
 
 /// Runs body(i) for every i in [0, n) on up to `threads` threads of this process, the calling
@@ -47,7 +49,10 @@ class ThreadTeam {
       std::unique_lock lock(mutex_);
       while (helpers_.size() < helpers) {
         const std::size_t index = helpers_.size();
-        helpers_.emplace_back([this, index] { help(index); });
+        helpers_.emplace_back([this, index] {
+          name_this_thread("multicore-team");
+          help(index);
+        });
       }
       call_ = [](void* b, std::size_t i) { (*static_cast<Body*>(b))(i); };
       body_ = &body;

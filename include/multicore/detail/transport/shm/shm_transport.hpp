@@ -26,6 +26,7 @@
 
 #include "../../../errors.hpp"
 #include "../../protocol/wire.hpp"
+#include "../../util/code_ref.hpp"
 #include "../../util/process.hpp"
 #include "../transport.hpp"
 #include "futex.hpp"
@@ -219,15 +220,12 @@ class ShmTransport final : public Transport {
            slot(k).state.load(std::memory_order_relaxed) != s.seen.load(std::memory_order_relaxed);
   }
 
-  void wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept override {
+  bool wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept override {
     const auto news = [this] { return has_news(); };
-    const auto timeout = std::max<std::chrono::nanoseconds>(
-        deadline - std::chrono::steady_clock::now(), std::chrono::nanoseconds{1});
-    if (spin) {
-      wait_for(pool_->parent_bell, spin_, news, timeout);
-    } else {
-      pool_->parent_bell.sleep_unless(news, timeout);
-    }
+    const auto left = deadline - std::chrono::steady_clock::now();
+    if (left <= std::chrono::nanoseconds{0}) return news();
+    if (spin) return wait_for(pool_->parent_bell, spin_, news, left);
+    return pool_->parent_bell.sleep_unless(news, left);
   }
 
   void wake() noexcept override {
@@ -256,6 +254,29 @@ class ShmTransport final : public Transport {
       command_fd_ = -1;
     }
     if (zygote_ > 0) reap_zygote();
+  }
+
+  /// Kills every worker and waits (at most a few seconds) until each is gone, but keeps the
+  /// fork server: whoever uses this transport next starts slots again (see mpi::Cluster, whose
+  /// fork server serves one Pool after another).
+  void stop_workers() noexcept {
+    const auto live = [this](unsigned k) {
+      const SlotState st = slot(k).state.load(std::memory_order_acquire);
+      return st == SlotState::spawning || st == SlotState::ready;
+    };
+    for (unsigned k = 0; k < size(); ++k) {
+      if (live(k)) kill(k);
+    }
+    const auto gone = [&] {
+      for (unsigned k = 0; k < size(); ++k) {
+        if (live(k)) return false;
+      }
+      return true;
+    };
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!gone() && std::chrono::steady_clock::now() < deadline && zygote_alive()) {
+      pool_->parent_bell.sleep_unless(gone, std::chrono::milliseconds(100));
+    }
   }
 
   void release_cold_buffers() noexcept override {
@@ -359,6 +380,9 @@ class ShmTransport final : public Transport {
   /// the child would inherit it locked, and a pool made there (in a task, in on_worker_start)
   /// would wait for it for ever.
   void fork_zygote(ZygoteSetup& setup) {
+    // Code is named by its module's place in this table (util/code_ref.hpp): the workers must
+    // see the very table the parent names code with, so it is read before they are forked.
+    (void)ModuleTable::instance();
     auto& owned = OwnedDescriptors::instance();
     {
       // Made and registered at once: a fork server another thread forks meanwhile closes our

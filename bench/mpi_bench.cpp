@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: MIT
+// Beyond one machine: a Pool over the ranks of an MPI job against raw MPI on the same ranks.
+// Two modes of one binary, since a rank can run either a Cluster agent or a raw MPI partner but
+// not both (a Cluster must be made before MPI is initialised); bench/mpi_compare runs both
+// alternately and prints the ratios:
+// - `mpirun --bind-to none -np 2 mpi_bench --raw`: BM_RawPingPong, a blocking
+//   MPI_Send/MPI_Recv echo between ranks 0 and 1 (the baseline);
+// - `mpirun --bind-to none -np 2 mpi_bench --calls`: BM_CallRemote, pool.call(echo, bytes)
+//   answered by the worker of rank 1 (rank 0's one worker is kept busy);
+// - `mpirun --bind-to none -np 3 mpi_bench`: BM_MapTrivial / BM_MapCpu over every worker (one
+//   per rank: rank 0's and 2 agents').
+// Bytes processed = payload size per round trip, as in payload_bench.
+#include <benchmark/benchmark.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <memory>
+#include <multicore/mpi.hpp>
+#include <numeric>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+std::vector<char> make_payload(std::size_t n) {
+  std::vector<char> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<char>(i * 131);
+  return v;
+}
+
+bool same_ends(const std::vector<char>& a, const std::vector<char>& b) {
+  return a.size() == b.size() && (a.empty() || (a.front() == b.front() && a.back() == b.back()));
+}
+
+void sizes(benchmark::internal::Benchmark* b) {
+  b->ArgName("bytes")->Arg(8)->Arg(64 << 10)->Arg(64 << 20)->UseRealTime();
+}
+
+// ---- raw MPI ----------------------------------------------------------------------------------
+
+constexpr int tag_echo = 1;
+constexpr int tag_stop = 2;
+
+// Rank 1 of the raw mode: echoes every message back until told to stop.
+void raw_echo_partner() {
+  std::vector<char> buffer;
+  for (;;) {
+    MPI_Status status;
+    MPI_Probe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &status);
+    int n = 0;
+    MPI_Get_count(&status, MPI_CHAR, &n);
+    buffer.resize(static_cast<std::size_t>(n));
+    MPI_Recv(buffer.data(), n, MPI_CHAR, 0, status.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if (status.MPI_TAG == tag_stop) return;
+    MPI_Send(buffer.data(), n, MPI_CHAR, 0, tag_echo, MPI_COMM_WORLD);
+  }
+}
+
+// Baseline: the payload to rank 1 and back with blocking MPI_Send/MPI_Recv.
+void BM_RawPingPong(benchmark::State& state) {
+  const auto n = static_cast<int>(state.range(0));
+  const std::vector<char> payload = make_payload(static_cast<std::size_t>(n));
+  std::vector<char> back(payload.size());
+  for (auto _ : state) {
+    MPI_Send(payload.data(), n, MPI_CHAR, 1, tag_echo, MPI_COMM_WORLD);
+    MPI_Recv(back.data(), n, MPI_CHAR, 1, tag_echo, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  }
+  if (!same_ends(back, payload)) state.SkipWithError("the echo came back different");
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+
+// ---- the Cluster ------------------------------------------------------------------------------
+
+multicore::Pool* the_pool = nullptr;
+
+std::vector<char> echo(std::vector<char> v) { return v; }
+
+// The MPI rank whose agent runs this worker (workers inherit the agent's environment).
+int rank_of_worker(int /*unused*/) {
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  return rank != nullptr ? std::atoi(rank) : -1;
+}
+
+// Keeps a worker busy until `path` exists; says where it runs by making `path`.started first.
+int hold_until_exists(std::string path) {
+  if (FILE* f = std::fopen((path + ".started").c_str(), "w")) {
+    std::fprintf(f, "%d", rank_of_worker(0));
+    std::fclose(f);
+  }
+  while (access(path.c_str(), F_OK) != 0) usleep(200);
+  return rank_of_worker(0);
+}
+
+// A worker held busy on rank 0 (so that calls go to rank 1's), until destroyed.
+class LocalWorkerHeld {
+ public:
+  explicit LocalWorkerHeld(multicore::Pool& pool)
+      : pool_(pool), flag_("/tmp/multicore_mpi_bench_" + std::to_string(getpid())) {
+    // The dispatcher may give the hold to either rank's worker: try again until it is rank 0's.
+    for (int attempt = 0; attempt < 20 && !held_; ++attempt) {
+      release();
+      held_ = started_on() == 0;
+    }
+    if (!held_) release();
+  }
+  ~LocalWorkerHeld() { release(); }
+  LocalWorkerHeld(const LocalWorkerHeld&) = delete;
+  LocalWorkerHeld& operator=(const LocalWorkerHeld&) = delete;
+  bool held() const noexcept { return held_; }
+
+ private:
+  /// Starts a hold and returns the rank it runs on (-1 if it did not start within 10 s).
+  int started_on() {
+    unlink(flag_.c_str());
+    hold_ = pool_.submit(hold_until_exists, flag_);
+    const std::string started = flag_ + ".started";
+    for (int i = 0; i < 50'000; ++i) {
+      if (FILE* f = std::fopen(started.c_str(), "r")) {
+        int rank = -1;
+        const bool read = std::fscanf(f, "%d", &rank) == 1;
+        std::fclose(f);
+        if (read) return rank;
+      }
+      usleep(200);
+    }
+    return -1;
+  }
+  void release() {
+    if (!hold_.valid()) return;
+    if (FILE* f = std::fopen(flag_.c_str(), "w")) std::fclose(f);
+    hold_.get();
+    unlink(flag_.c_str());
+    unlink((flag_ + ".started").c_str());
+    held_ = false;
+  }
+
+  multicore::Pool& pool_;
+  std::string flag_;
+  std::future<int> hold_;
+  bool held_ = false;
+};
+
+// Ours: pool.call(echo, payload) answered by the worker of rank 1, while rank 0's one worker is
+// held busy (by main, for the whole run). Checked to run on rank 1 first.
+void BM_CallRemote(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  multicore::Pool& pool = *the_pool;
+  const std::vector<char> payload = make_payload(n);
+  if (pool.call(rank_of_worker, 0) != 1) state.SkipWithError("calls did not reach rank 1");
+  for (auto _ : state) {
+    std::vector<char> back = pool.call(echo, payload);
+    if (!same_ends(back, payload)) {
+      state.SkipWithError("the echo came back different");
+      break;
+    }
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+
+long trivial(long x) { return x * 2 + 1; }
+
+// ~1 ms of CPU per item.
+long cpu_item(long x) {
+  volatile long acc = x;
+  for (long i = 0; i < 400'000; ++i) acc = acc * 31 + i;
+  return acc;
+}
+
+// Ours: map over every worker of every rank (2 agents with -np 3), automatic chunks.
+template <long (*Fn)(long)>
+void BM_Map(benchmark::State& state) {
+  std::vector<long> items(static_cast<std::size_t>(state.range(0)));
+  std::iota(items.begin(), items.end(), 0L);
+  long sum = 0;
+  for (auto _ : state) {
+    for (long r : the_pool->map(Fn, items)) sum += r;
+  }
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+  state.counters["workers"] = the_pool->size();
+}
+
+// Baseline: the CPU items one after the other in this process.
+void BM_CpuSequential(benchmark::State& state) {
+  long sum = 0, done = 0;
+  for (auto _ : state) sum += cpu_item(done++);
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(done);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string_view(argv[1]) == "--raw") {
+    int provided = 0;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    int rank = 0, ranks = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+    if (rank == 1) raw_echo_partner();
+    if (rank == 0 && ranks >= 2) {
+      benchmark::RegisterBenchmark("BM_RawPingPong", BM_RawPingPong)->Apply(sizes);
+      benchmark::Initialize(&argc, argv);
+      benchmark::RunSpecifiedBenchmarks();
+      MPI_Send(nullptr, 0, MPI_CHAR, 1, tag_stop, MPI_COMM_WORLD);
+    }
+    MPI_Finalize();
+    return 0;
+  }
+  // One worker per rank. --calls: rank 0's is held busy, and calls go to rank 1's.
+  const bool calls = argc > 1 && std::string_view(argv[1]) == "--calls";
+  multicore::mpi::Cluster cluster(argc, argv, {.workers_per_rank = 1});
+  multicore::Pool pool(cluster);
+  the_pool = &pool;
+  std::unique_ptr<LocalWorkerHeld> held;
+  if (calls) {
+    held = std::make_unique<LocalWorkerHeld>(pool);
+    if (!held->held()) {
+      std::fprintf(stderr, "mpi_bench: could not hold rank 0's worker (run with -np 2 or more)\n");
+      return 1;
+    }
+    benchmark::RegisterBenchmark("BM_CallRemote", BM_CallRemote)->Apply(sizes);
+  } else {
+    benchmark::RegisterBenchmark("BM_MapTrivial", BM_Map<trivial>)->Arg(100'000)->UseRealTime();
+    benchmark::RegisterBenchmark("BM_MapCpu", BM_Map<cpu_item>)->Arg(600)->UseRealTime();
+    benchmark::RegisterBenchmark("BM_CpuSequential", BM_CpuSequential)->UseRealTime();
+  }
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  return 0;
+}

@@ -1,0 +1,270 @@
+// SPDX-License-Identifier: MIT
+// A node agent (every MPI rank but 0): runs this node's workers for rank 0, relaying requests
+// down to them and what happens to them up to rank 0.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <optional>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "../../util/process.hpp"
+#include "../shm/shm_transport.hpp"
+#include "mpi_api.hpp"
+#include "relay.hpp"
+
+namespace multicore::detail::mpi {
+
+/// Serves rank 0 until it says exit. The workers are this node's ShmTransport (made before MPI
+/// was initialised, so they carry none of its state); rank 0's scheduler decides everything, the
+/// agent only relays. It never blocks in MPI (a rank waiting in MPI_Recv burns a core in Open
+/// MPI): it polls, then naps on the local transport's bell, which wakes it at once for local
+/// events and after at most `max_nap` for messages from rank 0.
+class Agent final : private TailRouter {
+ public:
+  explicit Agent(ShmTransport& local) : local_(local), slots_(local.size()) {}
+
+  /// Serves until rank 0 says exit; by then every local worker is gone.
+  void run() {
+    auto nap = min_nap;
+    auto idle_since = std::chrono::steady_clock::now();
+    while (!exiting_) {
+      bool progressed = false;
+      while (std::optional<Message> m = inbox_.poll()) {
+        handle(*m);
+        progressed = true;
+      }
+      for (unsigned j = 0; j < slots_.size(); ++j) {
+        progressed |= feed(j);
+        progressed |= local_.pump(j);
+        for (Event e = local_.poll(j, *this); e.kind != Event::Kind::none;
+             e = local_.poll(j, *this)) {
+          forward(j, e);
+          progressed = true;
+        }
+      }
+      progressed |= outbox_.progress();
+      const auto now = std::chrono::steady_clock::now();
+      if (progressed) {
+        nap = min_nap;
+        idle_since = now;
+        continue;
+      }
+      // Long idle: nap longer still; the first request after it waits a little more.
+      const auto limit = now - idle_since > std::chrono::seconds(1) ? max_idle_nap : max_nap;
+      local_.wait(now + nap, false);
+      nap = std::min<std::chrono::microseconds>(nap * 2, limit);
+    }
+    local_.close();
+    Header bye;
+    bye.kind = Kind::bye;
+    outbox_.post(0, bye, {});
+    while (!outbox_.empty()) outbox_.progress();
+  }
+
+ private:
+  static constexpr std::chrono::microseconds min_nap{2};
+  static constexpr std::chrono::microseconds max_nap{1000};
+  static constexpr std::chrono::microseconds max_idle_nap{20000};
+
+  struct Slot {
+    std::uint64_t life = 0;         // the life rank 0 last started; 0: none
+    std::uint64_t worker_life = 0;  // the life the local worker was started for
+    bool alive = false;             // a local worker exists (until its death is seen)
+    bool start_pending = false;     // start it once the previous worker's death is seen
+    bool kill_pending = false;      // kill it as soon as it is started
+    std::deque<Writer> queued;      // requests not handed to the worker yet
+    std::deque<Writer> sent;        // handed over, answer not seen yet
+    Writer answer;                  // an answer whose tail is arriving
+  };
+
+  /// A tail goes into the slot's answer buffer, after its head: the answer then goes up whole.
+  class TailSink final : public AnswerTail {
+   public:
+    Writer* out = nullptr;
+    void append(std::span<const std::byte> bytes) noexcept override {
+      try {
+        out->write(bytes.data(), bytes.size());
+      } catch (...) {
+        failed = true;
+      }
+    }
+    void deliver_tail(std::uint64_t /*run_nanos*/) noexcept override {}
+    bool failed = false;
+  };
+
+  void handle(Message& m) {
+    if (m.header.kind == Kind::exit) {
+      exiting_ = true;
+      return;
+    }
+    if (m.header.kind == Kind::resume) {
+      local_.resume();
+      return;
+    }
+    if (m.header.slot >= slots_.size()) return;  // malformed: ignore
+    const unsigned j = m.header.slot;
+    Slot& s = slots_[j];
+    switch (m.header.kind) {
+      case Kind::start:
+        s.life = m.header.life;
+        s.queued.clear();
+        s.sent.clear();
+        if (s.alive) {
+          s.start_pending = true;  // the worker of the life before is still dying
+        } else {
+          start(j);
+        }
+        break;
+      case Kind::kill:
+        if (m.header.life != s.life) break;
+        if (s.start_pending) {
+          s.kill_pending = true;
+        } else if (s.alive) {
+          local_.kill(j);
+        }
+        break;
+      case Kind::stop:
+        if (m.header.life == s.life) s.queued.push_back(stop_request());
+        break;
+      case Kind::request:
+        if (m.header.life == s.life) s.queued.push_back(std::move(m.bytes));
+        break;
+      case Kind::cancel:
+        if (m.header.life == s.life) cancel(j, m.header.task_id);
+        break;
+      default:
+        break;
+    }
+  }
+
+  void start(unsigned j) {
+    Slot& s = slots_[j];
+    s.start_pending = false;
+    s.alive = true;
+    s.worker_life = s.life;
+    local_.start(j);
+    if (std::exchange(s.kill_pending, false)) local_.kill(j);
+  }
+
+  static Writer stop_request() {
+    RequestHeader h;
+    h.kind = RequestKind::stop;
+    Writer w;
+    w.write(&h, sizeof h);
+    return w;
+  }
+
+  /// Rank 0 no longer wants `task_id`'s answer: a request still here is answered with nothing
+  /// (as a worker answers a request it skips); one the worker has is left to it to skip.
+  void cancel(unsigned j, std::uint64_t task_id) {
+    Slot& s = slots_[j];
+    for (auto it = s.queued.begin(); it != s.queued.end(); ++it) {
+      RequestHeader request;
+      if (it->size() < sizeof request) continue;
+      std::memcpy(&request, it->data(), sizeof request);
+      if (request.kind != RequestKind::call || request.task_id != task_id) continue;
+      s.queued.erase(it);
+      Header h;
+      h.kind = Kind::answer;
+      h.slot = j;
+      h.life = s.worker_life;
+      h.task_id = task_id;
+      outbox_.post(0, h, {});
+      return;
+    }
+    local_.cancel(j, task_id);
+  }
+
+  /// Hands the next queued request to slot j's worker when it can take one.
+  bool feed(unsigned j) {
+    Slot& s = slots_[j];
+    if (s.queued.empty() || !s.alive || s.start_pending || local_.sending(j)) return false;
+    if (!local_.try_send(j, s.queued.front().bytes())) return false;
+    s.sent.push_back(std::move(s.queued.front()));
+    s.queued.pop_front();
+    return true;
+  }
+
+  AnswerTail* open_tail(unsigned j, std::uint64_t /*task_id*/, std::span<const std::byte> head,
+                        std::uint64_t tail_bytes) noexcept override {
+    Slot& s = slots_[j];
+    try {
+      s.answer = Writer();
+      s.answer.reserve(head.size() + static_cast<std::size_t>(tail_bytes));
+      s.answer.write(head.data(), head.size());
+    } catch (...) {
+      return nullptr;  // the local transport assembles it instead
+    }
+    sink_.out = &s.answer;
+    sink_.failed = false;
+    return &sink_;
+  }
+
+  /// Tells rank 0 what happened to slot j's worker.
+  void forward(unsigned j, const Event& e) {
+    Slot& s = slots_[j];
+    Header h;
+    h.slot = j;
+    h.life = s.worker_life;  // events are about the local worker's life (the slot's may be newer)
+    h.task_id = e.task_id;
+    switch (e.kind) {
+      case Event::Kind::ready:
+        h.kind = Kind::ready;
+        outbox_.post(0, h, {});
+        return;
+      case Event::Kind::running:
+        h.kind = Kind::running;
+        h.value = e.since_ns == 0 ? -1 : steady_now_ns() - e.since_ns;
+        outbox_.post(0, h, {});
+        return;
+      case Event::Kind::stopped:
+        h.kind = Kind::stopped;
+        h.value = e.since_ns == 0 ? -1 : steady_now_ns() - e.since_ns;
+        outbox_.post(0, h, {});
+        return;
+      case Event::Kind::answer: {
+        h.kind = Kind::answer;
+        h.value = static_cast<std::int64_t>(e.run_nanos);
+        if (!s.sent.empty()) s.sent.pop_front();
+        Writer answer;
+        if (e.tail != nullptr) {
+          answer = std::move(s.answer);
+        } else {
+          answer.write(e.payload.data(), e.payload.size());
+        }
+        const std::span<const std::byte> bytes = answer.bytes();
+        outbox_.post(0, h, bytes, std::move(answer));
+        return;
+      }
+      case Event::Kind::died: {
+        h.kind = Kind::died;
+        s.alive = false;
+        s.sent.clear();
+        // Requests of this life die with it; what is queued after a newer start is the newer's.
+        if (!s.start_pending) s.queued.clear();
+        Writer record = encode_death(*e.death);
+        const std::span<const std::byte> bytes = record.bytes();
+        outbox_.post(0, h, bytes, std::move(record));
+        if (s.start_pending) start(j);
+        return;
+      }
+      case Event::Kind::none:
+        return;
+    }
+  }
+
+  ShmTransport& local_;
+  std::vector<Slot> slots_;
+  TailSink sink_;
+  Inbox inbox_{0, tag_down};
+  Outbox outbox_{tag_up};
+  bool exiting_ = false;
+};
+
+}  // namespace multicore::detail::mpi

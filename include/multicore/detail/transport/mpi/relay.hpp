@@ -1,0 +1,285 @@
+// SPDX-License-Identifier: MIT
+// What rank 0 and the node agents say to each other over MPI, and how messages of any size
+// travel without blocking: both halves of the relay protocol.
+#pragma once
+
+#include <algorithm>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "../../../codec.hpp"
+#include "../../../errors.hpp"
+#include "../transport.hpp"
+#include "mpi_api.hpp"
+
+namespace multicore::detail::mpi {
+
+// Rank 0 runs the scheduler; every other rank is a node agent with a local shared-memory pool
+// (ShmTransport) whose worker slots rank 0 sees as its own. Each direction is one ordered stream
+// of messages (one tag), so what rank 0 says to an agent arrives in the order it was said:
+//
+//   down (rank 0 -> agent):  start j | kill j | stop j | request j (+ the request's bytes) |
+//                            cancel j task | resume | exit
+//   up (agent -> rank 0):    ready j | running j task elapsed | stopped j elapsed |
+//                            answer j task (+ its bytes) | died j (+ a DeathRecord and its text)
+//                            | bye
+//
+// A message is a Header, then its `bytes` in pieces of at most max_piece (MPI counts are ints;
+// pieces also let a large payload start moving before it is all sent). MPI never lets messages
+// of one sender with one tag overtake each other, so the pieces follow their header.
+//
+// Slot numbers in messages are the agent's own (0..its workers-1). Each start of a slot begins a
+// new life, numbered by rank 0, and every message names the life it is about. A request that
+// crossed its worker's death must not run (rank 0 requeues whatever a dead worker owed and sends
+// it again itself), and a death that crossed a new start must not count: each side ignores
+// messages about a life that is not the slot's current one.
+
+inline constexpr int tag_down = 0x6d63;  // "mc"
+inline constexpr int tag_up = 0x6d64;
+inline constexpr std::size_t max_piece = std::size_t{8} << 20;
+
+enum class Kind : std::uint32_t {
+  // down
+  start = 1,
+  kill = 2,
+  stop = 3,
+  request = 4,
+  exit = 5,
+  resume = 6,  ///< continue every worker stopped from outside
+  cancel = 7,  ///< skip `task_id` if not started
+  // up
+  ready = 16,
+  running = 17,
+  answer = 18,
+  died = 19,
+  bye = 20,
+  stopped = 21,  ///< value: ns it has been stopped for, as the agent sends this (-1: continued)
+};
+
+struct Header {
+  Kind kind = Kind::exit;
+  std::uint32_t slot = 0;
+  /// Which life of the slot it is about: rank 0 numbers each start; a message about an
+  /// earlier life (a request that crossed the worker's death, the death of a worker killed
+  /// when a Pool closed) is ignored by whoever gets it.
+  std::uint64_t life = 0;
+  std::uint64_t task_id = 0;
+  std::uint64_t bytes = 0;  ///< payload bytes that follow, in pieces
+  /// running: ns the task's code has run for, as the agent sends this (-1: paused);
+  /// answer: the run time the worker reported.
+  std::int64_t value = 0;
+};
+static_assert(std::is_trivially_copyable_v<Header> && sizeof(Header) == 40);
+
+/// How a remote worker ended (the text follows it in the payload).
+struct DeathRecord {
+  std::uint8_t cause = 0;
+  std::uint8_t reserved[3]{};
+  std::int32_t pid = 0;
+  std::int32_t signal = 0;
+  std::int32_t exit_code = -1;
+  std::int32_t error = 0;
+  std::uint32_t reserved2 = 0;
+  std::uint64_t running = 0;
+};
+static_assert(std::is_trivially_copyable_v<DeathRecord> && sizeof(DeathRecord) == 32);
+
+inline Writer encode_death(const Death& d) {
+  DeathRecord r;
+  r.cause = static_cast<std::uint8_t>(d.cause);
+  r.pid = d.pid;
+  r.signal = d.signal;
+  r.exit_code = d.exit_code;
+  r.error = d.error;
+  r.running = d.running;
+  Writer out;
+  out.write(&r, sizeof r);
+  out.write(d.text.data(), d.text.size());
+  return out;
+}
+
+/// Reads what encode_death wrote; `where` says which rank and host it came from.
+inline Death decode_death(std::span<const std::byte> bytes, const std::string& where) {
+  Death d;
+  DeathRecord r;
+  if (bytes.size() < sizeof r) {
+    d.cause = Death::Cause::violation;
+    d.text = "a malformed death report from its agent";
+  } else {
+    std::memcpy(&r, bytes.data(), sizeof r);
+    d.cause = static_cast<Death::Cause>(std::min<std::uint8_t>(r.cause, 3));
+    d.pid = r.pid;
+    d.signal = r.signal;
+    d.exit_code = r.exit_code;
+    d.error = r.error;
+    d.running = r.running;
+    d.text.assign(reinterpret_cast<const char*>(bytes.data()) + sizeof r, bytes.size() - sizeof r);
+  }
+  d.where = where;
+  return d;
+}
+
+/// Fails with the MPI error's own words.
+inline void check(int code, const char* what) {
+  if (code == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  throw Error(std::string("multicore: ") + what +
+              " failed: " + std::string(text, static_cast<std::size_t>(length)));
+}
+
+/// Messages being sent without blocking. A message's header and owned bytes live here until
+/// MPI is done with them; borrowed bytes must stay valid until then (see Transport::try_send).
+class Outbox {
+ public:
+  explicit Outbox(int tag) noexcept : tag_(tag) {}
+  ~Outbox() { cancel_all(); }
+  Outbox(const Outbox&) = delete;
+  Outbox& operator=(const Outbox&) = delete;
+
+  /// Starts sending `header` and `bytes` (header.bytes is set from them) to `rank`; `owned`,
+  /// if given, holds the bytes and is kept until they are sent.
+  void post(int rank, Header header, std::span<const std::byte> bytes, Writer owned = {}) {
+    header.bytes = bytes.size();
+    Sending& s = sending_.emplace_back();
+    s.header = header;
+    s.owned = std::move(owned);
+    s.requests.reserve(1 + (bytes.size() + max_piece - 1) / max_piece);
+    isend(rank, {reinterpret_cast<const std::byte*>(&s.header), sizeof s.header}, s);
+    for (std::size_t at = 0; at < bytes.size(); at += max_piece) {
+      isend(rank, bytes.subspan(at, std::min(max_piece, bytes.size() - at)), s);
+    }
+  }
+
+  /// Lets MPI move what is being sent; forgets what is done. True if anything finished.
+  bool progress() {
+    bool finished = false;
+    while (!sending_.empty()) {
+      Sending& s = sending_.front();
+      int done = 0;
+      check(MPI_Testall(static_cast<int>(s.requests.size()), s.requests.data(), &done,
+                        MPI_STATUSES_IGNORE),
+            "MPI_Testall");
+      if (done == 0) break;
+      sending_.pop_front();
+      finished = true;
+    }
+    return finished;
+  }
+
+  bool empty() const noexcept { return sending_.empty(); }
+
+ private:
+  struct Sending {
+    Header header;
+    Writer owned;
+    std::vector<MPI_Request> requests;
+  };
+
+  void isend(int rank, std::span<const std::byte> bytes, Sending& s) {
+    MPI_Request r = MPI_REQUEST_NULL;
+    check(MPI_Isend(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, rank, tag_,
+                    MPI_COMM_WORLD, &r),
+          "MPI_Isend");
+    s.requests.push_back(r);
+  }
+
+  void cancel_all() noexcept {
+    for (Sending& s : sending_) {
+      for (MPI_Request& r : s.requests) {
+        if (r != MPI_REQUEST_NULL) {
+          MPI_Cancel(&r);
+          MPI_Request_free(&r);
+        }
+      }
+    }
+    sending_.clear();
+  }
+
+  int tag_;
+  std::deque<Sending> sending_;  // oldest first; MPI completes them in order per peer
+};
+
+/// A message that arrived whole.
+struct Message {
+  Header header;
+  Writer bytes;
+};
+
+/// Receives the messages one peer sends with one tag, without blocking: the header first,
+/// then the pieces of its bytes, posted for as soon as the header is known.
+class Inbox {
+ public:
+  Inbox(int rank, int tag) noexcept : rank_(rank), tag_(tag) {}
+  ~Inbox() { cancel(); }
+  Inbox(const Inbox&) = delete;
+  Inbox& operator=(const Inbox&) = delete;
+  Inbox(Inbox&&) = default;
+
+  /// The next message if it has arrived whole; otherwise lets MPI move it along.
+  std::optional<Message> poll() {
+    if (!receiving_) {
+      int flag = 0;
+      MPI_Status status;
+      check(MPI_Iprobe(rank_, tag_, MPI_COMM_WORLD, &flag, &status), "MPI_Iprobe");
+      if (flag == 0) return std::nullopt;
+      int count = 0;
+      MPI_Get_count(&status, MPI_BYTE, &count);
+      if (count != static_cast<int>(sizeof(Header))) {
+        throw Error("multicore: a malformed message from rank " + std::to_string(rank_));
+      }
+      check(MPI_Recv(&current_.header, sizeof current_.header, MPI_BYTE, rank_, tag_,
+                     MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+            "MPI_Recv");
+      receiving_ = true;
+      current_.bytes = Writer();
+      current_.bytes.resize(static_cast<std::size_t>(current_.header.bytes));
+      std::span<std::byte> bytes = current_.bytes.bytes();
+      pieces_.clear();
+      for (std::size_t at = 0; at < bytes.size(); at += max_piece) {
+        MPI_Request r = MPI_REQUEST_NULL;
+        check(MPI_Irecv(bytes.data() + at, static_cast<int>(std::min(max_piece, bytes.size() - at)),
+                        MPI_BYTE, rank_, tag_, MPI_COMM_WORLD, &r),
+              "MPI_Irecv");
+        pieces_.push_back(r);
+      }
+    }
+    int done = 1;
+    if (!pieces_.empty()) {
+      check(
+          MPI_Testall(static_cast<int>(pieces_.size()), pieces_.data(), &done, MPI_STATUSES_IGNORE),
+          "MPI_Testall");
+    }
+    if (done == 0) return std::nullopt;
+    receiving_ = false;
+    pieces_.clear();
+    return std::move(current_);
+  }
+
+ private:
+  void cancel() noexcept {
+    for (MPI_Request& r : pieces_) {
+      if (r != MPI_REQUEST_NULL) {
+        MPI_Cancel(&r);
+        MPI_Request_free(&r);
+      }
+    }
+    pieces_.clear();
+  }
+
+  int rank_;
+  int tag_;
+  bool receiving_ = false;
+  Message current_;
+  std::vector<MPI_Request> pieces_;
+};
+
+}  // namespace multicore::detail::mpi

@@ -1,0 +1,299 @@
+// SPDX-License-Identifier: MIT
+// Rank 0's view of the node agents: every worker of every agent as a slot of one Transport.
+#pragma once
+
+#include <time.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "../../protocol/wire.hpp"
+#include "../../util/process.hpp"
+#include "../transport.hpp"
+#include "mpi_api.hpp"
+#include "relay.hpp"
+
+namespace multicore::detail::mpi {
+
+/// What rank 0 knows of one agent.
+struct AgentInfo {
+  int rank = 0;
+  unsigned workers = 0;
+  std::string host;
+};
+
+/// The workers of every node agent, numbered agent by agent: slot k of this transport is
+/// worker j of one agent. Every MPI call is made under one mutex (the scheduler calls from
+/// several threads; MPI_THREAD_MULTIPLE allows it, and the calls are short). Waiting is polling
+/// with a growing sleep, up to `max_nap`: MPI has no wait that does not burn a core.
+class RemoteTransport final : public Transport {
+ public:
+  explicit RemoteTransport(std::vector<AgentInfo> agents) : agents_(std::move(agents)) {
+    unsigned total = 0;
+    for (const AgentInfo& a : agents_) {
+      inboxes_.emplace_back(a.rank, tag_up);
+      first_slot_.push_back(total);
+      total += a.workers;
+    }
+    slots_ = std::vector<Slot>(total);
+    for (std::size_t a = 0; a < agents_.size(); ++a) {
+      for (unsigned j = 0; j < agents_[a].workers; ++j) {
+        slots_[first_slot_[a] + j].agent = a;
+        slots_[first_slot_[a] + j].worker = j;
+      }
+    }
+  }
+  ~RemoteTransport() override { close(); }
+
+  unsigned size() const noexcept override { return static_cast<unsigned>(slots_.size()); }
+  Capabilities capabilities() const noexcept override { return {false, false, 64}; }
+
+  void start(unsigned k) override {
+    std::lock_guard lock(mutex_);
+    Slot& s = slots_[k];
+    s.events.clear();
+    s.died = false;
+    s.life = next_life();
+    control(k, Kind::start);
+  }
+
+  void kill(unsigned k) noexcept override {
+    std::lock_guard lock(mutex_);
+    try {
+      control(k, Kind::kill);
+    } catch (...) {  // MPI failed: the job is ending anyway
+    }
+  }
+
+  bool try_stop(unsigned k) noexcept override {
+    std::lock_guard lock(mutex_);
+    try {
+      control(k, Kind::stop);
+      return true;
+    } catch (...) {
+      return false;
+    }
+  }
+
+  void resume() noexcept override {
+    std::lock_guard lock(mutex_);
+    try {
+      for (const AgentInfo& a : agents_) {
+        Header h;
+        h.kind = Kind::resume;
+        outbox_.post(a.rank, h, {});
+      }
+    } catch (...) {  // MPI failed: the job is ending anyway
+    }
+  }
+
+  void cancel(unsigned k, std::uint64_t task_id) noexcept override {
+    std::lock_guard lock(mutex_);
+    try {
+      Header h;
+      h.kind = Kind::cancel;
+      h.slot = slots_[k].worker;
+      h.life = slots_[k].life;
+      h.task_id = task_id;
+      outbox_.post(agent_rank(k), h, {});
+    } catch (...) {
+    }
+  }
+
+  bool try_send(unsigned k, std::span<const std::byte> message) noexcept override {
+    if (message.size() < sizeof(RequestHeader)) return false;
+    RequestHeader request;
+    std::memcpy(&request, message.data(), sizeof request);
+    std::lock_guard lock(mutex_);
+    try {
+      Header h;
+      h.kind = Kind::request;
+      h.slot = slots_[k].worker;
+      h.life = slots_[k].life;
+      h.task_id = request.task_id;
+      outbox_.post(agent_rank(k), h, message);
+      return true;
+    } catch (...) {
+      return false;
+    }
+  }
+
+  bool pump(unsigned /*k*/) noexcept override {
+    std::lock_guard lock(mutex_);
+    try {
+      return outbox_.progress();
+    } catch (...) {
+      return false;
+    }
+  }
+
+  bool sending(unsigned /*k*/) const noexcept override { return false; }
+
+  Event poll(unsigned k, TailRouter& /*router*/) noexcept override {
+    std::lock_guard lock(mutex_);
+    Slot& s = slots_[k];
+    try {
+      receive(s.agent);
+    } catch (...) {  // MPI failed: nothing new can be known
+    }
+    if (s.events.empty()) return {};
+    s.current = std::move(s.events.front());
+    s.events.pop_front();
+    Event e = s.current.event;
+    if (e.kind == Event::Kind::answer) e.payload = s.current.bytes.bytes();
+    if (e.kind == Event::Kind::died) {
+      s.death = std::move(s.current.death);
+      e.death = &s.death;
+    }
+    return e;
+  }
+
+  // A hint: knowing would take an MPI call under the lock, which is what poll() does anyway.
+  bool may_have_events(unsigned /*k*/) const noexcept override { return true; }
+
+  bool wait(std::chrono::steady_clock::time_point deadline, bool /*spin*/) noexcept override {
+    auto nap = std::chrono::microseconds(1);
+    for (;;) {
+      if (woken_.exchange(false, std::memory_order_acq_rel) || has_news()) return true;
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) return false;
+      nap = std::min({nap * 2, max_nap,
+                      std::chrono::duration_cast<std::chrono::microseconds>(deadline - now)});
+      const timespec ts{0, static_cast<long>(nap.count()) * 1000};
+      nanosleep(&ts, nullptr);
+    }
+  }
+
+  void wake() noexcept override { woken_.store(true, std::memory_order_release); }
+  void callers_polling(int /*delta*/) noexcept override {}
+  void release_cold_buffers() noexcept override {}
+  std::string broken() noexcept override { return {}; }
+
+  void close() noexcept override {
+    std::lock_guard lock(mutex_);
+    if (closed_) return;
+    closed_ = true;
+    // Workers still alive are killed; the agents keep serving (a later Pool starts them again).
+    try {
+      for (unsigned k = 0; k < slots_.size(); ++k) {
+        if (!slots_[k].died) control(k, Kind::kill);
+      }
+      while (!outbox_.empty()) outbox_.progress();
+    } catch (...) {
+    }
+  }
+
+  /// Cheap look for anything to receive, from any agent (also lets MPI make progress).
+  bool has_news() noexcept {
+    std::lock_guard lock(mutex_);
+    try {
+      outbox_.progress();
+      int flag = 0;
+      check(MPI_Iprobe(MPI_ANY_SOURCE, tag_up, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE),
+            "MPI_Iprobe");
+      return flag != 0;
+    } catch (...) {
+      return false;
+    }
+  }
+
+  /// " on rank 3 (node07)": for the messages about slot k's worker.
+  std::string where(unsigned k) const {
+    const AgentInfo& a = agents_[slots_[k].agent];
+    return " on rank " + std::to_string(a.rank) + " (" + a.host + ")";
+  }
+
+ private:
+  static constexpr std::chrono::microseconds max_nap{1000};
+
+  struct Pending {
+    Event event;
+    Writer bytes;  // an answer's payload
+    Death death;
+  };
+
+  struct Slot {
+    std::size_t agent = 0;
+    unsigned worker = 0;  // the agent's slot number
+    std::deque<Pending> events;
+    Pending current;  // what the last poll returned (its bytes stay valid until the next)
+    Death death;
+    bool died = false;
+    std::uint64_t life = 0;  // numbered by next_life() at each start
+  };
+
+  /// Lives are numbered across every RemoteTransport of this process, so a Pool made after
+  /// another one never mistakes the old pool's messages for its own.
+  static std::uint64_t next_life() noexcept {
+    static std::atomic<std::uint64_t> last{0};
+    return last.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
+
+  int agent_rank(unsigned k) const noexcept { return agents_[slots_[k].agent].rank; }
+
+  /// Sends a message without bytes about slot k. Under mutex_.
+  void control(unsigned k, Kind kind) {
+    Header h;
+    h.kind = kind;
+    h.slot = slots_[k].worker;
+    h.life = slots_[k].life;
+    outbox_.post(agent_rank(k), h, {});
+  }
+
+  /// Takes every message agent `a` has sent and queues its events by slot. Under mutex_.
+  void receive(std::size_t a) {
+    outbox_.progress();
+    while (std::optional<Message> m = inboxes_[a].poll()) {
+      if (m->header.slot >= agents_[a].workers) continue;  // malformed: ignore
+      const unsigned k = first_slot_[a] + m->header.slot;
+      if (m->header.life != slots_[k].life) continue;  // about an earlier life of the slot
+      Pending p;
+      p.event.task_id = m->header.task_id;
+      switch (m->header.kind) {
+        case Kind::ready:
+          p.event.kind = Event::Kind::ready;
+          break;
+        case Kind::running:
+          p.event.kind = Event::Kind::running;
+          p.event.since_ns = m->header.value < 0 ? 0 : steady_now_ns() - m->header.value;
+          break;
+        case Kind::stopped:
+          p.event.kind = Event::Kind::stopped;
+          p.event.since_ns = m->header.value < 0 ? 0 : steady_now_ns() - m->header.value;
+          break;
+        case Kind::answer:
+          p.event.kind = Event::Kind::answer;
+          p.event.run_nanos = static_cast<std::uint64_t>(m->header.value);
+          p.bytes = std::move(m->bytes);
+          break;
+        case Kind::died:
+          p.event.kind = Event::Kind::died;
+          p.death = decode_death(m->bytes.bytes(), where(k));
+          slots_[k].died = true;
+          break;
+        default:
+          continue;
+      }
+      slots_[k].events.push_back(std::move(p));
+    }
+  }
+
+  std::vector<AgentInfo> agents_;
+  std::vector<unsigned> first_slot_;  // this transport's slot of each agent's worker 0
+  std::mutex mutex_;                  // every MPI call, and everything below
+  std::vector<Inbox> inboxes_;
+  Outbox outbox_{tag_down};
+  std::vector<Slot> slots_;
+  std::atomic<bool> woken_{false};
+  bool closed_ = false;
+};
+
+}  // namespace multicore::detail::mpi

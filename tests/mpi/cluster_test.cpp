@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: MIT
+// The same Pool over MPI ranks: run under mpirun by CTest (tests/mpi/CMakeLists.txt) with 1, 2
+// and 4 ranks, and once over TCP only. The Cluster is made in main() on every rank; ranks other
+// than 0 serve there and never run a test, so every test below runs on rank 0 only.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdlib>
+#include <future>
+#include <multicore/mpi.hpp>
+#include <multicore/multicore.hpp>
+#include <numeric>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace {
+
+using multicore::Pool;
+using multicore::RemoteError;
+using multicore::TaskTimeout;
+using multicore::WorkerLost;
+using namespace std::chrono_literals;
+
+multicore::mpi::Cluster* the_cluster = nullptr;
+
+/// This process's MPI rank, as mpirun announces it, read before the Cluster is made: workers see
+/// the program as it was then, so a task can tell which rank's node it runs on.
+int launched_rank = -1;
+
+int rank_of_this_worker(int /*item*/) { return launched_rank; }
+
+long square(long x) { return x * x; }
+
+std::vector<char> echo(std::vector<char> bytes) { return bytes; }
+
+int misbehave(int how) {
+  switch (how) {
+    case 1:
+      throw std::runtime_error("thrown on a node");
+    case 2:
+      std::signal(SIGSEGV, SIG_DFL);
+      std::raise(SIGSEGV);
+      break;
+    case 3:
+      _exit(3);
+    case 4:
+      for (;;) {  // past task_timeout
+      }
+    default:
+      break;
+  }
+  return how;
+}
+
+/// One task per worker at once: the least-loaded dispatch gives each worker one.
+template <class F>
+auto one_per_worker(Pool& pool, F f, int argument) {
+  std::vector<std::future<std::invoke_result_t<F, int>>> futures;
+  for (unsigned k = 0; k < pool.size(); ++k) futures.push_back(pool.submit(f, argument));
+  return futures;
+}
+
+int ranks() { return the_cluster->ranks(); }
+
+TEST(Cluster, PoolSizeIsEveryRanksWorkers) {
+  Pool pool(*the_cluster);
+  EXPECT_EQ(pool.size(), static_cast<unsigned>(ranks()));  // one worker per rank here
+  EXPECT_EQ(pool.size(), the_cluster->workers());
+}
+
+TEST(Cluster, TasksRunOnEveryRank) {
+  Pool pool(*the_cluster);
+  std::set<int> seen;
+  for (auto& f : one_per_worker(pool, rank_of_this_worker, 0)) seen.insert(f.get());
+  std::set<int> all;
+  for (int r = 0; r < ranks(); ++r) all.insert(r);
+  EXPECT_EQ(seen, all);
+}
+
+TEST(Cluster, MapGivesEveryResultInInputOrder) {
+  Pool pool(*the_cluster);
+  std::vector<long> inputs(20000);
+  std::iota(inputs.begin(), inputs.end(), -10000);
+  std::vector<long> results;
+  for (long r : pool.map(square, inputs)) results.push_back(r);
+  ASSERT_EQ(results.size(), inputs.size());
+  for (std::size_t i = 0; i < inputs.size(); ++i) ASSERT_EQ(results[i], inputs[i] * inputs[i]);
+  std::vector<char> seen(inputs.size(), 0);
+  for (auto [index, value] : pool.map_unordered(square, inputs)) {
+    ASSERT_EQ(value, inputs[index] * inputs[index]);
+    seen[index] += 1;
+  }
+  EXPECT_TRUE(std::all_of(seen.begin(), seen.end(), [](char c) { return c == 1; }));
+}
+
+TEST(Cluster, SubmitCallAndTask) {
+  Pool pool(*the_cluster);
+  EXPECT_EQ(pool.submit(square, 12L).get(), 144);
+  for (long i = 0; i < 200; ++i) ASSERT_EQ(pool.call(square, i), i * i);
+  multicore::Task<long> task(pool);
+  for (long i = 0; i < 100; ++i) task.run(square, i);
+  const std::vector<long> got = task.get();
+  for (long i = 0; i < 100; ++i) ASSERT_EQ(got[static_cast<std::size_t>(i)], i * i);
+  // A lambda's captures travel as bytes: values, not pointers, mean the same on another node.
+  const long offset = 7;
+  EXPECT_EQ(pool.call([offset](long x) { return x + offset; }, 5L), 12);
+}
+
+TEST(Cluster, LargeArgumentsAndResultsReachEveryRank) {
+  Pool pool(*the_cluster);
+  std::vector<char> big(64 << 20);
+  for (std::size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>(i / 4096);
+  std::vector<std::future<std::vector<char>>> echoes;
+  for (unsigned k = 0; k < pool.size(); ++k) echoes.push_back(pool.submit(echo, big));
+  for (auto& e : echoes) EXPECT_TRUE(e.get() == big);
+}
+
+TEST(Cluster, AThrowingTaskGivesRemoteError) {
+  Pool pool(*the_cluster);
+  for (auto& f : one_per_worker(pool, misbehave, 1)) {
+    try {
+      f.get();
+      ADD_FAILURE() << "no error";
+    } catch (const RemoteError& e) {
+      EXPECT_EQ(e.type_name(), "std::runtime_error");
+      EXPECT_EQ(e.message(), "thrown on a node");
+    }
+  }
+}
+
+/// Every worker runs `how` once; each must fail with E, naming the rank for remote workers;
+/// afterwards the pool goes on: its workers are replaced, and tasks succeed.
+template <class E, class Check>
+void every_worker_fails(int how, Check&& check) {
+  Pool pool(*the_cluster);
+  int remote = 0;
+  for (auto& f : one_per_worker(pool, misbehave, how)) {
+    try {
+      f.get();
+      ADD_FAILURE() << "no error";
+    } catch (const E& e) {
+      check(e);
+      const std::string what = e.what();
+      if (what.find(" on rank ") != std::string::npos) ++remote;
+    }
+  }
+  if constexpr (std::is_same_v<E, WorkerLost>) {
+    EXPECT_EQ(remote, ranks() - 1);
+  }
+  std::vector<std::future<long>> after;
+  for (long i = 0; i < 4 * static_cast<long>(pool.size()); ++i)
+    after.push_back(pool.submit(square, i));
+  for (long i = 0; i < static_cast<long>(after.size()); ++i) {
+    EXPECT_EQ(after[static_cast<std::size_t>(i)].get(), i * i);
+  }
+  EXPECT_EQ(pool.size(), static_cast<unsigned>(ranks()));
+}
+
+TEST(Cluster, ASegfaultingTaskGivesWorkerLostNamingItsRank) {
+  every_worker_fails<WorkerLost>(2, [](const WorkerLost& e) {
+    EXPECT_EQ(e.signal(), SIGSEGV);
+    EXPECT_EQ(e.exit_code(), -1);
+  });
+}
+
+TEST(Cluster, AnExitingTaskGivesWorkerLost) {
+  every_worker_fails<WorkerLost>(3, [](const WorkerLost& e) {
+    EXPECT_EQ(e.signal(), 0);
+    EXPECT_EQ(e.exit_code(), 3);
+  });
+}
+
+TEST(Cluster, ATaskPastItsTimeoutGivesTaskTimeout) {
+  every_worker_fails<TaskTimeout>(4, [](const TaskTimeout&) {});
+}
+
+TEST(Cluster, QueuedTasksCompleteWhenAWorkerDies) {
+  Pool pool(*the_cluster);
+  std::vector<std::future<int>> futures;
+  for (int i = 0; i < 40; ++i) futures.push_back(pool.submit(misbehave, i % 8 == 2 ? 2 : 0));
+  int lost = 0;
+  for (int i = 0; i < 40; ++i) {
+    if (i % 8 == 2) {
+      EXPECT_THROW(futures[static_cast<std::size_t>(i)].get(), WorkerLost);
+      ++lost;
+    } else {
+      EXPECT_EQ(futures[static_cast<std::size_t>(i)].get(), 0);
+    }
+  }
+  EXPECT_EQ(lost, 5);
+}
+
+TEST(Cluster, OnePoolAtATime) {
+  auto first = std::make_unique<Pool>(*the_cluster);
+  EXPECT_THROW(Pool second(*the_cluster), multicore::Error);
+  first.reset();
+  Pool third(*the_cluster);
+  EXPECT_EQ(third.call(square, 3L), 9);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (const char* r = std::getenv("OMPI_COMM_WORLD_RANK")) launched_rank = std::atoi(r);
+  if (launched_rank < 0) launched_rank = 0;  // a singleton, started without mpirun
+  multicore::mpi::Cluster cluster(argc, argv,
+                                  {.workers_per_rank = 1, .task_timeout = std::chrono::seconds(2)});
+  the_cluster = &cluster;  // ranks other than 0 never get here
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
