@@ -183,8 +183,11 @@ class MessageSender {
   /// Part of a message is still to be sent.
   bool busy() const noexcept { return !left_.empty(); }
   bool corrupt() const noexcept { return stream_.corrupt(); }
-  /// The consumer made room for the message in progress: worth a pump().
-  bool room_made() const noexcept { return busy() && stream_.room_made(); }
+  /// The consumer made room for the message in progress: worth a pump(). Reads only the
+  /// shared flag (set only while a message is in progress), never the sender's own state, so
+  /// another thread may ask (ShmTransport::has_news, in the collector's wait, while a caller
+  /// starts a message).
+  bool room_made() const noexcept { return stream_.room_made(); }
 
   /// Starts sending `message`, which must stay valid until it is all sent. False while busy.
   bool start(std::span<const std::byte> message) noexcept {
