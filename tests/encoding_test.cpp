@@ -302,6 +302,25 @@ TEST(EncodingRule, PlainTriviallyCopyableValuesAreTheirBytes) {
   EXPECT_EQ(std::memcmp(many.data() + sizeof(std::uint64_t), plains.data(), 2 * sizeof(Plain)), 0);
   alone_and_inside_containers<Plain>(
       [](const auto& value) { EXPECT_EQ(round_trip(value, Format::binary), value); });
+
+  // A vector of them inside a cereal value: one count, then their bytes (one copy).
+  const std::map<int, std::vector<Plain>> nested{{1, plains}};
+  const Writer framed = encoded(nested, Format::binary);
+  const std::byte* end = framed.data() + framed.size();
+  EXPECT_EQ(std::memcmp(end - 2 * sizeof(Plain), plains.data(), 2 * sizeof(Plain)), 0);
+  EXPECT_EQ(round_trip(nested, Format::binary), nested);
+}
+
+TEST(EncodingRule, RejectsAVectorOfRawValuesClaimingMoreThanItsBytesInsideACerealValue) {
+  Writer bytes = encoded(std::map<int, std::vector<Plain>>{{1, {Plain{1}}}}, Format::binary);
+  // The vector's count is the u64 before its one element; claim a billion elements.
+  const std::uint64_t huge = 1'000'000'000;
+  std::memcpy(bytes.data() + bytes.size() - sizeof(Plain) - sizeof huge, &huge, sizeof huge);
+  Reader in(bytes.bytes());
+  const auto error = multicore_test::thrown_exactly<SerializationError>(
+      [&] { (void)decode<std::map<int, std::vector<Plain>>>(in, Format::binary); });
+  ASSERT_TRUE(error);
+  EXPECT_NE(std::string(error->what()).find("claims"), std::string::npos) << error->what();
 }
 
 // ----- Across a pool ---------------------------------------------------------------------------
