@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <future>
 #include <memory>
 #include <multicore/multicore.hpp>
@@ -197,22 +196,6 @@ TEST(AdversarialFailing, DISABLED_ChildOfTheApplicationCannotUseThePool) {
       },
       30s);
   EXPECT_TRUE(end.exited_with(0)) << end.describe();
-}
-
-// ----- Values that are addresses in disguise ---------------------------------------------------
-
-// std::ref / std::cref are trivially copyable, so they cross as raw bytes: the worker reads
-// the address in its own snapshot. Here it reads the value from when the pool was made (1), not
-// the current one; for memory allocated after the pool it segfaults (WorkerLost). It should not
-// compile (like a raw pointer), or send the value.
-int global_setting = 1;
-int read_setting(std::reference_wrapper<const int> setting) { return setting.get(); }
-
-TEST(AdversarialFailing, DISABLED_ReferenceWrapperArgumentDoesNotCrossAsAnAddress) {
-  global_setting = 1;
-  Pool pool(workers(1));
-  global_setting = 2;
-  EXPECT_EQ(pool.call(read_setting, std::cref(global_setting)), 2);
 }
 
 // ----- Task ----------------------------------------------------------------------------------
