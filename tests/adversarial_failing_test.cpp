@@ -200,40 +200,6 @@ TEST(AdversarialFailing, DISABLED_ChildOfTheApplicationCannotUseThePool) {
 
 // ----- Task ----------------------------------------------------------------------------------
 
-std::string word(int i) { return "word" + std::to_string(i); }
-
-// Task is copyable; copies share one batch, and the first get() moves the values out, so the
-// second returns moved-from (empty) strings without any error. Task should be move-only.
-TEST(AdversarialFailing, DISABLED_CopiedTaskDoesNotHandOutMovedFromResults) {
-  Pool pool(workers(2));
-  multicore::Task<std::string> task(pool);
-  task.run(word, 1);
-  task.run(word, 2);
-  multicore::Task<std::string> copy = task;  // compiles today
-  EXPECT_EQ(task.get(), (std::vector<std::string>{"word1", "word2"}));
-  EXPECT_EQ(copy.get(), (std::vector<std::string>{"word1", "word2"}));
-}
-
-// A moved-from Task has no batch: get() and run() dereference a null shared_ptr (SIGSEGV).
-TEST(AdversarialFailing, DISABLED_MovedFromTaskThrowsLogicError) {
-  const auto end = in_child(
-      [](int) {
-        PoolOptions o;
-        o.run_inline = true;
-        Pool pool(o);
-        multicore::Task<int> task(pool);
-        multicore::Task<int> other = std::move(task);
-        try {
-          (void)task.get();  // NOLINT(bugprone-use-after-move): the point of the test
-        } catch (const std::logic_error&) {
-          return 0;
-        }
-        return 1;
-      },
-      10s);
-  EXPECT_TRUE(end.exited_with(0)) << end.describe();
-}
-
 // A Task keeps a Pool*: once the Pool object is moved (into a member, a vector that grows),
 // get() throws PoolClosed "this Pool was moved from" although its runs are fine and the pool
 // still runs them. A map keeps working across the same move (it holds the pool's core).

@@ -18,6 +18,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -218,6 +219,35 @@ TEST_F(TaskTest, RunAfterGetThrowsLogicError) {
   Task<> void_task(pool_);
   void_task.get();
   EXPECT_THROW(void_task.run(checked, 2), std::logic_error);
+}
+
+// Copies of a Task would share one batch, and the first get() would take the results from
+// the other, which then returned moved-from (empty) values without an error.
+static_assert(!std::is_copy_constructible_v<Task<std::string>> &&
+              !std::is_copy_assignable_v<Task<std::string>>);
+static_assert(std::is_nothrow_move_constructible_v<Task<std::string>> &&
+              std::is_nothrow_move_assignable_v<Task<std::string>>);
+
+TEST_F(TaskTest, MovedTaskKeepsItsRuns) {
+  Task<std::string> task(pool_);
+  task.run(as_string, 1);
+  task.run(as_string, 2);
+  Task<std::string> moved = std::move(task);
+  moved.run(as_string, 3);
+  EXPECT_EQ(moved.get(), (std::vector<std::string>{"1", "2", "3"}));
+}
+
+// A moved-from Task has no batch: get() and run() dereferenced a null pointer (SIGSEGV).
+TEST_F(TaskTest, MovedFromTaskThrowsLogicError) {
+  Task<int> task(pool_);
+  Task<int> other = std::move(task);
+  // NOLINTBEGIN(bugprone-use-after-move): the point of the test
+  EXPECT_THROW((void)task.get(), std::logic_error);
+  EXPECT_THROW(task.run(checked, 1), std::logic_error);
+  Task<> void_task(pool_);
+  Task<> void_other = std::move(void_task);
+  EXPECT_THROW(void_task.get(), std::logic_error);
+  // NOLINTEND(bugprone-use-after-move)
 }
 
 TEST_F(TaskTest, RunOnShutDownPoolThrowsPoolClosed) {

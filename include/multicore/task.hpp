@@ -31,7 +31,7 @@ namespace multicore {
 ///
 /// When the gate says no (`!task`), run() executes each call right away in the calling
 /// process, through the same encode/decode path, so results and errors look the same.
-/// A Task is used from one thread.
+/// A Task is used from one thread. It is move-only.
 template <class R = void>
 class Task {
  public:
@@ -47,12 +47,20 @@ class Task {
         options.max_load_average == 0 || load_average_per_core() <= options.max_load_average;
   }
 
+  // Move-only: copies would share one batch of results, which the first get() takes.
+  Task(const Task&) = delete;
+  Task& operator=(const Task&) = delete;
+  Task(Task&&) noexcept = default;
+  Task& operator=(Task&&) noexcept = default;
+  ~Task() = default;
+
   /// False when the load gate said no: run() then executes inline.
   explicit operator bool() const noexcept { return parallel_; }
 
   /// Runs `f(args...)`: in the pool, or inline right now when the gate said no. Its result
   /// must convert to R (for Task<void>, any result is ignored). Never waits for the call.
-  /// Throws std::logic_error after get(), PoolClosed when the pool is shut down,
+  /// Throws std::logic_error after get() or on a moved-from Task, PoolClosed when the pool is
+  /// shut down,
   /// SerializationError when an argument cannot be encoded (for Format::json: when it has no
   /// cereal serialize()).
   template <class F, class... Args>
@@ -61,6 +69,7 @@ class Task {
     static_assert(std::is_void_v<R> || std::is_convertible_v<Result, R>,
                   "multicore: Task<R>::run: the function's result does not convert to R");
     detail::check_call<std::decay_t<F>, detail::wire_t<Args>...>();
+    check_not_moved_from();
     if (got_) throw std::logic_error("multicore: Task::run() called after get()");
     std::unique_ptr<detail::Job> job =
         parallel_ ? pool_->core().new_job() : std::make_unique<detail::Job>();
@@ -83,9 +92,10 @@ class Task {
 
   /// Waits for every run() and returns their results in run() order (nothing for Task<void>).
   /// If any failed, waits for all of them, then throws the first failure in run() order.
-  /// Call once: a second get() throws std::logic_error. While it waits, the calling thread
-  /// helps collect answers from the workers.
+  /// Call once: a second get(), or get() on a moved-from Task, throws std::logic_error. While
+  /// it waits, the calling thread helps collect answers from the workers.
   auto get() {
+    check_not_moved_from();
     if (got_) throw std::logic_error("multicore: Task::get() called twice");
     got_ = true;
     if (!batch_->done()) {
@@ -113,6 +123,10 @@ class Task {
   }
 
  private:
+  void check_not_moved_from() const {
+    if (!batch_) throw std::logic_error("multicore: this Task was moved from");
+  }
+
   Pool* pool_;
   TaskOptions options_;
   bool parallel_ = true;
