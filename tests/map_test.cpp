@@ -703,4 +703,31 @@ TEST(Map, ResultsAreYieldedBeforeTheInputEnds) {
   EXPECT_EQ(*it, "1");
 }
 
+pid_t pid_of_runner(int /*x*/) { return getpid(); }
+
+// A map range outliving its pool kept a dangling PoolCore& (heap-use-after-free under ASan). In
+// a plain build the freed core read as an inline pool: the map "worked", running the function
+// in the application's own process, without isolation.
+TEST(MapLifetime, MapOutlivingItsPoolThrowsPoolClosed) {
+  const std::vector<int> inputs(100, 1);
+  auto make_map = [&] {
+    Pool pool(PoolOptions{.workers = 2});
+    return pool.map(pid_of_runner, inputs);
+  };
+  auto results = make_map();
+  EXPECT_TRUE(multicore_test::thrown_exactly<multicore::PoolClosed>([&] {
+    for (pid_t pid : results) ASSERT_NE(pid, getpid()) << "ran in the application's process";
+  }));
+}
+
+TEST(MapLifetime, MapSurvivesItsPoolBeingMoved) {
+  Pool a(PoolOptions{.workers = 2});
+  auto results = a.map(square, multicore_test::Numbers(0, 100), {.chunk_size = 4});
+  auto it = results.begin();
+  Pool b = std::move(a);
+  int i = 0;
+  for (; it != results.end(); ++it, ++i) EXPECT_EQ(*it, square(i));
+  EXPECT_EQ(i, 100);
+}
+
 }  // namespace

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <multicore/multicore.hpp>
 #include <numeric>
 #include <stdexcept>
@@ -22,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "support/failure.hpp"
 #include "support/leak_check.hpp"
 #include "support/person.hpp"
 
@@ -248,6 +250,36 @@ TEST_F(TaskTest, MovedFromTaskThrowsLogicError) {
   Task<> void_other = std::move(void_task);
   EXPECT_THROW(void_task.get(), std::logic_error);
   // NOLINTEND(bugprone-use-after-move)
+}
+
+// A Task kept a Pool*: once the Pool object was moved (into a member, a vector that grows),
+// get() threw PoolClosed "this Pool was moved from" although the pool still ran its runs.
+TEST(TaskLifetime, TaskSurvivesItsPoolBeingMoved) {
+  Pool a(PoolOptions{.workers = 2});
+  Task<int> task(a);
+  task.run(checked, 3);
+  Pool b = std::move(a);
+  task.run(checked, 5);
+  EXPECT_EQ(task.get(), (std::vector<int>{30, 50}));
+}
+
+// run() after the pool was destroyed read the freed Pool (heap-use-after-free under ASan; in a
+// plain build the misleading "cannot be used from inside a worker process" Error).
+TEST(TaskLifetime, TaskRunAfterItsPoolIsGoneThrowsPoolClosed) {
+  auto pool = std::make_unique<Pool>(PoolOptions{.workers = 2});
+  Task<int> task(*pool);
+  task.run(checked, 3);
+  pool.reset();
+  EXPECT_TRUE(multicore_test::thrown_exactly<multicore::PoolClosed>([&] { task.run(checked, 4); }));
+  // What ran before the pool went was finished by its destructor.
+  EXPECT_EQ(task.get(), std::vector<int>{30});
+}
+
+TEST(TaskLifetime, TaskOfAMovedFromPoolThrowsPoolClosed) {
+  Pool a(PoolOptions{.workers = 1});
+  Pool b = std::move(a);
+  Task<int> task(a);  // NOLINT(bugprone-use-after-move): the point of the test
+  EXPECT_TRUE(multicore_test::thrown_exactly<multicore::PoolClosed>([&] { task.run(checked, 4); }));
 }
 
 TEST_F(TaskTest, RunOnShutDownPoolThrowsPoolClosed) {

@@ -2,6 +2,7 @@
 // Pool: persistent worker processes that run your functions, fed through shared memory.
 #pragma once
 
+#include <cstdint>
 #include <future>
 #include <memory>
 #include <ranges>
@@ -44,18 +45,18 @@ class Pool {
   /// all are ready. Throws std::invalid_argument for bad options, SystemError when a process or
   /// the shared memory cannot be made, Error when on_worker_start throws; nothing is left
   /// running then.
-  explicit Pool(PoolOptions options = {})
-      : core_(std::make_unique<detail::PoolCore>(std::move(options))) {}
+  explicit Pool(PoolOptions options = {}) : core_(detail::make_core(std::move(options))) {}
 
   /// Finishes every submitted task, then stops the workers (see shutdown()). In a process
-  /// forked after the pool was made, releases nothing (see core()).
-  ~Pool() { abandon_if_snapshot(); }
+  /// forked after the pool was made, releases nothing (see detail::make_core). Tasks and maps
+  /// made from this pool then throw PoolClosed where they would need it.
+  ~Pool() = default;
 
+  /// Tasks and maps made from `other` carry on with this one.
   Pool(Pool&&) noexcept = default;
   /// Shuts this pool down (finishing its work), then takes over `other`'s.
   Pool& operator=(Pool&& other) noexcept {
     if (this != &other) {
-      abandon_if_snapshot();
       core_ = std::move(other.core_);
       generation_ = other.generation_;
     }
@@ -155,22 +156,24 @@ class Pool {
 
   detail::PoolCore& core() {
     // First: in a worker, this object is a snapshot taken while the pool was being built.
-    if (is_snapshot()) {
-      throw Error(
-          "multicore: a Pool cannot be used from inside a worker process, nor from any other "
-          "process forked after it was made: the copy there is a snapshot, not a working pool "
-          "(make a new Pool there if you need one)");
-    }
+    if (is_snapshot()) throw_snapshot();
     if (!core_) throw PoolClosed("multicore: this Pool was moved from");
     return *core_;
   }
 
-  /// A snapshot's core describes the parent's pool: its collector thread, fork server and
-  /// workers belong to the parent. Destroying it here would join a thread that does not
-  /// exist and stop the parent's workers (through the shared rings and the inherited command
-  /// socket), so it is left as it is; its memory goes with this process.
-  void abandon_if_snapshot() noexcept {
-    if (is_snapshot()) detail::abandon(std::move(core_));
+  [[noreturn]] static void throw_snapshot() {
+    throw Error(
+        "multicore: a Pool cannot be used from inside a worker process, nor from any other "
+        "process forked after it was made: the copy there is a snapshot, not a working pool "
+        "(make a new Pool there if you need one)");
+  }
+
+  /// The core that a Task made from a pool of `generation` borrowed, for one use: throws as
+  /// core() does, and PoolClosed once that Pool is gone.
+  static std::shared_ptr<detail::PoolCore> lock(const std::weak_ptr<detail::PoolCore>& core,
+                                                std::uint64_t generation) {
+    if (generation != detail::process_generation()) throw_snapshot();
+    return detail::lock_core(core);
   }
 
   template <class F, class... Args>
@@ -215,12 +218,13 @@ class Pool {
     static_assert(!std::is_void_v<detail::result_of_t<Fn&, In>>,
                   "multicore: map needs a function that returns a value; for functions that "
                   "return nothing use submit() or Task<void>");
-    return detail::MapStream<Fn, Source, Ordered>(core(), std::forward<F>(f),
+    (void)core();  // throws if this pool cannot be used here
+    return detail::MapStream<Fn, Source, Ordered>(core_, std::forward<F>(f),
                                                   std::forward<R>(inputs), options);
   }
 
   std::uint64_t generation_ = detail::process_generation();  // before core_: see core()
-  std::unique_ptr<detail::PoolCore> core_;
+  std::shared_ptr<detail::PoolCore> core_;
 };
 
 }  // namespace multicore

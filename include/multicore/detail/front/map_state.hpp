@@ -127,23 +127,25 @@ class MapStream {
     // The callable goes straight to its one copy, here: a lambda capturing a large value is
     // large, and must not be copied through the stack.
     template <class F>
-    State(PoolCore& core, F&& fn, Source&& source, MapOptions options)
-        : core_(core),
+    State(std::weak_ptr<PoolCore> core, F&& fn, Source&& source, MapOptions options)
+        : core_(std::move(core)),
           fn_(std::forward<F>(fn)),
           view_(std::forward<Source>(source)),
           options_(options),
           inbox_(std::make_shared<MapInbox<Out>>()) {
       check_map_options(options_);
-      const std::size_t workers = std::max(1u, core_.size());
-      min_window_ = std::max<std::size_t>(2, 2 * workers);
-      max_window_ = std::max<std::size_t>(2, 32 * workers);
+      workers_ = std::max(1u, lock_core(core_)->size());
+      min_window_ = std::max<std::size_t>(2, 2 * workers_);
+      max_window_ = std::max<std::size_t>(2, 32 * workers_);
     }
 
-    /// Abandons the chunks still with the pool, if any (see Scheduler::abandon). Only then
-    /// does it touch the pool, which may be gone if every chunk was answered.
+    /// Abandons the chunks still with the pool, if any (see Scheduler::abandon). A pool that
+    /// is gone answered them all before it went.
     ~State() {
       inbox_->abandoned.store(true, std::memory_order_relaxed);
-      if (inbox_->arrivals.load(std::memory_order_acquire) != sent_) core_.abandon();
+      if (inbox_->arrivals.load(std::memory_order_acquire) != sent_) {
+        if (std::shared_ptr<PoolCore> core = core_.lock()) core->abandon();
+      }
     }
 
     void start() {
@@ -205,10 +207,16 @@ class MapStream {
       const auto posted = [&] {
         return inbox_->arrivals.load(std::memory_order_acquire) != settled_;
       };
-      core_.help(posted, [&] {
+      const auto sleep = [&] {
         std::unique_lock lock(inbox_->mutex);
         inbox_->arrived_cv.wait(lock, posted);
-      });
+      };
+      // A pool that is gone answered every chunk before it went: they are in the inbox.
+      if (std::shared_ptr<PoolCore> core = core_.lock()) {
+        core->help(posted, sleep);
+      } else {
+        sleep();
+      }
       std::vector<typename MapInbox<Out>::Arrival> arrivals;
       {
         std::lock_guard lock(inbox_->mutex);
@@ -291,7 +299,8 @@ class MapStream {
     }
 
     void send(std::size_t first, std::vector<In> inputs) {
-      std::unique_ptr<Job> job = core_.new_job();
+      std::shared_ptr<PoolCore> core = lock_core(core_);
+      std::unique_ptr<Job> job = core->new_job();
       job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, inputs.size());
       Writer& msg = job->request;
       begin_request(msg);
@@ -304,7 +313,7 @@ class MapStream {
       Chunk& chunk = chunks_[first];
       chunk.inputs = std::move(inputs);
       try {
-        core_.submit(std::move(job));
+        core->submit(std::move(job));
         ++sent_;
       } catch (...) {
         chunks_.erase(first);
@@ -327,7 +336,7 @@ class MapStream {
         // Keep at least two chunks per worker while inputs last, so the end balances.
         const auto total = static_cast<std::size_t>(std::ranges::size(view_));
         const std::size_t left = total > consumed_ ? total - consumed_ : 0;
-        size = std::min(size, std::max(threads, left / (std::size_t{2} * core_.size())));
+        size = std::min(size, std::max(threads, left / (std::size_t{2} * workers_)));
       }
       return std::max<std::size_t>(size, 1);
     }
@@ -339,7 +348,8 @@ class MapStream {
       item_ns_ = item_ns_ > 0 ? (item_ns_ + per_item) / 2 : per_item;
     }
 
-    PoolCore& core_;
+    std::weak_ptr<PoolCore> core_;  // the Pool's: see make_core
+    std::size_t workers_ = 1;
     Fn fn_;
     Source view_;
     MapOptions options_;
@@ -391,9 +401,9 @@ class MapStream {
   };
 
   template <class F>
-  MapStream(PoolCore& core, F&& fn, Source&& source, MapOptions options)
-      : state_(std::make_unique<State>(core, std::forward<F>(fn), std::forward<Source>(source),
-                                       options)) {}
+  MapStream(std::weak_ptr<PoolCore> core, F&& fn, Source&& source, MapOptions options)
+      : state_(std::make_unique<State>(std::move(core), std::forward<F>(fn),
+                                       std::forward<Source>(source), options)) {}
 
   /// Starts the map (sends the first window of chunks) and waits for the first result.
   /// Call once: this is a single-pass range.
