@@ -113,8 +113,10 @@ class Pool {
   /// as long as you stop. Inputs travel in chunks (MapOptions::chunk_size, automatic by
   /// default); MapOptions::threads_per_worker > 1 runs items of a chunk on several threads
   /// per worker, for functions that block. Dereferencing a result whose task failed throws
-  /// its error; ++ continues with the next one. Destroying the range early abandons the rest:
-  /// chunks not started never run, and a worker still running one 100 ms later is replaced.
+  /// its error; ++ continues with the next one. An input range that throws ends the map: the
+  /// inputs read before it yield their results, then its exception takes the next place.
+  /// Destroying the range early abandons the rest: chunks not started never run, and a worker
+  /// still running one 100 ms later is replaced.
   ///
   ///     for (int square : pool.map([](int x) { return x * x; }, std::views::iota(0)))
   ///       if (square > 1000) break;

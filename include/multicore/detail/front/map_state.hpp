@@ -250,8 +250,13 @@ class MapStream {
         }
         return;
       }
+      fail(chunk, n, a.failure);
+    }
+
+    /// Every one of the chunk's `n` items yields `error`, in its place in the stream.
+    static void fail(Chunk& chunk, std::size_t n, const std::exception_ptr& error) {
       chunk.results = std::vector<ItemResult<Out>>(n);
-      for (ItemResult<Out>& r : chunk.results) r.error = a.failure;
+      for (ItemResult<Out>& r : chunk.results) r.error = error;
       chunk.done = true;
       chunk.inputs.clear();
     }
@@ -284,17 +289,25 @@ class MapStream {
         last_size_ = want;
         std::vector<In> inputs;
         inputs.reserve(std::min<std::size_t>(want, 65536));  // chunk_size may be huge
-        auto& it = *it_;
-        const auto end = std::ranges::end(view_);
-        while (inputs.size() < want && it != end) {
-          inputs.emplace_back(*it);
-          ++it;
+        std::exception_ptr input_error;
+        try {
+          auto& it = *it_;
+          const auto end = std::ranges::end(view_);
+          while (inputs.size() < want && it != end) {
+            inputs.emplace_back(*it);
+            ++it;
+          }
+          if (it == end) input_done_ = true;
+        } catch (...) {
+          // The input itself failed: what was read before still runs, then its error takes
+          // the next place in the stream, and the map ends there.
+          input_error = std::current_exception();
+          input_done_ = true;
         }
-        if (it == end) input_done_ = true;
-        if (inputs.empty()) return;
         const std::size_t first = consumed_;
         consumed_ += inputs.size();
-        send(first, std::move(inputs));
+        if (!inputs.empty()) send(first, std::move(inputs));
+        if (input_error) fail(chunks_[consumed_++], 1, input_error);
       }
     }
 
