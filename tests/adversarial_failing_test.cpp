@@ -191,50 +191,6 @@ TEST(AdversarialFailing, DISABLED_ChildOfTheApplicationCannotUseThePool) {
   EXPECT_TRUE(end.exited_with(0)) << end.describe();
 }
 
-// ----- map -----------------------------------------------------------------------------------
-
-// The fork server is killed mid-map. The chunk in flight gets WorkerLost, the map resends its
-// items one by one, the resend throws PoolClosed out of ++ and the stream is at its end: 192 of
-// 200 items get neither a value nor an error. Expected (README: sent tasks WorkerLost, unsent
-// ones PoolClosed): an outcome for every item, each error thrown by its dereference.
-int slow_item(int x) {
-  usleep(10'000);
-  return x;
-}
-
-TEST(AdversarialFailing, DISABLED_MapWhoseForkServerDiesYieldsAnOutcomeForEveryItem) {
-  const auto end = in_child(
-      [](int report) {
-        Pool pool(workers(2));
-        auto results = pool.map(slow_item, multicore_test::Numbers(0, 200), {.chunk_size = 4});
-        int values = 0;
-        int errors = 0;
-        bool killed = false;
-        auto it = results.begin();
-        while (it != results.end()) {
-          try {
-            (void)*it;
-            ++values;
-          } catch (const multicore::Error&) {
-            ++errors;
-          }
-          if (!killed && values == 5) {
-            killed = true;
-            for (pid_t fork_server : multicore_test::child_pids()) kill(fork_server, SIGKILL);
-          }
-          try {
-            ++it;
-          } catch (const std::exception& e) {
-            say(report, std::string("++ threw: ") + e.what());
-          }
-        }
-        say(report, std::to_string(values) + " values, " + std::to_string(errors) + " errors");
-        return values + errors == 200 ? 0 : 1;
-      },
-      30s);
-  EXPECT_TRUE(end.exited_with(0)) << end.describe();
-}
-
 // ----- Serialization ---------------------------------------------------------------------------
 
 // A Codec whose decode reads less than its encode wrote. For a result this is caught (trailing

@@ -311,26 +311,27 @@ class MapStream {
       }
     }
 
+    /// Sends a chunk. One that cannot be sent (the pool is closed or gone, an item cannot be
+    /// encoded) fails in place: each of its items yields the error.
     void send(std::size_t first, std::vector<In> inputs) {
-      std::shared_ptr<PoolCore> core = lock_core(core_);
-      std::unique_ptr<Job> job = core->new_job();
-      job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, inputs.size());
-      Writer& msg = job->request;
-      begin_request(msg);
-      encode_callable(msg, fn_, Format::binary);
-      const std::uint64_t n = inputs.size();
-      msg.write(&n, sizeof n);
-      encode_items(msg, inputs, Format::binary);
-      finish_request(msg, entry_id<MapChunk<Fn, In>>(), Format::binary,
-                     options_.threads_per_worker);
       Chunk& chunk = chunks_[first];
       chunk.inputs = std::move(inputs);
+      const std::uint64_t n = chunk.inputs.size();
       try {
+        std::shared_ptr<PoolCore> core = lock_core(core_);
+        std::unique_ptr<Job> job = core->new_job();
+        job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, n);
+        Writer& msg = job->request;
+        begin_request(msg);
+        encode_callable(msg, fn_, Format::binary);
+        msg.write(&n, sizeof n);
+        encode_items(msg, chunk.inputs, Format::binary);
+        finish_request(msg, entry_id<MapChunk<Fn, In>>(), Format::binary,
+                       options_.threads_per_worker);
         core->submit(std::move(job));
         ++sent_;
       } catch (...) {
-        chunks_.erase(first);
-        throw;
+        fail(chunk, n, std::current_exception());
       }
     }
 
