@@ -193,40 +193,6 @@ TEST(AdversarialFailing, DISABLED_ChildOfTheApplicationCannotUseThePool) {
 
 // ----- Serialization ---------------------------------------------------------------------------
 
-// A Codec whose decode reads less than its encode wrote. For a result this is caught (trailing
-// bytes: SerializationError); for an argument it is not: the next argument is decoded from the
-// leftover bytes and the task silently computes with wrong values (1 + 0 + 2 = 3 here).
-struct Halves {
-  int a = 0;
-  int b = 0;
-};
-
-}  // namespace
-
-template <>
-struct multicore::Codec<Halves> {
-  static void encode(Writer& out, const Halves& h) {
-    out.write(&h.a, sizeof h.a);
-    out.write(&h.b, sizeof h.b);
-  }
-  static Halves decode(Reader& in) {  // forgets to read b
-    Halves h;
-    in.read(&h.a, sizeof h.a);
-    return h;
-  }
-};
-
-namespace {
-
-int sum_halves(Halves h, int c) { return h.a + h.b + c; }
-
-TEST(AdversarialFailing, DISABLED_ArgumentCodecThatReadsLessThanItWroteIsASerializationError) {
-  Pool pool(workers(1));
-  EXPECT_TRUE(multicore_test::thrown_exactly<multicore::SerializationError>([&] {
-    std::cerr << "returned " << pool.call(sum_halves, Halves{1, 2}, 3) << '\n';
-  }));
-}
-
 // A Codec<T>::decode that itself uses the pool (say, a value that resolves a reference through
 // it). Answers are decoded by the thread holding the collector's receive lock (the collector, or
 // a call() helping); the nested call() waits for an answer that only that thread could read:
