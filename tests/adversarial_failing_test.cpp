@@ -429,33 +429,6 @@ TEST(AdversarialFailing, DISABLED_TimeoutsAndDeathsAreReportedWhileTheForkServer
 
 // ----- Races the contract allows (or seems to) -------------------------------------------------
 
-// README: "All Pool member functions except destruction are safe to call from many threads at
-// once". Move-assignment is a member function, but it destroys the old pool under the threads
-// still using it: a data race on Pool::core_ (TSan reports it; the old core can be freed under
-// a running call()). Fails under TSan; a plain build usually passes.
-TEST(AdversarialFailing, DISABLED_MoveAssignmentWhileOtherThreadsCallIsRaceFree) {
-  Pool pool(workers(2));
-  std::atomic<bool> stop{false};
-  std::atomic<int> wrong{0};
-  std::vector<std::thread> callers;
-  for (int t = 0; t < 4; ++t) {
-    callers.emplace_back([&] {
-      while (!stop) {
-        try {
-          if (pool.call(square, 3) != 9) ++wrong;
-        } catch (const PoolClosed&) {
-        }
-      }
-    });
-  }
-  usleep(20'000);
-  pool = Pool(workers(2));
-  usleep(20'000);
-  stop = true;
-  for (std::thread& t : callers) t.join();
-  EXPECT_EQ(wrong.load(), 0);
-}
-
 // A watchdog thread calls terminate() to unblock a destructor that waits for a hung task, the
 // one way to bound ~Pool. terminate() blocks on the close mutex the destructor holds, then
 // reads the Scheduler the destructor has just freed: heap-use-after-free (ASan, in most runs).

@@ -5,12 +5,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <future>
+#include <latch>
 #include <map>
 #include <memory>
 #include <multicore/multicore.hpp>
@@ -29,6 +32,7 @@
 
 namespace {
 
+using namespace std::chrono_literals;
 using multicore::Format;
 using multicore::Pool;
 using multicore::PoolOptions;
@@ -280,6 +284,51 @@ TEST(TaskLifetime, TaskOfAMovedFromPoolThrowsPoolClosed) {
   Pool b = std::move(a);
   Task<int> task(a);  // NOLINT(bugprone-use-after-move): the point of the test
   EXPECT_TRUE(multicore_test::thrown_exactly<multicore::PoolClosed>([&] { task.run(checked, 4); }));
+}
+
+// A Pool object, like any standard type, must not be assigned (or destroyed) while other
+// threads call its members. What other threads may hold across that is a Task made from it:
+// its runs accepted by the old pool get their values (the assignment finishes them), later
+// ones throw PoolClosed, and nothing races (TSan). Each thread runs until it sees PoolClosed
+// (bounded: a thread that never does is a failure).
+TEST(TaskLifetime, TasksOnOtherThreadsOutliveAMoveAssignmentOfTheirPool) {
+  constexpr int threads = 4;
+  Pool pool(PoolOptions{.workers = 2});
+  std::vector<Task<int>> tasks;
+  for (int t = 0; t < threads; ++t) tasks.emplace_back(pool);
+  std::latch running(threads);
+  std::vector<std::size_t> accepted(threads, 0);
+  std::vector<std::vector<int>> results(threads);
+  std::vector<char> closed(threads, 0);
+  std::atomic<bool> give_up{false};
+  std::vector<std::thread> users;
+  for (int t = 0; t < threads; ++t) {
+    users.emplace_back([&, t] {
+      const auto i = static_cast<std::size_t>(t);
+      try {
+        while (!give_up.load()) {
+          tasks[i].run(checked, 1);
+          if (++accepted[i] == 1) running.count_down();
+        }
+      } catch (const multicore::PoolClosed&) {
+        closed[i] = 1;
+      }
+      results[i] = tasks[i].get();
+    });
+  }
+  Pool replacement(PoolOptions{.workers = 1});
+  running.wait();
+  pool = std::move(replacement);
+  auto joined = std::async(std::launch::async, [&] {
+    for (std::thread& u : users) u.join();
+  });
+  if (joined.wait_for(10s) != std::future_status::ready) give_up = true;
+  joined.get();
+  for (std::size_t i = 0; i < threads; ++i) {
+    EXPECT_TRUE(closed[i]) << "thread " << i << " never saw PoolClosed";
+    EXPECT_EQ(results[i], std::vector<int>(accepted[i], 10)) << "thread " << i;
+  }
+  EXPECT_EQ(pool.call(checked, 3), 30);
 }
 
 TEST_F(TaskTest, RunOnShutDownPoolThrowsPoolClosed) {

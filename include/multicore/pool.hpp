@@ -38,7 +38,7 @@ class Task;
 ///
 /// Workers are forks of your program made when the pool is built: they see globals as they
 /// were then. Make pools early, before starting threads. All member functions are thread-safe
-/// except destruction. Linux only.
+/// except destruction and move-assignment (like any standard type). Linux only.
 class Pool {
  public:
   /// Forks the fork server and the workers, runs `on_worker_start` in each, and returns when
@@ -50,13 +50,14 @@ class Pool {
   /// Finishes every submitted task, then stops the workers (see shutdown()). In a process
   /// forked after the pool was made, releases nothing (see detail::make_core). Tasks and maps
   /// made from this pool then throw PoolClosed where they would need it.
-  ~Pool() = default;
+  ~Pool() { release(); }
 
   /// Tasks and maps made from `other` carry on with this one.
   Pool(Pool&&) noexcept = default;
   /// Shuts this pool down (finishing its work), then takes over `other`'s.
   Pool& operator=(Pool&& other) noexcept {
     if (this != &other) {
+      release();
       core_ = std::move(other.core_);
       generation_ = other.generation_;
     }
@@ -170,8 +171,23 @@ class Pool {
         "(make a new Pool there if you need one)");
   }
 
-  /// The core that a Task made from a pool of `generation` borrowed, for one use: throws as
-  /// core() does, and PoolClosed once that Pool is gone.
+  /// Shuts the pool down, then lets go of its core. Tasks and maps that borrow the core at
+  /// that moment (on other threads) keep it until they are done with it, but it is closed:
+  /// they finish what they started and throw PoolClosed for anything new.
+  void release() noexcept {
+    shutdown();
+    core_.reset();
+  }
+
+  /// The core that a Task made from a pool of `generation` borrowed, for one use, or null once
+  /// that Pool is gone. Throws as core() does in a process forked after the pool was made.
+  static std::shared_ptr<detail::PoolCore> borrow(const std::weak_ptr<detail::PoolCore>& core,
+                                                  std::uint64_t generation) {
+    if (generation != detail::process_generation()) throw_snapshot();
+    return core.lock();
+  }
+
+  /// borrow(), throwing PoolClosed once the Pool is gone.
   static std::shared_ptr<detail::PoolCore> lock(const std::weak_ptr<detail::PoolCore>& core,
                                                 std::uint64_t generation) {
     if (generation != detail::process_generation()) throw_snapshot();

@@ -106,8 +106,10 @@ class Task {
     if (got_) throw std::logic_error("multicore: Task::get() called twice");
     got_ = true;
     if (!batch_->done()) {
-      Pool::lock(core_, generation_)
-          ->help([&] { return batch_->done(); }, [&] { batch_->sleep(); });
+      // A pool that is gone resolved every run before it went.
+      if (std::shared_ptr<detail::PoolCore> core = Pool::borrow(core_, generation_)) {
+        core->help([&] { return batch_->done(); }, [&] { batch_->sleep(); });
+      }
     }
     std::exception_ptr first_error;
     if constexpr (std::is_void_v<R>) {
