@@ -61,7 +61,27 @@ struct Fragile {
   enum Mode : std::int32_t { fine, encode_fails, decode_fails } mode;
 };
 
+/// Its Codec's decode forgets to read `b`, which its encode wrote.
+struct Halves {
+  std::int32_t a = 0;
+  std::int32_t b = 0;
+};
+
 }  // namespace corrupt_test_types
+
+template <>
+struct multicore::Codec<corrupt_test_types::Halves> {
+  using Halves = corrupt_test_types::Halves;
+  static void encode(Writer& out, const Halves& h) {
+    out.write(&h.a, sizeof h.a);
+    out.write(&h.b, sizeof h.b);
+  }
+  static Halves decode(Reader& in) {
+    Halves h;
+    in.read(&h.a, sizeof h.a);
+    return h;
+  }
+};
 
 template <>
 struct multicore::Codec<corrupt_test_types::Fragile> {
@@ -152,6 +172,7 @@ struct multicore::Codec<corrupt_test_types::Garbage> {
 
 namespace {
 
+using corrupt_test_types::Halves;
 using multicore::Pool;
 using multicore::PoolOptions;
 using multicore::SerializationError;
@@ -557,6 +578,41 @@ TEST(Serialization, ArgumentThatCannotBeDecodedInTheWorker) {
   EXPECT_NE(what.find("cannot decode this one"), std::string::npos) << what;
   EXPECT_EQ(good.get(), 0);
   EXPECT_EQ(pool.submit(own_pid).get(), before);
+}
+
+// An argument Codec that reads less than it wrote. For a result this was caught (trailing
+// bytes); for an argument the next argument was decoded from the leftover bytes, and the task
+// silently computed with wrong values (1 + 0 + 2 = 3 here, instead of an error).
+int sum_halves(Halves h, int c) { return h.a + h.b + c; }
+int half_sum(Halves h) { return h.a + h.b; }
+
+TEST(Serialization, ArgumentCodecThatReadsLessThanItWroteIsASerializationError) {
+  Pool pool(PoolOptions{.workers = 1});
+  const pid_t before = pool.submit(own_pid).get();
+  auto shifted = pool.submit(sum_halves, Halves{1, 2}, 3);
+  const auto error = error_of<SerializationError>(shifted);
+  ASSERT_TRUE(error);
+  const std::string what = error->what();
+  EXPECT_NE(what.find("4 bytes of the request were left"), std::string::npos) << what;
+  EXPECT_TRUE(multicore_test::thrown_exactly<SerializationError>([&] {
+    (void)pool.call(sum_halves, Halves{1, 2}, 3);
+  }));
+  // Alone, or last: the leftover bytes are not read by anything.
+  EXPECT_TRUE(multicore_test::thrown_exactly<SerializationError>([&] {
+    (void)pool.call(half_sum, Halves{1, 2});
+  }));
+  EXPECT_EQ(pool.submit(own_pid).get(), before);
+}
+
+TEST(Serialization, MapItemCodecThatReadsLessThanItWroteIsASerializationError) {
+  Pool pool(PoolOptions{.workers = 1});
+  const std::vector<Halves> inputs(10, Halves{1, 2});
+  int errors = 0;
+  auto results = pool.map(half_sum, inputs, {.chunk_size = 5});
+  for (auto it = results.begin(); it != results.end(); ++it) {
+    if (multicore_test::thrown_exactly<SerializationError>([&] { (void)*it; })) ++errors;
+  }
+  EXPECT_EQ(errors, 10);
 }
 
 }  // namespace

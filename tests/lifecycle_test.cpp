@@ -27,7 +27,9 @@
 
 #include "support/app.hpp"
 #include "support/failure.hpp"
+#include "support/in_child.hpp"
 #include "support/leak_check.hpp"
+#include "support/numbers.hpp"
 
 namespace {
 
@@ -763,6 +765,52 @@ std::string describe_children() {
 // fork server killed from outside: they die with it (PR_SET_PDEATHSIG) and are reparented to
 // the application. Regression test: nobody reaped them, and they stayed as zombies for ever; the
 // pool knows their pids and must reap them.
+int slow_item(int x) {
+  usleep(10'000);
+  return x;
+}
+
+// The fork server is killed mid-map. The chunk in flight got WorkerLost, the map resent its
+// items one by one, the resend threw out of ++ and the stream was at its end: 192 of 200 items
+// got neither a value nor an error. Now every item yields an outcome (README: sent tasks
+// WorkerLost, unsent ones PoolClosed), each error thrown by its dereference, never by ++.
+TEST(Lifecycle, MapWhoseForkServerDiesYieldsAnOutcomeForEveryItem) {
+  const auto end = multicore_test::in_child(
+      [](int report) {
+        Pool pool(PoolOptions{.workers = 2});
+        auto results = pool.map(slow_item, multicore_test::Numbers(0, 200), {.chunk_size = 4});
+        int values = 0;
+        int errors = 0;
+        bool killed = false;
+        bool increment_threw = false;
+        auto it = results.begin();
+        while (it != results.end()) {
+          try {
+            if (*it == static_cast<int>(it.index())) ++values;
+          } catch (const WorkerLost&) {
+            ++errors;
+          } catch (const PoolClosed&) {
+            ++errors;
+          }
+          if (!killed && values == 5) {
+            killed = true;
+            for (pid_t fork_server : multicore_test::child_pids()) kill(fork_server, SIGKILL);
+          }
+          try {
+            ++it;
+          } catch (const std::exception& e) {
+            multicore_test::say(report, std::string("++ threw: ") + e.what());
+            increment_threw = true;
+          }
+        }
+        multicore_test::say(
+            report, std::to_string(values) + " values, " + std::to_string(errors) + " errors");
+        return values + errors == 200 && !increment_threw ? 0 : 1;
+      },
+      30s);
+  EXPECT_TRUE(end.exited_with(0)) << end.describe();
+}
+
 TEST(Lifecycle, ForkServerKilledFromOutsideLeavesASubreaperApplicationNoZombie) {
   const AppResult app = run_app([](const Report& report) {
     if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) {

@@ -703,4 +703,111 @@ TEST(Map, ResultsAreYieldedBeforeTheInputEnds) {
   EXPECT_EQ(*it, "1");
 }
 
+pid_t pid_of_runner(int /*x*/) { return getpid(); }
+
+// A map range outliving its pool kept a dangling PoolCore& (heap-use-after-free under ASan). In
+// a plain build the freed core read as an inline pool: the map "worked", running the function
+// in the application's own process, without isolation.
+TEST(MapLifetime, MapOutlivingItsPoolThrowsPoolClosed) {
+  const std::vector<int> inputs(100, 1);
+  auto make_map = [&] {
+    Pool pool(PoolOptions{.workers = 2});
+    return pool.map(pid_of_runner, inputs);
+  };
+  auto results = make_map();
+  EXPECT_TRUE(multicore_test::thrown_exactly<multicore::PoolClosed>([&] {
+    for (pid_t pid : results) ASSERT_NE(pid, getpid()) << "ran in the application's process";
+  }));
+}
+
+TEST(MapLifetime, MapSurvivesItsPoolBeingMoved) {
+  Pool a(PoolOptions{.workers = 2});
+  auto results = a.map(square, multicore_test::Numbers(0, 100), {.chunk_size = 4});
+  auto it = results.begin();
+  Pool b = std::move(a);
+  int i = 0;
+  for (; it != results.end(); ++it, ++i) EXPECT_EQ(*it, square(i));
+  EXPECT_EQ(i, 100);
+}
+
+// An input range whose dereference throws at `bad`, and ends at 2000.
+class ThrowsAt {
+ public:
+  class iterator {
+   public:
+    using value_type = int;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    iterator(int i, int bad) : i_(i), bad_(bad) {}
+    int operator*() const {
+      if (i_ == bad_) throw std::runtime_error("input " + std::to_string(i_) + " is unreadable");
+      return i_;
+    }
+    iterator& operator++() {
+      ++i_;
+      return *this;
+    }
+    void operator++(int) { ++i_; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) { return it.i_ >= 2000; }
+
+   private:
+    int i_ = 0;
+    int bad_ = 0;
+  };
+  explicit ThrowsAt(int bad) : bad_(bad) {}
+  iterator begin() const { return {0, bad_}; }
+  std::default_sentinel_t end() const { return {}; }
+
+ private:
+  int bad_;
+};
+
+// An input range that throws part-way: the map dropped the chunk it was reading and ended, so
+// the results of the inputs read before the failure vanished without an error (items 748..999
+// here). Now every input read before it yields its result, then the input's error is thrown
+// once (by the dereference at its index), then the map ends.
+TEST(MapInput, InputThatThrowsMidWayLosesNoResultsReadBeforeIt) {
+  Pool pool(PoolOptions{.workers = 2});
+  const ThrowsAt inputs(1000);
+  auto results = pool.map(square, inputs, {.chunk_size = 4});
+  std::vector<std::int64_t> values;
+  int input_errors = 0;
+  auto it = results.begin();
+  while (it != results.end()) {
+    try {
+      values.push_back(*it);
+    } catch (const std::runtime_error&) {
+      EXPECT_EQ(it.index(), 1000u);
+      ++input_errors;
+    }
+    try {
+      ++it;
+    } catch (const std::runtime_error&) {
+      ++input_errors;
+    }
+    ASSERT_LE(input_errors, 1) << "the input's error was reported more than once";
+  }
+  EXPECT_EQ(input_errors, 1);
+  ASSERT_EQ(values.size(), 1000u) << "results of inputs read before the failure were dropped";
+  for (int i = 0; i < 1000; ++i) EXPECT_EQ(values[static_cast<std::size_t>(i)], square(i));
+}
+
+TEST(MapInput, UnorderedMapYieldsTheInputsErrorAtItsIndex) {
+  Pool pool(PoolOptions{.workers = 2});
+  const ThrowsAt inputs(10);
+  auto results = pool.map_unordered(square, inputs, {.chunk_size = 4});
+  std::vector<std::size_t> seen;
+  std::size_t failed_at = 0;
+  for (auto it = results.begin(); it != results.end(); ++it) {
+    try {
+      seen.push_back((*it).first);
+    } catch (const std::runtime_error&) {
+      failed_at = it.index();
+    }
+  }
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, (std::vector<std::size_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(failed_at, 10u);
+}
+
 }  // namespace

@@ -2,6 +2,7 @@
 // Pool: persistent worker processes that run your functions, fed through shared memory.
 #pragma once
 
+#include <cstdint>
 #include <future>
 #include <memory>
 #include <ranges>
@@ -41,29 +42,30 @@ class Cluster;
 ///
 /// Workers are forks of your program made when the pool is built: they see globals as they
 /// were then. Make pools early, before starting threads. All member functions are thread-safe
-/// except destruction. Linux only.
+/// except destruction and move-assignment (like any standard type). Linux only.
 class Pool {
  public:
   /// Forks the fork server and the workers, runs `on_worker_start` in each, and returns when
   /// all are ready. Throws std::invalid_argument for bad options, SystemError when a process or
   /// the shared memory cannot be made, Error when on_worker_start throws; nothing is left
   /// running then.
-  explicit Pool(PoolOptions options = {})
-      : core_(std::make_unique<detail::PoolCore>(std::move(options))) {}
+  explicit Pool(PoolOptions options = {}) : core_(detail::make_core(std::move(options))) {}
 
   /// Runs on the workers of every rank of an MPI job (see multicore/mpi.hpp, which defines this
   /// constructor): size() is their sum. One Pool at a time per Cluster; throws Error otherwise.
   explicit Pool(mpi::Cluster& cluster);
 
   /// Finishes every submitted task, then stops the workers (see shutdown()). In a process
-  /// forked after the pool was made, releases nothing (see core()).
-  ~Pool() { abandon_if_snapshot(); }
+  /// forked after the pool was made, releases nothing (see detail::make_core). Tasks and maps
+  /// made from this pool then throw PoolClosed where they would need it.
+  ~Pool() { release(); }
 
+  /// Tasks and maps made from `other` carry on with this one.
   Pool(Pool&&) noexcept = default;
   /// Shuts this pool down (finishing its work), then takes over `other`'s.
   Pool& operator=(Pool&& other) noexcept {
     if (this != &other) {
-      abandon_if_snapshot();
+      release();
       core_ = std::move(other.core_);
       generation_ = other.generation_;
     }
@@ -120,8 +122,10 @@ class Pool {
   /// as long as you stop. Inputs travel in chunks (MapOptions::chunk_size, automatic by
   /// default); MapOptions::threads_per_worker > 1 runs items of a chunk on several threads
   /// per worker, for functions that block. Dereferencing a result whose task failed throws
-  /// its error; ++ continues with the next one. Destroying the range early abandons the rest:
-  /// chunks not started never run, and a worker still running one 100 ms later is replaced.
+  /// its error; ++ continues with the next one. An input range that throws ends the map: the
+  /// inputs read before it yield their results, then its exception takes the next place.
+  /// Destroying the range early abandons the rest: chunks not started never run, and a worker
+  /// still running one 100 ms later is replaced.
   ///
   ///     for (int square : pool.map([](int x) { return x * x; }, std::views::iota(0)))
   ///       if (square > 1000) break;
@@ -163,22 +167,39 @@ class Pool {
 
   detail::PoolCore& core() {
     // First: in a worker, this object is a snapshot taken while the pool was being built.
-    if (is_snapshot()) {
-      throw Error(
-          "multicore: a Pool cannot be used from inside a worker process, nor from any other "
-          "process forked after it was made: the copy there is a snapshot, not a working pool "
-          "(make a new Pool there if you need one)");
-    }
+    if (is_snapshot()) throw_snapshot();
     if (!core_) throw PoolClosed("multicore: this Pool was moved from");
     return *core_;
   }
 
-  /// A snapshot's core describes the parent's pool: its collector thread, fork server and
-  /// workers belong to the parent. Destroying it here would join a thread that does not
-  /// exist and stop the parent's workers (through the shared rings and the inherited command
-  /// socket), so it is left as it is; its memory goes with this process.
-  void abandon_if_snapshot() noexcept {
-    if (is_snapshot()) detail::abandon(std::move(core_));
+  [[noreturn]] static void throw_snapshot() {
+    throw Error(
+        "multicore: a Pool cannot be used from inside a worker process, nor from any other "
+        "process forked after it was made: the copy there is a snapshot, not a working pool "
+        "(make a new Pool there if you need one)");
+  }
+
+  /// Shuts the pool down, then lets go of its core. Tasks and maps that borrow the core at
+  /// that moment (on other threads) keep it until they are done with it, but it is closed:
+  /// they finish what they started and throw PoolClosed for anything new.
+  void release() noexcept {
+    shutdown();
+    core_.reset();
+  }
+
+  /// The core that a Task made from a pool of `generation` borrowed, for one use, or null once
+  /// that Pool is gone. Throws as core() does in a process forked after the pool was made.
+  static std::shared_ptr<detail::PoolCore> borrow(const std::weak_ptr<detail::PoolCore>& core,
+                                                  std::uint64_t generation) {
+    if (generation != detail::process_generation()) throw_snapshot();
+    return core.lock();
+  }
+
+  /// borrow(), throwing PoolClosed once the Pool is gone.
+  static std::shared_ptr<detail::PoolCore> lock(const std::weak_ptr<detail::PoolCore>& core,
+                                                std::uint64_t generation) {
+    if (generation != detail::process_generation()) throw_snapshot();
+    return detail::lock_core(core);
   }
 
   template <class F, class... Args>
@@ -223,12 +244,13 @@ class Pool {
     static_assert(!std::is_void_v<detail::result_of_t<Fn&, In>>,
                   "multicore: map needs a function that returns a value; for functions that "
                   "return nothing use submit() or Task<void>");
-    return detail::MapStream<Fn, Source, Ordered>(core(), std::forward<F>(f),
+    (void)core();  // throws if this pool cannot be used here
+    return detail::MapStream<Fn, Source, Ordered>(core_, std::forward<F>(f),
                                                   std::forward<R>(inputs), options);
   }
 
   std::uint64_t generation_ = detail::process_generation();  // before core_: see core()
-  std::unique_ptr<detail::PoolCore> core_;
+  std::shared_ptr<detail::PoolCore> core_;
 };
 
 }  // namespace multicore

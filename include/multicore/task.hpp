@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <exception>
 #include <memory>
 #include <stdexcept>
@@ -31,14 +32,19 @@ namespace multicore {
 ///
 /// When the gate says no (`!task`), run() executes each call right away in the calling
 /// process, through the same encode/decode path, so results and errors look the same.
-/// A Task is used from one thread.
+/// A Task is used from one thread. It is move-only, and keeps working when its Pool object
+/// is moved; once its Pool is destroyed, run() throws PoolClosed.
 template <class R = void>
 class Task {
  public:
   /// Reads the load average if `options.max_load_average` > 0: when the 1-minute load per
   /// usable core is above it, this task runs inline. Throws std::invalid_argument for a
   /// negative or NaN threshold, SystemError if the load average cannot be read.
-  explicit Task(Pool& pool, TaskOptions options = {}) : pool_(&pool), options_(options) {
+  explicit Task(Pool& pool, TaskOptions options = {})
+      : generation_(pool.generation_), options_(options) {
+    // In a worker, `pool` is a snapshot taken while it was being made: its core_ may not be
+    // constructed yet. Such a Task throws (see Pool::lock) before it would need one.
+    if (!pool.is_snapshot()) core_ = pool.core_;
     if (options.max_load_average < 0 || std::isnan(options.max_load_average)) {
       throw std::invalid_argument("multicore: TaskOptions::max_load_average must be >= 0, got " +
                                   std::to_string(options.max_load_average));
@@ -47,12 +53,20 @@ class Task {
         options.max_load_average == 0 || load_average_per_core() <= options.max_load_average;
   }
 
+  // Move-only: copies would share one batch of results, which the first get() takes.
+  Task(const Task&) = delete;
+  Task& operator=(const Task&) = delete;
+  Task(Task&&) noexcept = default;
+  Task& operator=(Task&&) noexcept = default;
+  ~Task() = default;
+
   /// False when the load gate said no: run() then executes inline.
   explicit operator bool() const noexcept { return parallel_; }
 
   /// Runs `f(args...)`: in the pool, or inline right now when the gate said no. Its result
   /// must convert to R (for Task<void>, any result is ignored). Never waits for the call.
-  /// Throws std::logic_error after get(), PoolClosed when the pool is shut down,
+  /// Throws std::logic_error after get() or on a moved-from Task, PoolClosed when the pool is
+  /// shut down or destroyed,
   /// SerializationError when an argument cannot be encoded (for Format::json: when it has no
   /// cereal serialize()).
   template <class F, class... Args>
@@ -61,9 +75,11 @@ class Task {
     static_assert(std::is_void_v<R> || std::is_convertible_v<Result, R>,
                   "multicore: Task<R>::run: the function's result does not convert to R");
     detail::check_call<std::decay_t<F>, detail::wire_t<Args>...>();
+    check_not_moved_from();
     if (got_) throw std::logic_error("multicore: Task::run() called after get()");
-    std::unique_ptr<detail::Job> job =
-        parallel_ ? pool_->core().new_job() : std::make_unique<detail::Job>();
+    std::shared_ptr<detail::PoolCore> core;
+    if (parallel_) core = Pool::lock(core_, generation_);
+    std::unique_ptr<detail::Job> job = core ? core->new_job() : std::make_unique<detail::Job>();
     Pool::encode<F, Args...>(*job, options_.format, f, args...);
     auto& slot = batch_->slots.emplace_back();
     job->emplace_completion<detail::TaskRunCompletion<R, Result>>(batch_, &slot, options_.format);
@@ -73,7 +89,7 @@ class Task {
       return;
     }
     try {
-      pool_->core().submit(std::move(job));
+      core->submit(std::move(job));
     } catch (...) {
       batch_->remaining.fetch_sub(1, std::memory_order_relaxed);
       batch_->slots.pop_back();
@@ -83,13 +99,17 @@ class Task {
 
   /// Waits for every run() and returns their results in run() order (nothing for Task<void>).
   /// If any failed, waits for all of them, then throws the first failure in run() order.
-  /// Call once: a second get() throws std::logic_error. While it waits, the calling thread
-  /// helps collect answers from the workers.
+  /// Call once: a second get(), or get() on a moved-from Task, throws std::logic_error. While
+  /// it waits, the calling thread helps collect answers from the workers.
   auto get() {
+    check_not_moved_from();
     if (got_) throw std::logic_error("multicore: Task::get() called twice");
     got_ = true;
     if (!batch_->done()) {
-      pool_->core().help([&] { return batch_->done(); }, [&] { batch_->sleep(); });
+      // A pool that is gone resolved every run before it went.
+      if (std::shared_ptr<detail::PoolCore> core = Pool::borrow(core_, generation_)) {
+        core->help([&] { return batch_->done(); }, [&] { batch_->sleep(); });
+      }
     }
     std::exception_ptr first_error;
     if constexpr (std::is_void_v<R>) {
@@ -113,7 +133,12 @@ class Task {
   }
 
  private:
-  Pool* pool_;
+  void check_not_moved_from() const {
+    if (!batch_) throw std::logic_error("multicore: this Task was moved from");
+  }
+
+  std::weak_ptr<detail::PoolCore> core_;  // the Pool's: see detail::make_core
+  std::uint64_t generation_;              // the Pool's: see Pool::lock
   TaskOptions options_;
   bool parallel_ = true;
   bool got_ = false;

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <bit>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -227,13 +228,36 @@ class PoolCore {
   std::atomic<bool> closed_{false};
 };
 
-/// Leaves a pool's core undestroyed, for ever (see Pool::abandon_if_snapshot()).
-/// LeakSanitizer, which also checks a forked child that exits normally, is told it is meant.
-inline void abandon(std::unique_ptr<PoolCore> core) noexcept {
-  [[maybe_unused]] PoolCore* left = core.release();
+/// Owns a pool's core for a Pool, and lends it (weakly) to the Tasks and maps made from it:
+/// they survive the Pool object being moved, and notice it being destroyed (see lock_core).
+/// In a process forked after the core was made (a worker, a child of the application), the
+/// core is a snapshot of the parent's: its collector thread, fork server and workers belong to
+/// the parent. Destroying it there would join a thread that does not exist and stop the
+/// parent's workers (through the shared rings and the inherited command socket), so it is left
+/// as it is; its memory goes with the process. LeakSanitizer, which also checks a forked child
+/// that exits normally, is told that this is meant.
+inline std::shared_ptr<PoolCore> make_core(PoolOptions options) {
+  const std::uint64_t generation = process_generation();
+  return std::shared_ptr<PoolCore>(new PoolCore(std::move(options)), [generation](PoolCore* core) {
+    if (generation == process_generation()) {
+      delete core;
+      return;
+    }
 #if MULTICORE_LEAK_SANITIZER
-  if (left != nullptr) __lsan_ignore_object(left);
+    __lsan_ignore_object(core);
 #endif
+  });
+}
+
+/// The core a Task or a map borrowed, for one use. Throws PoolClosed once its Pool is gone.
+inline std::shared_ptr<PoolCore> lock_core(const std::weak_ptr<PoolCore>& core) {
+  std::shared_ptr<PoolCore> locked = core.lock();
+  if (!locked) {
+    throw PoolClosed(
+        "multicore: the Pool is gone (destroyed, or moved from before this Task or map was "
+        "made from it)");
+  }
+  return locked;
 }
 
 }  // namespace multicore::detail

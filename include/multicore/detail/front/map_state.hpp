@@ -127,23 +127,25 @@ class MapStream {
     // The callable goes straight to its one copy, here: a lambda capturing a large value is
     // large, and must not be copied through the stack.
     template <class F>
-    State(PoolCore& core, F&& fn, Source&& source, MapOptions options)
-        : core_(core),
+    State(std::weak_ptr<PoolCore> core, F&& fn, Source&& source, MapOptions options)
+        : core_(std::move(core)),
           fn_(std::forward<F>(fn)),
           view_(std::forward<Source>(source)),
           options_(options),
           inbox_(std::make_shared<MapInbox<Out>>()) {
       check_map_options(options_);
-      const std::size_t workers = std::max(1u, core_.size());
-      min_window_ = std::max<std::size_t>(2, 2 * workers);
-      max_window_ = std::max<std::size_t>(2, 32 * workers);
+      workers_ = std::max(1u, lock_core(core_)->size());
+      min_window_ = std::max<std::size_t>(2, 2 * workers_);
+      max_window_ = std::max<std::size_t>(2, 32 * workers_);
     }
 
-    /// Abandons the chunks still with the pool, if any (see Scheduler::abandon). Only then
-    /// does it touch the pool, which may be gone if every chunk was answered.
+    /// Abandons the chunks still with the pool, if any (see Scheduler::abandon). A pool that
+    /// is gone answered them all before it went.
     ~State() {
       inbox_->abandoned.store(true, std::memory_order_relaxed);
-      if (inbox_->arrivals.load(std::memory_order_acquire) != sent_) core_.abandon();
+      if (inbox_->arrivals.load(std::memory_order_acquire) != sent_) {
+        if (std::shared_ptr<PoolCore> core = core_.lock()) core->abandon();
+      }
     }
 
     void start() {
@@ -205,10 +207,16 @@ class MapStream {
       const auto posted = [&] {
         return inbox_->arrivals.load(std::memory_order_acquire) != settled_;
       };
-      core_.help(posted, [&] {
+      const auto sleep = [&] {
         std::unique_lock lock(inbox_->mutex);
         inbox_->arrived_cv.wait(lock, posted);
-      });
+      };
+      // A pool that is gone answered every chunk before it went: they are in the inbox.
+      if (std::shared_ptr<PoolCore> core = core_.lock()) {
+        core->help(posted, sleep);
+      } else {
+        sleep();
+      }
       std::vector<typename MapInbox<Out>::Arrival> arrivals;
       {
         std::lock_guard lock(inbox_->mutex);
@@ -242,8 +250,13 @@ class MapStream {
         }
         return;
       }
+      fail(chunk, n, a.failure);
+    }
+
+    /// Every one of the chunk's `n` items yields `error`, in its place in the stream.
+    static void fail(Chunk& chunk, std::size_t n, const std::exception_ptr& error) {
       chunk.results = std::vector<ItemResult<Out>>(n);
-      for (ItemResult<Out>& r : chunk.results) r.error = a.failure;
+      for (ItemResult<Out>& r : chunk.results) r.error = error;
       chunk.done = true;
       chunk.inputs.clear();
     }
@@ -276,39 +289,49 @@ class MapStream {
         last_size_ = want;
         std::vector<In> inputs;
         inputs.reserve(std::min<std::size_t>(want, 65536));  // chunk_size may be huge
-        auto& it = *it_;
-        const auto end = std::ranges::end(view_);
-        while (inputs.size() < want && it != end) {
-          inputs.emplace_back(*it);
-          ++it;
+        std::exception_ptr input_error;
+        try {
+          auto& it = *it_;
+          const auto end = std::ranges::end(view_);
+          while (inputs.size() < want && it != end) {
+            inputs.emplace_back(*it);
+            ++it;
+          }
+          if (it == end) input_done_ = true;
+        } catch (...) {
+          // The input itself failed: what was read before still runs, then its error takes
+          // the next place in the stream, and the map ends there.
+          input_error = std::current_exception();
+          input_done_ = true;
         }
-        if (it == end) input_done_ = true;
-        if (inputs.empty()) return;
         const std::size_t first = consumed_;
         consumed_ += inputs.size();
-        send(first, std::move(inputs));
+        if (!inputs.empty()) send(first, std::move(inputs));
+        if (input_error) fail(chunks_[consumed_++], 1, input_error);
       }
     }
 
+    /// Sends a chunk. One that cannot be sent (the pool is closed or gone, an item cannot be
+    /// encoded) fails in place: each of its items yields the error.
     void send(std::size_t first, std::vector<In> inputs) {
-      std::unique_ptr<Job> job = core_.new_job();
-      job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, inputs.size());
-      Writer& msg = job->request;
-      begin_request(msg);
-      encode_callable(msg, fn_, Format::binary);
-      const std::uint64_t n = inputs.size();
-      msg.write(&n, sizeof n);
-      encode_items(msg, inputs, Format::binary);
-      finish_request(msg, entry_id<MapChunk<Fn, In>>(), Format::binary,
-                     options_.threads_per_worker);
       Chunk& chunk = chunks_[first];
       chunk.inputs = std::move(inputs);
+      const std::uint64_t n = chunk.inputs.size();
       try {
-        core_.submit(std::move(job));
+        std::shared_ptr<PoolCore> core = lock_core(core_);
+        std::unique_ptr<Job> job = core->new_job();
+        job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, n);
+        Writer& msg = job->request;
+        begin_request(msg);
+        encode_callable(msg, fn_, Format::binary);
+        msg.write(&n, sizeof n);
+        encode_items(msg, chunk.inputs, Format::binary);
+        finish_request(msg, entry_id<MapChunk<Fn, In>>(), Format::binary,
+                       options_.threads_per_worker);
+        core->submit(std::move(job));
         ++sent_;
       } catch (...) {
-        chunks_.erase(first);
-        throw;
+        fail(chunk, n, std::current_exception());
       }
     }
 
@@ -327,7 +350,7 @@ class MapStream {
         // Keep at least two chunks per worker while inputs last, so the end balances.
         const auto total = static_cast<std::size_t>(std::ranges::size(view_));
         const std::size_t left = total > consumed_ ? total - consumed_ : 0;
-        size = std::min(size, std::max(threads, left / (std::size_t{2} * core_.size())));
+        size = std::min(size, std::max(threads, left / (std::size_t{2} * workers_)));
       }
       return std::max<std::size_t>(size, 1);
     }
@@ -339,7 +362,8 @@ class MapStream {
       item_ns_ = item_ns_ > 0 ? (item_ns_ + per_item) / 2 : per_item;
     }
 
-    PoolCore& core_;
+    std::weak_ptr<PoolCore> core_;  // the Pool's: see make_core
+    std::size_t workers_ = 1;
     Fn fn_;
     Source view_;
     MapOptions options_;
@@ -391,9 +415,9 @@ class MapStream {
   };
 
   template <class F>
-  MapStream(PoolCore& core, F&& fn, Source&& source, MapOptions options)
-      : state_(std::make_unique<State>(core, std::forward<F>(fn), std::forward<Source>(source),
-                                       options)) {}
+  MapStream(std::weak_ptr<PoolCore> core, F&& fn, Source&& source, MapOptions options)
+      : state_(std::make_unique<State>(std::move(core), std::forward<F>(fn),
+                                       std::forward<Source>(source), options)) {}
 
   /// Starts the map (sends the first window of chunks) and waits for the first result.
   /// Call once: this is a single-pass range.

@@ -154,6 +154,17 @@ void decode_arguments(std::tuple<Stored<Args>...>& args, Reader& in, const CallC
   (std::index_sequence_for<Args...>{});
 }
 
+/// Checks that decoding a request's values read all of it. Values are not framed one by one:
+/// a Codec whose decode reads less than its encode wrote would leave the next value to be
+/// decoded from its leftover bytes, and the task would silently run with wrong arguments.
+inline void expect_request_end(const Reader& in) {
+  if (in.remaining() != 0) {
+    throw SerializationError("multicore: " + std::to_string(in.remaining()) +
+                             " bytes of the request were left after decoding it (does a "
+                             "multicore::Codec<T>::decode read less than its encode writes?)");
+  }
+}
+
 /// Runs `fn(args...)` and appends its outcome to `out` (or sends it, see CallContext::sender).
 template <class Fn, class... Args>
 void run_and_write(Writer& out, const CallContext& context, Fn& fn,
@@ -206,6 +217,7 @@ struct Call {
     try {
       decode_callable(fn, in, context.format);
       decode_arguments(args, in, context);
+      expect_request_end(in);
     } catch (...) {
       write_serialization_failure(out, mark, "decoding the arguments in the worker");
       return;

@@ -106,6 +106,7 @@ struct MapChunk {
       in.read(&n, sizeof n);
       if (n > in.remaining()) throw SerializationError("multicore: corrupt chunk: bad count");
       items = decode_items<In>(in, static_cast<std::size_t>(n), context.format);
+      expect_request_end(in);
     } catch (...) {
       write_chunk_failure(out, mark);
       return;

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <deque>
 #include <forward_list>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -75,12 +76,19 @@ struct is_span : std::false_type {};
 template <class E, std::size_t N>
 struct is_span<std::span<E, N>> : std::true_type {};
 
-/// Object pointers, member pointers and std::nullptr_t: addresses in the sender's memory.
-/// Function pointers are not among them: workers are forks of the same program, so code
-/// addresses mean the same in every process (a callable is sent the same way).
 template <class T>
-concept address_value = (std::is_pointer_v<T> && !std::is_function_v<std::remove_pointer_t<T>>) ||
-                        std::is_member_pointer_v<T> || std::is_null_pointer_v<T>;
+struct is_reference_wrapper : std::false_type {};
+template <class T>
+struct is_reference_wrapper<std::reference_wrapper<T>> : std::true_type {};
+
+/// Object pointers, member pointers, std::nullptr_t and std::reference_wrapper (trivially
+/// copyable, but an address underneath): addresses in the sender's memory. Function pointers
+/// are not among them: workers are forks of the same program, so code addresses mean the same
+/// in every process (a callable is sent the same way).
+template <class T>
+concept address_value =
+    (std::is_pointer_v<T> && !std::is_function_v<std::remove_pointer_t<T>>) ||
+    std::is_member_pointer_v<T> || std::is_null_pointer_v<T> || is_reference_wrapper<T>::value;
 
 /// Non-owning views whose bytes live in the sender's memory.
 template <class T>
@@ -375,7 +383,11 @@ concept sendable = encoding_of<T>(Format::binary)
 /// "in instantiation of" note, which tells the user which argument is wrong.
 template <std::size_t Index, class T>
 constexpr void check_argument() {
-  if constexpr (address_value<T>) {
+  if constexpr (is_reference_wrapper<T>::value) {
+    static_assert(!is_reference_wrapper<T>::value,
+                  "multicore: argument is a std::reference_wrapper (std::ref, std::cref): an "
+                  "address, which means nothing in another process. Pass the value itself.");
+  } else if constexpr (address_value<T>) {
     static_assert(!address_value<T>,
                   "multicore: argument is a raw pointer; its address means nothing in another "
                   "process. Pass the value itself, a std::vector or a std::string instead.");
@@ -404,7 +416,11 @@ constexpr void check_result() {
                   "multicore: the function returns a reference; return a value instead.");
   } else if constexpr (!std::is_void_v<T>) {
     using V = std::remove_cv_t<T>;
-    if constexpr (address_value<V>) {
+    if constexpr (is_reference_wrapper<V>::value) {
+      static_assert(!is_reference_wrapper<V>::value,
+                    "multicore: the function returns a std::reference_wrapper: an address, which "
+                    "means nothing in another process. Return a value instead.");
+    } else if constexpr (address_value<V>) {
       static_assert(!address_value<V>,
                     "multicore: the function returns a raw pointer; its address means nothing in "
                     "another process. Return a value instead.");
