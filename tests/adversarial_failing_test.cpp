@@ -57,10 +57,6 @@ pid_t pid_of_runner(int /*x*/) { return getpid(); }
 int crash(int /*x*/) { multicore_test::segfault_by_raise(); }
 int hang(int /*x*/) { multicore_test::hang_forever(); }
 
-// ----- Processes a task leaves behind --------------------------------------------------------
-
-// ----- The application forks ---------------------------------------------------------------
-
 // ----- Values that are addresses in disguise ---------------------------------------------------
 
 // std::ref / std::cref are trivially copyable, so they cross as raw bytes: the worker reads
@@ -293,9 +289,7 @@ TEST(AdversarialFailing, DISABLED_ArgumentCodecThatReadsLessThanItWroteIsASerial
   }));
 }
 
-// ----- Memory --------------------------------------------------------------------------------
-
-// ----- Descriptors -----------------------------------------------------------------------------
+// ----- A stopped fork server ------------------------------------------------------------------
 
 // A stopped fork server (SIGSTOP from outside, a debugger) can neither reap nor kill: a worker
 // that dies is never reported and a task past task_timeout is never cut off, so both futures
