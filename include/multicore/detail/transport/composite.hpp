@@ -2,6 +2,8 @@
 // Several transports seen as one: their slots numbered one after the other.
 #pragma once
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -93,6 +95,14 @@ class CompositeTransport final : public Transport {
       if (woken_.exchange(false)) return true;
       const auto now = std::chrono::steady_clock::now();
       if (now >= deadline) return false;
+      // Just sent to or heard from another part: its answer is likely to come at once, and a
+      // nap costs tens of microseconds. Look again, letting whoever shares the core run.
+      if (now.time_since_epoch().count() - others_active_.load(std::memory_order_relaxed) <
+          std::chrono::nanoseconds(spin_window).count()) {
+        if (parts_[0]->wait({}, false)) return true;
+        sched_yield();
+        continue;
+      }
       if (parts_[0]->wait(std::min(deadline, now + nap), spin)) return true;
       spin = false;
       const auto quiet =
@@ -126,6 +136,7 @@ class CompositeTransport final : public Transport {
   }
 
  private:
+  static constexpr std::chrono::microseconds spin_window{200};
   static constexpr std::chrono::microseconds max_nap{1000};
   static constexpr std::chrono::microseconds max_idle_nap{20000};
 
