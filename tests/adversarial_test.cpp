@@ -358,8 +358,8 @@ TEST(Adversarial, SmallestRingWithPayloadsAtEveryBoundary) {
   o.ring_bytes = 65537;  // just above the minimum: rounded up to 128 KiB, pieces of 16 KiB
   Pool pool(o);
   for (const std::size_t n :
-       std::initializer_list<std::size_t>{0, 1, 16383, 16384, 16385, 65535, 65536, 65537,
-                                          131071, 131072, 131073, 262145, 300'000}) {
+       std::initializer_list<std::size_t>{0, 1, 16383, 16384, 16385, 65535, 65536, 65537, 131071,
+                                          131072, 131073, 262145, 300'000}) {
     std::vector<char> v(n);
     for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<char>(i * 7);
     EXPECT_EQ(pool.call(echo_bytes, v), v) << n << " bytes";
