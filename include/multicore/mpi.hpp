@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -95,6 +96,7 @@ class Cluster {
   std::vector<detail::mpi::AgentInfo> agents_;
   std::atomic<bool> pool_alive_{false};
   bool finalized_ = false;
+  std::uint64_t generation_ = detail::process_generation();  // the process that made it
 };
 
 // ---- definitions ------------------------------------------------------------------------------
@@ -166,6 +168,13 @@ inline Cluster::Cluster(int& argc, char**& argv, ClusterOptions options)
 
 inline Cluster::~Cluster() {
   if (finalized_) return;
+  // In a process forked from rank 0 (by the application), the Cluster is a snapshot: MPI,
+  // the agents and the fork server belong to the parent. Leave them be (the memory goes with
+  // this process).
+  if (generation_ != detail::process_generation()) {
+    (void)local_.release();
+    return;
+  }
   detail::mpi::say_goodbye(agents_);
   local_.reset();
   MPI_Finalize();
@@ -215,6 +224,6 @@ inline std::unique_ptr<detail::PoolCore> Cluster::make_pool_core() {
 
 namespace multicore {
 
-inline Pool::Pool(mpi::Cluster& cluster) : core_(cluster.make_pool_core()) {}
+inline Pool::Pool(mpi::Cluster& cluster) : core_(detail::share_core(cluster.make_pool_core())) {}
 
 }  // namespace multicore

@@ -3,6 +3,7 @@
 // and 4 ranks, and once over TCP only. The Cluster is made in main() on every rank; ranks other
 // than 0 serve there and never run a test, so every test below runs on rank 0 only.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -199,6 +200,27 @@ TEST(Cluster, OnePoolAtATime) {
   first.reset();
   Pool third(*the_cluster);
   EXPECT_EQ(third.call(square, 3L), 9);
+}
+
+// A process the application forks on rank 0 (which then returns from main, or exits) destroys
+// its copies of the Pool and the Cluster: they are snapshots, and must leave the parent's MPI
+// job, agents and workers alone.
+TEST(Cluster, AForkedChildDestroyingItsCopiesLeavesTheClusterAlone) {
+  auto pool = std::make_unique<Pool>(*the_cluster);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    pool.reset();
+    the_cluster->~Cluster();  // as returning from main() would
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  for (auto& f : one_per_worker(*pool, misbehave, 0)) EXPECT_EQ(f.get(), 0);
+  pool.reset();
+  Pool next(*the_cluster);
+  EXPECT_EQ(next.call(square, 4L), 16);
 }
 
 }  // namespace

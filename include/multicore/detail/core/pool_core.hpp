@@ -236,9 +236,9 @@ class PoolCore {
 /// parent's workers (through the shared rings and the inherited command socket), so it is left
 /// as it is; its memory goes with the process. LeakSanitizer, which also checks a forked child
 /// that exits normally, is told that this is meant.
-inline std::shared_ptr<PoolCore> make_core(PoolOptions options) {
+inline std::shared_ptr<PoolCore> share_core(std::unique_ptr<PoolCore> made) {
   const std::uint64_t generation = process_generation();
-  return std::shared_ptr<PoolCore>(new PoolCore(std::move(options)), [generation](PoolCore* core) {
+  return std::shared_ptr<PoolCore>(made.release(), [generation](PoolCore* core) {
     if (generation == process_generation()) {
       delete core;
       return;
@@ -247,6 +247,11 @@ inline std::shared_ptr<PoolCore> make_core(PoolOptions options) {
     __lsan_ignore_object(core);
 #endif
   });
+}
+
+/// A core on workers forked on this machine, shared as share_core() says.
+inline std::shared_ptr<PoolCore> make_core(PoolOptions options) {
+  return share_core(std::make_unique<PoolCore>(std::move(options)));
 }
 
 /// The core a Task or a map borrowed, for one use. Throws PoolClosed once its Pool is gone.
