@@ -23,6 +23,8 @@
 #include "../protocol/entries.hpp"
 #include "../transport/shm/shm_transport.hpp"
 #include "../transport/shm/zygote.hpp"
+#include "../util/code_ref.hpp"
+#include "../util/huge_pages.hpp"
 #include "../util/process.hpp"
 #include "../util/threads.hpp"
 #include "scheduler.hpp"
@@ -67,8 +69,13 @@ inline void after_fork_in_child() noexcept {
 inline void watch_forks() {
   static const int error = [] {
     // Made now, before any fork can run the handler: a child that inherited one of them
-    // half-constructed (by another thread) would wait for it for ever.
+    // half-constructed (by another thread) would wait for it for ever. The same goes for
+    // every lazily made process-wide value that workers use: another thread making it at the
+    // moment of a fork leaves its guard taken in the child (a worker hung in the first
+    // Writer::reserve that way).
     OwnedDescriptors::instance();
+    huge_page_bytes();
+    ModuleTable::instance();
     return pthread_atfork(nullptr, nullptr, after_fork_in_child);
   }();
   if (error != 0) throw SystemError("pthread_atfork", error);

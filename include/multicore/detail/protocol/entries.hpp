@@ -4,6 +4,7 @@
 
 #include <cxxabi.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -231,11 +232,18 @@ inline Entry entry_named(std::uint64_t name) noexcept {
   return reinterpret_cast<Entry>(code_address(name));
 }
 
-/// The name of an entry (see util/code_ref.hpp), found once per entry type.
+/// The name of an entry (see util/code_ref.hpp), found once per entry type. Not a guarded
+/// static: a guard another thread holds at the moment of a fork stays taken in the child, and
+/// a worker making a pool of its own would wait for it for ever. Finding it twice is harmless.
 template <class Fn>
 std::uint64_t entry_id() {
-  static const std::uint64_t name = code_name(reinterpret_cast<const void*>(&Fn::entry));
-  return name;
+  static std::atomic<std::uint64_t> name{0};
+  std::uint64_t found = name.load(std::memory_order_relaxed);
+  if (found == 0) {
+    found = code_name(reinterpret_cast<const void*>(&Fn::entry));
+    name.store(found, std::memory_order_relaxed);
+  }
+  return found;
 }
 
 /// Runs a request message in this process, exactly as a worker would: the inline mode and the
