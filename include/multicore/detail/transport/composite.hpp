@@ -78,11 +78,11 @@ class CompositeTransport final : public Transport {
 
   bool wait(std::chrono::steady_clock::time_point deadline, bool spin) noexcept override {
     if (parts_.size() == 1) return parts_[0]->wait(deadline, spin);
-    // Naps on the first part, which wakes at once for its own events; looks at the others
-    // between naps (a wait whose deadline has passed is a look).
-    // Looking costs (MPI_Iprobe); when the other parts have had nothing to say and nothing was
-    // sent to them for a second, naps grow longer: an idle pool costs almost no CPU, and an
-    // answer after a long quiet spell waits at most max_idle_nap more.
+    // Naps on the first part, which wakes at once for its own events, and looks at the others
+    // between naps (a wait whose deadline has passed is a look). Looking costs (MPI_Iprobe),
+    // so once the other parts have had nothing to say and nothing was sent to them for a
+    // second, naps grow longer: an idle pool costs almost no CPU, and an answer after a long
+    // quiet spell waits at most max_idle_nap more.
     auto nap = std::chrono::microseconds(2);
     for (;;) {
       const auto looked = std::chrono::steady_clock::now();
