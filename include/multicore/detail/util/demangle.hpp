@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <typeinfo>
+#include <utility>
 
 namespace multicore::detail {
 
@@ -33,11 +34,22 @@ inline void erase_template_argument(std::string& name, std::string_view prefix) 
   }
 }
 
-/// Replaces every occurrence of `from` in `name` with `to`.
+/// Replaces every occurrence of `from` in `name` with `to`. Builds a new string rather than
+/// calling std::string::replace, which g++ 12 at -O3 flags with a false -Wrestrict warning
+/// (GCC bug 105651) in every file that includes this.
 inline void replace_all(std::string& name, std::string_view from, std::string_view to) {
-  for (std::size_t at = 0; (at = name.find(from, at)) != std::string::npos; at += to.size()) {
-    name.replace(at, from.size(), to);
+  std::size_t at = name.find(from);
+  if (at == std::string::npos) return;
+  std::string out;
+  out.reserve(name.size());
+  std::size_t copied = 0;
+  for (; at != std::string::npos; at = name.find(from, copied)) {
+    out.append(name, copied, at - copied);
+    out.append(to);
+    copied = at + from.size();
   }
+  out.append(name, copied, std::string::npos);
+  name = std::move(out);
 }
 
 /// Shortens a demangled libstdc++ name the way a user writes it: drops `__cxx11::` and
