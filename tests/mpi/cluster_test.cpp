@@ -106,8 +106,8 @@ TEST(Cluster, SubmitCallAndTask) {
   const std::vector<long> got = task.get();
   for (long i = 0; i < 100; ++i) ASSERT_EQ(got[static_cast<std::size_t>(i)], i * i);
   // A lambda's captures travel as bytes: values, not pointers, mean the same on another node.
-  const long offset = 7;
-  EXPECT_EQ(pool.call([offset](long x) { return x + offset; }, 5L), 12);
+  const long offset = 7 + static_cast<long>(pool.size());  // not a constant: really captured
+  EXPECT_EQ(pool.call([offset](long x) { return x + offset; }, 5L), 5 + offset);
 }
 
 TEST(Cluster, LargeArgumentsAndResultsReachEveryRank) {
