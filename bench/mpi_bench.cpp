@@ -25,17 +25,9 @@
 #include <string_view>
 #include <vector>
 
+#include "payload.hpp"
+
 namespace {
-
-std::vector<char> make_payload(std::size_t n) {
-  std::vector<char> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<char>(i * 131);
-  return v;
-}
-
-bool same_ends(const std::vector<char>& a, const std::vector<char>& b) {
-  return a.size() == b.size() && (a.empty() || (a.front() == b.front() && a.back() == b.back()));
-}
 
 void sizes(benchmark::internal::Benchmark* b) {
   b->ArgName("bytes")->Arg(8)->Arg(64 << 10)->Arg(64 << 20)->UseRealTime();

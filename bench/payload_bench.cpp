@@ -8,20 +8,11 @@
 #include <vector>
 
 #include "baselines.hpp"
+#include "payload.hpp"
 
 namespace {
 
 constexpr auto echo = [](std::vector<char> v) { return v; };
-
-std::vector<char> make_payload(std::size_t n) {
-  std::vector<char> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<char>(i * 131);
-  return v;
-}
-
-bool same_ends(const std::vector<char>& a, const std::vector<char>& b) {
-  return a.size() == b.size() && (a.empty() || (a.front() == b.front() && a.back() == b.back()));
-}
 
 void sizes(benchmark::internal::Benchmark* b) {
   b->ArgName("bytes")->RangeMultiplier(8)->Range(64, 64 << 20)->UseRealTime();
