@@ -182,18 +182,18 @@ TEST(CallSlot, SleeperLeavesOnlyWhenTheDelivererIsDoneWithTheSlot) {
         std::this_thread::yield();
       }
       // Deliver just as the caller goes to sleep: the moment the old protocol got wrong.
-      while (slot->state.load(std::memory_order_acquire) == Slot::pending) {
+      while (!slot->latch.has_sleeper()) {
         std::this_thread::yield();
       }
       slot->value.make([&] { return i; });
-      slot->finish();
+      slot->latch.arrive();
     }
   });
   int right = 0;
   for (int i = 0; i < rounds; ++i) {
     auto slot = std::make_unique<Slot>();
     handed.store(slot.get(), std::memory_order_release);
-    slot->sleep();
+    slot->latch.wait();
     right += slot->take() == i ? 1 : 0;
   }
   deliverer.join();

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <multicore/codec.hpp>
+#include <multicore/detail/serialize/json.hpp>
 #include <multicore/detail/serialize/serialize.hpp>
 #include <multicore/detail/util/demangle.hpp>
 #include <multicore/errors.hpp>

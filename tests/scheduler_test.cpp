@@ -64,7 +64,7 @@ constexpr std::uint64_t long_run_ns = 1'000'000'000;
 Bytes value_payload(int value) {
   multicore::Writer out;
   detail::write_outcome(out, detail::Outcome::value);
-  detail::encode(out, value, Format::binary);
+  detail::encode(out, value);
   return {out.bytes().begin(), out.bytes().end()};
 }
 
@@ -80,7 +80,7 @@ Bytes remote_error_payload(const std::string& type, const std::string& message) 
 Answer vector_answer(std::uint64_t task, const std::vector<int>& values) {
   multicore::Writer out;
   detail::write_outcome(out, detail::Outcome::value);
-  detail::encode(out, values, Format::binary);
+  detail::encode(out, values);
   Answer a;
   a.task_id = task;
   a.payload.assign(out.bytes().begin(), out.bytes().end());
@@ -282,7 +282,7 @@ class SchedulerTest : public ::testing::Test {
     detail::begin_request(job->request);
     const std::uint64_t marker = index;
     job->request.write(&marker, sizeof marker);
-    detail::finish_request(job->request, 0, Format::binary, 1);
+    detail::finish_request(job->request, 0, 1);
     job->emplace_completion<Recording>(board_, index, spec.takes_tail, std::move(spec.abandoned));
     scheduler_->submit(std::move(job));
     return index;
@@ -353,7 +353,7 @@ class SchedulerTest : public ::testing::Test {
       return -1;
     }
     multicore::Reader in(*g.payload);
-    const int v = detail::read_outcome<int>(in, Format::binary);
+    const int v = detail::read_outcome<int>(in);
     detail::expect_end(in);
     return v;
   }
@@ -638,8 +638,8 @@ TEST_F(SchedulerTest, RealCompletionsDecodeScriptedAnswers) {
   for (std::future<int>* future : {&value, &thrown}) {
     std::unique_ptr<detail::Job> job = scheduler_->new_job();
     detail::begin_request(job->request);
-    detail::finish_request(job->request, 0, Format::binary, 1);
-    *future = job->emplace_completion<detail::PromiseCompletion<int>>(Format::binary).future();
+    detail::finish_request(job->request, 0, 1);
+    *future = job->emplace_completion<detail::PromiseCompletion<int, Format::binary>>().future();
     scheduler_->submit(std::move(job));
   }
   await_sent(0, 2);
@@ -993,7 +993,7 @@ TEST_F(SchedulerTest, CallersThatPollForTheirOwnAnswersShareTheReceiveSide) {
         detail::begin_request(job->request);
         const std::uint64_t marker = index;
         job->request.write(&marker, sizeof marker);
-        detail::finish_request(job->request, 0, Format::binary, 1);
+        detail::finish_request(job->request, 0, 1);
         job->emplace_completion<Recording>(board_, index, false, nullptr);
         scheduler_->call(
             std::move(job), [&] { return board_.resolved(index); },

@@ -13,6 +13,7 @@
 #include "detail/core/pool_core.hpp"
 #include "detail/front/completions.hpp"
 #include "detail/front/map_state.hpp"
+#include "detail/front/submit.hpp"
 #include "detail/protocol/entries.hpp"
 #include "detail/protocol/request.hpp"
 #include "errors.hpp"
@@ -88,8 +89,15 @@ class Pool {
   /// Throws PoolClosed itself after shutdown()/terminate(), SerializationError if an argument
   /// cannot be encoded.
   template <class F, class... Args>
-  std::future<detail::result_of_t<F, Args...>> submit(F&& f, Args&&... args) {
-    return submit_as(Format::binary, std::forward<F>(f), std::forward<Args>(args)...);
+  std::future<detail::call_result_t<F, Args...>> submit(F&& f, Args&&... args) {
+    detail::check_submission<F, Args...>();
+    using R = detail::call_result_t<F, Args...>;
+    std::unique_ptr<detail::Job> job =
+        detail::request_job<Format::binary, F, Args...>(&core(), f, args...);
+    std::future<R> future =
+        job->emplace_completion<detail::PromiseCompletion<R, Format::binary>>().future();
+    core().submit(std::move(job));
+    return future;
   }
 
   /// Runs `f(args...)` in a worker process and waits for its result: the synchronous form of
@@ -101,17 +109,15 @@ class Pool {
   /// the collector thread to fulfil a std::future. Returns the result or throws what the
   /// future would (RemoteError, WorkerLost, TaskTimeout, SerializationError, PoolClosed).
   template <class F, class... Args>
-  detail::result_of_t<F, Args...> call(F&& f, Args&&... args) {
-    using Fn = std::decay_t<F>;
-    detail::check_call<Fn, detail::wire_t<Args>...>();
-    using R = detail::result_of_t<Fn, detail::wire_t<Args>...>;
+  detail::call_result_t<F, Args...> call(F&& f, Args&&... args) {
+    detail::check_submission<F, Args...>();
+    using R = detail::call_result_t<F, Args...>;
     detail::CallSlot<R> slot;
     std::unique_ptr<detail::Job> job =
-        core().new_job(detail::request_size_hint<Fn>(Format::binary, args...));
-    job->emplace_completion<detail::CallCompletion<R>>(&slot, Format::binary);
-    encode<F, Args...>(*job, Format::binary, f, args...);
+        detail::request_job<Format::binary, F, Args...>(&core(), f, args...);
+    job->emplace_completion<detail::CallCompletion<R, Format::binary>>(&slot);
     core().call(
-        std::move(job), [&] { return slot.is_done(); }, [&] { slot.sleep(); });
+        std::move(job), [&] { return slot.latch.done(); }, [&] { slot.latch.wait(); });
     return slot.take();
   }
 
@@ -200,38 +206,6 @@ class Pool {
                                                 std::uint64_t generation) {
     if (generation != detail::process_generation()) throw_snapshot();
     return detail::lock_core(core);
-  }
-
-  template <class F, class... Args>
-  std::future<detail::result_of_t<F, Args...>> submit_as(Format format, F&& f, Args&&... args) {
-    using Fn = std::decay_t<F>;
-    detail::check_call<Fn, detail::wire_t<Args>...>();
-    using R = detail::result_of_t<Fn, detail::wire_t<Args>...>;
-    static_assert(std::is_same_v<R, detail::result_of_t<F, Args...>>,
-                  "multicore: the function's result type depends on whether its arguments are "
-                  "lvalues or rvalues; the worker calls it with rvalues");
-    std::unique_ptr<detail::Job> job =
-        core().new_job(detail::request_size_hint<Fn>(format, args...));
-    std::future<R> future = job->emplace_completion<detail::PromiseCompletion<R>>(format).future();
-    encode<F, Args...>(*job, format, f, args...);
-    core().submit(std::move(job));
-    return future;
-  }
-
-  /// Writes the request for `f(args...)` into `job`. Call with the caller's own F and Args
-  /// (explicitly), so that a string literal is still seen as one and sent as a std::string.
-  template <class F, class... Args>
-  static void encode(detail::Job& job, Format format, const F& f, const Args&... args) {
-    using Fn = std::decay_t<F>;
-    try {
-      detail::encode_call(job.request, format, static_cast<const Fn&>(f),
-                          static_cast<const detail::wire_t<Args>&>(args)...);
-    } catch (const Error&) {
-      throw;
-    } catch (const std::exception& e) {
-      throw SerializationError(std::string("multicore: could not encode the task: ") +
-                               detail::message_of(e));
-    }
   }
 
   template <bool Ordered, class F, class R>

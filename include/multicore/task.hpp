@@ -13,8 +13,10 @@
 
 #include "detail/core/pool_core.hpp"
 #include "detail/front/completions.hpp"
+#include "detail/front/submit.hpp"
 #include "detail/protocol/entries.hpp"
 #include "detail/protocol/request.hpp"
+#include "detail/serialize/json.hpp"
 #include "options.hpp"
 #include "pool.hpp"
 #include "system.hpp"
@@ -71,29 +73,15 @@ class Task {
   /// cereal serialize()).
   template <class F, class... Args>
   void run(F&& f, Args&&... args) {
-    using Result = detail::result_of_t<F, Args...>;
-    static_assert(std::is_void_v<R> || std::is_convertible_v<Result, R>,
+    detail::check_submission<F, Args...>();
+    static_assert(std::is_void_v<R> || std::is_convertible_v<detail::call_result_t<F, Args...>, R>,
                   "multicore: Task<R>::run: the function's result does not convert to R");
-    detail::check_call<std::decay_t<F>, detail::wire_t<Args>...>();
     check_not_moved_from();
     if (got_) throw std::logic_error("multicore: Task::run() called after get()");
-    std::shared_ptr<detail::PoolCore> core;
-    if (parallel_) core = Pool::lock(core_, generation_);
-    std::unique_ptr<detail::Job> job = core ? core->new_job() : std::make_unique<detail::Job>();
-    Pool::encode<F, Args...>(*job, options_.format, f, args...);
-    auto& slot = batch_->slots.emplace_back();
-    job->emplace_completion<detail::TaskRunCompletion<R, Result>>(batch_, &slot, options_.format);
-    batch_->remaining.fetch_add(1, std::memory_order_relaxed);
-    if (!parallel_) {
-      detail::PoolCore::run_here(job->request.bytes(), job->completion());
-      return;
-    }
-    try {
-      core->submit(std::move(job));
-    } catch (...) {
-      batch_->remaining.fetch_sub(1, std::memory_order_relaxed);
-      batch_->slots.pop_back();
-      throw;
+    if (options_.format == Format::json) {
+      run_as<Format::json, F, Args...>(f, args...);
+    } else {
+      run_as<Format::binary, F, Args...>(f, args...);
     }
   }
 
@@ -105,10 +93,10 @@ class Task {
     check_not_moved_from();
     if (got_) throw std::logic_error("multicore: Task::get() called twice");
     got_ = true;
-    if (!batch_->done()) {
+    if (!batch_->latch.done()) {
       // A pool that is gone resolved every run before it went.
       if (std::shared_ptr<detail::PoolCore> core = Pool::borrow(core_, generation_)) {
-        core->help([&] { return batch_->done(); }, [&] { batch_->sleep(); });
+        core->help([&] { return batch_->latch.done(); }, [&] { batch_->latch.wait(); });
       }
     }
     std::exception_ptr first_error;
@@ -133,6 +121,29 @@ class Task {
   }
 
  private:
+  /// run() in format Fmt.
+  template <Format Fmt, class F, class... Args>
+  void run_as(const F& f, const Args&... args) {
+    using Result = detail::call_result_t<F, Args...>;
+    std::shared_ptr<detail::PoolCore> core;
+    if (parallel_) core = Pool::lock(core_, generation_);
+    std::unique_ptr<detail::Job> job = detail::request_job<Fmt, F, Args...>(core.get(), f, args...);
+    auto& slot = batch_->slots.emplace_back();
+    job->emplace_completion<detail::TaskRunCompletion<R, Result, Fmt>>(batch_, &slot);
+    batch_->latch.expect();
+    if (!parallel_) {
+      detail::PoolCore::run_here(job->request.bytes(), job->completion());
+      return;
+    }
+    try {
+      core->submit(std::move(job));
+    } catch (...) {
+      batch_->latch.arrive();  // takes the expect() back
+      batch_->slots.pop_back();
+      throw;
+    }
+  }
+
   void check_not_moved_from() const {
     if (!batch_) throw std::logic_error("multicore: this Task was moved from");
   }

@@ -29,6 +29,7 @@
 #include <multicore/detail/front/map_state.hpp>
 #include <multicore/detail/protocol/entries.hpp>
 #include <multicore/detail/protocol/request.hpp>
+#include <multicore/detail/serialize/json.hpp>
 #include <multicore/detail/serialize/serialize.hpp>
 #include <multicore/detail/transport/shm/stream.hpp>
 #include <multicore/errors.hpp>
@@ -99,10 +100,10 @@ void fuzz_decoders(unsigned op, Format format, std::size_t expected,
       break;
     case 1:
       try {
-        if constexpr (std::is_void_v<T>) {
-          detail::read_outcome<void>(reader, format);
+        if (format == Format::json) {
+          (void)detail::read_outcome<T, Format::json>(reader);
         } else {
-          (void)detail::read_outcome<T>(reader, format);
+          (void)detail::read_outcome<T>(reader);
         }
         detail::expect_end(reader);
         note("value");
@@ -115,7 +116,7 @@ void fuzz_decoders(unsigned op, Format format, std::size_t expected,
         // Documented never to throw: a malformed answer is an error on every item.
         std::vector<detail::ItemResult<T>> results;
         try {
-          results = detail::read_chunk<T>(reader, expected, format);
+          results = detail::read_chunk<T>(reader, expected);  // maps are binary only
         } catch (...) {
           fail("read_chunk threw");
         }
@@ -409,11 +410,11 @@ class Counted final : public detail::Completion, private detail::AnswerTail {
 };
 
 /// Submits a job whose request the fake worker swallows; its answer goes to `completion`.
-void submit(detail::Scheduler& scheduler, Format format,
-            std::unique_ptr<detail::Completion> completion, JobCheck& check) {
+void submit(detail::Scheduler& scheduler, std::unique_ptr<detail::Completion> completion,
+            JobCheck& check) {
   std::unique_ptr<detail::Job> job = scheduler.new_job();
   detail::begin_request(job->request);
-  detail::finish_request(job->request, 0, format, 1);
+  detail::finish_request(job->request, 0, 1);
   job->emplace_completion<Counted>(std::move(completion), check);
   scheduler.submit(std::move(job));
 }
@@ -423,7 +424,7 @@ template <class T>
 void same_as_decoded(const T& value, std::span<const std::byte> answer) {
   try {
     multicore::Reader reader(answer);
-    const T decoded = detail::read_outcome<T>(reader, Format::binary);
+    const T decoded = detail::read_outcome<T>(reader);
     detail::expect_end(reader);
     if (decoded != value) fail("a tail answer's value differs from the decoded answer");
   } catch (...) {
@@ -431,11 +432,11 @@ void same_as_decoded(const T& value, std::span<const std::byte> answer) {
   }
 }
 
-template <class T>
-void add_promise_job(detail::Scheduler& scheduler, Format format, JobCheck& job) {
-  auto completion = std::make_unique<detail::PromiseCompletion<T>>(format);
+template <class T, Format F>
+void add_promise_job(detail::Scheduler& scheduler, JobCheck& job) {
+  auto completion = std::make_unique<detail::PromiseCompletion<T, F>>();
   auto future = std::make_shared<std::future<T>>(completion->future());
-  submit(scheduler, format, std::move(completion), job);
+  submit(scheduler, std::move(completion), job);
   job.check = [future, &job] {
     if (future->wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
       fail("a submitted job's future was never resolved");
@@ -460,8 +461,7 @@ void add_promise_job(detail::Scheduler& scheduler, Format format, JobCheck& job)
 template <class T>
 void add_chunk_job(detail::Scheduler& scheduler, std::size_t items, JobCheck& job) {
   auto inbox = std::make_shared<detail::MapInbox<T>>();
-  submit(scheduler, Format::binary, std::make_unique<detail::ChunkCompletion<T>>(inbox, 0, items),
-         job);
+  submit(scheduler, std::make_unique<detail::ChunkCompletion<T>>(inbox, 0, items), job);
   job.check = [inbox, items] {
     std::lock_guard lock(inbox->mutex);
     if (inbox->arrived.size() != 1) fail("a map chunk did not arrive exactly once");
@@ -504,12 +504,16 @@ void fuzz_scheduler(const std::uint8_t* data, std::size_t size) {
       const std::size_t items = (spec >> 6) + 1u;
       const bool chunk = (spec & 0x20u) != 0;
       fuzz::with_type(spec & 0x1fu, [&]<class T>() {
-        if constexpr (std::is_void_v<T>) {
-          add_promise_job<void>(scheduler, format, checks[j]);
-        } else if (chunk) {
-          add_chunk_job<T>(scheduler, items, checks[j]);
+        if constexpr (!std::is_void_v<T>) {
+          if (chunk) {
+            add_chunk_job<T>(scheduler, items, checks[j]);
+            return;
+          }
+        }
+        if (format == Format::json) {
+          add_promise_job<T, Format::json>(scheduler, checks[j]);
         } else {
-          add_promise_job<T>(scheduler, format, checks[j]);
+          add_promise_job<T, Format::binary>(scheduler, checks[j]);
         }
       });
     }

@@ -12,6 +12,7 @@
 #include <multicore/detail/protocol/entries.hpp>
 #include <multicore/detail/protocol/request.hpp>
 #include <multicore/detail/protocol/wire.hpp>
+#include <multicore/detail/serialize/json.hpp>
 #include <multicore/detail/serialize/serialize.hpp>
 #include <string>
 #include <vector>

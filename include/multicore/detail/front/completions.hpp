@@ -2,13 +2,10 @@
 // Completions that resolve a std::promise, and the compile-time checks on a submitted call.
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <exception>
 #include <future>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -21,6 +18,7 @@
 #include "../protocol/outcome.hpp"
 #include "../serialize/serialize.hpp"
 #include "checks.hpp"
+#include "result_latch.hpp"
 
 namespace multicore::detail {
 
@@ -29,8 +27,7 @@ namespace multicore::detail {
 template <class R>
 class TailReceiver {
  public:
-  bool open(std::span<const std::byte> /*head*/, std::uint64_t /*tail_bytes*/,
-            Format /*format*/) noexcept {
+  bool open(std::span<const std::byte> /*head*/, std::uint64_t /*tail_bytes*/) noexcept {
     return false;
   }
 };
@@ -41,9 +38,8 @@ class TailReceiver<R> {
  public:
   /// True when `head` is a value outcome and the element count of a sequence whose elements
   /// are exactly the `tail_bytes` to come (and there is memory to start on it).
-  bool open(std::span<const std::byte> head, std::uint64_t tail_bytes, Format format) noexcept {
+  bool open(std::span<const std::byte> head, std::uint64_t tail_bytes) noexcept {
     builder_.reset();
-    if (format != Format::binary) return false;  // only binary answers have tails
     try {
       Reader in(head);
       Outcome outcome{};
@@ -78,12 +74,10 @@ class TailReceiver<R> {
 /// `Derived::fail(error)`. A value of type V is made in place, in the Stored<V> that
 /// `Derived::place(scratch)` names: its own destination, or `scratch` (a value that must then
 /// move on, into a promise say); `Derived::resolve(value)` is called with it (`resolve()` for
-/// void). resolve() may throw; its error then goes to fail().
-template <class Derived, class V>
+/// void). resolve() may throw; its error then goes to fail(). The answer is in format F.
+template <class Derived, class V, Format F>
 class ValueCompletion : public Completion, private AnswerTail {
  public:
-  explicit ValueCompletion(Format format) noexcept : format_(format) {}
-
   void deliver(Reader& payload, std::uint64_t /*run_nanos*/) noexcept final {
     std::exception_ptr error = error_of([&] {
       read_value_tag(payload);
@@ -92,7 +86,7 @@ class ValueCompletion : public Completion, private AnswerTail {
         derived().resolve();
       } else {
         resolve_with([&](Stored<V>& value) {
-          value.decode(payload, format_);
+          value.template decode<F>(payload);
           expect_end(payload);
         });
       }
@@ -101,7 +95,8 @@ class ValueCompletion : public Completion, private AnswerTail {
   }
 
   AnswerTail* open_tail(std::span<const std::byte> head, std::uint64_t tail_bytes) noexcept final {
-    return tail_.open(head, tail_bytes, format_) ? this : nullptr;
+    // Only binary answers have tails.
+    return F == Format::binary && tail_.open(head, tail_bytes) ? this : nullptr;
   }
 
  private:
@@ -133,16 +128,13 @@ class ValueCompletion : public Completion, private AnswerTail {
     }
   }
 
-  Format format_;
   TailReceiver<V> tail_;
 };
 
-/// Resolves a std::promise<R> with the outcome of one call.
-template <class R>
-class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R>, R> {
+/// Resolves a std::promise<R> with the outcome of one call, answered in format F.
+template <class R, Format F>
+class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R, F>, R, F> {
  public:
-  explicit PromiseCompletion(Format format) : ValueCompletion<PromiseCompletion<R>, R>(format) {}
-
   std::future<R> future() { return promise_.get_future(); }
 
   // A promise cannot make its value in place: it is decoded into `scratch`, then moved in.
@@ -169,69 +161,43 @@ class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R>, R> 
 };
 
 /// Where Pool::call()'s answer lands: on the caller's stack (a large value in a Stored, on the
-/// heap), filled in by whichever thread delivers it. The caller returns (destroying this) as soon
-/// as it sees `done`, so the delivering thread must not touch the object after publishing `done`. A
-/// caller that went to `sleeping` sees `done` only under `mutex`, which the deliverer holds from
-/// publishing to waking it: the sleeper cannot leave before the deliverer has let go.
+/// heap), filled in by whichever thread delivers it. The caller returns (destroying this) as
+/// soon as `latch` is done: see ResultLatch.
 template <class R>
 struct CallSlot {
-  enum State : int { pending, sleeping, done };
-  std::atomic<int> state{pending};
+  CallSlot() noexcept { latch.expect(); }
+
   Stored<std::conditional_t<std::is_void_v<R>, char, R>> value;
   std::exception_ptr error;
-  std::mutex mutex;
-  std::condition_variable woken;
+  ResultLatch latch;
 
-  bool is_done() const noexcept { return state.load(std::memory_order_acquire) == done; }
-
-  /// The result, or the error thrown. Call once is_done().
+  /// The result, or the error thrown. Call once the latch is done.
   R take() {
     if (error) std::rethrow_exception(error);
     if constexpr (!std::is_void_v<R>) return std::move(*value);
   }
-
-  /// Blocks until done.
-  void sleep() {
-    std::unique_lock lock(mutex);
-    int expected = pending;
-    if (!state.compare_exchange_strong(expected, sleeping, std::memory_order_acq_rel)) return;
-    woken.wait(lock, [&] { return is_done(); });
-  }
-
-  /// Publishes the outcome (value or error already stored).
-  void finish() noexcept {
-    int expected = pending;
-    if (state.compare_exchange_strong(expected, done, std::memory_order_acq_rel)) return;
-    // The caller is asleep or on its way (it holds the mutex from announcing it until it
-    // waits: no lost wake-up). Publishing `done` outside the mutex would let it see `done` on
-    // its way in, or on a spurious wake-up, and destroy the mutex before we lock it.
-    std::lock_guard lock(mutex);
-    state.store(done, std::memory_order_release);
-    woken.notify_one();
-  }
 };
 
-/// Resolves a CallSlot with the outcome of one call.
-template <class R>
-class CallCompletion final : public ValueCompletion<CallCompletion<R>, R> {
+/// Resolves a CallSlot with the outcome of one call, answered in format F.
+template <class R, Format F>
+class CallCompletion final : public ValueCompletion<CallCompletion<R, F>, R, F> {
  public:
-  CallCompletion(CallSlot<R>* slot, Format format)
-      : ValueCompletion<CallCompletion<R>, R>(format), slot_(slot) {}
+  explicit CallCompletion(CallSlot<R>* slot) : slot_(slot) {}
 
   /// The value is decoded right into the caller's slot.
   template <class V>
   Stored<V>& place(Stored<V>& /*scratch*/) noexcept {
     return slot_->value;
   }
-  void resolve() { slot_->finish(); }
+  void resolve() { slot_->latch.arrive(); }
   template <class V>
   void resolve(Stored<V>& /*value*/) {
-    slot_->finish();
+    slot_->latch.arrive();
   }
 
   void fail(std::exception_ptr error) noexcept override {
     slot_->error = std::move(error);
-    slot_->finish();
+    slot_->latch.arrive();
   }
 
  private:
@@ -248,35 +214,16 @@ struct TaskBatch {
     std::exception_ptr error;
   };
   std::deque<Slot> slots;  // push_back keeps references to earlier slots valid
-  std::atomic<std::size_t> remaining{0};
-  std::mutex mutex;
-  std::condition_variable finished;
-
-  bool done() const noexcept { return remaining.load(std::memory_order_acquire) == 0; }
-
-  void sleep() {
-    std::unique_lock lock(mutex);
-    finished.wait(lock, [&] { return done(); });
-  }
-
-  void one_done() noexcept {
-    if (remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard lock(mutex);  // pairs with sleep()'s predicate check
-      finished.notify_all();
-    }
-  }
+  ResultLatch latch;       // one count per slot
 };
 
-/// Resolves one run of a Task: decodes the function's own result type `Result` and stores it
-/// converted to the Task's R.
-template <class R, class Result>
-class TaskRunCompletion final : public ValueCompletion<TaskRunCompletion<R, Result>, Result> {
+/// Resolves one run of a Task: decodes the function's own result type `Result` (in format F)
+/// and stores it converted to the Task's R.
+template <class R, class Result, Format F>
+class TaskRunCompletion final : public ValueCompletion<TaskRunCompletion<R, Result, F>, Result, F> {
  public:
-  TaskRunCompletion(std::shared_ptr<TaskBatch<R>> batch, typename TaskBatch<R>::Slot* slot,
-                    Format format)
-      : ValueCompletion<TaskRunCompletion<R, Result>, Result>(format),
-        batch_(std::move(batch)),
-        slot_(slot) {}
+  TaskRunCompletion(std::shared_ptr<TaskBatch<R>> batch, typename TaskBatch<R>::Slot* slot)
+      : batch_(std::move(batch)), slot_(slot) {}
 
   /// A result of the Task's own type is decoded right into its slot; another is converted.
   template <class V>
@@ -289,7 +236,7 @@ class TaskRunCompletion final : public ValueCompletion<TaskRunCompletion<R, Resu
   }
   void resolve() {
     slot_->value.make([] { return char{}; });
-    batch_->one_done();
+    batch_->latch.arrive();
   }
   template <class V>
   void resolve(Stored<V>& value) {
@@ -298,12 +245,12 @@ class TaskRunCompletion final : public ValueCompletion<TaskRunCompletion<R, Resu
     } else if constexpr (!std::is_same_v<V, R>) {
       slot_->value.make([&] { return static_cast<R>(std::move(*value)); });
     }
-    batch_->one_done();
+    batch_->latch.arrive();
   }
 
   void fail(std::exception_ptr error) noexcept override {
     slot_->error = std::move(error);
-    batch_->one_done();
+    batch_->latch.arrive();
   }
 
  private:

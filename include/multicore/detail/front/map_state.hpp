@@ -60,7 +60,7 @@ class ChunkCompletion final : public Completion {
   void deliver(Reader& payload, std::uint64_t run_nanos) noexcept override {
     if (abandoned()) return;
     std::exception_ptr error = error_of([&] {
-      auto results = read_chunk<Out>(payload, count_, Format::binary);
+      auto results = read_chunk<Out>(payload, count_);
       post({first_, std::move(results), nullptr, run_nanos});
     });
     if (error) fail(std::move(error));
@@ -323,11 +323,10 @@ class MapStream {
         job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, n);
         Writer& msg = job->request;
         begin_request(msg);
-        encode_callable(msg, fn_, Format::binary);
+        encode_callable<Format::binary>(msg, fn_);
         msg.write(&n, sizeof n);
-        encode_items(msg, chunk.inputs, Format::binary);
-        finish_request(msg, entry_id<MapChunk<Fn, In>>(), Format::binary,
-                       options_.threads_per_worker);
+        encode_items(msg, chunk.inputs);
+        finish_request(msg, entry_id<MapChunk<Fn, In>>(), options_.threads_per_worker);
         core->submit(std::move(job));
         ++sent_;
       } catch (...) {

@@ -58,7 +58,6 @@ class ThreadTeam;
 
 /// What the worker tells an entry about the request besides its payload.
 struct CallContext {
-  Format format = Format::binary;
   unsigned threads = 1;
   RequestTail* tail = nullptr;     ///< the request's tail, if it has one and it is unread
   AnswerSender* sender = nullptr;  ///< set in a worker, where an answer may have a tail
@@ -72,23 +71,23 @@ using Entry = void (*)(Reader& payload, Writer& out, const CallContext& context)
 
 // The callable crosses as raw bytes when it is trivially copyable: a function pointer or a
 // lambda's captures are meaningful in a fork of the same program. Anything else must be
-// serializable like an argument.
-template <class Fn>
-void encode_callable(Writer& out, const Fn& fn, Format format) {
+// serializable like an argument, in format F.
+template <Format F, class Fn>
+void encode_callable(Writer& out, const Fn& fn) {
   if constexpr (std::is_pointer_v<Fn>) {  // a function: by name, valid in every image
     const std::uint64_t name = code_name(reinterpret_cast<const void*>(fn));
     out.write(&name, sizeof name);
   } else if constexpr (std::is_trivially_copyable_v<Fn>) {
     if constexpr (!std::is_empty_v<Fn>) out.write(&fn, sizeof fn);
   } else {
-    encode(out, fn, format);
+    encode<F>(out, fn);
   }
 }
 
 /// Decodes the callable into `fn`. A callable is often large (a lambda may capture an array):
 /// it is made in place, like any value.
-template <class Fn>
-void decode_callable(Stored<Fn>& fn, Reader& in, Format format) {
+template <Format F, class Fn>
+void decode_callable(Stored<Fn>& fn, Reader& in) {
   if constexpr (std::is_pointer_v<Fn>) {  // a function, by name (see encode_callable)
     std::uint64_t name = 0;
     in.read(&name, sizeof name);
@@ -105,13 +104,13 @@ void decode_callable(Stored<Fn>& fn, Reader& in, Format format) {
       if constexpr (!std::is_empty_v<Fn>) raw_value_at<Fn>(where, in.take(sizeof(Fn)).data());
     });
   } else {
-    fn.decode(in, format);
+    fn.template decode<F>(in);
   }
 }
 
 /// Decodes a request's last value into `value`, reading its elements from the request's tail
-/// if it has one.
-template <class T>
+/// if it has one (only binary requests have tails).
+template <Format F, class T>
 void decode_last(Stored<T>& value, Reader& in, const CallContext& context) {
   if constexpr (tail_value<T>) {
     if (context.tail != nullptr && context.tail->left() != 0) {
@@ -134,20 +133,20 @@ void decode_last(Stored<T>& value, Reader& in, const CallContext& context) {
       }
     }
   }
-  value.decode(in, context.format);
+  value.template decode<F>(in);
 }
 
 /// Decodes the arguments of a call into `args`, left to right (wire order).
-template <class... Args>
+template <Format F, class... Args>
 void decode_arguments(std::tuple<Stored<Args>...>& args, Reader& in, const CallContext& context) {
   [&]<std::size_t... I>(std::index_sequence<I...>) {
     // A comma fold evaluates the decodes left to right.
     (
         [&] {
           if constexpr (I + 1 == sizeof...(Args)) {
-            decode_last(std::get<I>(args), in, context);
+            decode_last<F>(std::get<I>(args), in, context);
           } else {
-            std::get<I>(args).decode(in, context.format);
+            std::get<I>(args).template decode<F>(in);
           }
         }(),
         ...);
@@ -166,8 +165,9 @@ inline void expect_request_end(const Reader& in) {
   }
 }
 
-/// Runs `fn(args...)` and appends its outcome to `out` (or sends it, see CallContext::sender).
-template <class Fn, class... Args>
+/// Runs `fn(args...)` and appends its outcome, in format F, to `out` (or sends it, see
+/// CallContext::sender).
+template <Format F, class Fn, class... Args>
 void run_and_write(Writer& out, const CallContext& context, Fn& fn,
                    std::tuple<Stored<Args>...>& args) noexcept {
   // Called as rvalues: the worker's copies are its own, and this matches the result type
@@ -193,7 +193,7 @@ void run_and_write(Writer& out, const CallContext& context, Fn& fn,
   try {
     write_outcome(out, Outcome::value);
     if constexpr (tail_value<Result>) {
-      const std::size_t tail = tail_bytes_of(*result, context.format);
+      const std::size_t tail = tail_bytes_of(*result, F);
       if (tail != 0 && context.sender != nullptr) {
         // encode() would write the same bytes: the count, then the elements (as the tail).
         const std::uint64_t count = result->size();
@@ -202,28 +202,29 @@ void run_and_write(Writer& out, const CallContext& context, Fn& fn,
         return;
       }
     }
-    if constexpr (!std::is_void_v<Result>) encode(out, *result, context.format);
+    if constexpr (!std::is_void_v<Result>) encode<F>(out, *result);
   } catch (...) {
     write_serialization_failure(out, mark, "encoding the result in the worker");
   }
 }
 
-/// The entry for `Pool::submit(fn, args...)`: payload = callable, then each argument.
-template <class Fn, class... Args>
+/// The entry for `Pool::submit(fn, args...)`: payload = callable, then each argument, all in
+/// format F, as is the answer.
+template <Format F, class Fn, class... Args>
 struct Call {
   static void entry(Reader& in, Writer& out, const CallContext& context) noexcept {
     const std::size_t mark = out.size();
     Stored<Fn> fn;
     std::tuple<Stored<Args>...> args;
     try {
-      decode_callable(fn, in, context.format);
-      decode_arguments(args, in, context);
+      decode_callable<F>(fn, in);
+      decode_arguments<F>(args, in, context);
       expect_request_end(in);
     } catch (...) {
       write_serialization_failure(out, mark, "decoding the arguments in the worker");
       return;
     }
-    run_and_write(out, context, *fn, args);
+    run_and_write<F>(out, context, *fn, args);
   }
 };
 
@@ -252,7 +253,7 @@ inline void run_request(std::span<const std::byte> msg, Writer& out) noexcept {
   RequestHeader h;
   std::memcpy(&h, msg.data(), sizeof h);
   Reader payload(msg.subspan(sizeof h));
-  const CallContext context{static_cast<Format>(h.format), h.threads};
+  const CallContext context{h.threads};
   entry_named(h.entry)(payload, out, context);  // named here, by this very process
 }
 

@@ -46,16 +46,15 @@ template <class T>
 concept block_value = encoding_of<T>(Format::binary)
 == Encoding::raw;
 
-/// Appends items, each encoded as encode<T> would (for raw values: as one block).
+/// Appends items, each encoded as encode<T> would (for raw values: as one block). Maps send
+/// only Format::binary.
 template <class T>
-void encode_items(Writer& out, const std::vector<T>& items, Format format) {
+void encode_items(Writer& out, const std::vector<T>& items) {
   if constexpr (block_value<T>) {
-    if (format == Format::binary) {
-      out.write(items.data(), items.size() * sizeof(T));
-      return;
-    }
+    out.write(items.data(), items.size() * sizeof(T));
+  } else {
+    for (const T& x : items) encode(out, x);
   }
-  for (const T& x : items) encode(out, x, format);
 }
 
 /// How a chunk's items are held in the worker: raw values as one block, read with one copy;
@@ -76,16 +75,15 @@ T&& take_item(ChunkItem<T>& item) noexcept {
 
 /// Reads `n` items written by encode_items (raw values: one bounds check, one copy).
 template <class T>
-std::vector<ChunkItem<T>> decode_items(Reader& in, std::size_t n, Format format) {
+std::vector<ChunkItem<T>> decode_items(Reader& in, std::size_t n) {
   std::vector<ChunkItem<T>> items;
   if constexpr (block_item<T>) {
-    if (format != Format::binary) throw SerializationError("multicore: corrupt chunk: not binary");
     if (n > in.remaining() / sizeof(T)) throw SerializationError("multicore: truncated chunk");
     items.resize(n);
     in.read(items.data(), n * sizeof(T));
   } else {
     items.reserve(std::min<std::size_t>(n, in.remaining()));
-    for (std::size_t i = 0; i < n; ++i) items.emplace_back().decode(in, format);
+    for (std::size_t i = 0; i < n; ++i) items.emplace_back().decode(in);
   }
   return items;
 }
@@ -101,11 +99,11 @@ struct MapChunk {
     Stored<Fn> fn;
     std::vector<ChunkItem<In>> items;
     try {
-      decode_callable(fn, in, context.format);
+      decode_callable<Format::binary>(fn, in);
       std::uint64_t n = 0;
       in.read(&n, sizeof n);
       if (n > in.remaining()) throw SerializationError("multicore: corrupt chunk: bad count");
-      items = decode_items<In>(in, static_cast<std::size_t>(n), context.format);
+      items = decode_items<In>(in, static_cast<std::size_t>(n));
       expect_request_end(in);
     } catch (...) {
       write_chunk_failure(out, mark);
@@ -134,7 +132,7 @@ struct MapChunk {
       const std::uint64_t count = n;
       out.write(&count, sizeof count);
       if constexpr (block_value<Out>) {
-        if (errors.empty() && context.format == Format::binary) {
+        if (errors.empty()) {
           const auto layout = ChunkLayout::raw;
           out.write(&layout, 1);
           std::byte* block = out.extend(n * sizeof(Out));
@@ -158,7 +156,7 @@ struct MapChunk {
         const std::size_t item_mark = out.size();
         try {
           write_outcome(out, Outcome::value);
-          encode(out, *values[i], context.format);
+          encode(out, *values[i]);
         } catch (...) {
           write_serialization_failure(out, item_mark, "encoding a result in the worker");
         }
@@ -185,7 +183,7 @@ struct MapChunk {
 /// Reads a chunk's answer into one result per item. Never throws: a malformed answer becomes
 /// an error on every item.
 template <class Out>
-std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected, Format format) {
+std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected) {
   std::vector<ItemResult<Out>> results(expected);
   const auto fail_all = [&](std::exception_ptr e) {
     for (auto& r : results) {
@@ -222,7 +220,7 @@ std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected, Format
       for (auto& r : results) {
         try {
           read_value_tag(in);
-          r.value.decode(in, format);
+          r.value.decode(in);
         } catch (...) {
           r.error = std::current_exception();
         }

@@ -116,10 +116,10 @@ inline void read_value_tag(Reader& in) {
 
 /// Reads one outcome; returns the value or throws what the worker reported. (For values that
 /// may be large: read_value_tag(), then Stored::decode().)
-template <class R>
-R read_outcome(Reader& in, Format format) {
+template <class R, Format F = Format::binary>
+R read_outcome(Reader& in) {
   read_value_tag(in);
-  if constexpr (!std::is_void_v<R>) return decode<R>(in, format);
+  if constexpr (!std::is_void_v<R>) return decode<R, F>(in);
 }
 
 /// Checks the trailing bytes of an answer: a well-formed one has none.

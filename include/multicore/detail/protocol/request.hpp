@@ -19,13 +19,12 @@ namespace multicore::detail {
 inline void begin_request(Writer& msg) { msg.resize(sizeof(RequestHeader)); }
 
 /// `tail_bytes`: the payload ends with a tail of that many bytes (see wire.hpp).
-inline void finish_request(Writer& msg, std::uint64_t entry, Format format, unsigned threads,
+inline void finish_request(Writer& msg, std::uint64_t entry, unsigned threads,
                            std::uint64_t tail_bytes = 0) {
   RequestHeader h;
   h.entry = entry;
   h.payload_bytes = msg.size() - sizeof(RequestHeader);
   h.tail_bytes = tail_bytes;
-  h.format = static_cast<std::uint32_t>(format);
   h.threads = threads;
   std::memcpy(msg.data(), &h, sizeof h);
 }
@@ -45,25 +44,24 @@ std::size_t size_hint(const T& value) noexcept {
   }
 }
 
-/// Bytes the request for `fn(args...)` will take, when cheap to know (0 otherwise).
-template <class Fn, class... Args>
-std::size_t request_size_hint(Format format, const Args&... args) noexcept {
-  if (format != Format::binary) return 0;
+/// Bytes the request for `fn(args...)` in format F will take, when cheap to know (0 otherwise).
+template <Format F, class Fn, class... Args>
+std::size_t request_size_hint(const Args&... args) noexcept {
+  if constexpr (F != Format::binary) return 0;
   return sizeof(RequestHeader) + sizeof(Fn) + (size_hint(args) + ... + 0);
 }
 
-/// Encodes `fn(args...)` as a complete request message (task id still 0).
-template <class Fn, class... Args>
-void encode_call(Writer& msg, Format format, const Fn& fn, const Args&... args) {
-  msg.reserve(request_size_hint<Fn>(format, args...));
+/// Encodes `fn(args...)` in format F as a complete request message (task id still 0).
+template <Format F, class Fn, class... Args>
+void encode_call(Writer& msg, const Fn& fn, const Args&... args) {
   begin_request(msg);
-  encode_callable(msg, fn, format);
-  (encode(msg, args, format), ...);
+  encode_callable<F>(msg, fn);
+  (encode<F>(msg, args), ...);
   std::size_t tail = 0;
   if constexpr (sizeof...(Args) != 0) {
-    tail = tail_bytes_of(std::get<sizeof...(Args) - 1>(std::tie(args...)), format);
+    tail = tail_bytes_of(std::get<sizeof...(Args) - 1>(std::tie(args...)), F);
   }
-  finish_request(msg, entry_id<Call<Fn, Args...>>(), format, 1, tail);
+  finish_request(msg, entry_id<Call<F, Fn, Args...>>(), 1, tail);
 }
 
 }  // namespace multicore::detail

@@ -43,7 +43,7 @@ struct RequestHeader {
   std::uint64_t entry = 0;
   std::uint64_t payload_bytes = 0;
   std::uint64_t tail_bytes = 0;  ///< the payload's last bytes that form its tail (0: none)
-  std::uint32_t format = 0;      ///< Format of the values in the payload
+  std::uint32_t reserved = 0;    ///< (the format is part of the entry: see Call)
   std::uint32_t threads = 1;     ///< threads the entry may use (Pool::map's threads_per_worker)
 };
 static_assert(std::is_trivially_copyable_v<RequestHeader> && sizeof(RequestHeader) == 48);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The JSON path: cereal's JSON archives over Writer and Reader bytes, and the checks that keep
-// rapidjson away from text it would misparse.
+// The JSON path: cereal's JSON archives over Writer and Reader bytes, the checks that keep
+// rapidjson away from text it would misparse, and encode/decode with the format chosen at run
+// time. Only code that offers Format::json includes it (Task): see CerealArchive.
 #pragma once
 
 #include <cereal/archives/json.hpp>
@@ -16,6 +17,8 @@
 
 #include "../../codec.hpp"
 #include "../../errors.hpp"
+#include "../util/demangle.hpp"
+#include "serialize.hpp"
 #include "traits.hpp"
 
 namespace multicore::detail {
@@ -184,6 +187,84 @@ inline void check_json_text(std::span<const std::byte> text) {
       --depth;
     }
   }
+}
+
+/// Format::json's cereal archive (see CerealArchive in serialize.hpp): one JSON document, a
+/// single member "value". A type cereal's JSON archives cannot carry is reported when encoding
+/// (or decoding), as a SerializationError that says what to do.
+template <>
+struct CerealArchive<Format::json> {
+  template <class T>
+  static void save(Writer& out, const T& value) {
+    if constexpr (json_value<T>) {
+      const std::size_t start = out.size();
+      WriterStreambuf buffer(out);
+      std::ostream stream(&buffer);
+      {
+        // NoIndent: no indentation; the archive writes its closing brace when destroyed.
+        cereal::JSONOutputArchive archive(stream, cereal::JSONOutputArchive::Options::NoIndent());
+        archive(cereal::make_nvp("value", value));
+      }
+      if (buffer.failed() || !stream) throw std::bad_alloc();
+      check_json_text(out.bytes().subspan(start));
+    } else {
+      throw SerializationError(unsupported_message<T>());
+    }
+  }
+
+  template <class T>
+  static T load(std::span<const std::byte> frame) {
+    if constexpr (json_value<T>) {
+      T value{};
+      check_json_text(frame);
+      SpanStreambuf buffer(frame);
+      std::istream stream(&buffer);
+      // rapidjson parses the whole frame as one document and fails on anything after it, so a
+      // successful load has consumed exactly the framed bytes.
+      cereal::JSONInputArchive archive(stream);
+      archive(cereal::make_nvp("value", value));
+      return value;
+    } else {
+      throw SerializationError(unsupported_message<T>());
+    }
+  }
+
+  template <class T>
+  static std::string unsupported_message() {
+    const std::string name = type_name<T>();
+    return "multicore: Format::json needs a cereal serialize() function for " + name +
+           " (or a multicore::Codec<" + name + "> specialisation), or use Format::binary";
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The format chosen at run time (TaskOptions::format, or a format read from a message).
+
+/// Throws unless `format` is one of the enumerators (it may come from a corrupt record).
+inline void check_format(Format format) {
+  if (format != Format::binary && format != Format::json) {
+    throw SerializationError("multicore: unknown format " +
+                             std::to_string(static_cast<int>(format)));
+  }
+}
+
+/// encode<F>() for the `format` given at run time.
+template <class T>
+void encode(Writer& out, const T& value, Format format) {
+  check_format(format);
+  if (format == Format::json) {
+    encode<Format::json>(out, value);
+  } else {
+    encode<Format::binary>(out, value);
+  }
+}
+
+/// decode<T, F>() for the `format` given at run time.
+template <class T>
+T decode(Reader& in, Format format) {
+  check_format(format);
+  if (format == Format::json) return decode<T, Format::json>(in);
+  return decode<T, Format::binary>(in);
 }
 
 }  // namespace multicore::detail

@@ -5,15 +5,12 @@
 #include <cxxabi.h>
 
 #include <bit>
-#include <cereal/archives/json.hpp>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <exception>
-#include <istream>
 #include <new>
 #include <optional>
-#include <ostream>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -26,7 +23,6 @@
 #include "../../options.hpp"
 #include "../util/demangle.hpp"
 #include "binary_archive.hpp"
-#include "json.hpp"
 #include "sequence.hpp"
 #include "traits.hpp"
 
@@ -90,51 +86,49 @@ inline std::span<const std::byte> take_frame(Reader& in) {
   return in.take(static_cast<std::size_t>(length));
 }
 
-/// Appends `value` as [u64 byte length][one cereal archive in format F].
-template <Format F, class T>
-void encode_cereal(Writer& out, const T& value) {
-  const std::size_t start = out.size();
-  out.extend(sizeof(std::uint64_t));
-  if constexpr (F == Format::json) {
-    WriterStreambuf buffer(out);
-    std::ostream stream(&buffer);
-    {
-      // NoIndent: no indentation; the archive writes its closing brace when destroyed.
-      cereal::JSONOutputArchive archive(stream, cereal::JSONOutputArchive::Options::NoIndent());
-      archive(cereal::make_nvp("value", value));
-    }
-    if (buffer.failed() || !stream) throw std::bad_alloc();
-    check_json_text(out.bytes().subspan(start + sizeof(std::uint64_t)));
-  } else {
+/// The cereal archive of format F: `save(out, value)` appends one archive holding `value`,
+/// `load<T>(frame)` reads one back from exactly the bytes of `frame`. Format::json's lives
+/// in json.hpp, which only code that offers JSON includes (Task): code that sends only binary
+/// (Pool, maps, the worker's entries for them) never compiles rapidjson.
+template <Format F>
+struct CerealArchive;
+
+template <>
+struct CerealArchive<Format::binary> {
+  template <class T>
+  static void save(Writer& out, const T& value) {
     CheckedBinaryOutputArchive archive(out);
     archive(value);
   }
-  patch_length(out, start);
-}
 
-/// Reads what encode_cereal<F> wrote.
-template <Format F, class T>
-T decode_cereal(Reader& in) {
-  const std::span<const std::byte> frame = take_frame(in);
-  T value{};
-  if constexpr (F == Format::json) {
-    check_json_text(frame);
-    SpanStreambuf buffer(frame);
-    std::istream stream(&buffer);
-    // rapidjson parses the whole frame as one document and fails on anything after it, so a
-    // successful load has consumed exactly the framed bytes.
-    cereal::JSONInputArchive archive(stream);
-    archive(cereal::make_nvp("value", value));
-  } else {
+  template <class T>
+  static T load(std::span<const std::byte> frame) {
+    T value{};
     CheckedBinaryInputArchive archive(frame);
     archive(value);
     if (archive.remaining() != 0) {
       throw SerializationError("multicore: corrupt data: " + std::to_string(archive.remaining()) +
                                " bytes left over after the value");
     }
+    return value;
   }
-  return value;
+};
+
+/// Appends `value` as [u64 byte length][one cereal archive in format F].
+template <Format F, class T>
+void encode_cereal(Writer& out, const T& value) {
+  const std::size_t start = out.size();
+  out.extend(sizeof(std::uint64_t));
+  CerealArchive<F>::save(out, value);
+  patch_length(out, start);
 }
+
+/// Reads what encode_cereal<F> wrote.
+template <Format F, class T>
+T decode_cereal(Reader& in) {
+  return CerealArchive<F>::template load<T>(take_frame(in));
+}
+
 template <class T>
 T decode_raw_value(Reader& in) {
   if constexpr (std::is_default_constructible_v<T>) {  // read in place: T may be large
@@ -148,21 +142,6 @@ T decode_raw_value(Reader& in) {
   }
 }
 
-/// Throws unless `format` is one of the enumerators (it may come from a corrupt record).
-inline void check_format(Format format) {
-  if (format != Format::binary && format != Format::json) {
-    throw SerializationError("multicore: unknown format " +
-                             std::to_string(static_cast<int>(format)));
-  }
-}
-
-template <class T>
-std::string json_unsupported_message() {
-  const std::string name = type_name<T>();
-  return "multicore: Format::json needs a cereal serialize() function for " + name +
-         " (or a multicore::Codec<" + name + "> specialisation), or use Format::binary";
-}
-
 /// Appends `value` in format F, encoded by the encoding rule (encoding_of(), traits.hpp).
 template <Format F, class T>
 void encode_value(Writer& out, const T& value) {
@@ -173,12 +152,8 @@ void encode_value(Writer& out, const T& value) {
     out.write(std::addressof(value), sizeof(T));
   } else if constexpr (how == Encoding::raw_sequence) {
     encode_raw_sequence(out, value);
-  } else if constexpr (F == Format::binary) {
-    encode_cereal<Format::binary>(out, value);
-  } else if constexpr (json_value<T>) {
-    encode_cereal<Format::json>(out, value);
   } else {
-    throw SerializationError(json_unsupported_message<T>());
+    encode_cereal<F>(out, value);
   }
 }
 
@@ -192,19 +167,16 @@ T decode_value(Reader& in) {
     return decode_raw_value<T>(in);
   } else if constexpr (how == Encoding::raw_sequence) {
     return decode_raw_sequence<T>(in);
-  } else if constexpr (F == Format::binary) {
-    return decode_cereal<Format::binary, T>(in);
-  } else if constexpr (json_value<T>) {
-    return decode_cereal<Format::json, T>(in);
   } else {
-    throw SerializationError(json_unsupported_message<T>());
+    return decode_cereal<F, T>(in);
   }
 }
 
-/// Appends `value` to `out` in `format`, encoded by the encoding rule (encoding_of()).
+/// Appends `value` to `out` in format F, encoded by the encoding rule (encoding_of()).
 /// Throws SerializationError naming the type if encoding fails; `out` is then left as it was.
-template <class T>
-void encode(Writer& out, const T& value, Format format) {
+/// (Format::json needs json.hpp, which also has the forms that take the format at run time.)
+template <Format F = Format::binary, class T>
+void encode(Writer& out, const T& value) {
   static_assert(!codec_declared<T> || has_codec<T>,
                 "multicore: multicore::Codec<T> is specialised but lacks static void "
                 "encode(multicore::Writer&, const T&) or static T decode(multicore::Reader&).");
@@ -214,12 +186,7 @@ void encode(Writer& out, const T& value, Format format) {
                 "multicore::Codec<T>.");
   const std::size_t start = out.size();
   try {
-    check_format(format);
-    if (format == Format::json) {
-      encode_value<Format::json>(out, value);
-    } else {
-      encode_value<Format::binary>(out, value);
-    }
+    encode_value<F>(out, value);
   } catch (const abi::__forced_unwind&) {  // thread cancellation must keep unwinding
     out.resize(start);
     throw;
@@ -230,12 +197,12 @@ void encode(Writer& out, const T& value, Format format) {
   }
 }
 
-/// Reads one value that encode() wrote in `format` from `in`. The bytes are untrusted: on any
-/// failure (truncated or corrupt data, a type mismatch, out of memory, an exception from a
-/// Codec) it throws SerializationError naming the type, e.g. "multicore: could not decode
+/// Reads one value that encode<F>() wrote from `in`. The bytes are untrusted: on any failure
+/// (truncated or corrupt data, a type mismatch, out of memory, an exception from a Codec) it
+/// throws SerializationError naming the type, e.g. "multicore: could not decode
 /// std::vector<int>: truncated data: needed 8 bytes, 3 left". It never reads out of bounds.
-template <class T>
-T decode(Reader& in, Format format) {
+template <class T, Format F = Format::binary>
+T decode(Reader& in) {
   static_assert(!codec_declared<T> || has_codec<T>,
                 "multicore: multicore::Codec<T> is specialised but lacks static void "
                 "encode(multicore::Writer&, const T&) or static T decode(multicore::Reader&).");
@@ -244,9 +211,7 @@ T decode(Reader& in, Format format) {
                 "copyable, give it a cereal serialize() function, or specialise "
                 "multicore::Codec<T>.");
   try {
-    check_format(format);
-    if (format == Format::json) return decode_value<Format::json, T>(in);
-    return decode_value<Format::binary, T>(in);
+    return decode_value<F, T>(in);
   } catch (const abi::__forced_unwind&) {
     throw;
   } catch (...) {
@@ -257,20 +222,20 @@ T decode(Reader& in, Format format) {
 /// decode() in place: makes the T in `where` (uninitialised storage for one) instead of
 /// returning it, so that a large value never passes through a stack. Throws what decode()
 /// throws, and then leaves no T in `where`.
-template <class T>
-T* decode_at(void* where, Reader& in, Format format) {
-  if constexpr (encoding_of<T>(Format::binary) == Encoding::raw) {
-    if (format == Format::binary) {
-      try {
-        return raw_value_at<T>(where, in.take(sizeof(T)).data());
-      } catch (...) {
-        throw decode_error<T>();
-      }
+template <class T, Format F = Format::binary>
+T* decode_at(void* where, Reader& in) {
+  if constexpr (encoding_of<T>(F) == Encoding::raw) {
+    try {
+      return raw_value_at<T>(where, in.take(sizeof(T)).data());
+    } catch (...) {
+      throw decode_error<T>();
     }
+  } else {
+    // decode()'s result is a prvalue: it is made right in `where` (guaranteed copy elision);
+    // the decoders under it return their one local object, which compilers build there too
+    // (NRVO).
+    return ::new (where) T(decode<T, F>(in));
   }
-  // decode()'s result is a prvalue: it is made right in `where` (guaranteed copy elision); the
-  // decoders under it return their one local object, which compilers build there too (NRVO).
-  return ::new (where) T(decode<T>(in, format));
 }
 
 /// Holds at most one T, like std::optional<T> (and as compact), but a T larger than
@@ -316,9 +281,10 @@ class Stored {
     return construct([&](void* where) { ::new (where) T(std::forward<Make>(make)()); });
   }
 
-  /// Replaces the value by one decoded from `in`, in place (see decode_at()).
-  T& decode(Reader& in, Format format) {
-    return construct([&](void* where) { decode_at<T>(where, in, format); });
+  /// Replaces the value by one decoded from `in` in format F, in place (see decode_at()).
+  template <Format F = Format::binary>
+  T& decode(Reader& in) {
+    return construct([&](void* where) { decode_at<T, F>(where, in); });
   }
 
   void reset() noexcept {

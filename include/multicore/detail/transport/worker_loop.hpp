@@ -159,8 +159,7 @@ class WorkerLoop {
     channel_.running_since(began_);
     tail_.start(tail_bytes);
     Reader reader(std::span<const std::byte>(payload.bytes()));
-    const CallContext context{static_cast<Format>(header.format), header.threads,
-                              tail_bytes != 0 ? &tail_ : nullptr, &sender_, &team_};
+    const CallContext context{header.threads, tail_bytes != 0 ? &tail_ : nullptr, &sender_, &team_};
     const Entry entry = entry_named(header.entry);
     if (entry == nullptr) {
       // Only a module loaded after this worker's program image was made can be missing: the
