@@ -157,7 +157,7 @@ class CountingInput {
 static_assert(std::ranges::input_range<CountingInput>);
 static_assert(!std::ranges::forward_range<CountingInput>);
 
-/// Chunks a map keeps in flight or ready for chunks of `chunk` items (MapStream::window:
+/// Chunks a map keeps in flight or ready for chunks of `chunk` items (detail::MapState::window:
 /// about 16384 items, between 2 and 32 chunks per worker, at least 2).
 std::size_t map_window(const Pool& pool, std::size_t chunk) {
   return std::clamp<std::size_t>(16384 / chunk, std::max<std::size_t>(2, 2 * pool.size()),
@@ -448,7 +448,7 @@ TEST_P(MapTest, LazyWithAutomaticChunks) {
   // so the first result comes after exactly one window of 1-item chunks was read.
   EXPECT_GE(counted.pulled(), 1u);
   EXPECT_LE(counted.pulled(), map_window(pool, 1));
-  // Automatic chunks grow at most 262144 items (the ceiling in MapStream::chunk_size()).
+  // Automatic chunks grow at most 262144 items (the ceiling in detail::MapState::chunk_size()).
   for (std::size_t read = 1; read < 2000; ++read) {
     ++it;
     ASSERT_EQ(*it, static_cast<std::int64_t>(read * read));

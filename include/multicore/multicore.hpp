@@ -8,6 +8,7 @@
 
 #include "codec.hpp"    // IWYU pragma: export
 #include "errors.hpp"   // IWYU pragma: export
+#include "map.hpp"      // IWYU pragma: export
 #include "options.hpp"  // IWYU pragma: export
 #include "pool.hpp"     // IWYU pragma: export
 #include "ranges.hpp"   // IWYU pragma: export

@@ -12,11 +12,11 @@
 #include "codec.hpp"
 #include "detail/core/pool_core.hpp"
 #include "detail/front/completions.hpp"
-#include "detail/front/map_state.hpp"
 #include "detail/front/submit.hpp"
 #include "detail/protocol/entries.hpp"
 #include "detail/protocol/request.hpp"
 #include "errors.hpp"
+#include "map.hpp"
 #include "options.hpp"
 
 namespace multicore {
@@ -219,8 +219,8 @@ class Pool {
                   "multicore: map needs a function that returns a value; for functions that "
                   "return nothing use submit() or Task<void>");
     (void)core();  // throws if this pool cannot be used here
-    return detail::MapStream<Fn, Source, Ordered>(core_, std::forward<F>(f),
-                                                  std::forward<R>(inputs), options);
+    return MapResults<Fn, Source, Ordered>(core_, std::forward<F>(f), std::forward<R>(inputs),
+                                           options);
   }
 
   std::uint64_t generation_ = detail::process_generation();  // before core_: see core()

@@ -80,7 +80,7 @@ class ChunkCompletion final : public Completion {
 
  private:
   void post(typename MapInbox<Out>::Arrival arrival) {
-    std::lock_guard lock(inbox_->mutex);  // held while notifying: see MapStream's sleep
+    std::lock_guard lock(inbox_->mutex);  // held while notifying: see MapState's sleep
     inbox_->arrived.push_back(std::move(arrival));
     inbox_->arrivals.fetch_add(1, std::memory_order_release);
     inbox_->arrived_cv.notify_one();
@@ -99,15 +99,13 @@ inline void check_map_options(const MapOptions& o) {
   }
 }
 
-/// The lazy result range of Pool::map (Ordered) and Pool::map_unordered. A single-pass input
-/// range: iterate it once, from one thread. Destroying it early abandons the map: chunks not
-/// yet started are dropped, a worker still running one after abandon_grace is replaced, answers
-/// still coming are discarded, the pool stays usable.
+/// The engine of a map: reads the inputs, cuts them into chunks, keeps a bounded window of
+/// chunks in flight and hands results to MapResults' iterator, from one thread.
 /// `Source` is how the input is held: `T&` for an lvalue the caller keeps alive, `T` for an
-/// rvalue the stream owns. (Not std::views::all: clang 14 cannot compile libstdc++ 12's views,
+/// rvalue the map owns. (Not std::views::all: clang 14 cannot compile libstdc++ 12's views,
 /// and holding the range directly keeps map usable with containers there.)
 template <class Fn, class Source, bool Ordered>
-class MapStream {
+class MapState {
   using Range = std::remove_reference_t<Source>;
 
  public:
@@ -122,315 +120,265 @@ class MapStream {
     bool done = false;
   };
 
-  class State {
-   public:
-    // The callable goes straight to its one copy, here: a lambda capturing a large value is
-    // large, and must not be copied through the stack.
-    template <class F>
-    State(std::weak_ptr<PoolCore> core, F&& fn, Source&& source, MapOptions options)
-        : core_(std::move(core)),
-          fn_(std::forward<F>(fn)),
-          view_(std::forward<Source>(source)),
-          options_(options),
-          inbox_(std::make_shared<MapInbox<Out>>()) {
-      check_map_options(options_);
-      workers_ = std::max(1u, lock_core(core_)->size());
-      min_window_ = std::max<std::size_t>(2, 2 * workers_);
-      max_window_ = std::max<std::size_t>(2, 32 * workers_);
-    }
-
-    /// Abandons the chunks still with the pool, if any (see Scheduler::abandon). A pool that
-    /// is gone answered them all before it went.
-    ~State() {
-      inbox_->abandoned.store(true, std::memory_order_relaxed);
-      if (inbox_->arrivals.load(std::memory_order_acquire) != sent_) {
-        if (std::shared_ptr<PoolCore> core = core_.lock()) core->abandon();
-      }
-    }
-
-    void start() {
-      it_.emplace(std::ranges::begin(view_));
-      next_item();
-    }
-
-    bool at_end() const noexcept { return current_ == nullptr; }
-
-    std::size_t index() const noexcept { return current_key_ + position_; }
-
-    value_type& current() {
-      ItemResult<Out>& r = current_->results[position_];
-      if (r.error) std::rethrow_exception(r.error);
-      if constexpr (Ordered) {
-        return *r.value;
-      } else {
-        if (!yielded_) yielded_.emplace(current_key_ + position_, std::move(*r.value));
-        return *yielded_;
-      }
-    }
-
-    void next_item() {
-      if constexpr (!Ordered) yielded_.reset();
-      if (current_ != nullptr && ++position_ < current_->results.size()) return;
-      if (current_ != nullptr) {
-        chunks_.erase(current_key_);
-        current_ = nullptr;
-      }
-      for (;;) {
-        fill();
-        if (chunks_.empty()) return;  // input exhausted and everything yielded
-        if (take_done_chunk()) return;
-        wait_for_arrivals();
-      }
-    }
-
-   private:
-    /// Makes the next ready chunk current (for map: only the one next in input order).
-    bool take_done_chunk() {
-      auto found = chunks_.end();
-      if constexpr (Ordered) {
-        found = chunks_.begin();  // keys are input indices: the first one is next in order
-        if (!found->second.done) return false;
-      } else {
-        found = std::find_if(chunks_.begin(), chunks_.end(),
-                             [](const auto& c) { return c.second.done; });
-        if (found == chunks_.end()) return false;
-      }
-      current_key_ = found->first;
-      current_ = &found->second;
-      position_ = 0;
-      return true;
-    }
-
-    /// Waits for chunk answers, helping to collect them meanwhile (spinning on the rings like
-    /// Pool::call), so that small chunks do not each cost a sleeping thread's wake-up.
-    void wait_for_arrivals() {
-      const auto posted = [&] {
-        return inbox_->arrivals.load(std::memory_order_acquire) != settled_;
-      };
-      const auto sleep = [&] {
-        std::unique_lock lock(inbox_->mutex);
-        inbox_->arrived_cv.wait(lock, posted);
-      };
-      // A pool that is gone answered every chunk before it went: they are in the inbox.
-      if (std::shared_ptr<PoolCore> core = core_.lock()) {
-        core->help(posted, sleep);
-      } else {
-        sleep();
-      }
-      std::vector<typename MapInbox<Out>::Arrival> arrivals;
-      {
-        std::lock_guard lock(inbox_->mutex);
-        arrivals.swap(inbox_->arrived);
-      }
-      settled_ += arrivals.size();
-      for (auto& a : arrivals) settle(std::move(a));
-    }
-
-    void settle(typename MapInbox<Out>::Arrival a) {
-      auto found = chunks_.find(a.first);
-      if (found == chunks_.end()) return;
-      Chunk& chunk = found->second;
-      const std::size_t n = chunk.inputs.size();
-      if (!a.failure) {
-        learn(a.run_nanos, n);
-        chunk.results = std::move(a.results);
-        chunk.done = true;
-        chunk.inputs.clear();
-        return;
-      }
-      if (n > 1 && is_worker_failure(a.failure)) {
-        // The chunk's worker died or overran: run its items one by one, so that only the item
-        // that really crashes (or hangs) fails, and every other one gets its value.
-        std::vector<In> inputs = std::move(chunk.inputs);
-        chunks_.erase(found);
-        for (std::size_t i = 0; i < n; ++i) {
-          std::vector<In> one;
-          one.push_back(std::move(inputs[i]));
-          send(a.first + i, std::move(one));
-        }
-        return;
-      }
-      fail(chunk, n, a.failure);
-    }
-
-    /// Every one of the chunk's `n` items yields `error`, in its place in the stream.
-    static void fail(Chunk& chunk, std::size_t n, const std::exception_ptr& error) {
-      chunk.results = std::vector<ItemResult<Out>>(n);
-      for (ItemResult<Out>& r : chunk.results) r.error = error;
-      chunk.done = true;
-      chunk.inputs.clear();
-    }
-
-    static bool is_worker_failure(const std::exception_ptr& e) {
-      try {
-        std::rethrow_exception(e);
-      } catch (const WorkerLost&) {
-        return true;
-      } catch (const TaskTimeout&) {
-        return true;
-      } catch (...) {
-        return false;
-      }
-    }
-
-    /// Keeps the window full: reads inputs, cuts them into chunks, sends them.
-    /// Chunks allowed in flight or ready: about window_items items, between 2 and 32 chunks
-    /// per worker. Small chunks need many in flight, or each worker idles between them long
-    /// enough to fall asleep, and every chunk then pays a wake-up.
-    std::size_t window(std::size_t chunk) const noexcept {
-      return std::clamp(window_items / std::max<std::size_t>(chunk, 1), min_window_, max_window_);
-    }
-
-    void fill() {
-      for (;;) {
-        if (input_done_) return;
-        const std::size_t want = chunk_size();
-        if (chunks_.size() >= window(want)) return;
-        last_size_ = want;
-        std::vector<In> inputs;
-        inputs.reserve(std::min<std::size_t>(want, 65536));  // chunk_size may be huge
-        std::exception_ptr input_error;
-        try {
-          auto& it = *it_;
-          const auto end = std::ranges::end(view_);
-          while (inputs.size() < want && it != end) {
-            inputs.emplace_back(*it);
-            ++it;
-          }
-          if (it == end) input_done_ = true;
-        } catch (...) {
-          // The input itself failed: what was read before still runs, then its error takes
-          // the next place in the stream, and the map ends there.
-          input_error = std::current_exception();
-          input_done_ = true;
-        }
-        const std::size_t first = consumed_;
-        consumed_ += inputs.size();
-        if (!inputs.empty()) send(first, std::move(inputs));
-        if (input_error) fail(chunks_[consumed_++], 1, input_error);
-      }
-    }
-
-    /// Sends a chunk. One that cannot be sent (the pool is closed or gone, an item cannot be
-    /// encoded) fails in place: each of its items yields the error.
-    void send(std::size_t first, std::vector<In> inputs) {
-      Chunk& chunk = chunks_[first];
-      chunk.inputs = std::move(inputs);
-      const std::uint64_t n = chunk.inputs.size();
-      try {
-        std::shared_ptr<PoolCore> core = lock_core(core_);
-        std::unique_ptr<Job> job = core->new_job();
-        job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, n);
-        Writer& msg = job->request;
-        begin_request(msg);
-        encode_callable<Format::binary>(msg, fn_);
-        msg.write(&n, sizeof n);
-        encode_items(msg, chunk.inputs);
-        finish_request(msg, entry_id<MapChunk<Fn, In>>(), options_.threads_per_worker);
-        core->submit(std::move(job));
-        ++sent_;
-      } catch (...) {
-        fail(chunk, n, std::current_exception());
-      }
-    }
-
-    /// Items per chunk: fixed if the user chose, else sized so a chunk runs ~0.5 ms (fast
-    /// items batch up, slow ones travel alone), growing at most 8x per step.
-    std::size_t chunk_size() const {
-      if (options_.chunk_size != 0) return options_.chunk_size;
-      const std::size_t threads = options_.threads_per_worker;
-      std::size_t size = threads;
-      if (item_ns_ > 0) {
-        const double fit = 500'000.0 / item_ns_;
-        size = static_cast<std::size_t>(std::clamp(fit, 1.0, 262144.0));
-        size = std::clamp(size, threads, std::max(threads, last_size_ * 8));
-      }
-      if constexpr (std::ranges::sized_range<Range&>) {
-        // Keep at least two chunks per worker while inputs last, so the end balances.
-        const auto total = static_cast<std::size_t>(std::ranges::size(view_));
-        const std::size_t left = total > consumed_ ? total - consumed_ : 0;
-        size = std::min(size, std::max(threads, left / (std::size_t{2} * workers_)));
-      }
-      return std::max<std::size_t>(size, 1);
-    }
-
-    void learn(std::uint64_t run_nanos, std::size_t items) {
-      if (items == 0) return;
-      const double per_item =
-          std::max(1.0, static_cast<double>(run_nanos) / static_cast<double>(items));
-      item_ns_ = item_ns_ > 0 ? (item_ns_ + per_item) / 2 : per_item;
-    }
-
-    std::weak_ptr<PoolCore> core_;  // the Pool's: see make_core
-    std::size_t workers_ = 1;
-    Fn fn_;
-    Source view_;
-    MapOptions options_;
-    std::shared_ptr<MapInbox<Out>> inbox_;
-    std::size_t settled_ = 0;  // arrivals taken from the inbox so far
-    std::size_t sent_ = 0;     // chunks submitted (each posts one arrival, unless abandoned)
-    std::optional<std::ranges::iterator_t<Range&>> it_;
-    bool input_done_ = false;
-    std::size_t consumed_ = 0;
-    static constexpr std::size_t window_items = 16384;
-    std::size_t min_window_ = 2;
-    std::size_t max_window_ = 2;
-    std::size_t last_size_ = 1;
-    double item_ns_ = 0;
-    std::map<std::size_t, Chunk> chunks_;  // in flight or ready, keyed by first input index
-    Chunk* current_ = nullptr;
-    std::size_t current_key_ = 0;
-    std::size_t position_ = 0;
-    std::optional<value_type> yielded_;  // map_unordered's current (index, value)
-  };
-
  public:
-  class iterator {
-   public:
-    using value_type = MapStream::value_type;
-    using difference_type = std::ptrdiff_t;
-    using iterator_concept = std::input_iterator_tag;
-
-    iterator() = default;
-    explicit iterator(State* state) noexcept : state_(state) {}
-
-    /// The current result. Throws the task's error (RemoteError, WorkerLost, ...) in place of
-    /// a value that could not be computed; ++ then moves on to the next one.
-    value_type& operator*() const { return state_->current(); }
-    /// Index of the current item in the input, also when its result is an error (for
-    /// map_unordered, whose failed items have no (index, value) pair to show it).
-    std::size_t index() const noexcept { return state_->index(); }
-    iterator& operator++() {
-      state_->next_item();
-      return *this;
-    }
-    void operator++(int) { ++*this; }
-    friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
-      return it.state_ == nullptr || it.state_->at_end();
-    }
-
-   private:
-    State* state_ = nullptr;
-  };
-
+  // The callable goes straight to its one copy, here: a lambda capturing a large value is
+  // large, and must not be copied through the stack.
   template <class F>
-  MapStream(std::weak_ptr<PoolCore> core, F&& fn, Source&& source, MapOptions options)
-      : state_(std::make_unique<State>(std::move(core), std::forward<F>(fn),
-                                       std::forward<Source>(source), options)) {}
-
-  /// Starts the map (sends the first window of chunks) and waits for the first result.
-  /// Call once: this is a single-pass range.
-  iterator begin() {
-    if (started_) throw std::logic_error("multicore: a map's results can be iterated only once");
-    started_ = true;
-    state_->start();
-    return iterator(state_.get());
+  MapState(std::weak_ptr<PoolCore> core, F&& fn, Source&& source, MapOptions options)
+      : core_(std::move(core)),
+        fn_(std::forward<F>(fn)),
+        view_(std::forward<Source>(source)),
+        options_(options),
+        inbox_(std::make_shared<MapInbox<Out>>()) {
+    check_map_options(options_);
+    workers_ = std::max(1u, lock_core(core_)->size());
+    min_window_ = std::max<std::size_t>(2, 2 * workers_);
+    max_window_ = std::max<std::size_t>(2, 32 * workers_);
   }
-  std::default_sentinel_t end() const noexcept { return {}; }
+
+  /// Abandons the chunks still with the pool, if any (see Scheduler::abandon). A pool that
+  /// is gone answered them all before it went.
+  ~MapState() {
+    inbox_->abandoned.store(true, std::memory_order_relaxed);
+    if (inbox_->arrivals.load(std::memory_order_acquire) != sent_) {
+      if (std::shared_ptr<PoolCore> core = core_.lock()) core->abandon();
+    }
+  }
+
+  void start() {
+    it_.emplace(std::ranges::begin(view_));
+    next_item();
+  }
+
+  bool at_end() const noexcept { return current_ == nullptr; }
+
+  std::size_t index() const noexcept { return current_key_ + position_; }
+
+  value_type& current() {
+    ItemResult<Out>& r = current_->results[position_];
+    if (r.error) std::rethrow_exception(r.error);
+    if constexpr (Ordered) {
+      return *r.value;
+    } else {
+      if (!yielded_) yielded_.emplace(current_key_ + position_, std::move(*r.value));
+      return *yielded_;
+    }
+  }
+
+  void next_item() {
+    if constexpr (!Ordered) yielded_.reset();
+    if (current_ != nullptr && ++position_ < current_->results.size()) return;
+    if (current_ != nullptr) {
+      chunks_.erase(current_key_);
+      current_ = nullptr;
+    }
+    for (;;) {
+      fill();
+      if (chunks_.empty()) return;  // input exhausted and everything yielded
+      if (take_done_chunk()) return;
+      wait_for_arrivals();
+    }
+  }
 
  private:
-  std::unique_ptr<State> state_;
-  bool started_ = false;
+  /// Makes the next ready chunk current (for map: only the one next in input order).
+  bool take_done_chunk() {
+    auto found = chunks_.end();
+    if constexpr (Ordered) {
+      found = chunks_.begin();  // keys are input indices: the first one is next in order
+      if (!found->second.done) return false;
+    } else {
+      found =
+          std::find_if(chunks_.begin(), chunks_.end(), [](const auto& c) { return c.second.done; });
+      if (found == chunks_.end()) return false;
+    }
+    current_key_ = found->first;
+    current_ = &found->second;
+    position_ = 0;
+    return true;
+  }
+
+  /// Waits for chunk answers, helping to collect them meanwhile (spinning on the rings like
+  /// Pool::call), so that small chunks do not each cost a sleeping thread's wake-up.
+  void wait_for_arrivals() {
+    const auto posted = [&] {
+      return inbox_->arrivals.load(std::memory_order_acquire) != settled_;
+    };
+    const auto sleep = [&] {
+      std::unique_lock lock(inbox_->mutex);
+      inbox_->arrived_cv.wait(lock, posted);
+    };
+    // A pool that is gone answered every chunk before it went: they are in the inbox.
+    if (std::shared_ptr<PoolCore> core = core_.lock()) {
+      core->help(posted, sleep);
+    } else {
+      sleep();
+    }
+    std::vector<typename MapInbox<Out>::Arrival> arrivals;
+    {
+      std::lock_guard lock(inbox_->mutex);
+      arrivals.swap(inbox_->arrived);
+    }
+    settled_ += arrivals.size();
+    for (auto& a : arrivals) settle(std::move(a));
+  }
+
+  void settle(typename MapInbox<Out>::Arrival a) {
+    auto found = chunks_.find(a.first);
+    if (found == chunks_.end()) return;
+    Chunk& chunk = found->second;
+    const std::size_t n = chunk.inputs.size();
+    if (!a.failure) {
+      learn(a.run_nanos, n);
+      chunk.results = std::move(a.results);
+      chunk.done = true;
+      chunk.inputs.clear();
+      return;
+    }
+    if (n > 1 && is_worker_failure(a.failure)) {
+      // The chunk's worker died or overran: run its items one by one, so that only the item
+      // that really crashes (or hangs) fails, and every other one gets its value.
+      std::vector<In> inputs = std::move(chunk.inputs);
+      chunks_.erase(found);
+      for (std::size_t i = 0; i < n; ++i) {
+        std::vector<In> one;
+        one.push_back(std::move(inputs[i]));
+        send(a.first + i, std::move(one));
+      }
+      return;
+    }
+    fail(chunk, n, a.failure);
+  }
+
+  /// Every one of the chunk's `n` items yields `error`, in its place in the stream.
+  static void fail(Chunk& chunk, std::size_t n, const std::exception_ptr& error) {
+    chunk.results = std::vector<ItemResult<Out>>(n);
+    for (ItemResult<Out>& r : chunk.results) r.error = error;
+    chunk.done = true;
+    chunk.inputs.clear();
+  }
+
+  static bool is_worker_failure(const std::exception_ptr& e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const WorkerLost&) {
+      return true;
+    } catch (const TaskTimeout&) {
+      return true;
+    } catch (...) {
+      return false;
+    }
+  }
+
+  /// Keeps the window full: reads inputs, cuts them into chunks, sends them.
+  /// Chunks allowed in flight or ready: about window_items items, between 2 and 32 chunks
+  /// per worker. Small chunks need many in flight, or each worker idles between them long
+  /// enough to fall asleep, and every chunk then pays a wake-up.
+  std::size_t window(std::size_t chunk) const noexcept {
+    return std::clamp(window_items / std::max<std::size_t>(chunk, 1), min_window_, max_window_);
+  }
+
+  void fill() {
+    for (;;) {
+      if (input_done_) return;
+      const std::size_t want = chunk_size();
+      if (chunks_.size() >= window(want)) return;
+      last_size_ = want;
+      std::vector<In> inputs;
+      inputs.reserve(std::min<std::size_t>(want, 65536));  // chunk_size may be huge
+      std::exception_ptr input_error;
+      try {
+        auto& it = *it_;
+        const auto end = std::ranges::end(view_);
+        while (inputs.size() < want && it != end) {
+          inputs.emplace_back(*it);
+          ++it;
+        }
+        if (it == end) input_done_ = true;
+      } catch (...) {
+        // The input itself failed: what was read before still runs, then its error takes
+        // the next place in the stream, and the map ends there.
+        input_error = std::current_exception();
+        input_done_ = true;
+      }
+      const std::size_t first = consumed_;
+      consumed_ += inputs.size();
+      if (!inputs.empty()) send(first, std::move(inputs));
+      if (input_error) fail(chunks_[consumed_++], 1, input_error);
+    }
+  }
+
+  /// Sends a chunk. One that cannot be sent (the pool is closed or gone, an item cannot be
+  /// encoded) fails in place: each of its items yields the error.
+  void send(std::size_t first, std::vector<In> inputs) {
+    Chunk& chunk = chunks_[first];
+    chunk.inputs = std::move(inputs);
+    const std::uint64_t n = chunk.inputs.size();
+    try {
+      std::shared_ptr<PoolCore> core = lock_core(core_);
+      std::unique_ptr<Job> job = core->new_job();
+      job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, n);
+      Writer& msg = job->request;
+      begin_request(msg);
+      encode_callable<Format::binary>(msg, fn_);
+      msg.write(&n, sizeof n);
+      encode_items(msg, chunk.inputs);
+      finish_request(msg, entry_id<MapChunk<Fn, In>>(), options_.threads_per_worker);
+      core->submit(std::move(job));
+      ++sent_;
+    } catch (...) {
+      fail(chunk, n, std::current_exception());
+    }
+  }
+
+  /// Items per chunk: fixed if the user chose, else sized so a chunk runs ~0.5 ms (fast
+  /// items batch up, slow ones travel alone), growing at most 8x per step.
+  std::size_t chunk_size() const {
+    if (options_.chunk_size != 0) return options_.chunk_size;
+    const std::size_t threads = options_.threads_per_worker;
+    std::size_t size = threads;
+    if (item_ns_ > 0) {
+      const double fit = 500'000.0 / item_ns_;
+      size = static_cast<std::size_t>(std::clamp(fit, 1.0, 262144.0));
+      size = std::clamp(size, threads, std::max(threads, last_size_ * 8));
+    }
+    if constexpr (std::ranges::sized_range<Range&>) {
+      // Keep at least two chunks per worker while inputs last, so the end balances.
+      const auto total = static_cast<std::size_t>(std::ranges::size(view_));
+      const std::size_t left = total > consumed_ ? total - consumed_ : 0;
+      size = std::min(size, std::max(threads, left / (std::size_t{2} * workers_)));
+    }
+    return std::max<std::size_t>(size, 1);
+  }
+
+  void learn(std::uint64_t run_nanos, std::size_t items) {
+    if (items == 0) return;
+    const double per_item =
+        std::max(1.0, static_cast<double>(run_nanos) / static_cast<double>(items));
+    item_ns_ = item_ns_ > 0 ? (item_ns_ + per_item) / 2 : per_item;
+  }
+
+  std::weak_ptr<PoolCore> core_;  // the Pool's: see make_core
+  std::size_t workers_ = 1;
+  Fn fn_;
+  Source view_;
+  MapOptions options_;
+  std::shared_ptr<MapInbox<Out>> inbox_;
+  std::size_t settled_ = 0;  // arrivals taken from the inbox so far
+  std::size_t sent_ = 0;     // chunks submitted (each posts one arrival, unless abandoned)
+  std::optional<std::ranges::iterator_t<Range&>> it_;
+  bool input_done_ = false;
+  std::size_t consumed_ = 0;
+  static constexpr std::size_t window_items = 16384;
+  std::size_t min_window_ = 2;
+  std::size_t max_window_ = 2;
+  std::size_t last_size_ = 1;
+  double item_ns_ = 0;
+  std::map<std::size_t, Chunk> chunks_;  // in flight or ready, keyed by first input index
+  Chunk* current_ = nullptr;
+  std::size_t current_key_ = 0;
+  std::size_t position_ = 0;
+  std::optional<value_type> yielded_;  // map_unordered's current (index, value)
 };
 
 }  // namespace multicore::detail

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: MIT
+// MapResults: what Pool::map and Pool::map_unordered return.
+#pragma once
+
+#include <cstddef>
+#include <iterator>
+#include <memory>
+#include <stdexcept>
+#include <utility>
+
+#include "detail/front/map_state.hpp"
+#include "options.hpp"
+
+namespace multicore {
+
+class Pool;
+
+/// The lazy results of Pool::map (`Ordered`: in input order) and Pool::map_unordered ((input
+/// index, result) pairs, as they finish). A single-pass input range: iterate it once, from one
+/// thread. Destroying it early abandons the map: chunks not yet started are dropped, a worker
+/// still running one after abandon_grace is replaced, answers still coming are discarded, the
+/// pool stays usable. Movable, not copyable.
+///
+/// `Fn` is the function's type and `Source` how the input is held (`T&` for an lvalue you keep
+/// alive while iterating, `T` for an rvalue the results own); write `auto` unless you must
+/// name it.
+template <class Fn, class Source, bool Ordered>
+class MapResults {
+  using State = detail::MapState<Fn, Source, Ordered>;
+
+ public:
+  /// A result: the function's result for map(), an (input index, result) pair for
+  /// map_unordered().
+  using value_type = typename State::value_type;
+
+  class iterator {
+   public:
+    using value_type = MapResults::value_type;
+    using difference_type = std::ptrdiff_t;
+    using iterator_concept = std::input_iterator_tag;
+
+    iterator() = default;
+
+    /// The current result. Throws the task's error (RemoteError, WorkerLost, ...) in place of
+    /// a value that could not be computed; ++ then moves on to the next one.
+    value_type& operator*() const { return state_->current(); }
+    /// Index of the current item in the input, also when its result is an error (for
+    /// map_unordered, whose failed items have no (index, value) pair to show it).
+    std::size_t index() const noexcept { return state_->index(); }
+    iterator& operator++() {
+      state_->next_item();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
+      return it.state_ == nullptr || it.state_->at_end();
+    }
+
+   private:
+    friend class MapResults;
+    explicit iterator(State* state) noexcept : state_(state) {}
+
+    State* state_ = nullptr;
+  };
+
+  /// Starts the map (sends the first window of chunks) and waits for the first result.
+  /// Call once: this is a single-pass range.
+  iterator begin() {
+    if (started_) throw std::logic_error("multicore: a map's results can be iterated only once");
+    started_ = true;
+    state_->start();
+    return iterator(state_.get());
+  }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+ private:
+  friend class Pool;
+
+  template <class F>
+  MapResults(std::weak_ptr<detail::PoolCore> core, F&& fn, Source&& source, MapOptions options)
+      : state_(std::make_unique<State>(std::move(core), std::forward<F>(fn),
+                                       std::forward<Source>(source), options)) {}
+
+  std::unique_ptr<State> state_;
+  bool started_ = false;
+};
+
+}  // namespace multicore
