@@ -171,13 +171,13 @@ TEST(CallInline, RunsInTheCallingProcess) {
 // about to lock that mutex. Here every slot is freed the moment its sleeper returns. TSan
 // reports the deliverer's late lock (it did within seconds, every run, with the old protocol);
 // the plain and ASan builds rarely hit the narrow window, so the TSan job is the real guard.
-TEST(CallSlot, SleeperLeavesOnlyWhenTheDelivererIsDoneWithTheSlot) {
-  using Slot = multicore::detail::CallSlot<int>;
+TEST(CallResult, SleeperLeavesOnlyWhenTheDelivererIsDoneWithTheResult) {
+  using Result = multicore::detail::CallResult<int>;
   constexpr int rounds = 20000;
-  std::atomic<Slot*> handed{nullptr};
+  std::atomic<Result*> handed{nullptr};
   std::thread deliverer([&] {
     for (int i = 0; i < rounds; ++i) {
-      Slot* slot = nullptr;
+      Result* slot = nullptr;
       while ((slot = handed.exchange(nullptr, std::memory_order_acquire)) == nullptr) {
         std::this_thread::yield();
       }
@@ -191,7 +191,7 @@ TEST(CallSlot, SleeperLeavesOnlyWhenTheDelivererIsDoneWithTheSlot) {
   });
   int right = 0;
   for (int i = 0; i < rounds; ++i) {
-    auto slot = std::make_unique<Slot>();
+    auto slot = std::make_unique<Result>();
     handed.store(slot.get(), std::memory_order_release);
     slot->latch.wait();
     right += slot->take() == i ? 1 : 0;

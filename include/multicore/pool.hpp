@@ -112,13 +112,13 @@ class Pool {
   detail::call_result_t<F, Args...> call(F&& f, Args&&... args) {
     detail::check_submission<F, Args...>();
     using R = detail::call_result_t<F, Args...>;
-    detail::CallSlot<R> slot;
+    detail::CallResult<R> result;
     std::unique_ptr<detail::Job> job =
         detail::request_job<Format::binary, F, Args...>(&core(), f, args...);
-    job->emplace_completion<detail::CallCompletion<R, Format::binary>>(&slot);
+    job->emplace_completion<detail::CallCompletion<R, Format::binary>>(&result);
     core().call(
-        std::move(job), [&] { return slot.latch.done(); }, [&] { slot.latch.wait(); });
-    return slot.take();
+        std::move(job), [&] { return result.latch.done(); }, [&] { result.latch.wait(); });
+    return result.take();
   }
 
   /// Applies `f` to every input in worker processes and yields the results in input order,

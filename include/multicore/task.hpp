@@ -101,18 +101,18 @@ class Task {
     }
     std::exception_ptr first_error;
     if constexpr (std::is_void_v<R>) {
-      for (auto& slot : batch_->slots) {
-        if (slot.error && !first_error) first_error = slot.error;
+      for (auto& result : batch_->runs) {
+        if (result.error && !first_error) first_error = result.error;
       }
       if (first_error) std::rethrow_exception(first_error);
     } else {
       std::vector<R> results;
-      results.reserve(batch_->slots.size());
-      for (auto& slot : batch_->slots) {
-        if (slot.error) {
-          if (!first_error) first_error = slot.error;
+      results.reserve(batch_->runs.size());
+      for (auto& result : batch_->runs) {
+        if (result.error) {
+          if (!first_error) first_error = result.error;
         } else if (!first_error) {
-          results.push_back(std::move(*slot.value));
+          results.push_back(std::move(*result.value));
         }
       }
       if (first_error) std::rethrow_exception(first_error);
@@ -128,8 +128,8 @@ class Task {
     std::shared_ptr<detail::PoolCore> core;
     if (parallel_) core = Pool::lock(core_, generation_);
     std::unique_ptr<detail::Job> job = detail::request_job<Fmt, F, Args...>(core.get(), f, args...);
-    auto& slot = batch_->slots.emplace_back();
-    job->emplace_completion<detail::TaskRunCompletion<R, Result, Fmt>>(batch_, &slot);
+    auto& result = batch_->runs.emplace_back();
+    job->emplace_completion<detail::TaskRunCompletion<R, Result, Fmt>>(batch_, &result);
     batch_->latch.expect();
     if (!parallel_) {
       detail::PoolCore::run_here(job->request.bytes(), job->completion());
@@ -139,7 +139,7 @@ class Task {
       core->submit(std::move(job));
     } catch (...) {
       batch_->latch.arrive();  // takes the expect() back
-      batch_->slots.pop_back();
+      batch_->runs.pop_back();
       throw;
     }
   }

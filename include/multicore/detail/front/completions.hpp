@@ -164,8 +164,8 @@ class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R, F>, 
 /// heap), filled in by whichever thread delivers it. The caller returns (destroying this) as
 /// soon as `latch` is done: see ResultLatch.
 template <class R>
-struct CallSlot {
-  CallSlot() noexcept { latch.expect(); }
+struct CallResult {
+  CallResult() noexcept { latch.expect(); }
 
   Stored<std::conditional_t<std::is_void_v<R>, char, R>> value;
   std::exception_ptr error;
@@ -178,43 +178,43 @@ struct CallSlot {
   }
 };
 
-/// Resolves a CallSlot with the outcome of one call, answered in format F.
+/// Resolves a CallResult with the outcome of one call, answered in format F.
 template <class R, Format F>
 class CallCompletion final : public ValueCompletion<CallCompletion<R, F>, R, F> {
  public:
-  explicit CallCompletion(CallSlot<R>* slot) : slot_(slot) {}
+  explicit CallCompletion(CallResult<R>* result) : result_(result) {}
 
-  /// The value is decoded right into the caller's slot.
+  /// The value is decoded right into the caller's CallResult.
   template <class V>
   Stored<V>& place(Stored<V>& /*scratch*/) noexcept {
-    return slot_->value;
+    return result_->value;
   }
-  void resolve() { slot_->latch.arrive(); }
+  void resolve() { result_->latch.arrive(); }
   template <class V>
   void resolve(Stored<V>& /*value*/) {
-    slot_->latch.arrive();
+    result_->latch.arrive();
   }
 
   void fail(std::exception_ptr error) noexcept override {
-    slot_->error = std::move(error);
-    slot_->latch.arrive();
+    result_->error = std::move(error);
+    result_->latch.arrive();
   }
 
  private:
-  CallSlot<R>* slot_;
+  CallResult<R>* result_;
 };
 
-/// Where a Task's runs land, one slot per run in run() order. Shared with the runs'
+/// Where a Task's runs land, one RunResult per run in run() order. Shared with the runs'
 /// completions, so a Task destroyed before its runs finish leaves nothing dangling.
 template <class R>
 struct TaskBatch {
   using Value = std::conditional_t<std::is_void_v<R>, char, R>;
-  struct Slot {
+  struct RunResult {
     Stored<Value> value;  // set for void too: the run succeeded
     std::exception_ptr error;
   };
-  std::deque<Slot> slots;  // push_back keeps references to earlier slots valid
-  ResultLatch latch;       // one count per slot
+  std::deque<RunResult> runs;  // push_back keeps references to earlier runs valid
+  ResultLatch latch;           // one count per run
 };
 
 /// Resolves one run of a Task: decodes the function's own result type `Result` (in format F)
@@ -222,40 +222,40 @@ struct TaskBatch {
 template <class R, class Result, Format F>
 class TaskRunCompletion final : public ValueCompletion<TaskRunCompletion<R, Result, F>, Result, F> {
  public:
-  TaskRunCompletion(std::shared_ptr<TaskBatch<R>> batch, typename TaskBatch<R>::Slot* slot)
-      : batch_(std::move(batch)), slot_(slot) {}
+  TaskRunCompletion(std::shared_ptr<TaskBatch<R>> batch, typename TaskBatch<R>::RunResult* result)
+      : batch_(std::move(batch)), result_(result) {}
 
-  /// A result of the Task's own type is decoded right into its slot; another is converted.
+  /// A result of the Task's own type is decoded right into its RunResult; another is converted.
   template <class V>
   Stored<V>& place(Stored<V>& scratch) noexcept {
     if constexpr (std::is_same_v<V, R>) {
-      return slot_->value;
+      return result_->value;
     } else {
       return scratch;
     }
   }
   void resolve() {
-    slot_->value.make([] { return char{}; });
+    result_->value.make([] { return char{}; });
     batch_->latch.arrive();
   }
   template <class V>
   void resolve(Stored<V>& value) {
     if constexpr (std::is_void_v<R>) {
-      slot_->value.make([] { return char{}; });
+      result_->value.make([] { return char{}; });
     } else if constexpr (!std::is_same_v<V, R>) {
-      slot_->value.make([&] { return static_cast<R>(std::move(*value)); });
+      result_->value.make([&] { return static_cast<R>(std::move(*value)); });
     }
     batch_->latch.arrive();
   }
 
   void fail(std::exception_ptr error) noexcept override {
-    slot_->error = std::move(error);
+    result_->error = std::move(error);
     batch_->latch.arrive();
   }
 
  private:
   std::shared_ptr<TaskBatch<R>> batch_;
-  typename TaskBatch<R>::Slot* slot_;
+  typename TaskBatch<R>::RunResult* result_;
 };
 
 }  // namespace multicore::detail
