@@ -145,7 +145,18 @@ class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R, F>, 
   void resolve() { promise_.set_value(); }
   template <class V>
   void resolve(Stored<V>& value) {
-    promise_.set_value(std::move(*value));
+    if constexpr (std::is_nothrow_move_constructible_v<V>) {
+      promise_.set_value(std::move(*value));
+    } else {
+      // set_value moves the value inside std::call_once. Where a throw out of call_once leaves
+      // its flag taken (TSan's pthread_once, GCC PR 66146), fail()'s set_exception would then
+      // wait forever, in the collector. So the value is moved once here first, outside the
+      // promise: a move that throws, throws here. (One move more, for such types only; a move
+      // that throws only the second time is still unsafe on those platforms.)
+      Stored<V> moved;
+      moved.make([&] { return std::move(*value); });
+      promise_.set_value(std::move(*moved));
+    }
   }
 
   void fail(std::exception_ptr error) noexcept override {
