@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Completions that resolve a std::promise, and the compile-time checks on a submitted call.
+// Completions: how an answer becomes a future's value, a call's result or a Task run's.
 #pragma once
 
 #include <deque>
