@@ -69,6 +69,48 @@ struct CallContext {
 /// failure becomes an outcome the parent can read.
 using Entry = void (*)(Reader& payload, Writer& out, const CallContext& context) noexcept;
 
+/// A pointer to a member function as the Itanium C++ ABI lays it out (g++ and clang on Linux):
+/// `ptr` is the function's address, or for a virtual function 1 + its offset in the vtable;
+/// `adjustment` is added to the object's address to get `this`.
+struct MemberFunctionBits {
+  std::uintptr_t ptr;
+  std::ptrdiff_t adjustment;
+};
+
+/// A member function pointer's name: its function's name (see code_name) unless it is virtual
+/// (a vtable offset means the same in every image), then a tag and the adjustment.
+struct MemberFunctionName {
+  std::uint64_t function;
+  std::int64_t adjustment;
+  std::uint64_t is_virtual;  // 0 or 1 (a whole word: the struct has no padding to send)
+};
+
+template <class Fn>
+MemberFunctionName name_member_function(const Fn& fn) {
+  static_assert(sizeof(Fn) == sizeof(MemberFunctionBits), "multicore: not the Itanium C++ ABI");
+  MemberFunctionBits bits;
+  std::memcpy(&bits, &fn, sizeof bits);
+  const bool is_virtual = (bits.ptr & 1u) != 0;
+  return {is_virtual ? bits.ptr : code_name(reinterpret_cast<const void*>(bits.ptr)),
+          bits.adjustment, is_virtual ? 1u : 0u};
+}
+
+template <class Fn>
+Fn member_function_named(const MemberFunctionName& name) {
+  MemberFunctionBits bits{name.function, static_cast<std::ptrdiff_t>(name.adjustment)};
+  if (name.is_virtual == 0) {
+    void* address = code_address(name.function);
+    if (address == nullptr) {
+      throw SerializationError(
+          "multicore: the member function to run is in a module this process does not have");
+    }
+    bits.ptr = reinterpret_cast<std::uintptr_t>(address);
+  }
+  Fn fn;
+  std::memcpy(static_cast<void*>(&fn), &bits, sizeof bits);
+  return fn;
+}
+
 // The callable crosses as raw bytes when it is trivially copyable: a function pointer or a
 // lambda's captures are meaningful in a fork of the same program. Anything else must be
 // serializable like an argument, in format F.
@@ -76,6 +118,9 @@ template <Format F, class Fn>
 void encode_callable(Writer& out, const Fn& fn) {
   if constexpr (std::is_pointer_v<Fn>) {  // a function: by name, valid in every image
     const std::uint64_t name = code_name(reinterpret_cast<const void*>(fn));
+    out.write(&name, sizeof name);
+  } else if constexpr (std::is_member_function_pointer_v<Fn>) {  // by name too
+    const MemberFunctionName name = name_member_function(fn);
     out.write(&name, sizeof name);
   } else if constexpr (std::is_trivially_copyable_v<Fn>) {
     if constexpr (!std::is_empty_v<Fn>) out.write(&fn, sizeof fn);
@@ -97,6 +142,10 @@ void decode_callable(Stored<Fn>& fn, Reader& in) {
           "multicore: the function to run is in a module this process does not have");
     }
     fn.make([&] { return reinterpret_cast<Fn>(address); });
+  } else if constexpr (std::is_member_function_pointer_v<Fn>) {
+    MemberFunctionName name;
+    in.read(&name, sizeof name);
+    fn.make([&] { return member_function_named<Fn>(name); });
   } else if constexpr (std::is_trivially_copyable_v<Fn>) {
     // Not std::bit_cast: g++ 12 rejects closure types there. A trivially copyable closure is
     // an implicit-lifetime type, so copying its bytes into suitable storage creates it.

@@ -441,18 +441,24 @@ constexpr void check_result() {
   }
 }
 
-/// A callable that can be sent to a worker: a function pointer, a trivially copyable class (a
-/// lambda capturing nothing or only trivially copyable values; sent as bytes, valid in a fork
-/// of the same program), or a sendable function object.
+/// A callable that can be sent to a worker: a function pointer, a pointer to a member function
+/// (both sent by name), a trivially copyable class (a lambda capturing nothing or only
+/// trivially copyable values; sent as bytes, valid in a fork of the same program), or a
+/// sendable function object.
 template <class F>
 concept sendable_callable = (std::is_pointer_v<F> &&
                              std::is_function_v<std::remove_pointer_t<F>>) ||
+                            std::is_member_function_pointer_v<F> ||
                             (std::is_class_v<F> && std::is_trivially_copyable_v<F>) || sendable<F>;
 
 /// Fails to compile when the (decayed) callable type `F` cannot be sent to a worker.
 template <class F>
 constexpr void check_callable() {
-  static_assert(sendable_callable<F>,
+  static_assert(!std::is_member_object_pointer_v<F>,
+                "multicore: a pointer to a data member is not a callable multicore can send "
+                "(its result would be a reference into the worker's copy): use a lambda, "
+                "[](const T& object) { return object.member; }");
+  static_assert(std::is_member_object_pointer_v<F> || sendable_callable<F>,
                 "multicore: this callable cannot be sent to a worker process: use a function, a "
                 "lambda that captures only trivially copyable values, or a function object with "
                 "a cereal serialize() function (std::function cannot cross a process boundary).");
