@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../../util/process.hpp"
+#include "../../util/spin.hpp"
 #include "../shm/shm_transport.hpp"
 #include "mpi_api.hpp"
 #include "relay.hpp"
@@ -41,12 +42,14 @@ class Agent final : private TailRouter {
     auto idle_since = std::chrono::steady_clock::now();
     while (!exiting_) {
       bool progressed = false;
+      bool workers_busy = false;  // some local worker has a request to answer
       while (std::optional<Message> m = inbox_.poll()) {
         handle(*m);
         progressed = true;
       }
       for (unsigned j = 0; j < slots_.size(); ++j) {
         progressed |= feed(j);
+        workers_busy |= !slots_[j].sent.empty();
         progressed |= local_.pump(j);
         for (Event e = local_.poll(j, *this); e.kind != Event::Kind::none;
              e = local_.poll(j, *this)) {
@@ -63,9 +66,15 @@ class Agent final : private TailRouter {
       }
       // Just busy: more is likely to come at once (the next request of a caller in a loop, the
       // answer of a short task), and any nap costs tens of microseconds here. Look again,
-      // letting whoever shares this core run meanwhile.
+      // letting a worker that shares this core run meanwhile; while none has work, keep the
+      // core: handing it to a worker that only spins for its next request costs a switch (some
+      // microseconds) each way, and the request rank 0 sends next would wait for them.
       if (now - idle_since < spin_window) {
-        sched_yield();
+        if (workers_busy) {
+          sched_yield();
+        } else {
+          cpu_relax();
+        }
         continue;
       }
       // Long idle: nap longer still; the first request after it waits a little more.
