@@ -69,7 +69,10 @@ class Agent final : private TailRouter {
       // letting a worker that shares this core run meanwhile; while none has work, keep the
       // core: handing it to a worker that only spins for its next request costs a switch (some
       // microseconds) each way, and the request rank 0 sends next would wait for them.
-      if (now - idle_since < spin_window) {
+      // A message moving over MPI moves only while we call MPI (several calls on both sides for
+      // a large or TCP message): no nap until it has gone or arrived.
+      const bool transferring = inbox_.receiving() || !outbox_.empty();
+      if (transferring || now - idle_since < spin_window) {
         if (workers_busy) {
           sched_yield();
         } else {

@@ -224,6 +224,10 @@ class Inbox {
   Inbox& operator=(const Inbox&) = delete;
   Inbox(Inbox&&) = default;
 
+  /// A message's pieces are arriving: MPI moves them only while someone calls it (a large or
+  /// TCP message takes several calls on both sides), so whoever waits must keep polling.
+  bool receiving() const noexcept { return receiving_; }
+
   /// The next message if it has arrived whole; otherwise lets MPI move it along.
   std::optional<Message> poll() {
     if (!receiving_) {

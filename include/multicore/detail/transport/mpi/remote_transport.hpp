@@ -33,7 +33,8 @@ struct AgentInfo {
 /// The workers of every node agent, numbered agent by agent: slot k of this transport is
 /// worker j of one agent. Every MPI call is made under one mutex (the scheduler calls from
 /// several threads; MPI_THREAD_MULTIPLE allows it, and the calls are short). Waiting is polling
-/// with a growing sleep, up to `max_nap`: MPI has no wait that does not burn a core.
+/// with a growing sleep, up to `max_nap`, but none while a message moves (see has_news()): MPI
+/// has no wait that does not burn a core.
 class RemoteTransport final : public Transport {
  public:
   explicit RemoteTransport(std::vector<AgentInfo> agents) : agents_(std::move(agents)) {
@@ -191,11 +192,14 @@ class RemoteTransport final : public Transport {
     }
   }
 
-  /// Cheap look for anything to receive, from any agent (also lets MPI make progress).
+  /// Cheap look for anything to receive, from any agent (also lets MPI make progress). While a
+  /// message moves, yes: receiving it further is what the caller must do next (it moves only
+  /// while someone calls MPI; a nap per step made 64 KiB over TCP take milliseconds).
   bool has_news() noexcept {
     std::lock_guard lock(mutex_);
     try {
       outbox_.progress();
+      if (transferring_locked()) return true;
       int flag = 0;
       check(MPI_Iprobe(MPI_ANY_SOURCE, tag_up, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE),
             "MPI_Iprobe");
@@ -238,6 +242,12 @@ class RemoteTransport final : public Transport {
   }
 
   int agent_rank(unsigned k) const noexcept { return agents_[slots_[k].agent].rank; }
+
+  /// A message is on its way, either way. Under mutex_.
+  bool transferring_locked() const noexcept {
+    return !outbox_.empty() || std::any_of(inboxes_.begin(), inboxes_.end(),
+                                           [](const Inbox& in) { return in.receiving(); });
+  }
 
   /// Sends a message without bytes about slot k. Under mutex_.
   void control(unsigned k, Kind kind) {
