@@ -43,7 +43,7 @@ class Agent final : private TailRouter {
     while (!exiting_) {
       bool progressed = false;
       bool workers_busy = false;  // some local worker has a request to answer
-      while (std::optional<Message> m = inbox_.poll()) {
+      while (std::optional<Message> m = inbox_.poll(&spares_)) {
         handle(*m);
         progressed = true;
       }
@@ -57,7 +57,7 @@ class Agent final : private TailRouter {
           progressed = true;
         }
       }
-      progressed |= outbox_.progress();
+      progressed |= outbox_.progress(&spares_);
       const auto now = std::chrono::steady_clock::now();
       if (progressed) {
         nap = min_nap;
@@ -82,6 +82,7 @@ class Agent final : private TailRouter {
       }
       // Long idle: nap longer still; the first request after it waits a little more.
       const auto limit = now - idle_since > std::chrono::seconds(1) ? max_idle_nap : max_nap;
+      spares_.release_if_cold(now);
       local_.wait(now + nap, false);
       nap = std::min<std::chrono::microseconds>(nap * 2, limit);
     }
@@ -221,8 +222,8 @@ class Agent final : private TailRouter {
                         std::uint64_t tail_bytes) noexcept override {
     Slot& s = slots_[j];
     try {
-      s.answer = Writer();
-      s.answer.reserve(head.size() + static_cast<std::size_t>(tail_bytes));
+      s.answer = spares_.take(head.size() + static_cast<std::size_t>(tail_bytes));
+      s.answer.clear();
       s.answer.write(head.data(), head.size());
     } catch (...) {
       return nullptr;  // the local transport assembles it instead
@@ -257,7 +258,10 @@ class Agent final : private TailRouter {
       case Event::Kind::answer: {
         h.kind = Kind::answer;
         h.value = static_cast<std::int64_t>(e.run_nanos);
-        if (!s.sent.empty()) s.sent.pop_front();
+        if (!s.sent.empty()) {
+          spares_.give(std::move(s.sent.front()));
+          s.sent.pop_front();
+        }
         Writer answer;
         if (e.tail != nullptr) {
           answer = std::move(s.answer);
@@ -288,6 +292,7 @@ class Agent final : private TailRouter {
   ShmTransport& local_;
   std::vector<Slot> slots_;
   TailSink sink_;
+  SpareBuffers spares_;  // before the boxes, which may hold its buffers
   Inbox inbox_{0, tag_down};
   Outbox outbox_{tag_up};
   bool exiting_ = false;

@@ -146,6 +146,7 @@ class RemoteTransport final : public Transport {
     } catch (...) {  // MPI failed: nothing new can be known
     }
     if (s.events.empty()) return {};
+    spares_.give(std::move(s.current.bytes));  // the scheduler is done with the last answer
     s.current = std::move(s.events.front());
     s.events.pop_front();
     Event e = s.current.event;
@@ -175,7 +176,10 @@ class RemoteTransport final : public Transport {
 
   void wake() noexcept override { woken_.store(true, std::memory_order_release); }
   void callers_polling(int /*delta*/) noexcept override {}
-  void release_cold_buffers() noexcept override {}
+  void release_cold_buffers() noexcept override {
+    std::lock_guard lock(mutex_);
+    spares_.release_if_cold(SpareBuffers::Clock::now());
+  }
   std::string broken() noexcept override { return {}; }
 
   void close() noexcept override {
@@ -261,7 +265,7 @@ class RemoteTransport final : public Transport {
   /// Takes every message agent `a` has sent and queues its events by slot. Under mutex_.
   void receive(std::size_t a) {
     outbox_.progress();
-    while (std::optional<Message> m = inboxes_[a].poll()) {
+    while (std::optional<Message> m = inboxes_[a].poll(&spares_)) {
       if (m->header.slot >= agents_[a].workers) continue;  // malformed: ignore
       const unsigned k = first_slot_[a] + m->header.slot;
       if (m->header.life != slots_[k].life) continue;  // about an earlier life of the slot
@@ -299,6 +303,7 @@ class RemoteTransport final : public Transport {
   std::vector<AgentInfo> agents_;
   std::vector<unsigned> first_slot_;  // this transport's slot of each agent's worker 0
   std::mutex mutex_;                  // every MPI call, and everything below
+  SpareBuffers spares_;               // before the boxes, which may hold its buffers
   std::vector<Inbox> inboxes_;
   Outbox outbox_{tag_down};
   std::vector<Slot> slots_;
