@@ -148,14 +148,16 @@ class SpareBuffers {
   /// `n` uninitialised bytes, in a kept buffer if one is large enough.
   Writer take(std::size_t n) {
     Writer out;
-    for (Writer& kept : kept_) {
-      if (kept.capacity() >= n && (out.capacity() == 0 || kept.capacity() < out.capacity())) {
-        std::swap(out, kept);
+    if (n > min_kept) {  // a small one would waste a large buffer
+      for (Writer& kept : kept_) {
+        if (kept.capacity() >= n && (out.capacity() == 0 || kept.capacity() < out.capacity())) {
+          std::swap(out, kept);
+        }
       }
+      used_ = Clock::now();
     }
     out.clear();
     out.resize(n);
-    if (n > min_kept) used_ = Clock::now();
     return out;
   }
 
