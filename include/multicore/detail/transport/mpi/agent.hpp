@@ -73,7 +73,7 @@ class Agent final : private TailRouter {
       // a large or TCP message): no nap until it has gone or arrived.
       const bool transferring = inbox_.receiving() || !outbox_.empty();
       if (transferring || now - idle_since < spin_window) {
-        if (workers_busy) {
+        if (workers_busy || transferring) {  // the other side of a transfer may share the core
           sched_yield();
         } else {
           cpu_relax();

@@ -2,6 +2,7 @@
 // Rank 0's view of the node agents: every worker of every agent as a slot of one Transport.
 #pragma once
 
+#include <sched.h>
 #include <time.h>
 
 #include <algorithm>
@@ -200,17 +201,23 @@ class RemoteTransport final : public Transport {
   /// message moves, yes: receiving it further is what the caller must do next (it moves only
   /// while someone calls MPI; a nap per step made 64 KiB over TCP take milliseconds).
   bool has_news() noexcept {
-    std::lock_guard lock(mutex_);
-    try {
-      outbox_.progress();
-      if (transferring_locked()) return true;
-      int flag = 0;
-      check(MPI_Iprobe(MPI_ANY_SOURCE, tag_up, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE),
-            "MPI_Iprobe");
-      return flag != 0;
-    } catch (...) {
-      return false;
+    {
+      std::lock_guard lock(mutex_);
+      try {
+        outbox_.progress();
+        if (!transferring_locked()) {
+          int flag = 0;
+          check(MPI_Iprobe(MPI_ANY_SOURCE, tag_up, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE),
+                "MPI_Iprobe");
+          return flag != 0;
+        }
+      } catch (...) {
+        return false;
+      }
     }
+    // The other side of the transfer may share this core: let it run before looking again.
+    sched_yield();
+    return true;
   }
 
   /// " on rank 3 (node07)": for the messages about slot k's worker.
