@@ -119,6 +119,21 @@ TEST(Cluster, LargeArgumentsAndResultsReachEveryRank) {
   for (auto& e : echoes) EXPECT_TRUE(e.get() == big);
 }
 
+// Agents and rank 0 reuse the buffers of large messages for the next ones: each must still
+// arrive with its own size and bytes, larger or smaller than the one before.
+TEST(Cluster, LargeMessagesOneAfterAnotherKeepTheirOwnSizeAndBytes) {
+  Pool pool(*the_cluster);
+  std::size_t round = 0;
+  for (std::size_t size : {(8u << 20) + 3, (2u << 20) + 1, (24u << 20) + 5, (3u << 19)}) {
+    std::vector<char> bytes(size);
+    for (std::size_t i = 0; i < size; i += 1000) bytes[i] = static_cast<char>(i / 1000 + round);
+    bytes.back() = static_cast<char>(++round);
+    std::vector<std::future<std::vector<char>>> echoes;
+    for (unsigned k = 0; k < pool.size(); ++k) echoes.push_back(pool.submit(echo, bytes));
+    for (auto& e : echoes) ASSERT_TRUE(e.get() == bytes) << size;
+  }
+}
+
 TEST(Cluster, AThrowingTaskGivesRemoteError) {
   Pool pool(*the_cluster);
   for (auto& f : one_per_worker(pool, misbehave, 1)) {

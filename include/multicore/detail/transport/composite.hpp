@@ -20,7 +20,8 @@ namespace multicore::detail {
 
 /// Slots 0..a-1 are the first part's, a..a+b-1 the second's, and so on. Each verb goes to the
 /// part that holds the slot; waiting waits on the first part (which wakes at once for its own
-/// events) in naps, looking at the others in between. The parts are borrowed: whoever made the
+/// events) in naps, looking at the others in between, unless callers poll for answers
+/// themselves (then they look at the others). The parts are borrowed: whoever made the
 /// composite keeps them alive, and decides what closing them means (see close()).
 class CompositeTransport final : public Transport {
  public:
@@ -33,6 +34,7 @@ class CompositeTransport final : public Transport {
       for (unsigned j = 0; j < p->size(); ++j) where_.push_back({p, j, first});
       first += p->size();
     }
+    owed_ = std::vector<std::atomic<std::uint32_t>>(where_.size());
   }
   ~CompositeTransport() override { close(); }
 
@@ -49,7 +51,10 @@ class CompositeTransport final : public Transport {
     return c;
   }
 
-  void start(unsigned k) override { part(k).start(local(k)); }
+  void start(unsigned k) override {
+    forget_owed(k);
+    part(k).start(local(k));
+  }
   void kill(unsigned k) noexcept override { part(k).kill(local(k)); }
   bool try_stop(unsigned k) noexcept override { return part(k).try_stop(local(k)); }
   void resume() noexcept override {
@@ -59,18 +64,30 @@ class CompositeTransport final : public Transport {
     part(k).cancel(local(k), task_id);
   }
   bool try_send(unsigned k, std::span<const std::byte> message) noexcept override {
-    if (where_[k].first != 0) {
-      others_active_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
-                           std::memory_order_relaxed);
+    if (where_[k].first == 0) return part(k).try_send(local(k), message);
+    others_active_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                         std::memory_order_relaxed);
+    // Counted before sending: its answer may be polled before try_send returns.
+    owed_[k].fetch_add(1);
+    owed_total_.fetch_add(1);
+    if (!part(k).try_send(local(k), message)) {
+      settle(k, 1);
+      return false;
     }
-    return part(k).try_send(local(k), message);
+    // Nobody polls for its answer: the collector must watch for it (it may be asleep on the
+    // first part's bell, which no other part rings). Pairs with callers_polling().
+    if (polling_.load() == 0) wake();
+    return true;
   }
   bool pump(unsigned k) noexcept override { return part(k).pump(local(k)); }
   bool sending(unsigned k) const noexcept override { return part(k).sending(local(k)); }
 
   Event poll(unsigned k, TailRouter& router) noexcept override {
     Renumbering renumbered(router, where_[k].first);
-    return part(k).poll(local(k), renumbered);
+    const Event e = part(k).poll(local(k), renumbered);
+    if (e.kind == Event::Kind::answer) settle(k, 1);
+    if (e.kind == Event::Kind::died) forget_owed(k);
+    return e;
   }
   bool may_have_events(unsigned k) const noexcept override {
     return part(k).may_have_events(local(k));
@@ -85,6 +102,10 @@ class CompositeTransport final : public Transport {
     // quiet spell waits at most max_idle_nap more.
     auto nap = std::chrono::microseconds(2);
     for (;;) {
+      // While callers poll, they read every part's answers themselves: the collector only needs
+      // the first part's events, and must leave them the CPU. The last caller to stop polling
+      // wakes it if answers of other parts are still owed (see callers_polling()).
+      if (polling_.load() > 0) return parts_[0]->wait(deadline, false);
       const auto looked = std::chrono::steady_clock::now();
       for (std::size_t i = 1; i < parts_.size(); ++i) {
         if (parts_[i]->wait({}, false)) {
@@ -118,6 +139,8 @@ class CompositeTransport final : public Transport {
   }
   void callers_polling(int delta) noexcept override {
     for (Transport* p : parts_) p->callers_polling(delta);
+    // Pairs with try_send(): one of the two sees the other's write (both seq_cst).
+    if (polling_.fetch_add(delta) + delta == 0 && owed_total_.load() > 0) wake();
   }
   void release_cold_buffers() noexcept override {
     for (Transport* p : parts_) p->release_cold_buffers();
@@ -160,6 +183,15 @@ class CompositeTransport final : public Transport {
     unsigned first_;
   };
 
+  /// `n` answers of slot k came (or will never come); never below zero.
+  void settle(unsigned k, std::uint32_t n) noexcept {
+    std::uint32_t owed = owed_[k].load();
+    while (owed > 0 && !owed_[k].compare_exchange_weak(owed, owed - std::min(owed, n))) {
+    }
+    owed_total_.fetch_sub(std::min(owed, n));
+  }
+  void forget_owed(unsigned k) noexcept { settle(k, UINT32_MAX); }
+
   Transport& part(unsigned k) const noexcept { return *where_[k].part; }
   unsigned local(unsigned k) const noexcept { return where_[k].local; }
 
@@ -168,6 +200,11 @@ class CompositeTransport final : public Transport {
   std::vector<unsigned> first_;
   std::vector<Where> where_;
   std::atomic<bool> woken_{false};
+  std::atomic<int> polling_{0};  // threads polling for answers themselves (callers_polling)
+  /// Answers owed by the worker of each slot of the parts other than the first (none are
+  /// counted for the first: its workers ring its bell), and their sum.
+  std::vector<std::atomic<std::uint32_t>> owed_;
+  std::atomic<std::uint32_t> owed_total_{0};
   /// When a part other than the first last had news or was sent a message (steady_clock ticks).
   std::atomic<std::chrono::steady_clock::rep> others_active_{0};
   bool closed_ = false;

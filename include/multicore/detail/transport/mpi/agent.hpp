@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../../util/process.hpp"
+#include "../../util/spin.hpp"
 #include "../shm/shm_transport.hpp"
 #include "mpi_api.hpp"
 #include "relay.hpp"
@@ -41,12 +42,14 @@ class Agent final : private TailRouter {
     auto idle_since = std::chrono::steady_clock::now();
     while (!exiting_) {
       bool progressed = false;
-      while (std::optional<Message> m = inbox_.poll()) {
+      bool workers_busy = false;  // some local worker has a request to answer
+      while (std::optional<Message> m = inbox_.poll(&spares_)) {
         handle(*m);
         progressed = true;
       }
       for (unsigned j = 0; j < slots_.size(); ++j) {
         progressed |= feed(j);
+        workers_busy |= !slots_[j].sent.empty();
         progressed |= local_.pump(j);
         for (Event e = local_.poll(j, *this); e.kind != Event::Kind::none;
              e = local_.poll(j, *this)) {
@@ -54,7 +57,7 @@ class Agent final : private TailRouter {
           progressed = true;
         }
       }
-      progressed |= outbox_.progress();
+      progressed |= outbox_.progress(&spares_);
       const auto now = std::chrono::steady_clock::now();
       if (progressed) {
         nap = min_nap;
@@ -63,13 +66,23 @@ class Agent final : private TailRouter {
       }
       // Just busy: more is likely to come at once (the next request of a caller in a loop, the
       // answer of a short task), and any nap costs tens of microseconds here. Look again,
-      // letting whoever shares this core run meanwhile.
-      if (now - idle_since < spin_window) {
-        sched_yield();
+      // letting a worker that shares this core run meanwhile; while none has work, keep the
+      // core: handing it to a worker that only spins for its next request costs a switch (some
+      // microseconds) each way, and the request rank 0 sends next would wait for them.
+      // A message moving over MPI moves only while we call MPI (several calls on both sides for
+      // a large or TCP message): no nap until it has gone or arrived.
+      const bool transferring = inbox_.receiving() || !outbox_.empty();
+      if (transferring || now - idle_since < spin_window) {
+        if (workers_busy || transferring) {  // the other side of a transfer may share the core
+          sched_yield();
+        } else {
+          cpu_relax();
+        }
         continue;
       }
       // Long idle: nap longer still; the first request after it waits a little more.
       const auto limit = now - idle_since > std::chrono::seconds(1) ? max_idle_nap : max_nap;
+      spares_.release_if_cold(now);
       local_.wait(now + nap, false);
       nap = std::min<std::chrono::microseconds>(nap * 2, limit);
     }
@@ -209,8 +222,8 @@ class Agent final : private TailRouter {
                         std::uint64_t tail_bytes) noexcept override {
     Slot& s = slots_[j];
     try {
-      s.answer = Writer();
-      s.answer.reserve(head.size() + static_cast<std::size_t>(tail_bytes));
+      s.answer = spares_.take(head.size() + static_cast<std::size_t>(tail_bytes));
+      s.answer.clear();
       s.answer.write(head.data(), head.size());
     } catch (...) {
       return nullptr;  // the local transport assembles it instead
@@ -245,7 +258,10 @@ class Agent final : private TailRouter {
       case Event::Kind::answer: {
         h.kind = Kind::answer;
         h.value = static_cast<std::int64_t>(e.run_nanos);
-        if (!s.sent.empty()) s.sent.pop_front();
+        if (!s.sent.empty()) {
+          spares_.give(std::move(s.sent.front()));
+          s.sent.pop_front();
+        }
         Writer answer;
         if (e.tail != nullptr) {
           answer = std::move(s.answer);
@@ -276,6 +292,7 @@ class Agent final : private TailRouter {
   ShmTransport& local_;
   std::vector<Slot> slots_;
   TailSink sink_;
+  SpareBuffers spares_;  // before the boxes, which may hold its buffers
   Inbox inbox_{0, tag_down};
   Outbox outbox_{tag_up};
   bool exiting_ = false;

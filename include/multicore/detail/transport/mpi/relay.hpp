@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
@@ -16,6 +17,7 @@
 
 #include "../../../codec.hpp"
 #include "../../../errors.hpp"
+#include "../../util/warm_buffer.hpp"
 #include "../transport.hpp"
 #include "mpi_api.hpp"
 
@@ -136,6 +138,47 @@ inline void check(int code, const char* what) {
               " failed: " + std::string(text, static_cast<std::size_t>(length)));
 }
 
+/// Large buffers kept between messages, on WarmBuffer's policy: relaying one large message
+/// after another, fresh memory for each costs more than copying it (the kernel faults every
+/// page in and zeroes it). Keeps two: one message arriving while the last one's answer leaves.
+class SpareBuffers {
+ public:
+  using Clock = WarmBuffer::Clock;
+
+  /// `n` uninitialised bytes, in a kept buffer if one is large enough.
+  Writer take(std::size_t n) {
+    Writer out;
+    if (n > min_kept) {  // a small one would waste a large buffer
+      for (Writer& kept : kept_) {
+        if (kept.capacity() >= n && (out.capacity() == 0 || kept.capacity() < out.capacity())) {
+          std::swap(out, kept);
+        }
+      }
+      used_ = Clock::now();
+    }
+    out.clear();
+    out.resize(n);
+    return out;
+  }
+
+  /// Keeps `w`'s memory in place of a smaller kept buffer, if it is worth keeping.
+  void give(Writer w) noexcept {
+    if (w.capacity() <= min_kept || w.capacity() > WarmBuffer::max_warm_bytes) return;
+    Writer& smallest = kept_[0].capacity() <= kept_[1].capacity() ? kept_[0] : kept_[1];
+    if (w.capacity() > smallest.capacity()) smallest = std::move(w);
+  }
+
+  /// Gives back what went unused for WarmBuffer::warm_for.
+  void release_if_cold(Clock::time_point now) noexcept {
+    if (now - used_ >= WarmBuffer::warm_for) kept_ = {};
+  }
+
+ private:
+  static constexpr std::size_t min_kept = std::size_t{1} << 20;  // smaller ones are cheap
+  std::array<Writer, 2> kept_;
+  Clock::time_point used_{};
+};
+
 /// Messages being sent without blocking. A message's header and owned bytes live here until
 /// MPI is done with them; borrowed bytes must stay valid until then (see Transport::try_send).
 class Outbox {
@@ -159,8 +202,9 @@ class Outbox {
     }
   }
 
-  /// Lets MPI move what is being sent; forgets what is done. True if anything finished.
-  bool progress() {
+  /// Lets MPI move what is being sent; forgets what is done (its owned bytes go to `spares`,
+  /// if given). True if anything finished.
+  bool progress(SpareBuffers* spares = nullptr) {
     bool finished = false;
     while (!sending_.empty()) {
       Sending& s = sending_.front();
@@ -169,6 +213,7 @@ class Outbox {
                         MPI_STATUSES_IGNORE),
             "MPI_Testall");
       if (done == 0) break;
+      if (spares != nullptr) spares->give(std::move(s.owned));
       sending_.pop_front();
       finished = true;
     }
@@ -224,8 +269,13 @@ class Inbox {
   Inbox& operator=(const Inbox&) = delete;
   Inbox(Inbox&&) = default;
 
-  /// The next message if it has arrived whole; otherwise lets MPI move it along.
-  std::optional<Message> poll() {
+  /// A message's pieces are arriving: MPI moves them only while someone calls it (a large or
+  /// TCP message takes several calls on both sides), so whoever waits must keep polling.
+  bool receiving() const noexcept { return receiving_; }
+
+  /// The next message if it has arrived whole; otherwise lets MPI move it along. Its bytes
+  /// go into a buffer from `spares`, if given.
+  std::optional<Message> poll(SpareBuffers* spares = nullptr) {
     if (!receiving_) {
       int flag = 0;
       MPI_Status status;
@@ -240,8 +290,13 @@ class Inbox {
                      MPI_COMM_WORLD, MPI_STATUS_IGNORE),
             "MPI_Recv");
       receiving_ = true;
-      current_.bytes = Writer();
-      current_.bytes.resize(static_cast<std::size_t>(current_.header.bytes));
+      const auto n = static_cast<std::size_t>(current_.header.bytes);
+      if (spares != nullptr) {
+        current_.bytes = spares->take(n);
+      } else {
+        current_.bytes = Writer();
+        current_.bytes.resize(n);
+      }
       std::span<std::byte> bytes = current_.bytes.bytes();
       pieces_.clear();
       for (std::size_t at = 0; at < bytes.size(); at += max_piece) {

@@ -2,6 +2,7 @@
 // Rank 0's view of the node agents: every worker of every agent as a slot of one Transport.
 #pragma once
 
+#include <sched.h>
 #include <time.h>
 
 #include <algorithm>
@@ -33,7 +34,8 @@ struct AgentInfo {
 /// The workers of every node agent, numbered agent by agent: slot k of this transport is
 /// worker j of one agent. Every MPI call is made under one mutex (the scheduler calls from
 /// several threads; MPI_THREAD_MULTIPLE allows it, and the calls are short). Waiting is polling
-/// with a growing sleep, up to `max_nap`: MPI has no wait that does not burn a core.
+/// with a growing sleep, up to `max_nap`, but none while a message moves (see has_news()): MPI
+/// has no wait that does not burn a core.
 class RemoteTransport final : public Transport {
  public:
   explicit RemoteTransport(std::vector<AgentInfo> agents) : agents_(std::move(agents)) {
@@ -145,6 +147,7 @@ class RemoteTransport final : public Transport {
     } catch (...) {  // MPI failed: nothing new can be known
     }
     if (s.events.empty()) return {};
+    spares_.give(std::move(s.current.bytes));  // the scheduler is done with the last answer
     s.current = std::move(s.events.front());
     s.events.pop_front();
     Event e = s.current.event;
@@ -174,7 +177,10 @@ class RemoteTransport final : public Transport {
 
   void wake() noexcept override { woken_.store(true, std::memory_order_release); }
   void callers_polling(int /*delta*/) noexcept override {}
-  void release_cold_buffers() noexcept override {}
+  void release_cold_buffers() noexcept override {
+    std::lock_guard lock(mutex_);
+    spares_.release_if_cold(SpareBuffers::Clock::now());
+  }
   std::string broken() noexcept override { return {}; }
 
   void close() noexcept override {
@@ -191,18 +197,27 @@ class RemoteTransport final : public Transport {
     }
   }
 
-  /// Cheap look for anything to receive, from any agent (also lets MPI make progress).
+  /// Cheap look for anything to receive, from any agent (also lets MPI make progress). While a
+  /// message moves, yes: receiving it further is what the caller must do next (it moves only
+  /// while someone calls MPI; a nap per step made 64 KiB over TCP take milliseconds).
   bool has_news() noexcept {
-    std::lock_guard lock(mutex_);
-    try {
-      outbox_.progress();
-      int flag = 0;
-      check(MPI_Iprobe(MPI_ANY_SOURCE, tag_up, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE),
-            "MPI_Iprobe");
-      return flag != 0;
-    } catch (...) {
-      return false;
+    {
+      std::lock_guard lock(mutex_);
+      try {
+        outbox_.progress();
+        if (!transferring_locked()) {
+          int flag = 0;
+          check(MPI_Iprobe(MPI_ANY_SOURCE, tag_up, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE),
+                "MPI_Iprobe");
+          return flag != 0;
+        }
+      } catch (...) {
+        return false;
+      }
     }
+    // The other side of the transfer may share this core: let it run before looking again.
+    sched_yield();
+    return true;
   }
 
   /// " on rank 3 (node07)": for the messages about slot k's worker.
@@ -239,6 +254,12 @@ class RemoteTransport final : public Transport {
 
   int agent_rank(unsigned k) const noexcept { return agents_[slots_[k].agent].rank; }
 
+  /// A message is on its way, either way. Under mutex_.
+  bool transferring_locked() const noexcept {
+    return !outbox_.empty() || std::any_of(inboxes_.begin(), inboxes_.end(),
+                                           [](const Inbox& in) { return in.receiving(); });
+  }
+
   /// Sends a message without bytes about slot k. Under mutex_.
   void control(unsigned k, Kind kind) {
     Header h;
@@ -251,7 +272,7 @@ class RemoteTransport final : public Transport {
   /// Takes every message agent `a` has sent and queues its events by slot. Under mutex_.
   void receive(std::size_t a) {
     outbox_.progress();
-    while (std::optional<Message> m = inboxes_[a].poll()) {
+    while (std::optional<Message> m = inboxes_[a].poll(&spares_)) {
       if (m->header.slot >= agents_[a].workers) continue;  // malformed: ignore
       const unsigned k = first_slot_[a] + m->header.slot;
       if (m->header.life != slots_[k].life) continue;  // about an earlier life of the slot
@@ -289,6 +310,7 @@ class RemoteTransport final : public Transport {
   std::vector<AgentInfo> agents_;
   std::vector<unsigned> first_slot_;  // this transport's slot of each agent's worker 0
   std::mutex mutex_;                  // every MPI call, and everything below
+  SpareBuffers spares_;               // before the boxes, which may hold its buffers
   std::vector<Inbox> inboxes_;
   Outbox outbox_{tag_down};
   std::vector<Slot> slots_;
