@@ -19,6 +19,7 @@
 #include <list>
 #include <multicore/multicore.hpp>
 #include <new>
+#include <numeric>
 #include <ranges>
 #include <stdexcept>
 #include <string>
@@ -358,6 +359,57 @@ TEST_P(MapTest, UnorderedWithThrowingItems) {
   }
   EXPECT_EQ(errors, 6);
   for (int i = 0; i < 300; ++i) EXPECT_EQ(seen[static_cast<std::size_t>(i)], i % 50 == 7 ? 0 : 1);
+}
+
+// Errors as values (issue 13): items() yields every item, value or error, in the same order,
+// so a loop goes past failed items without an iterator loop and try/catch.
+TEST_P(MapTest, ItemsHoldAValueOrTheErrorInItsPlace) {
+  Pool pool(options());
+  MapOptions o;
+  o.chunk_size = 7;
+  std::vector<std::size_t> indexes;
+  int errors = 0;
+  for (auto& item : pool.map(triple_or_throw, multicore_test::numbers(0, 100), o).items()) {
+    indexes.push_back(item.index());
+    if (item) {
+      EXPECT_EQ(*item, 3 * static_cast<int>(item.index()));
+      EXPECT_FALSE(item.error());
+    } else {
+      ++errors;
+      EXPECT_EQ(item.index() % 50, 7u);
+      EXPECT_THROW(item.value(), RemoteError);  // value() throws the error in its place
+      try {
+        std::rethrow_exception(item.error());
+      } catch (const RemoteError& e) {
+        EXPECT_EQ(e.type_name(), "std::domain_error");
+      }
+    }
+  }
+  EXPECT_EQ(errors, 2);
+  std::vector<std::size_t> expected(100);
+  std::iota(expected.begin(), expected.end(), std::size_t{0});
+  EXPECT_EQ(indexes, expected);  // input order, failed items included
+
+  std::vector<int> seen(100, 0);
+  errors = 0;
+  for (auto& item :
+       pool.map_unordered(triple_or_throw, multicore_test::numbers(0, 100), o).items()) {
+    ++seen[item.index()];
+    if (item.has_value()) {
+      EXPECT_EQ(item.value(), 3 * static_cast<int>(item.index()));
+    } else {
+      ++errors;
+    }
+  }
+  EXPECT_EQ(errors, 2);
+  EXPECT_EQ(seen, std::vector<int>(100, 1));
+
+  // From a variable: items() refers to it; the results are still iterated only once.
+  auto results = pool.map(triple_or_throw, std::vector<int>{6, 7, 8});
+  std::vector<bool> valued;
+  for (auto& item : results.items()) valued.push_back(item.has_value());
+  EXPECT_EQ(valued, (std::vector<bool>{true, false, true}));
+  EXPECT_THROW(results.begin(), std::logic_error);
 }
 
 class MapCrashTest : public MapTest {

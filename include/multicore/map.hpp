@@ -5,10 +5,12 @@
 #include <cstddef>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <utility>
 
 #include "detail/front/map_state.hpp"
+#include "map_item.hpp"
 #include "options.hpp"
 
 namespace multicore {
@@ -65,16 +67,66 @@ class MapResults {
 
   /// Starts the map (sends the first window of chunks) and waits for the first result.
   /// Call once: this is a single-pass range.
-  iterator begin() {
-    if (started_) throw std::logic_error("multicore: a map's results can be iterated only once");
-    started_ = true;
-    state_->start();
-    return iterator(state_.get());
-  }
+  iterator begin() { return iterator(start()); }
   std::default_sentinel_t end() const noexcept { return {}; }
+
+  /// The same results, as items that each hold a value or the error in its place, with the
+  /// input's index (for map_unordered too, where the value is then the function's result
+  /// alone): a loop over them never throws for a failed item. Iterate either this or the
+  /// results themselves, once.
+  class Items {
+   public:
+    class iterator {
+     public:
+      using value_type = MapItem<typename State::Out>;
+      using difference_type = std::ptrdiff_t;
+      using iterator_concept = std::input_iterator_tag;
+
+      iterator() = default;
+      explicit iterator(State* state) noexcept : state_(state) {}
+
+      value_type& operator*() const { return state_->current_item(); }
+      iterator& operator++() {
+        state_->next_item();
+        return *this;
+      }
+      void operator++(int) { ++*this; }
+      friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
+        return it.state_ == nullptr || it.state_->at_end();
+      }
+
+     private:
+      State* state_ = nullptr;
+    };
+
+    /// Starts the map as MapResults::begin() does (once, for both ranges).
+    iterator begin() { return iterator(results_->start()); }
+    std::default_sentinel_t end() const noexcept { return {}; }
+
+   private:
+    friend class MapResults;
+    explicit Items(MapResults* results) noexcept : results_(results) {}
+    explicit Items(MapResults&& results) : owned_(std::move(results)), results_(&*owned_) {}
+
+    std::optional<MapResults> owned_;  // when made from a temporary: pool.map(...).items()
+    MapResults* results_;
+  };
+
+  /// See Items. Made from a temporary (`for (auto& item : pool.map(f, in).items())`) it owns
+  /// the results; from a variable, it refers to it: keep that alive while iterating.
+  Items items() & noexcept { return Items(this); }
+  Items items() && { return Items(std::move(*this)); }
 
  private:
   friend class Pool;
+
+  /// Starts the map (sends the first window of chunks) and waits for the first result.
+  State* start() {
+    if (started_) throw std::logic_error("multicore: a map's results can be iterated only once");
+    started_ = true;
+    state_->start();
+    return state_.get();
+  }
 
   template <class F>
   MapResults(std::weak_ptr<detail::PoolCore> core, F&& fn, Source&& source, MapOptions options)

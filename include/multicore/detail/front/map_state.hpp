@@ -22,6 +22,7 @@
 
 #include "../../codec.hpp"
 #include "../../errors.hpp"
+#include "../../map_item.hpp"
 #include "../../options.hpp"
 #include "../core/pool_core.hpp"
 #include "../core/scheduler.hpp"
@@ -165,7 +166,17 @@ class MapState {
     }
   }
 
+  /// The current item as a value or the error in its place (see MapResults::items()).
+  MapItem<Out>& current_item() {
+    if (!item_) {
+      ItemResult<Out>& r = current_->results[position_];
+      item_.emplace(index(), r.error ? nullptr : &*r.value, r.error);
+    }
+    return *item_;
+  }
+
   void next_item() {
+    item_.reset();
     if constexpr (!Ordered) yielded_.reset();
     if (current_ != nullptr && ++position_ < current_->results.size()) return;
     if (current_ != nullptr) {
@@ -379,6 +390,7 @@ class MapState {
   std::size_t current_key_ = 0;
   std::size_t position_ = 0;
   std::optional<value_type> yielded_;  // map_unordered's current (index, value)
+  std::optional<MapItem<Out>> item_;   // items()' current item
 };
 
 }  // namespace multicore::detail
