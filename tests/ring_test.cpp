@@ -11,19 +11,23 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <new>
 #include <random>
 #include <span>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "multicore/detail/transport/shm/futex.hpp"
 #include "multicore/detail/transport/shm/shm.hpp"
+#include "multicore/detail/transport/shm/stream.hpp"
 #include "support/child_watch.hpp"
 
 namespace {
@@ -678,6 +682,102 @@ TEST(Ring, StreamsRecordsBetweenTwoProcesses) {
   EXPECT_EQ(reader.readable(), 0u) << "bytes after the last record";
   EXPECT_FALSE(reader.corrupt());
   EXPECT_GT(records, 1000u);
+}
+
+/// The room handshake of a stream (StreamProducer/StreamConsumer), as a worker's answer uses
+/// it: what the two processes share besides the ring.
+struct RoomShared {
+  RingControl ring;
+  alignas(multicore::detail::cache_line_size) Doorbell data_bell;
+  alignas(multicore::detail::cache_line_size) Doorbell room_bell;
+  std::atomic<std::uint32_t> wants_room{0};
+};
+
+/// The state of process `pid` as /proc shows it ('S': asleep), or 0 if it cannot be read.
+char ProcessState(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  const std::size_t paren = line.rfind(')');
+  return paren == std::string::npos || paren + 2 >= line.size() ? 0 : line[paren + 2];
+}
+
+// A consumer answers the producer's "I want room" (wants_room 1 -> 2, and a ring) in consume(),
+// right after giving bytes back. When those bytes are ones the producer had already seen free
+// (it filled them before finding the ring full), the answer comes with no room: the producer
+// sleeps again, the answer spent, and every later consume sees 2 and rings nobody. A worker's
+// 64 MiB answer then stopped for ever half-way (mpi.two_ranks, LargeArgumentsAndResultsReach-
+// EveryRank: gdb showed exactly this, an empty ring, wants_room 2, the worker asleep). Here the
+// late answer is made by hand; the stream must go on whatever the producer was doing then.
+TEST(Ring, ProducerWaitingForRoomWakesAfterAnAnswerThatCameWithNoRoom) {
+  using multicore::detail::StreamConsumer;
+  using multicore::detail::StreamEnds;
+  using multicore::detail::StreamProducer;
+  constexpr std::size_t capacity = 4096;
+  constexpr std::size_t total = 4 * capacity;
+  SharedRegion region(page + capacity);
+  auto* shared = new (region.data()) RoomShared{};
+  const StreamEnds ends{{&shared->ring, region.data() + page, capacity},
+                        &shared->data_bell,
+                        &shared->room_bell,
+                        &shared->wants_room,
+                        nullptr};
+
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0) << "fork: " << std::strerror(errno);
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    std::vector<std::byte> bytes(total);
+    for (std::size_t i = 0; i < total; ++i) bytes[i] = static_cast<std::byte>(i * 7);
+    StreamProducer producer(ends);
+    SpinBudget budget;
+    producer.write_all(bytes, budget);
+    _exit(0);
+  }
+  ChildWatch child(pid, shared->data_bell);
+
+  // Bounded looks at the child (20 s: a hang guard, never reached when all is well).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  const auto until = [&](auto&& done) {
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline || child.gone()) return false;
+      sched_yield();
+    }
+    return true;
+  };
+  // The ring is full and the producer announced it wants room.
+  ASSERT_TRUE(until(
+      [&] { return shared->ring.head.load() == capacity && shared->wants_room.load() == 1; }));
+  // The late answer: what consume() does after giving back bytes the producer had already
+  // counted as free.
+  std::uint32_t waiting = 1;
+  ASSERT_TRUE(shared->wants_room.compare_exchange_strong(waiting, 2));
+  shared->room_bell.ring();
+  // The producer has settled asleep again (or re-announced and slept, once fixed).
+  ASSERT_TRUE(
+      until([&] { return shared->room_bell.sleeping.load() == 1 && ProcessState(pid) == 'S'; }));
+
+  // Now read everything as the parent does; the producer must keep publishing.
+  StreamConsumer consumer(ends);
+  SpinBudget budget;
+  std::size_t received = 0;
+  bool intact = true;
+  while (received < total) {
+    const std::span<const std::byte> bytes = consumer.wait_for_bytes(
+        budget, [] {}, std::chrono::seconds(10));
+    if (bytes.empty()) break;
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+      intact = intact && bytes[i] == static_cast<std::byte>((received + i) * 7);
+    }
+    received += bytes.size();
+    consumer.consume(bytes.size());
+  }
+  EXPECT_EQ(received, total) << "the producer stopped, waiting for room in an empty ring";
+  EXPECT_TRUE(intact);
+  if (received == total) {
+    const int status = child.wait();
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
 }
 
 }  // namespace

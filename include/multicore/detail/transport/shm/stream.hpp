@@ -30,6 +30,10 @@ namespace multicore::detail {
 //        the producer's bell. Only the consumer makes 1 -> 2 (a compare-and-swap, so it cannot
 //        resurrect a wait the producer has cancelled) and only the producer sets 0 or 1. A
 //        producer that cannot sleep (the parent) takes 2 as news: room was made, send more.
+//        A sleeping producer wakes on 2 too, with or without room: the bytes that answer came
+//        with may be ones it had already seen free (given back before it found the ring full,
+//        answered after it announced). Asleep on a spent answer, it would never be rung again
+//        (consumers ring only on 1 -> 2); awake, it announces afresh.
 //
 // Both processes build the same StreamEnds from the shared layout; each uses one end.
 
@@ -93,7 +97,7 @@ class StreamProducer {
       bytes = bytes.subspan(n);
       if (n > 0) continue;
       want_room(true);
-      wait_for(*ends_.producer_bell, spin, [&] { return ring_.writable() > 0; });
+      wait_for(*ends_.producer_bell, spin, [&] { return ring_.writable() > 0 || room_made(); });
       want_room(false);
     }
   }
