@@ -37,6 +37,15 @@ long square(long x) { return x * x; }
 
 std::vector<char> echo(std::vector<char> bytes) { return bytes; }
 
+/// 3 MiB whose every byte depends on `seed`: answers of different tasks differ everywhere.
+std::vector<char> pattern(int seed) {
+  std::vector<char> bytes(3u << 20);
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    bytes[i] = static_cast<char>((i * 31 + static_cast<std::size_t>(seed) * 7919) >> 3);
+  }
+  return bytes;
+}
+
 int misbehave(int how) {
   switch (how) {
     case 1:
@@ -117,6 +126,19 @@ TEST(Cluster, LargeArgumentsAndResultsReachEveryRank) {
   std::vector<std::future<std::vector<char>>> echoes;
   for (unsigned k = 0; k < pool.size(); ++k) echoes.push_back(pool.submit(echo, big));
   for (auto& e : echoes) EXPECT_TRUE(e.get() == big);
+}
+
+// Large answers from several workers of one agent stream at the same time: each must arrive
+// whole and unmixed (run with 2 workers per rank by mpi.two_workers_per_rank).
+TEST(Cluster, LargeAnswersStreamingAtOnceKeepTheirOwnBytes) {
+  Pool pool(*the_cluster);
+  std::vector<std::future<std::vector<char>>> answers;
+  for (int seed = 0; seed < static_cast<int>(4 * pool.size()); ++seed) {
+    answers.push_back(pool.submit(pattern, seed));
+  }
+  for (int seed = 0; seed < static_cast<int>(answers.size()); ++seed) {
+    ASSERT_TRUE(answers[static_cast<std::size_t>(seed)].get() == pattern(seed)) << seed;
+  }
 }
 
 // Agents and rank 0 reuse the buffers of large messages for the next ones: each must still
@@ -243,8 +265,11 @@ TEST(Cluster, AForkedChildDestroyingItsCopiesLeavesTheClusterAlone) {
 int main(int argc, char** argv) {
   if (const char* r = std::getenv("OMPI_COMM_WORLD_RANK")) launched_rank = std::atoi(r);
   if (launched_rank < 0) launched_rank = 0;  // a singleton, started without mpirun
-  multicore::mpi::Cluster cluster(argc, argv,
-                                  {.workers_per_rank = 1, .task_timeout = std::chrono::seconds(2)});
+  // One worker per rank unless told (mpi.two_workers_per_rank): some tests count on it.
+  const char* workers = std::getenv("MULTICORE_TEST_WORKERS_PER_RANK");
+  const unsigned per_rank = workers != nullptr ? static_cast<unsigned>(std::atoi(workers)) : 1;
+  multicore::mpi::Cluster cluster(
+      argc, argv, {.workers_per_rank = per_rank, .task_timeout = std::chrono::seconds(2)});
   the_cluster = &cluster;  // ranks other than 0 never get here
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
