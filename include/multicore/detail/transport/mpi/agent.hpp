@@ -99,17 +99,6 @@ class Agent final : private TailRouter {
   static constexpr std::chrono::microseconds max_nap{1000};
   static constexpr std::chrono::microseconds max_idle_nap{20000};
 
-  struct Slot {
-    std::uint64_t life = 0;         // the life rank 0 last started; 0: none
-    std::uint64_t worker_life = 0;  // the life the local worker was started for
-    bool alive = false;             // a local worker exists (until its death is seen)
-    bool start_pending = false;     // start it once the previous worker's death is seen
-    bool kill_pending = false;      // kill it as soon as it is started
-    std::deque<Writer> queued;      // requests not handed to the worker yet
-    std::deque<Writer> sent;        // handed over, answer not seen yet
-    Writer answer;                  // an answer whose tail is arriving
-  };
-
   /// A tail goes into the slot's answer buffer, after its head: the answer then goes up whole.
   class TailSink final : public AnswerTail {
    public:
@@ -123,6 +112,19 @@ class Agent final : private TailRouter {
     }
     void deliver_tail(std::uint64_t /*run_nanos*/) noexcept override {}
     bool failed = false;
+  };
+
+  struct Slot {
+    std::uint64_t life = 0;         // the life rank 0 last started; 0: none
+    std::uint64_t worker_life = 0;  // the life the local worker was started for
+    bool alive = false;             // a local worker exists (until its death is seen)
+    bool start_pending = false;     // start it once the previous worker's death is seen
+    bool kill_pending = false;      // kill it as soon as it is started
+    std::deque<Writer> queued;      // requests not handed to the worker yet
+    std::deque<Writer> sent;        // handed over, answer not seen yet
+    Writer answer;                  // an answer whose tail is arriving
+    // Where that tail goes: one per slot, since several workers stream answers at once.
+    TailSink sink;
   };
 
   void handle(Message& m) {
@@ -228,9 +230,9 @@ class Agent final : private TailRouter {
     } catch (...) {
       return nullptr;  // the local transport assembles it instead
     }
-    sink_.out = &s.answer;
-    sink_.failed = false;
-    return &sink_;
+    s.sink.out = &s.answer;
+    s.sink.failed = false;
+    return &s.sink;
   }
 
   /// Tells rank 0 what happened to slot j's worker.
@@ -291,7 +293,6 @@ class Agent final : private TailRouter {
 
   ShmTransport& local_;
   std::vector<Slot> slots_;
-  TailSink sink_;
   SpareBuffers spares_;  // before the boxes, which may hold its buffers
   Inbox inbox_{0, tag_down};
   Outbox outbox_{tag_up};
