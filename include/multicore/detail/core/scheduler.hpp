@@ -559,9 +559,12 @@ inline void Scheduler::close(bool hard) noexcept {
       std::unique_ptr<Job> job = dispatch_.pop_front();
       if (!job->completion().abandoned()) failures.push_back({std::move(job), closed});
     }
+    // Closed before the jobs are failed (a transport may still be reading their requests),
+    // and under both locks: a call() receiving its own answer may be using the transport (it
+    // kills a worker that sent a malformed claim), and the seam's contract is that close()
+    // runs alone (TSan saw ShmTransport::close race with kill in AdversarialLifetime).
+    transport_->close();
   }
-  // Closed first: a transport may still be reading the requests of jobs about to be freed.
-  transport_->close();
   fail_all(failures);
   finished_ = true;
 }
