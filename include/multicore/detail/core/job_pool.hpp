@@ -15,8 +15,10 @@
 namespace multicore::detail {
 
 /// Hands out jobs and takes them back once resolved, with their request buffer and completion
-/// storage. Each thread keeps one job of its own (a call() that received its own answer reuses
-/// it for its next call without any lock); the rest wait in a shared free list. One large
+/// storage. Each thread that takes jobs keeps one of its own (a call() that received its own
+/// answer reuses it for its next call without any lock); the rest wait in a shared free list,
+/// also every job given back by a thread that never takes one (the collector: a job cached
+/// there would never be used again, and the caller that lost it would make a new one). One large
 /// request buffer is kept warm (see WarmBuffer) for the next large request, since faulting in a
 /// fresh one costs more than copying into it. Thread-safe.
 class JobPool {
@@ -41,6 +43,12 @@ class JobPool {
     return job;
   }
 
+  /// Whether this thread has taken a job: only such threads cache one.
+  static bool& takes_jobs() noexcept {
+    thread_local bool takes = false;
+    return takes;
+  }
+
   std::mutex mutex_;  // guards everything below
   std::vector<std::unique_ptr<Job>> spare_jobs_;
   Writer large_request_;  // a large request buffer kept warm for the next large request
@@ -50,6 +58,7 @@ class JobPool {
 // ---- definitions ------------------------------------------------------------------------------
 
 inline std::unique_ptr<Job> JobPool::take(std::size_t size_hint) {
+  takes_jobs() = true;
   std::unique_ptr<Job> job = std::move(cached_job());
   if (job && size_hint <= Job::max_kept_bytes) return job;  // the common case: no lock
   std::lock_guard lock(mutex_);
@@ -57,7 +66,13 @@ inline std::unique_ptr<Job> JobPool::take(std::size_t size_hint) {
     job = std::move(spare_jobs_.back());
     spare_jobs_.pop_back();
   }
-  if (!job) job = std::make_unique<Job>();
+  if (!job) {
+    job = std::make_unique<Job>();
+    // And a spare: a job whose answer another thread delivered goes back only after its
+    // caller was told, so a caller that moves on at once finds no job; without the spare, its
+    // next call would make one more (once, under load, unlike in any warm-up).
+    if (spare_jobs_.empty()) spare_jobs_.push_back(std::make_unique<Job>());
+  }
   if (size_hint > Job::max_kept_bytes && large_request_.capacity() >= size_hint) {
     job->request = std::move(large_request_);
   }
@@ -68,7 +83,7 @@ inline void JobPool::give_back(std::unique_ptr<Job> job) noexcept {
   const bool large = job->request.capacity() > Job::max_kept_bytes;
   if (!large) {
     job->recycle();
-    if (std::unique_ptr<Job>& cached = cached_job(); !cached) {
+    if (std::unique_ptr<Job>& cached = cached_job(); !cached && takes_jobs()) {
       cached = std::move(job);
       return;
     }
