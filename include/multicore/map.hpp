@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 
 #include "detail/front/map_state.hpp"
@@ -35,35 +36,46 @@ class MapResults {
   /// map_unordered().
   using value_type = typename State::value_type;
 
-  class iterator {
+  /// The iterator of both ranges: over results (`AsItems` false) or over items().
+  template <bool AsItems>
+  class Cursor {
    public:
-    using value_type = MapResults::value_type;
+    using value_type =
+        std::conditional_t<AsItems, MapItem<typename State::Out>, MapResults::value_type>;
     using difference_type = std::ptrdiff_t;
     using iterator_concept = std::input_iterator_tag;
 
-    iterator() = default;
+    Cursor() = default;
 
     /// The current result. Throws the task's error (RemoteError, WorkerLost, ...) in place of
-    /// a value that could not be computed; ++ then moves on to the next one.
-    value_type& operator*() const { return state_->current(); }
+    /// a value that could not be computed (items(): the item, holding that error); ++ then
+    /// moves on to the next one.
+    value_type& operator*() const {
+      if constexpr (AsItems) {
+        return state_->current_item();
+      } else {
+        return state_->current();
+      }
+    }
     /// Index of the current item in the input, also when its result is an error (for
     /// map_unordered, whose failed items have no (index, value) pair to show it).
     std::size_t index() const noexcept { return state_->index(); }
-    iterator& operator++() {
+    Cursor& operator++() {
       state_->next_item();
       return *this;
     }
     void operator++(int) { ++*this; }
-    friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
+    friend bool operator==(const Cursor& it, std::default_sentinel_t) noexcept {
       return it.state_ == nullptr || it.state_->at_end();
     }
 
    private:
     friend class MapResults;
-    explicit iterator(State* state) noexcept : state_(state) {}
+    explicit Cursor(State* state) noexcept : state_(state) {}
 
     State* state_ = nullptr;
   };
+  using iterator = Cursor<false>;
 
   /// Starts the map (sends the first window of chunks) and waits for the first result.
   /// Call once: this is a single-pass range.
@@ -76,28 +88,7 @@ class MapResults {
   /// results themselves, once.
   class Items {
    public:
-    class iterator {
-     public:
-      using value_type = MapItem<typename State::Out>;
-      using difference_type = std::ptrdiff_t;
-      using iterator_concept = std::input_iterator_tag;
-
-      iterator() = default;
-      explicit iterator(State* state) noexcept : state_(state) {}
-
-      value_type& operator*() const { return state_->current_item(); }
-      iterator& operator++() {
-        state_->next_item();
-        return *this;
-      }
-      void operator++(int) { ++*this; }
-      friend bool operator==(const iterator& it, std::default_sentinel_t) noexcept {
-        return it.state_ == nullptr || it.state_->at_end();
-      }
-
-     private:
-      State* state_ = nullptr;
-    };
+    using iterator = Cursor<true>;
 
     /// Starts the map as MapResults::begin() does (once, for both ranges).
     iterator begin() { return iterator(results_->start()); }
