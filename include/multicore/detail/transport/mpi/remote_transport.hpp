@@ -61,6 +61,7 @@ class RemoteTransport final : public Transport {
   void start(unsigned k) override {
     std::lock_guard lock(mutex_);
     Slot& s = slots_[k];
+    queued_ -= s.events.size();
     s.events.clear();
     s.died = false;
     s.life = next_life();
@@ -150,6 +151,7 @@ class RemoteTransport final : public Transport {
     spares_.give(std::move(s.current.bytes));  // the scheduler is done with the last answer
     s.current = std::move(s.events.front());
     s.events.pop_front();
+    --queued_;
     Event e = s.current.event;
     if (e.kind == Event::Kind::answer) e.payload = s.current.bytes.bytes();
     if (e.kind == Event::Kind::died) {
@@ -197,12 +199,15 @@ class RemoteTransport final : public Transport {
     }
   }
 
-  /// Cheap look for anything to receive, from any agent (also lets MPI make progress). While a
+  /// Cheap look for anything to receive, from any agent (also lets MPI make progress). Events
+  /// already received are news: a poll of one slot takes every message its agent sent, also
+  /// those about the agent's other slots, which then wait here for their own poll. While a
   /// message moves, yes: receiving it further is what the caller must do next (it moves only
   /// while someone calls MPI; a nap per step made 64 KiB over TCP take milliseconds).
   bool has_news() noexcept {
     {
       std::lock_guard lock(mutex_);
+      if (queued_ != 0) return true;
       try {
         outbox_.progress();
         if (!transferring_locked()) {
@@ -304,6 +309,7 @@ class RemoteTransport final : public Transport {
           continue;
       }
       slots_[k].events.push_back(std::move(p));
+      ++queued_;
     }
   }
 
@@ -314,6 +320,7 @@ class RemoteTransport final : public Transport {
   std::vector<Inbox> inboxes_;
   Outbox outbox_{tag_down};
   std::vector<Slot> slots_;
+  std::size_t queued_ = 0;  // events received and not yet polled, over every slot
   std::atomic<bool> woken_{false};
   bool closed_ = false;
 };
