@@ -100,18 +100,15 @@ class Agent final : private TailRouter {
   static constexpr std::chrono::microseconds max_idle_nap{20000};
 
   /// A tail goes into the slot's answer buffer, after its head: the answer then goes up whole.
+  /// Appending never allocates: open_tail() made room for the head and the whole announced
+  /// tail, and a tail is never longer than announced (AnswerTail's contract).
   class TailSink final : public AnswerTail {
    public:
     Writer* out = nullptr;
     void append(std::span<const std::byte> bytes) noexcept override {
-      try {
-        out->write(bytes.data(), bytes.size());
-      } catch (...) {
-        failed = true;
-      }
+      out->write(bytes.data(), bytes.size());
     }
     void deliver_tail(std::uint64_t /*run_nanos*/) noexcept override {}
-    bool failed = false;
   };
 
   struct Slot {
@@ -231,7 +228,6 @@ class Agent final : private TailRouter {
       return nullptr;  // the local transport assembles it instead
     }
     s.sink.out = &s.answer;
-    s.sink.failed = false;
     return &s.sink;
   }
 
