@@ -3,17 +3,21 @@
 // and 4 ranks, and once over TCP only. The Cluster is made in main() on every rank; ranks other
 // than 0 serve there and never run a test, so every test below runs on rank 0 only.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <future>
 #include <multicore/mpi.hpp>
 #include <multicore/multicore.hpp>
 #include <numeric>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -30,8 +34,6 @@ multicore::mpi::Cluster* the_cluster = nullptr;
 /// This process's MPI rank, as mpirun announces it, read before the Cluster is made: workers see
 /// the program as it was then, so a task can tell which rank's node it runs on.
 int launched_rank = -1;
-
-int rank_of_this_worker(int /*item*/) { return launched_rank; }
 
 long square(long x) { return x * x; }
 
@@ -65,13 +67,56 @@ int misbehave(int how) {
   return how;
 }
 
-/// One task per worker at once: the least-loaded dispatch gives each worker one.
-template <class F>
-auto one_per_worker(Pool& pool, F f, int argument) {
-  std::vector<std::future<std::invoke_result_t<F, int>>> futures;
-  for (unsigned k = 0; k < pool.size(); ++k) futures.push_back(pool.submit(f, argument));
-  return futures;
+/// A file that tasks wait for: one_per_worker's tasks all wait at it until every one of them is
+/// submitted. Least-loaded dispatch then gives each worker one; a task that ended at once would
+/// free its worker for the next submit, and a rank could get none (it did, on a loaded machine).
+/// Every rank of these tests runs on this machine, so all see the file.
+class Gate {
+ public:
+  Gate() {
+    static int made = 0;
+    path_ =
+        "/tmp/multicore-cluster-gate-" + std::to_string(getpid()) + "-" + std::to_string(++made);
+  }
+  Gate(const Gate&) = delete;
+  Gate& operator=(const Gate&) = delete;
+  ~Gate() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+  void open() const { std::fclose(std::fopen(path_.c_str(), "w")); }
+
+ private:
+  std::string path_;
+};
+
+/// What one_per_worker's tasks run once `gate` is open: misbehave(how), or for how = 0 the rank
+/// of the worker's node.
+int at_gate(const std::string& gate, int how) {
+  const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard, never reached
+  while (access(gate.c_str(), F_OK) != 0) {
+    if (std::chrono::steady_clock::now() > give_up)
+      throw std::runtime_error("the gate never opened");
+    sched_yield();
+  }
+  return how == 0 ? launched_rank : misbehave(how);
 }
+
+/// One task per worker at once, each running at_gate(how): iterate over the futures; the gate
+/// goes when this does, after them.
+class one_per_worker {
+ public:
+  one_per_worker(Pool& pool, int how) {
+    for (unsigned k = 0; k < pool.size(); ++k) {
+      futures_.push_back(pool.submit(at_gate, gate_.path(), how));
+    }
+    gate_.open();
+  }
+  auto begin() { return futures_.begin(); }
+  auto end() { return futures_.end(); }
+
+ private:
+  Gate gate_;
+  std::vector<std::future<int>> futures_;  // destroyed first
+};
 
 int ranks() { return the_cluster->ranks(); }
 
@@ -84,7 +129,7 @@ TEST(Cluster, PoolSizeIsEveryRanksWorkers) {
 TEST(Cluster, TasksRunOnEveryRank) {
   Pool pool(*the_cluster);
   std::set<int> seen;
-  for (auto& f : one_per_worker(pool, rank_of_this_worker, 0)) seen.insert(f.get());
+  for (auto& f : one_per_worker(pool, 0)) seen.insert(f.get());
   std::set<int> all;
   for (int r = 0; r < ranks(); ++r) all.insert(r);
   EXPECT_EQ(seen, all);
@@ -158,7 +203,7 @@ TEST(Cluster, LargeMessagesOneAfterAnotherKeepTheirOwnSizeAndBytes) {
 
 TEST(Cluster, AThrowingTaskGivesRemoteError) {
   Pool pool(*the_cluster);
-  for (auto& f : one_per_worker(pool, misbehave, 1)) {
+  for (auto& f : one_per_worker(pool, 1)) {
     try {
       f.get();
       ADD_FAILURE() << "no error";
@@ -175,7 +220,7 @@ template <class E, class Check>
 void every_worker_fails(int how, Check&& check) {
   Pool pool(*the_cluster);
   int remote = 0;
-  for (auto& f : one_per_worker(pool, misbehave, how)) {
+  for (auto& f : one_per_worker(pool, how)) {
     try {
       f.get();
       ADD_FAILURE() << "no error";
@@ -254,7 +299,9 @@ TEST(Cluster, AForkedChildDestroyingItsCopiesLeavesTheClusterAlone) {
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
-  for (auto& f : one_per_worker(*pool, misbehave, 0)) EXPECT_EQ(f.get(), 0);
+  std::set<int> seen;  // every rank's worker still answers
+  for (auto& f : one_per_worker(*pool, 0)) seen.insert(f.get());
+  EXPECT_EQ(seen.size(), static_cast<std::size_t>(ranks()));
   pool.reset();
   Pool next(*the_cluster);
   EXPECT_EQ(next.call(square, 4L), 16);
