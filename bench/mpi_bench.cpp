@@ -4,7 +4,10 @@
 // not both (a Cluster must be made before MPI is initialised); bench/mpi_compare runs both
 // alternately and prints the ratios:
 // - `mpirun --bind-to none -np 2 mpi_bench --raw`: BM_RawPingPong, a blocking
-//   MPI_Send/MPI_Recv echo between ranks 0 and 1 (the baseline);
+//   MPI_Send/MPI_Recv echo between ranks 0 and 1 (the baseline); and BM_RawRelay, the same echo
+//   relayed by rank 1 through shared memory to a process it forked and back: the chain of
+//   processes a remote call goes through (caller, agent, worker), with nothing else, so the
+//   floor of a remote call on this machine;
 // - `mpirun --bind-to none -np 2 mpi_bench --calls`: BM_CallRemote, pool.call(echo, bytes)
 //   answered by the worker of rank 1 (rank 0's one worker is kept busy);
 // - `mpirun --bind-to none -np 3 mpi_bench`: BM_MapTrivial / BM_MapCpu over every worker (one
@@ -12,14 +15,21 @@
 // Bytes processed = payload size per round trip, as in payload_bench.
 #include <benchmark/benchmark.h>
 #include <mpi.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <future>
 #include <memory>
 #include <multicore/mpi.hpp>
+#include <new>
 #include <numeric>
 #include <string>
 #include <string_view>
@@ -38,9 +48,53 @@ void sizes(benchmark::internal::Benchmark* b) {
 constexpr int tag_echo = 1;
 constexpr int tag_stop = 2;
 
-// Rank 1 of the raw mode: echoes every message back until told to stop.
+constexpr int tag_relay = 3;
+
+/// Shared memory between rank 1 and the process it forks for BM_RawRelay: one message at a time,
+/// each side spinning (and yielding: three processes share two cores here) for its turn.
+struct Mailbox {
+  static constexpr std::size_t capacity = 64 << 10;
+  std::atomic<std::uint64_t> asked{0};     // messages put in; ~0: the relay process must exit
+  std::atomic<std::uint64_t> answered{0};  // messages echoed
+  std::size_t size = 0;
+  char data[capacity];
+};
+Mailbox* mailbox = nullptr;
+
+template <class Ready>
+void wait_for(Ready&& ready) {
+  while (!ready()) sched_yield();
+}
+
+/// The forked process of rank 1: copies each message it is given, as a worker decodes its
+/// argument and encodes its result, and says it is done.
+[[noreturn]] void relay_process() {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  std::vector<char> copy;
+  for (std::uint64_t seen = 0;;) {
+    wait_for([&] { return mailbox->asked.load(std::memory_order_acquire) != seen; });
+    seen = mailbox->asked.load(std::memory_order_acquire);
+    if (seen == ~std::uint64_t{0}) _exit(0);
+    copy.assign(mailbox->data, mailbox->data + mailbox->size);
+    std::memcpy(mailbox->data, copy.data(), copy.size());
+    mailbox->answered.store(seen, std::memory_order_release);
+  }
+}
+
+/// Rank 1 of the raw mode, before MPI starts: maps the mailbox and forks the relay process.
+void start_relay_process() {
+  void* p =
+      mmap(nullptr, sizeof(Mailbox), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return;
+  mailbox = new (p) Mailbox;
+  if (fork() == 0) relay_process();
+}
+
+// Rank 1 of the raw mode: echoes every message back until told to stop; a relayed one goes
+// through the relay process first.
 void raw_echo_partner() {
   std::vector<char> buffer;
+  std::uint64_t relayed = 0;
   for (;;) {
     MPI_Status status;
     MPI_Probe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &status);
@@ -48,8 +102,19 @@ void raw_echo_partner() {
     MPI_Get_count(&status, MPI_CHAR, &n);
     buffer.resize(static_cast<std::size_t>(n));
     MPI_Recv(buffer.data(), n, MPI_CHAR, 0, status.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-    if (status.MPI_TAG == tag_stop) return;
-    MPI_Send(buffer.data(), n, MPI_CHAR, 0, tag_echo, MPI_COMM_WORLD);
+    if (status.MPI_TAG == tag_stop) break;
+    if (status.MPI_TAG == tag_relay && mailbox != nullptr && buffer.size() <= Mailbox::capacity) {
+      std::memcpy(mailbox->data, buffer.data(), buffer.size());
+      mailbox->size = buffer.size();
+      mailbox->asked.store(++relayed, std::memory_order_release);
+      wait_for([&] { return mailbox->answered.load(std::memory_order_acquire) == relayed; });
+      std::memcpy(buffer.data(), mailbox->data, buffer.size());
+    }
+    MPI_Send(buffer.data(), n, MPI_CHAR, 0, status.MPI_TAG, MPI_COMM_WORLD);
+  }
+  if (mailbox != nullptr) {
+    mailbox->asked.store(~std::uint64_t{0}, std::memory_order_release);
+    wait(nullptr);
   }
 }
 
@@ -63,6 +128,20 @@ void BM_RawPingPong(benchmark::State& state) {
     MPI_Recv(back.data(), n, MPI_CHAR, 1, tag_echo, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
   }
   if (!same_ends(back, payload)) state.SkipWithError("the echo came back different");
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+
+// The floor of a remote call here: the payload to rank 1, through shared memory to the process
+// rank 1 forked and back, and back to rank 0.
+void BM_RawRelay(benchmark::State& state) {
+  const auto n = static_cast<int>(state.range(0));
+  const std::vector<char> payload = make_payload(static_cast<std::size_t>(n));
+  std::vector<char> back(payload.size());
+  for (auto _ : state) {
+    MPI_Send(payload.data(), n, MPI_CHAR, 1, tag_relay, MPI_COMM_WORLD);
+    MPI_Recv(back.data(), n, MPI_CHAR, 1, tag_relay, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  }
+  if (!same_ends(back, payload)) state.SkipWithError("the relay came back different");
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
 }
 
@@ -189,6 +268,10 @@ void BM_CpuSequential(benchmark::State& state) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string_view(argv[1]) == "--raw") {
+    // Forked before MPI starts, as a Cluster forks its fork server.
+    if (const char* r = std::getenv("OMPI_COMM_WORLD_RANK"); r != nullptr && std::atoi(r) == 1) {
+      start_relay_process();
+    }
     int provided = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
     int rank = 0, ranks = 0;
@@ -197,6 +280,11 @@ int main(int argc, char** argv) {
     if (rank == 1) raw_echo_partner();
     if (rank == 0 && ranks >= 2) {
       benchmark::RegisterBenchmark("BM_RawPingPong", BM_RawPingPong)->Apply(sizes);
+      benchmark::RegisterBenchmark("BM_RawRelay", BM_RawRelay)
+          ->ArgName("bytes")
+          ->Arg(8)
+          ->Arg(64 << 10)
+          ->UseRealTime();
       benchmark::Initialize(&argc, argv);
       benchmark::RunSpecifiedBenchmarks();
       MPI_Send(nullptr, 0, MPI_CHAR, 1, tag_stop, MPI_COMM_WORLD);
