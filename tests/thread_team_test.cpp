@@ -26,7 +26,7 @@ using multicore::Pool;
 using multicore::PoolOptions;
 using multicore_test::Numbers;
 
-constexpr MapOptions threaded{.chunk_size = 64, .threads_per_worker = 4};
+const MapOptions threaded{.chunk_size = 64, .threads_per_worker = 4};
 
 long square(int x) { return static_cast<long>(x) * x; }
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstddef>
 #include <functional>
+#include <optional>
 
 namespace multicore {
 
@@ -43,6 +44,14 @@ struct PoolOptions {
   OtherThreads other_threads = OtherThreads::warn;
 };
 
+/// How far a map is, as MapOptions::on_progress hears it.
+struct MapProgress {
+  std::size_t done = 0;  ///< items whose results (or errors) have come back
+  /// Items in all, when the input is a sized range (std::ranges::size); unknown otherwise.
+  std::optional<std::size_t> total;
+  std::chrono::steady_clock::duration elapsed{};  ///< since the map was made
+};
+
 /// How `Pool::map` and `Pool::map_unordered` cut their input into tasks.
 struct MapOptions {
   /// Inputs per task; 0 lets the pool choose (and adapt it to how long items take).
@@ -50,6 +59,11 @@ struct MapOptions {
   /// Threads in each worker that run items of one chunk concurrently; use more than 1 for
   /// functions that block (I/O, sleeps), as fast_map does: processes x threads.
   unsigned threads_per_worker = 1;
+  /// Called with how far the map is, in the thread that iterates over its results (while it
+  /// waits for them, or moves on to the next), at most once per `progress_interval`, and once
+  /// more when the last item is done. What it throws comes out of the iteration.
+  std::function<void(const MapProgress&)> on_progress{};
+  std::chrono::milliseconds progress_interval{100};
 };
 
 /// Wire format of a `Task`'s arguments and results.

@@ -18,6 +18,7 @@
 #include "errors.hpp"
 #include "map.hpp"
 #include "options.hpp"
+#include "stats.hpp"
 
 namespace multicore {
 
@@ -147,6 +148,11 @@ class Pool {
   auto map_unordered(F&& f, R&& inputs, MapOptions options = {}) {
     return make_map<false>(std::forward<F>(f), std::forward<R>(inputs), options);
   }
+
+  /// A consistent snapshot of what the pool has done and does: tasks submitted, queued,
+  /// running, done and failed (by error), workers replaced (by why), and per worker its pid,
+  /// tasks, busy time and current task's running time (see PoolStats). Cheap; any thread.
+  PoolStats stats() { return core().stats(); }
 
   /// Stops accepting tasks, waits until every submitted task is resolved, then stops the
   /// workers (killing any that do not exit within 2 s). First continues (SIGCONT) any worker

@@ -307,6 +307,21 @@ TEST(Cluster, AForkedChildDestroyingItsCopiesLeavesTheClusterAlone) {
   EXPECT_EQ(next.call(square, 4L), 16);
 }
 
+TEST(Cluster, StatsNameTheProcessAndRankOfEachWorker) {
+  Pool pool(*the_cluster);
+  EXPECT_EQ(pool.call(square, 3L), 9);
+  const multicore::PoolStats s = pool.stats();
+  ASSERT_EQ(s.workers.size(), pool.size());
+  EXPECT_EQ(s.done, 1u);
+  unsigned remote = 0;
+  for (const multicore::WorkerStats& w : s.workers) {
+    EXPECT_GT(w.pid, 0) << "worker " << w.index;
+    if (w.where.rfind("rank ", 0) == 0) ++remote;
+  }
+  const unsigned per_rank = pool.size() / static_cast<unsigned>(ranks());
+  EXPECT_EQ(remote, pool.size() - per_rank);  // all but rank 0's
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -50,6 +50,8 @@ class Dispatcher {
   Dispatcher(Transport& transport, std::size_t max_tasks_per_worker);
 
   bool idle() const noexcept { return pending_.empty(); }
+  /// Jobs not sent yet.
+  std::size_t queued() const noexcept { return pending_.size(); }
   /// Queues a job (its id stamped into its request).
   void push_back(std::unique_ptr<Job> job);
   /// Puts jobs back at the head of the queue, in their order (they were sent before the rest).

@@ -33,6 +33,11 @@ class Completion {
   virtual void fail(std::exception_ptr error) noexcept = 0;
   /// Nobody wants the answer any more (an abandoned map): a job not yet sent is dropped.
   virtual bool abandoned() const noexcept { return false; }
+  /// Whether `payload` (an answer about to be delivered; untrusted) says that the task threw,
+  /// for the pool's statistics. Completions of one call can tell; others say no.
+  virtual bool reports_exception(std::span<const std::byte> /*payload*/) const noexcept {
+    return false;
+  }
 };
 
 /// Runs `work` and returns what it threw (null if nothing), after the handler has ended.

@@ -163,7 +163,9 @@ class PoolCore {
     if (closed_.load(std::memory_order_acquire)) {
       throw PoolClosed("multicore: the pool is shut down; no new tasks are accepted");
     }
-    run_here(job->request.bytes(), job->completion());
+    const bool threw = run_here(job->request.bytes(), job->completion());
+    inline_done_.fetch_add(1, std::memory_order_relaxed);
+    if (threw) inline_threw_.fetch_add(1, std::memory_order_relaxed);
   }
 
   /// Submits a job and waits for it, helping to collect answers (see Scheduler::wait_helping);
@@ -204,12 +206,25 @@ class PoolCore {
   }
 
   /// Runs a request in this process, through the same entry and decoding as a worker would.
-  static void run_here(std::span<const std::byte> request, Completion& completion) {
+  /// Returns whether the task threw (see Completion::reports_exception).
+  static bool run_here(std::span<const std::byte> request, Completion& completion) {
     Writer answer;
     const std::int64_t began = steady_now_ns();
     run_request(request, answer);
+    const bool threw = completion.reports_exception(answer.bytes());
     Reader reader(std::span<const std::byte>(answer.bytes()));
     completion.deliver(reader, static_cast<std::uint64_t>(steady_now_ns() - began));
+    return threw;
+  }
+
+  /// What the pool has done (see PoolStats). In inline mode every task is done once submitted,
+  /// and there are no workers.
+  PoolStats stats() {
+    if (scheduler_) return scheduler_->stats();
+    PoolStats s;
+    s.submitted = s.done = inline_done_.load(std::memory_order_relaxed);
+    s.threw = inline_threw_.load(std::memory_order_relaxed);
+    return s;
   }
 
  private:
@@ -233,6 +248,8 @@ class PoolCore {
   PoolOptions options_;
   std::unique_ptr<Scheduler> scheduler_;
   std::atomic<bool> closed_{false};
+  std::atomic<std::uint64_t> inline_done_{0};  // inline mode: tasks run, and those that threw
+  std::atomic<std::uint64_t> inline_threw_{0};
 };
 
 /// Owns a pool's core for a Pool, and lends it (weakly) to the Tasks and maps made from it:

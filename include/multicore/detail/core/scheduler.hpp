@@ -20,7 +20,9 @@
 #include <vector>
 
 #include "../../errors.hpp"
+#include "../../stats.hpp"
 #include "../transport/transport.hpp"
+#include "../util/process.hpp"
 #include "../util/spin.hpp"
 #include "../util/threads.hpp"
 #include "dispatch.hpp"
@@ -98,19 +100,24 @@ class Scheduler final : private TailRouter {
   /// another thread while shutdown() or the destructor waits, and ends that wait.
   void terminate() noexcept;
 
+  /// A consistent snapshot of what the pool has done and does (see PoolStats). Thread-safe;
+  /// holds the scheduling lock for a moment.
+  PoolStats stats();
+
  private:
   using Clock = std::chrono::steady_clock;
 
   // ---- the collector (collect_mutex_) ----
   void collect() noexcept;
   bool receive(unsigned k, std::vector<Failure>& failures);
-  void started(unsigned k);
+  void started(unsigned k, int pid);
   void answered(unsigned k, const Event& e);
   void died(unsigned k, const Death& death, std::vector<Failure>& failures);
   AnswerTail* open_tail(unsigned k, std::uint64_t task_id, std::span<const std::byte> head,
                         std::uint64_t tail_bytes) noexcept override;
   template <class Done, class Sleep>
   void help_until(Done&& done, Sleep&& sleep) noexcept;
+  void receive_all_unless_busy() noexcept;
 
   // ---- scheduling (mutex_) ----
   void dispatch_locked();
@@ -122,6 +129,7 @@ class Scheduler final : private TailRouter {
   // ---- resolving (no lock) ----
   void finish(std::unique_ptr<Job> job) noexcept;
   void fail_all(std::vector<Failure>& failures) noexcept;
+  void count_failures_locked(const std::vector<Failure>& failures) noexcept;
   void resolved(std::size_t n) noexcept;
   void close(bool hard) noexcept;
 
@@ -162,6 +170,14 @@ class Scheduler final : private TailRouter {
   Supervisor supervisor_;
   bool closed_ = false;
   bool terminating_ = false;
+  // The counts of stats(): the totals (queued, running and the workers are filled in there),
+  // and per worker slot what its answers said.
+  PoolStats counts_;
+  struct SlotCounts {
+    std::uint64_t tasks = 0;
+    std::uint64_t busy_ns = 0;
+  };
+  std::vector<SlotCounts> slot_counts_;
   unsigned terminate_calls_ = 0;  // terminate() calls in progress (see ~Scheduler)
   std::string closed_reason_;
 
@@ -183,7 +199,8 @@ inline Scheduler::Scheduler(std::unique_ptr<Transport> transport, SchedulerOptio
     : transport_(std::move(transport)),
       options_(options),
       dispatch_(*transport_, options.max_tasks_per_worker),
-      supervisor_(*transport_, options.task_timeout) {
+      supervisor_(*transport_, options.task_timeout),
+      slot_counts_(transport_->size()) {
   supervisor_.start_all(*this);
   collector_ = std::thread([this] {
     name_this_thread("multicore-coll");
@@ -202,6 +219,7 @@ inline void Scheduler::submit(std::unique_ptr<Job> job) {
   std::lock_guard lock(mutex_);
   if (closed_) throw PoolClosed(closed_reason_);
   dispatch_.push_back(std::move(job));
+  ++counts_.submitted;
   outstanding_.fetch_add(1, std::memory_order_relaxed);
   dispatch_locked();
 }
@@ -238,17 +256,7 @@ void Scheduler::help_until(Done&& done, Sleep&& sleep) noexcept {
     // Look with plain loads first; lock only when there is something.
     bool news = false;
     for (unsigned k = 0; k < size() && !news; ++k) news = transport_->may_have_events(k);
-    if (news && collect_mutex_.try_lock()) {
-      const ReadingAnswers reading(this);
-      std::vector<Failure> failures;
-      try {
-        for (unsigned k = 0; k < size(); ++k) receive(k, failures);
-      } catch (...) {
-        // Out of memory while receiving: the collector will retry; we just wait.
-      }
-      collect_mutex_.unlock();
-      fail_all(failures);
-    }
+    if (news) receive_all_unless_busy();
     return done();
   });
   // From here the collector collects again. Answers that workers published without ringing
@@ -263,6 +271,27 @@ void Scheduler::help_until(Done&& done, Sleep&& sleep) noexcept {
     sleep();
     budget.learn(Clock::now() - start);
   }
+}
+
+/// Receives every worker's events in this thread, unless another thread is at it already or
+/// the pool is closing down (close() closes the transport once it has collect_mutex_).
+inline void Scheduler::receive_all_unless_busy() noexcept {
+  if (!collect_mutex_.try_lock()) return;
+  if (stop_.load(std::memory_order_acquire)) {
+    collect_mutex_.unlock();
+    return;
+  }
+  std::vector<Failure> failures;
+  {
+    const ReadingAnswers reading(this);
+    try {
+      for (unsigned k = 0; k < size(); ++k) receive(k, failures);
+    } catch (...) {
+      // Out of memory while receiving: the collector will retry.
+    }
+  }
+  collect_mutex_.unlock();
+  fail_all(failures);
 }
 
 inline void Scheduler::abandon() noexcept {
@@ -358,7 +387,7 @@ inline bool Scheduler::receive(unsigned k, std::vector<Failure>& failures) {
       case Event::Kind::none:
         return progressed;
       case Event::Kind::ready:
-        started(k);
+        started(k, e.pid);
         break;
       case Event::Kind::running:
         supervisor_.running(k, e.task_id, e.since_ns);
@@ -377,9 +406,9 @@ inline bool Scheduler::receive(unsigned k, std::vector<Failure>& failures) {
   }
 }
 
-inline void Scheduler::started(unsigned k) {
+inline void Scheduler::started(unsigned k, int pid) {
   std::lock_guard lock(mutex_);
-  supervisor_.started(k);
+  supervisor_.started(k, pid);
   dispatch_locked();
 }
 
@@ -393,6 +422,15 @@ inline void Scheduler::answered(unsigned k, const Event& e) {
     if (!job) return;
     // An abandoned job's run time (none, if it was skipped) says nothing of the work to come.
     if (!job->completion().abandoned()) dispatch_.bound().observe(e.run_nanos);
+    if (e.dropped) {
+      ++counts_.failed;
+      ++counts_.failed_by.other;
+    } else {
+      ++counts_.done;
+      if (job->completion().reports_exception(e.payload)) ++counts_.threw;
+    }
+    slot_counts_[k].tasks += 1;
+    slot_counts_[k].busy_ns += e.run_nanos;
   }
   supervisor_.answered(k);
   if (e.dropped) {
@@ -446,6 +484,7 @@ inline void Scheduler::dispatch_locked() {
       dispatch_.dispatch([this](unsigned k) { return supervisor_.can_take(k); });
   // The collector must see a sent job's deadline in time (task_timeout).
   if (d.sent != 0 && supervisor_.sent()) transport_->wake();
+  counts_.abandoned += d.dropped;
   if (d.dropped != 0 && outstanding_.fetch_sub(d.dropped, std::memory_order_acq_rel) == d.dropped) {
     changed_.notify_all();
   }
@@ -500,6 +539,11 @@ inline void Scheduler::finish(std::unique_ptr<Job> job) noexcept {
 }
 
 inline void Scheduler::fail_all(std::vector<Failure>& failures) noexcept {
+  if (failures.empty()) return;
+  {
+    std::lock_guard lock(mutex_);
+    count_failures_locked(failures);
+  }
   // Nobody wants an abandoned job's answer, nor to hear how it ended.
   for (Failure& f : failures) {
     if (!f.job->completion().abandoned()) f.job->completion().fail(f.error);
@@ -507,6 +551,59 @@ inline void Scheduler::fail_all(std::vector<Failure>& failures) noexcept {
   const std::size_t n = failures.size();
   failures.clear();
   resolved(n);
+}
+
+inline void Scheduler::count_failures_locked(const std::vector<Failure>& failures) noexcept {
+  for (const Failure& f : failures) {
+    if (f.job->completion().abandoned()) {
+      ++counts_.abandoned;
+      continue;
+    }
+    ++counts_.failed;
+    PoolStats::Failed& by = counts_.failed_by;
+    try {
+      std::rethrow_exception(f.error);
+    } catch (const WorkerLost&) {
+      ++by.worker_lost;
+    } catch (const TaskTimeout&) {
+      ++by.task_timeout;
+    } catch (const PoolClosed&) {
+      ++by.pool_closed;
+    } catch (...) {
+      ++by.other;
+    }
+  }
+}
+
+inline PoolStats Scheduler::stats() {
+  // Workers publish what they run without waking anyone: take in what they said first, so a
+  // task that started shows as running. (Not from code that reads this pool's answers: this
+  // thread holds collect_mutex_ then.)
+  if (reading_answers() != this) receive_all_unless_busy();
+  PoolStats s;
+  std::vector<WorkerStats> workers(size());  // allocated before the lock is taken
+  std::vector<std::string> where(size());
+  for (unsigned k = 0; k < size(); ++k) where[k] = transport_->location(k);
+  std::lock_guard lock(mutex_);
+  const std::int64_t now = steady_now_ns();
+  s = counts_;
+  s.queued = dispatch_.queued();
+  s.running = s.submitted - s.queued - s.done - s.failed - s.abandoned;
+  s.replaced = supervisor_.replaced();
+  for (unsigned k = 0; k < size(); ++k) {
+    WorkerStats& w = workers[k];
+    w.index = k;
+    w.pid = supervisor_.pid(k);
+    w.where = std::move(where[k]);
+    w.tasks = slot_counts_[k].tasks;
+    w.busy = std::chrono::nanoseconds(slot_counts_[k].busy_ns);
+    if (const std::int64_t since = supervisor_.running_since(k); since != 0 && now > since) {
+      w.current_task = std::chrono::nanoseconds(now - since);
+    }
+    w.replaced = supervisor_.replaced(k);
+  }
+  s.workers = std::move(workers);
+  return s;
 }
 
 /// `n` jobs got their answer or error; wakes a shutdown waiting for the last one.

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../../errors.hpp"
+#include "../../stats.hpp"
 #include "../transport/transport.hpp"
 #include "../util/process.hpp"
 #include "job.hpp"
@@ -96,8 +97,15 @@ class Supervisor {
   }
   /// Worker k broke the protocol: kills it (once).
   void mark_corrupt(unsigned k) noexcept;
-  /// Its `ready` event.
-  void started(unsigned k) noexcept;
+  /// Its `ready` event, naming its process (0: unknown).
+  void started(unsigned k, int pid) noexcept;
+  /// Worker k's process id while it is ready; 0 otherwise or if the transport cannot tell.
+  int pid(unsigned k) const noexcept { return slots_[k].pid; }
+  /// When worker k's running task started (steady_now_ns()), 0 if it runs none. Any thread.
+  std::int64_t running_since(unsigned k) const noexcept {
+    if (slots_[k].running_task.load(std::memory_order_relaxed) == 0) return 0;
+    return slots_[k].running_since.load(std::memory_order_relaxed);
+  }
   /// Its `running` event, and its answer (no task runs then). Receive side, without the lock.
   void running(unsigned k, std::uint64_t task, std::int64_t since) noexcept {
     slots_[k].running_since.store(since, std::memory_order_relaxed);
@@ -149,6 +157,10 @@ class Supervisor {
   /// The transport broke: every worker is gone for good.
   void lost_all() noexcept;
 
+  /// Worker processes replaced so far, by why; and how often slot k's was.
+  const PoolStats::Replaced& replaced() const noexcept { return replaced_; }
+  std::uint64_t replaced(unsigned k) const noexcept { return slots_[k].replaced; }
+
  private:
   enum class Life {
     starting,  ///< asked for a process, not ready yet
@@ -167,11 +179,14 @@ class Supervisor {
     // We killed the process because this task overran (task_timeout, or abandon_grace), or
     // because it was stopped or stuck, holding jobs but running none (stopped_idle).
     std::uint64_t timed_out_task = 0;
+    bool cut_off = false;        // that kill was for abandon_grace, not task_timeout
+    std::uint64_t replaced = 0;  // times its process was replaced
     // When to kill the process if it is still running a job of an abandoned map.
     Clock::time_point cut_off_at = Clock::time_point::max();
     unsigned start_failures = 0;
     Clock::time_point retry_at{};
     Clock::time_point start_began{};  // when the replacement starting now was asked for
+    int pid = 0;                      // from its ready event
     bool start_timed_out = false;     // we killed it: its on_worker_start ran too long
     // Read without the lock too (can_take from the receive side): atomic.
     std::atomic<bool> corrupt{false};
@@ -190,6 +205,7 @@ class Supervisor {
   /// With a task_timeout: how long a replacement's on_worker_start may run (see start_all()).
   std::chrono::nanoseconds start_allowance_{0};
   std::vector<Slot> slots_;
+  PoolStats::Replaced replaced_;
   // The collector's planned wake-up comes before the deadline of any job sent from now on.
   bool deadlines_watched_ = false;
   bool sent_since_look_ = false;  // a job was sent since enforce_timeouts last ran
@@ -212,6 +228,7 @@ inline void Supervisor::start_all(TailRouter& router) {
       const Event e = transport_.poll(k, router);
       if (e.kind != Event::Kind::ready && e.kind != Event::Kind::died) continue;
       if (e.kind == Event::Kind::died) deaths[k] = *e.death;
+      slots_[k].pid = e.pid;
       settled[k] = e.kind == Event::Kind::ready ? 1 : 2;
       --left;
     }
@@ -235,10 +252,11 @@ inline void Supervisor::mark_corrupt(unsigned k) noexcept {
   if (!slots_[k].corrupt.exchange(true, std::memory_order_relaxed)) transport_.kill(k);
 }
 
-inline void Supervisor::started(unsigned k) noexcept {
+inline void Supervisor::started(unsigned k, int pid) noexcept {
   Slot& s = slots_[k];
   if (s.life != Life::starting) return;
   s.life = Life::ready;
+  s.pid = pid;
   s.start_failures = 0;
 }
 
@@ -273,7 +291,18 @@ inline void Supervisor::blame(unsigned k, const Death& death,
 inline std::exception_ptr Supervisor::after_death(unsigned k, const Death& death, bool wanted) {
   Slot& s = slots_[k];
   const Life was = s.life;
+  // Why it is gone, should it be replaced below: read before the slot forgets.
+  std::uint64_t* why = &replaced_.crashed;
+  if (s.corrupt.load(std::memory_order_relaxed) || death.cause == Death::Cause::violation) {
+    why = &replaced_.broke_protocol;
+  } else if (s.timed_out_task != 0) {
+    why = s.cut_off ? &replaced_.cut_off : &replaced_.timed_out;
+  } else if (death.signal == 0 && death.exit_code == 0) {
+    why = &replaced_.retired;  // a worker exits by itself, cleanly, after max_tasks_per_worker
+  }
   s.timed_out_task = 0;
+  s.cut_off = false;
+  s.pid = 0;
   s.cut_off_at = Clock::time_point::max();
   s.corrupt.store(false, std::memory_order_relaxed);
   s.running_task.store(0, std::memory_order_relaxed);
@@ -296,6 +325,8 @@ inline std::exception_ptr Supervisor::after_death(unsigned k, const Death& death
     s.life = Life::stopped;
     return nullptr;
   }
+  ++*why;
+  ++s.replaced;
   respawn(k);
   return nullptr;
 }
@@ -414,6 +445,7 @@ void Supervisor::cut_off_abandoned(Clock::time_point& wake_at, Abandoned&& aband
     const std::uint64_t running = s.running_task.load(std::memory_order_relaxed);
     if (running != 0 && abandoned(k, running)) {
       s.timed_out_task = running;
+      s.cut_off = true;
       transport_.kill(k);
     }
   }

@@ -94,6 +94,10 @@ class ValueCompletion : public Completion, private AnswerTail {
     if (error) derived().fail(std::move(error));
   }
 
+  bool reports_exception(std::span<const std::byte> payload) const noexcept final {
+    return !payload.empty() && payload[0] == static_cast<std::byte>(Outcome::remote_error);
+  }
+
   AnswerTail* open_tail(std::span<const std::byte> head, std::uint64_t tail_bytes) noexcept final {
     // Only binary answers have tails.
     return F == Format::binary && tail_.open(head, tail_bytes) ? this : nullptr;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -132,6 +133,9 @@ class MapState {
         options_(options),
         inbox_(std::make_shared<MapInbox<Out>>()) {
     check_map_options(options_);
+    if constexpr (std::ranges::sized_range<Range&>) {
+      total_ = static_cast<std::size_t>(std::ranges::size(view_));
+    }
     workers_ = std::max(1u, lock_core(core_)->size());
     min_window_ = std::max<std::size_t>(2, 2 * workers_);
     max_window_ = std::max<std::size_t>(2, 32 * workers_);
@@ -185,7 +189,10 @@ class MapState {
     }
     for (;;) {
       fill();
-      if (chunks_.empty()) return;  // input exhausted and everything yielded
+      if (chunks_.empty()) {  // input exhausted and everything yielded
+        report_progress();
+        return;
+      }
       if (take_done_chunk()) return;
       wait_for_arrivals();
     }
@@ -232,6 +239,18 @@ class MapState {
     }
     settled_ += arrivals.size();
     for (auto& a : arrivals) settle(std::move(a));
+    report_progress();
+  }
+
+  /// Tells on_progress how far the map is: at most once per interval, and when all is done.
+  void report_progress() {
+    if (!options_.on_progress || final_reported_) return;
+    const auto now = std::chrono::steady_clock::now();
+    const bool final = input_done_ && done_items_ == consumed_;
+    if (!final && now < next_report_) return;
+    next_report_ = now + options_.progress_interval;
+    final_reported_ = final;
+    options_.on_progress(MapProgress{done_items_, total_, now - began_});
   }
 
   void settle(typename MapInbox<Out>::Arrival a) {
@@ -241,6 +260,7 @@ class MapState {
     const std::size_t n = chunk.inputs.size();
     if (!a.failure) {
       learn(a.run_nanos, n);
+      done_items_ += n;
       chunk.results = std::move(a.results);
       chunk.done = true;
       chunk.inputs.clear();
@@ -262,7 +282,8 @@ class MapState {
   }
 
   /// Every one of the chunk's `n` items yields `error`, in its place in the stream.
-  static void fail(Chunk& chunk, std::size_t n, const std::exception_ptr& error) {
+  void fail(Chunk& chunk, std::size_t n, const std::exception_ptr& error) {
+    done_items_ += n;
     chunk.results = std::vector<ItemResult<Out>>(n);
     for (ItemResult<Out>& r : chunk.results) r.error = error;
     chunk.done = true;
@@ -386,6 +407,12 @@ class MapState {
   std::size_t last_size_ = 1;
   double item_ns_ = 0;
   std::map<std::size_t, Chunk> chunks_;  // in flight or ready, keyed by first input index
+  // What on_progress hears.
+  std::size_t done_items_ = 0;  // results or errors in place (of consumed_ items read)
+  std::optional<std::size_t> total_;
+  std::chrono::steady_clock::time_point began_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point next_report_ = began_ + options_.progress_interval;
+  bool final_reported_ = false;
   Chunk* current_ = nullptr;
   std::size_t current_key_ = 0;
   std::size_t position_ = 0;

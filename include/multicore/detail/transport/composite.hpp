@@ -39,6 +39,7 @@ class CompositeTransport final : public Transport {
   ~CompositeTransport() override { close(); }
 
   unsigned size() const noexcept override { return static_cast<unsigned>(where_.size()); }
+  std::string location(unsigned k) const override { return part(k).location(local(k)); }
 
   Capabilities capabilities() const noexcept override {
     Capabilities c;

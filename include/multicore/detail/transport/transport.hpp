@@ -83,6 +83,7 @@ struct Event {
   /// answer: there was no memory to receive it (payload empty, no tail): the job fails.
   bool dropped = false;
   const Death* death = nullptr;  ///< died: valid until the next poll(k) or start(k)
+  int pid = 0;                   ///< ready: the worker's process id (0: the transport cannot tell)
 };
 
 /// What a transport can do, for the layers above to adapt (or refuse) what they send.
@@ -112,6 +113,8 @@ class Transport {
 
   virtual unsigned size() const noexcept = 0;
   virtual Capabilities capabilities() const noexcept = 0;
+  /// Where slot k's workers run, for people: "" on this machine, "rank 3 (node07)" elsewhere.
+  virtual std::string location(unsigned /*k*/) const { return {}; }
 
   /// Asks for a new worker in slot k (empty, or after its died event). Its `ready` (or `died`)
   /// event follows. Throws Error when no worker can be made any more (see broken()).

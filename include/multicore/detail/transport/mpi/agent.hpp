@@ -241,6 +241,7 @@ class Agent final : private TailRouter {
     switch (e.kind) {
       case Event::Kind::ready:
         h.kind = Kind::ready;
+        h.value = e.pid;
         outbox_.post(0, h, {});
         return;
       case Event::Kind::running:

@@ -75,7 +75,7 @@ struct Header {
   std::uint64_t task_id = 0;
   std::uint64_t bytes = 0;  ///< payload bytes that follow, in pieces
   /// running: ns the task's code has run for, as the agent sends this (-1: paused);
-  /// answer: the run time the worker reported.
+  /// answer: the run time the worker reported; ready: the worker's pid on its node.
   std::int64_t value = 0;
 };
 static_assert(std::is_trivially_copyable_v<Header> && sizeof(Header) == 40);

@@ -225,10 +225,9 @@ class RemoteTransport final : public Transport {
     return true;
   }
 
-  /// " on rank 3 (node07)": for the messages about slot k's worker.
-  std::string where(unsigned k) const {
+  std::string location(unsigned k) const override {
     const AgentInfo& a = agents_[slots_[k].agent];
-    return " on rank " + std::to_string(a.rank) + " (" + a.host + ")";
+    return "rank " + std::to_string(a.rank) + " (" + a.host + ")";
   }
 
  private:
@@ -286,6 +285,7 @@ class RemoteTransport final : public Transport {
       switch (m->header.kind) {
         case Kind::ready:
           p.event.kind = Event::Kind::ready;
+          p.event.pid = static_cast<int>(m->header.value);
           break;
         case Kind::running:
           p.event.kind = Event::Kind::running;
@@ -302,7 +302,7 @@ class RemoteTransport final : public Transport {
           break;
         case Kind::died:
           p.event.kind = Event::Kind::died;
-          p.death = decode_death(m->bytes.bytes(), where(k));
+          p.death = decode_death(m->bytes.bytes(), " on " + location(k));
           slots_[k].died = true;
           break;
         default:

@@ -2,6 +2,8 @@
 // The worker's end of the shared-memory transport: its two streams and its slot's fields.
 #pragma once
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -74,6 +76,9 @@ class ShmWorkerChannel final : public WorkerChannel {
   }
 
   void started() noexcept override {
+    // The fork server stores the pid too, but only once fork() returns there, which may be
+    // after this: the parent reads it with the ready state.
+    setup_.slot->pid.store(getpid(), std::memory_order_relaxed);
     setup_.slot->state.store(SlotState::ready, std::memory_order_release);
     setup_.pool->parent_bell.ring();
   }

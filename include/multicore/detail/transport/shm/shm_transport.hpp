@@ -166,7 +166,9 @@ class ShmTransport final : public Transport {
     const SlotState state = shared.state.load(std::memory_order_acquire);
     if (state == SlotState::ready && s.seen.load(std::memory_order_relaxed) != SlotState::ready) {
       s.seen.store(SlotState::ready, std::memory_order_relaxed);
-      return event(Event::Kind::ready, 0);
+      Event e = event(Event::Kind::ready, 0);
+      e.pid = shared.pid.load(std::memory_order_relaxed);
+      return e;
     }
     if (s.violation.load(std::memory_order_relaxed) == nullptr) {
       const auto status =
