@@ -12,5 +12,6 @@
 #include "options.hpp"  // IWYU pragma: export
 #include "pool.hpp"     // IWYU pragma: export
 #include "ranges.hpp"   // IWYU pragma: export
+#include "stop.hpp"     // IWYU pragma: export
 #include "system.hpp"   // IWYU pragma: export
 #include "task.hpp"     // IWYU pragma: export

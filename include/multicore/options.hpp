@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <functional>
 
+#include "stop.hpp"
+
 namespace multicore {
 
 /// What to do when other threads run as a `Pool` (or `mpi::Cluster`) forks its fork server:
@@ -50,6 +52,10 @@ struct MapOptions {
   /// Threads in each worker that run items of one chunk concurrently; use more than 1 for
   /// functions that block (I/O, sleeps), as fast_map does: processes x threads.
   unsigned threads_per_worker = 1;
+  /// Cancels the map when its source is stopped (from any thread): no more inputs are read,
+  /// chunks not started never run, and their items, then one more in the next place, throw
+  /// Cancelled, which ends the map. request_stop(grace) also cuts off chunks still running.
+  StopToken stop{};
 };
 
 /// Wire format of a `Task`'s arguments and results.

@@ -123,6 +123,7 @@ class PoolCore {
       return;
     }
     check_other_threads(options_.other_threads, "a Pool", "PoolOptions::other_threads");
+    stop_table();  // before the first fork: every worker shares this process's stop flags
     ShmOptions shm;
     shm.workers = options_.workers;
     shm.ring_bytes = options_.ring_bytes;
@@ -162,6 +163,10 @@ class PoolCore {
     }
     if (closed_.load(std::memory_order_acquire)) {
       throw PoolClosed("multicore: the pool is shut down; no new tasks are accepted");
+    }
+    if (stop_seen(job->stop)) {
+      job->completion().fail(cancelled_error());
+      return;
     }
     run_here(job->request.bytes(), job->completion());
   }
