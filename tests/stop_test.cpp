@@ -5,7 +5,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <future>
+#include <iterator>
 #include <multicore/multicore.hpp>
 #include <optional>
 #include <ranges>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "support/failure.hpp"
+#include "support/in_child.hpp"
 #include "support/leak_check.hpp"
 #include "support/shared_counter.hpp"
 
@@ -76,6 +79,25 @@ int count_run(StopToken, int x) {
   ++*ran;
   return x;
 }
+
+/// 0, 1, 2, ... for ever (std::views::iota(0), which clang 14 cannot compile with libstdc++).
+struct Naturals {
+  struct iterator {
+    using value_type = int;
+    using difference_type = std::ptrdiff_t;
+    int n = 0;
+    int operator*() const { return n; }
+    iterator& operator++() {
+      ++n;
+      return *this;
+    }
+    void operator++(int) { ++n; }
+    friend bool operator==(const iterator&, std::default_sentinel_t) { return false; }
+  };
+  iterator begin() const { return {}; }
+  std::default_sentinel_t end() const { return {}; }
+};
+static_assert(std::ranges::input_range<Naturals>);
 
 class Stop : public ::testing::Test {
  protected:
@@ -206,8 +228,7 @@ TEST_F(Stop, MapCancelledFromAnotherThreadEnds) {
   std::size_t cancelled = 0;
   bool last_cancelled = false;
   // An endless input: only the stop ends this loop.
-  for (auto& item :
-       pool.map([](int x) { return count_run({}, x); }, std::views::iota(0), options).items()) {
+  for (auto& item : pool.map([](int x) { return count_run({}, x); }, Naturals(), options).items()) {
     last_cancelled = !item;
     if (item) {
       ++values;
@@ -281,6 +302,20 @@ TEST_F(Stop, TooManySourcesIsAClearError) {
   EXPECT_NE(std::string(error->what()).find("too many StopSources"), std::string::npos);
   sources.clear();
   EXPECT_NO_THROW(StopSource());  // their slots are free again
+}
+
+TEST_F(Stop, ACopyDestroyedInAForkedChildLeavesTheSourceAlone) {
+  std::optional<StopSource> source(std::in_place);
+  const StopToken token = source->get_token();
+  const auto end = multicore_test::in_child(
+      [&](int) {
+        source.reset();  // the child's copy of the last reference: what exit() would destroy
+        return 0;
+      },
+      multicore_test::pipe_liveness);
+  EXPECT_TRUE(end.exited_with(0)) << end.describe();
+  EXPECT_FALSE(token.stop_requested());
+  EXPECT_FALSE(source->stop_requested());
 }
 
 TEST_F(Stop, NegativeGraceIsRejected) {

@@ -3,6 +3,8 @@
 // that have not started.
 #pragma once
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -209,6 +211,7 @@ class StopSource {
     std::uint64_t table = 0;
     std::uint32_t slot = 0;
     std::uint32_t live = 0;
+    pid_t owner = getpid();
 
     State() {
       detail::StopTable& t = detail::stop_table();
@@ -224,6 +227,8 @@ class StopSource {
       live = t.slot[slot].word.load(std::memory_order_acquire);
     }
     ~State() {
+      // A copy in a forked child (one that calls exit()) must not stop nor free the parent's.
+      if (getpid() != owner) return;
       const StopToken token(table, slot, live);
       if (detail::stop_table().stop(slot, live)) detail::stop_listeners().notify(token, nullptr);
       detail::stop_table().release(slot);
