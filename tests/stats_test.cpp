@@ -35,7 +35,7 @@ int odd_throws(int x) {
 void expect_adds_up(const PoolStats& s) {
   EXPECT_EQ(s.submitted, s.queued + s.running + s.done + s.failed + s.abandoned);
   const PoolStats::Failed& by = s.failed_by;
-  EXPECT_EQ(s.failed, by.worker_lost + by.task_timeout + by.pool_closed + by.other);
+  EXPECT_EQ(s.failed, by.worker_lost + by.task_timeout + by.pool_closed + by.cancelled + by.other);
   EXPECT_LE(s.threw, s.done);
 }
 
@@ -180,6 +180,18 @@ TEST(Stats, TerminateFailsWhatIsLeftAsPoolClosed) {
   expect_adds_up(s);
   EXPECT_EQ(s.failed_by.pool_closed, 2u);
   EXPECT_EQ(s.submitted, 2u);
+}
+
+TEST(Stats, ATaskOfAStoppedSourceIsCountedAsCancelled) {
+  Pool pool(PoolOptions{.workers = 1});
+  multicore::StopSource stop;
+  stop.request_stop();
+  EXPECT_THROW(pool.submit([](multicore::StopToken) { return 1; }, stop.get_token()).get(),
+               multicore::Cancelled);
+  const PoolStats s = pool.stats();
+  expect_adds_up(s);
+  EXPECT_EQ(s.submitted, 1u);
+  EXPECT_EQ(s.failed_by.cancelled, 1u);
 }
 
 TEST(Stats, InlineModeCountsTasksAndHasNoWorkers) {

@@ -65,6 +65,13 @@ class TaskTimeout : public Error {
   using Error::Error;
 };
 
+/// The task carried a StopToken whose StopSource was stopped: it was not started, or it still
+/// ran after request_stop(grace)'s grace period and its worker was killed and replaced.
+class Cancelled : public Error {
+ public:
+  using Error::Error;
+};
+
 /// The task was submitted after `shutdown()`/`terminate()`, or cut off by `terminate()`.
 class PoolClosed : public Error {
  public:

@@ -136,6 +136,7 @@ inline Cluster::Cluster(int& argc, char**& argv, ClusterOptions options)
   const PoolOptions checked = detail::validated(detail_cluster::pool_options(options_));
   detail::check_other_threads(options_.other_threads, "a Cluster", "ClusterOptions::other_threads");
   options_.ring_bytes = checked.ring_bytes;
+  detail::stop_table();  // before the fork server: this node's workers see its stop flags
   local_ = std::make_unique<detail::ShmTransport>(
       detail_cluster::shm_options(options_, checked.workers));
   int provided = 0;

@@ -13,5 +13,6 @@
 #include "pool.hpp"     // IWYU pragma: export
 #include "ranges.hpp"   // IWYU pragma: export
 #include "stats.hpp"    // IWYU pragma: export
+#include "stop.hpp"     // IWYU pragma: export
 #include "system.hpp"   // IWYU pragma: export
 #include "task.hpp"     // IWYU pragma: export

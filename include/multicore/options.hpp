@@ -7,6 +7,8 @@
 #include <functional>
 #include <optional>
 
+#include "stop.hpp"
+
 namespace multicore {
 
 /// What to do when other threads run as a `Pool` (or `mpi::Cluster`) forks its fork server:
@@ -64,6 +66,10 @@ struct MapOptions {
   /// more when the last item is done. What it throws comes out of the iteration.
   std::function<void(const MapProgress&)> on_progress{};
   std::chrono::milliseconds progress_interval{100};
+  /// Cancels the map when its source is stopped (from any thread): no more inputs are read,
+  /// chunks not started never run, and their items, then one more in the next place, throw
+  /// Cancelled, which ends the map. request_stop(grace) also cuts off chunks still running.
+  StopToken stop{};
 };
 
 /// Wire format of a `Task`'s arguments and results.

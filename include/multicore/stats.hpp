@@ -45,6 +45,7 @@ struct PoolStats {
     std::uint64_t worker_lost = 0;   ///< its worker died (WorkerLost)
     std::uint64_t task_timeout = 0;  ///< it ran past task_timeout (TaskTimeout)
     std::uint64_t pool_closed = 0;   ///< terminate() or a lost fork server (PoolClosed)
+    std::uint64_t cancelled = 0;     ///< its StopSource was stopped (Cancelled)
     /// Anything else: no memory to receive the answer (SerializationError), no worker could
     /// be started (Error, SystemError).
     std::uint64_t other = 0;
@@ -57,7 +58,8 @@ struct PoolStats {
     std::uint64_t crashed = 0;    ///< died on its own: a signal, exit() or _exit() in a task
     std::uint64_t timed_out = 0;  ///< killed: its task ran past task_timeout, or it was stopped
     std::uint64_t retired = 0;    ///< ran max_tasks_per_worker tasks
-    std::uint64_t cut_off = 0;    ///< killed: still running a chunk of an abandoned map
+    /// killed: still running a chunk of an abandoned map, or a cancelled task past its grace
+    std::uint64_t cut_off = 0;
     std::uint64_t broke_protocol = 0;  ///< killed: it sent a corrupt answer
   } replaced;
 

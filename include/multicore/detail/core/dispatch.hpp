@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "../protocol/wire.hpp"
@@ -57,6 +58,9 @@ class Dispatcher {
   /// Puts jobs back at the head of the queue, in their order (they were sent before the rest).
   void push_front(std::vector<std::unique_ptr<Job>>& jobs);
   std::unique_ptr<Job> pop_front() { return pending_.pop_front(); }
+  /// Takes the queued jobs `pred` selects; the others keep their order.
+  template <class Pred>
+  std::vector<std::unique_ptr<Job>> take_pending_if(Pred&& pred);
 
   struct Dispatched {
     std::size_t sent = 0;
@@ -89,6 +93,10 @@ class Dispatcher {
     Held& h = held_[k];
     if (h.answering) f(*h.answering);
     for (std::size_t i = 0; i < h.in_flight.size(); ++i) f(*h.in_flight[i]);
+  }
+  /// Whether `job` is the one whose answer's tail worker k is sending.
+  bool answering(unsigned k, const Job& job) const noexcept {
+    return held_[k].answering.get() == &job;
   }
   InFlightBound& bound() noexcept { return bound_; }
 
@@ -176,6 +184,20 @@ Dispatcher::Dispatched Dispatcher::dispatch(CanTake&& can_take) {
     ++d.sent;
   }
   return d;
+}
+
+template <class Pred>
+std::vector<std::unique_ptr<Job>> Dispatcher::take_pending_if(Pred&& pred) {
+  std::vector<std::unique_ptr<Job>> taken;
+  for (std::size_t n = pending_.size(); n > 0; --n) {
+    std::unique_ptr<Job> job = pending_.pop_front();
+    if (pred(std::as_const(*job))) {
+      taken.push_back(std::move(job));
+    } else {
+      pending_.push_back(std::move(job));
+    }
+  }
+  return taken;
 }
 
 inline std::unique_ptr<Job> Dispatcher::claim(unsigned k, std::uint64_t task_id) {

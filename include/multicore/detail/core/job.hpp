@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "../../codec.hpp"
+#include "../../stop.hpp"
 #include "../transport/transport.hpp"
 
 namespace multicore::detail {
@@ -62,6 +63,13 @@ class Job {
  public:
   std::uint64_t id = 0;
   Writer request;
+  /// The job is cancelled when this token's source is stopped (see Scheduler::stop_requested).
+  StopToken stop;
+  /// request_stop(grace) asked for its worker to be killed if it still runs it at the cut-off.
+  bool stop_kills = false;
+  /// Its completion already failed with Cancelled while a worker still owes its answer, which
+  /// is then dropped. Under the scheduling lock.
+  bool resolved = false;
 
   Job() = default;
   ~Job() { reset_completion(); }
@@ -91,6 +99,9 @@ class Job {
   void recycle() noexcept {
     reset_completion();
     id = 0;
+    stop = {};
+    stop_kills = false;
+    resolved = false;
     if (request.capacity() > max_kept_bytes) {
       request = Writer();
     } else {

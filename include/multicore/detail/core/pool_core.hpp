@@ -123,6 +123,7 @@ class PoolCore {
       return;
     }
     check_other_threads(options_.other_threads, "a Pool", "PoolOptions::other_threads");
+    stop_table();  // before the first fork: every worker shares this process's stop flags
     ShmOptions shm;
     shm.workers = options_.workers;
     shm.ring_bytes = options_.ring_bytes;
@@ -162,6 +163,11 @@ class PoolCore {
     }
     if (closed_.load(std::memory_order_acquire)) {
       throw PoolClosed("multicore: the pool is shut down; no new tasks are accepted");
+    }
+    if (stop_seen(job->stop)) {
+      job->completion().fail(cancelled_error());
+      inline_cancelled_.fetch_add(1, std::memory_order_relaxed);
+      return;
     }
     const bool threw = run_here(job->request.bytes(), job->completion());
     inline_done_.fetch_add(1, std::memory_order_relaxed);
@@ -222,8 +228,10 @@ class PoolCore {
   PoolStats stats() {
     if (scheduler_) return scheduler_->stats();
     PoolStats s;
-    s.submitted = s.done = inline_done_.load(std::memory_order_relaxed);
+    s.done = inline_done_.load(std::memory_order_relaxed);
     s.threw = inline_threw_.load(std::memory_order_relaxed);
+    s.failed = s.failed_by.cancelled = inline_cancelled_.load(std::memory_order_relaxed);
+    s.submitted = s.done + s.failed;
     return s;
   }
 
@@ -250,6 +258,7 @@ class PoolCore {
   std::atomic<bool> closed_{false};
   std::atomic<std::uint64_t> inline_done_{0};  // inline mode: tasks run, and those that threw
   std::atomic<std::uint64_t> inline_threw_{0};
+  std::atomic<std::uint64_t> inline_cancelled_{0};  // refused: their StopSource was stopped
 };
 
 /// Owns a pool's core for a Pool, and lends it (weakly) to the Tasks and maps made from it:

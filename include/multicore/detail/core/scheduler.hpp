@@ -13,6 +13,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
@@ -21,6 +22,7 @@
 
 #include "../../errors.hpp"
 #include "../../stats.hpp"
+#include "../../stop.hpp"
 #include "../transport/transport.hpp"
 #include "../util/process.hpp"
 #include "../util/spin.hpp"
@@ -49,7 +51,7 @@ struct SchedulerOptions {
 /// Completions run with no scheduling lock held (they run user code: Codec decoders,
 /// promises), but under collect_mutex_: the thread running them cannot wait for an answer of
 /// this scheduler, which only it could read (submit() refuses it).
-class Scheduler final : private TailRouter {
+class Scheduler final : private TailRouter, private StopListener {
  public:
   /// Starts every worker and waits until each has run on_worker_start. Throws SystemError if a
   /// process cannot be forked, Error if a worker fails to start; nothing is left running then.
@@ -57,6 +59,7 @@ class Scheduler final : private TailRouter {
   /// Shuts down, then waits for terminate() calls still running on other threads (a watchdog
   /// ending the wait for a hung task): they use the members until they return.
   ~Scheduler() {
+    stop_listeners().remove(this);
     shutdown();
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return terminate_calls_ == 0; });
@@ -91,6 +94,13 @@ class Scheduler final : private TailRouter {
   /// started are cancelled (the worker skips them); a worker still running one after
   /// abandon_grace is killed and replaced. Thread-safe.
   void abandon() noexcept;
+
+  /// A StopSource was stopped: its jobs not started fail with Cancelled now (those sent are
+  /// skipped by their worker, and their answers dropped); with a `grace`, a worker still
+  /// running one then is killed and replaced. Thread-safe; runs on the thread that stopped the
+  /// source.
+  void stop_requested(const StopToken& token,
+                      const std::chrono::nanoseconds* grace) noexcept override;
 
   /// Stops accepting, continues workers stopped from outside, waits for every submitted job to
   /// resolve, stops the workers. Bounded once the work is done: workers that do not stop in
@@ -202,6 +212,7 @@ inline Scheduler::Scheduler(std::unique_ptr<Transport> transport, SchedulerOptio
       supervisor_(*transport_, options.task_timeout),
       slot_counts_(transport_->size()) {
   supervisor_.start_all(*this);
+  stop_listeners().add(this);
   collector_ = std::thread([this] {
     name_this_thread("multicore-coll");
     collect();
@@ -216,12 +227,23 @@ inline void Scheduler::submit(std::unique_ptr<Job> job) {
         "multicore: a Pool cannot be used from code that runs while that pool's answers are "
         "read (a Codec<T>::decode, say): it would wait for this very thread");
   }
-  std::lock_guard lock(mutex_);
-  if (closed_) throw PoolClosed(closed_reason_);
-  dispatch_.push_back(std::move(job));
-  ++counts_.submitted;
-  outstanding_.fetch_add(1, std::memory_order_relaxed);
-  dispatch_locked();
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) throw PoolClosed(closed_reason_);
+    ++counts_.submitted;
+    // Checked under the lock that stop_requested() sweeps the queue under: a job is either
+    // queued before the sweep or sees the stop here.
+    if (!stop_seen(job->stop)) {
+      dispatch_.push_back(std::move(job));
+      outstanding_.fetch_add(1, std::memory_order_relaxed);
+      dispatch_locked();
+      return;
+    }
+    ++counts_.failed;
+    ++counts_.failed_by.cancelled;
+  }
+  job->completion().fail(cancelled_error());
+  jobs_.give_back(std::move(job));
 }
 
 template <class Done, class Sleep>
@@ -313,6 +335,64 @@ inline void Scheduler::abandon() noexcept {
   transport_->wake();
 }
 
+inline void Scheduler::stop_requested(const StopToken& token,
+                                      const std::chrono::nanoseconds* grace) noexcept {
+  // Receiving is held off while the jobs workers still owe are failed: their answers (which
+  // would recycle them) wait. This thread may be the one receiving (a Codec stopping a source).
+  std::unique_lock collecting(collect_mutex_, std::defer_lock);
+  std::optional<ReadingAnswers> reading;
+  if (reading_answers() != this) {
+    collecting.lock();
+    // Closing: close() fails what is left, and may have closed the transport already.
+    if (stop_.load(std::memory_order_acquire)) return;
+    reading.emplace(this);
+  }
+  std::vector<Failure> failures;
+  std::vector<Completion*> owed;
+  try {
+    // Receive first: which task each worker runs must be fresh, or a task running since the
+    // collector's last look would be taken for one not started.
+    if (collecting.owns_lock()) {
+      for (unsigned k = 0; k < size(); ++k) receive(k, failures);
+    }
+    std::lock_guard lock(mutex_);
+    for (auto& job : dispatch_.take_pending_if([&](const Job& j) { return j.stop == token; })) {
+      failures.push_back({std::move(job), cancelled_error()});
+    }
+    const Clock::time_point cut_off =
+        Clock::now() + (grace != nullptr ? *grace : Clock::duration{});
+    for (unsigned k = 0; k < size(); ++k) {
+      const std::uint64_t running = supervisor_.running_task(k);
+      bool any = false;
+      dispatch_.for_each_held(k, [&](Job& job) {
+        if (job.stop != token) return;
+        any = true;
+        job.stop_kills |= grace != nullptr;
+        // Not started: the worker skips it, and its future need not wait for the tasks before
+        // it. (One the worker picks up between our look and the cancel still runs, with a
+        // token that reads stopped from its start, and its answer is dropped.)
+        if (job.id == running || job.resolved || dispatch_.answering(k, job)) return;
+        transport_->cancel(k, job.id);
+        job.resolved = true;
+        ++counts_.failed;
+        ++counts_.failed_by.cancelled;
+        owed.push_back(&job.completion());
+      });
+      if (any && grace != nullptr) supervisor_.cut_off_at(k, cut_off);
+    }
+  } catch (...) {
+    // Out of memory for the lists: the jobs run (and see the stop) rather than hang.
+  }
+  transport_->wake();
+  if (!owed.empty()) {
+    const std::exception_ptr cancelled = cancelled_error();
+    for (Completion* c : owed) c->fail(cancelled);
+  }
+  reading.reset();
+  if (collecting.owns_lock()) collecting.unlock();
+  fail_all(failures);
+}
+
 inline void Scheduler::terminate() noexcept {
   {
     std::lock_guard lock(mutex_);
@@ -351,7 +431,7 @@ inline void Scheduler::collect() noexcept {
         supervisor_.cut_off_abandoned(wake_at, [this](unsigned k, std::uint64_t task) {
           bool abandoned = false;
           dispatch_.for_each_held(k, [&](Job& job) {
-            if (job.id == task) abandoned = job.completion().abandoned();
+            if (job.id == task) abandoned = job.completion().abandoned() || job.stop_kills;
           });
           return abandoned;
         });
@@ -422,7 +502,9 @@ inline void Scheduler::answered(unsigned k, const Event& e) {
     if (!job) return;
     // An abandoned job's run time (none, if it was skipped) says nothing of the work to come.
     if (!job->completion().abandoned()) dispatch_.bound().observe(e.run_nanos);
-    if (e.dropped) {
+    if (job->resolved) {
+      // Cancelled while the worker owed it, and counted then (see stop_requested).
+    } else if (e.dropped) {
       ++counts_.failed;
       ++counts_.failed_by.other;
     } else {
@@ -436,6 +518,8 @@ inline void Scheduler::answered(unsigned k, const Event& e) {
   if (e.dropped) {
     job->completion().fail(error_of(
         [] { throw SerializationError("multicore: out of memory while receiving the answer"); }));
+  } else if (job->resolved) {
+    // Cancelled while the worker owed it (see stop_requested): the answer is not wanted.
   } else if (e.tail != nullptr) {
     e.tail->deliver_tail(e.run_nanos);
   } else {
@@ -459,6 +543,7 @@ inline AnswerTail* Scheduler::open_tail(unsigned k, std::uint64_t task_id,
   } catch (...) {  // no memory to dispatch now: the answer is assembled instead
     return nullptr;
   }
+  if (job != nullptr && job->resolved) return nullptr;  // assembled, then dropped by answered()
   return job == nullptr ? nullptr : job->completion().open_tail(head, tail_bytes);
 }
 
@@ -467,6 +552,12 @@ inline void Scheduler::died(unsigned k, const Death& death, std::vector<Failure>
   std::lock_guard lock(mutex_);
   std::vector<std::unique_ptr<Job>> owed = dispatch_.take_owed(k);
   supervisor_.blame(k, death, owed, failures);
+  // Those whose source was stopped are not run again.
+  std::erase_if(owed, [&](std::unique_ptr<Job>& job) {
+    if (!stop_seen(job->stop)) return false;
+    failures.push_back({std::move(job), cancelled_error()});
+    return true;
+  });
   // The rest never ran, or ran but their answers cannot be read any more: back to the head of
   // the queue, in their original order.
   dispatch_.push_front(owed);
@@ -544,9 +635,10 @@ inline void Scheduler::fail_all(std::vector<Failure>& failures) noexcept {
     std::lock_guard lock(mutex_);
     count_failures_locked(failures);
   }
-  // Nobody wants an abandoned job's answer, nor to hear how it ended.
+  // Nobody wants an abandoned job's answer, nor to hear how it ended; a job cancelled while
+  // its worker owed it has heard already.
   for (Failure& f : failures) {
-    if (!f.job->completion().abandoned()) f.job->completion().fail(f.error);
+    if (!f.job->completion().abandoned() && !f.job->resolved) f.job->completion().fail(f.error);
   }
   const std::size_t n = failures.size();
   failures.clear();
@@ -555,6 +647,7 @@ inline void Scheduler::fail_all(std::vector<Failure>& failures) noexcept {
 
 inline void Scheduler::count_failures_locked(const std::vector<Failure>& failures) noexcept {
   for (const Failure& f : failures) {
+    if (f.job->resolved) continue;  // cancelled while its worker owed it: counted then
     if (f.job->completion().abandoned()) {
       ++counts_.abandoned;
       continue;
@@ -569,6 +662,8 @@ inline void Scheduler::count_failures_locked(const std::vector<Failure>& failure
       ++by.task_timeout;
     } catch (const PoolClosed&) {
       ++by.pool_closed;
+    } catch (const Cancelled&) {
+      ++by.cancelled;
     } catch (...) {
       ++by.other;
     }

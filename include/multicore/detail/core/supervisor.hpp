@@ -65,6 +65,12 @@ inline constexpr std::chrono::nanoseconds max_task_timeout{std::int64_t{1} << 62
 /// off, so that the pool is soon free again for other work.
 inline constexpr std::chrono::milliseconds abandon_grace{100};
 
+/// The error of a job whose StopSource was stopped before it started.
+inline std::exception_ptr cancelled_error() {
+  return std::make_exception_ptr(
+      Cancelled("multicore: the task was cancelled: its StopSource was stopped before it ran"));
+}
+
 /// A job that ended without an answer, to be failed outside the scheduling lock.
 struct Failure {
   std::unique_ptr<Job> job;
@@ -273,7 +279,12 @@ inline void Supervisor::blame(unsigned k, const Death& death,
   if (culprit == owed.end() && corrupt && !owed.empty()) culprit = owed.begin();
   if (culprit == owed.end()) return;
   std::exception_ptr error;
-  if (s.timed_out_task == (*culprit)->id) {
+  if (s.timed_out_task == (*culprit)->id && (*culprit)->stop_kills) {
+    error = std::make_exception_ptr(Cancelled(
+        "multicore: the task was cancelled: it still ran when its StopSource's grace period "
+        "ended; its worker process " +
+        std::to_string(death.pid) + death.where + " was killed and replaced"));
+  } else if (s.timed_out_task == (*culprit)->id) {
     error = timeout_error(death);
   } else if (corrupt) {
     error = std::make_exception_ptr(worker_lost(

@@ -313,6 +313,12 @@ class MapState {
   void fill() {
     for (;;) {
       if (input_done_) return;
+      if (stop_seen(options_.stop)) {
+        // Cancelled: what was sent ends as it may, then Cancelled ends the map.
+        input_done_ = true;
+        fail(chunks_[consumed_++], 1, cancelled_error());
+        return;
+      }
       const std::size_t want = chunk_size();
       if (chunks_.size() >= window(want)) return;
       last_size_ = want;
@@ -350,6 +356,7 @@ class MapState {
       std::shared_ptr<PoolCore> core = lock_core(core_);
       std::unique_ptr<Job> job = core->new_job();
       job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, n);
+      job->stop = options_.stop;
       Writer& msg = job->request;
       begin_request(msg);
       encode_callable<Format::binary>(msg, fn_);

@@ -11,6 +11,7 @@
 
 #include "../../errors.hpp"
 #include "../../options.hpp"
+#include "../../stop.hpp"
 #include "../core/job.hpp"
 #include "../core/pool_core.hpp"
 #include "../protocol/request.hpp"
@@ -51,13 +52,26 @@ std::unique_ptr<Job> encoded_job(PoolCore* core, const Fn& fn, const Ws&... args
   return job;
 }
 
+/// The first of `args` that is a StopToken (there is one).
+template <class A, class... Rest>
+StopToken first_token(const A& a, const Rest&... rest) {
+  if constexpr (std::is_same_v<wire_t<A>, StopToken>) {
+    return a;
+  } else {
+    return first_token(rest...);
+  }
+}
+
 /// encoded_job() for the caller's own F and Args (given explicitly, as deduced by the caller's
 /// forwarding references), so that a string literal is still seen as one and sent as a
 /// std::string.
 template <Format Fmt, class F, class... Args>
 std::unique_ptr<Job> request_job(PoolCore* core, const F& f, const Args&... args) {
-  return encoded_job<Fmt>(core, static_cast<const std::decay_t<F>&>(f),
-                          static_cast<const wire_t<Args>&>(args)...);
+  std::unique_ptr<Job> job = encoded_job<Fmt>(core, static_cast<const std::decay_t<F>&>(f),
+                                              static_cast<const wire_t<Args>&>(args)...);
+  // The first StopToken argument cancels the job (a token captured by `f` cannot be seen).
+  if constexpr ((std::is_same_v<wire_t<Args>, StopToken> || ...)) job->stop = first_token(args...);
+  return job;
 }
 
 }  // namespace multicore::detail

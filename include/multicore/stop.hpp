@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: MIT
+// StopSource and StopToken: asking tasks in worker processes to stop, and cancelling those
+// that have not started.
+#pragma once
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "detail/transport/shm/stop_table.hpp"
+#include "detail/util/process.hpp"
+#include "errors.hpp"
+
+namespace multicore {
+
+class StopToken;
+
+namespace detail {
+
+/// A pool that cancels its jobs carrying `token` when its source is stopped; `grace` (null: no
+/// kill) is how long a task of it may still run before its worker is killed.
+class StopListener {
+ public:
+  virtual void stop_requested(const StopToken& token,
+                              const std::chrono::nanoseconds* grace) noexcept = 0;
+
+ protected:
+  ~StopListener() = default;
+};
+
+/// The pools of this process, told of every request_stop(). Each entry remembers the process it
+/// was made in: a worker's copy of the parent's list (a fork) names pools that are not its own.
+class StopListeners {
+ public:
+  void add(StopListener* l) {
+    std::lock_guard lock(mutex_);
+    list_.push_back({l, process_generation()});
+  }
+  void remove(StopListener* l) noexcept {
+    std::lock_guard lock(mutex_);
+    std::erase_if(list_, [&](const Entry& e) { return e.listener == l; });
+  }
+  /// Under the lock: a pool cannot be destroyed (remove()) while it is being told.
+  void notify(const StopToken& token, const std::chrono::nanoseconds* grace) noexcept {
+    std::lock_guard lock(mutex_);
+    for (const Entry& e : list_) {
+      if (e.generation == process_generation()) e.listener->stop_requested(token, grace);
+    }
+  }
+
+ private:
+  struct Entry {
+    StopListener* listener;
+    std::uint64_t generation;
+  };
+  std::mutex mutex_;
+  std::vector<Entry> list_;
+};
+
+/// Never destroyed: pools in static storage may unregister after static destructors ran.
+inline StopListeners& stop_listeners() {
+  static auto* listeners = new StopListeners;
+  return *listeners;
+}
+
+/// Whether `token`'s source was stopped, false for a token of another process image.
+/// Noexcept, for the scheduler.
+inline bool stop_seen(const StopToken& token) noexcept;
+
+}  // namespace detail
+
+/// What a task is given to learn that it should stop: an ordinary argument of Pool::submit,
+/// Pool::call and Task::run, a value a map's function captures, or MapOptions::stop. Trivially
+/// copyable; it travels to the worker as its bytes.
+///
+///     double calculate_e(multicore::StopToken stop) {
+///       double e = 1, term = 1;
+///       for (int n = 1; !stop.stop_requested(); ++n) e += term /= n;
+///       return e;
+///     }
+///
+/// A default-constructed token never stops. A token whose StopSource is destroyed reads as
+/// stopped (the source's destructor stops it, like std::jthread's). Works in worker processes
+/// forked by this process's pools and in this process (run_inline too); not on other MPI ranks
+/// (see stop_requested()).
+class StopToken {
+ public:
+  /// A token no source will ever stop.
+  StopToken() noexcept = default;
+
+  /// True once its source's request_stop() ran (or the source was destroyed). Costs a few plain
+  /// loads, no system call: check it as often as you like. Thread-safe. Throws Error for a
+  /// token that came from another program image (a task sent to another MPI rank): no stop can
+  /// reach it there.
+  bool stop_requested() const {
+    if (slot_ == no_slot) return false;
+    const detail::StopTable* table = detail::stop_table_pointer().load(std::memory_order_acquire);
+    if (table == nullptr || table->id != table_) throw_foreign();
+    return table->slot[slot_].word.load(std::memory_order_acquire) != live_;
+  }
+
+  /// False for a default-constructed token.
+  bool stop_possible() const noexcept { return slot_ != no_slot; }
+
+  /// Blocks until stop is requested or `timeout` has passed, without spinning (a futex on the
+  /// flag); returns stop_requested(). A default token just waits out the timeout. Throws as
+  /// stop_requested() does.
+  template <class Rep, class Period>
+  bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+    using namespace std::chrono;
+    const auto capped = duration_cast<nanoseconds>(std::min<duration<double>>(timeout, hours(24)));
+    const auto deadline = steady_clock::now() + capped;
+    if (slot_ == no_slot) {
+      std::this_thread::sleep_until(deadline);
+      return false;
+    }
+    while (!stop_requested()) {
+      const nanoseconds left = deadline - steady_clock::now();
+      if (left <= nanoseconds::zero()) return false;
+      const timespec rel{static_cast<std::time_t>(left.count() / 1'000'000'000),
+                         static_cast<long>(left.count() % 1'000'000'000)};
+      detail::futex_wait(&word(), live_, &rel);
+    }
+    return true;
+  }
+
+  /// Tokens of the same source compare equal.
+  friend bool operator==(const StopToken&, const StopToken&) noexcept = default;
+
+ private:
+  friend class StopSource;
+  friend bool detail::stop_seen(const StopToken& token) noexcept;
+
+  static constexpr std::uint32_t no_slot = ~std::uint32_t{0};
+
+  StopToken(std::uint64_t table, std::uint32_t slot, std::uint32_t live) noexcept
+      : table_(table), slot_(slot), live_(live) {}
+
+  std::atomic<std::uint32_t>& word() const {
+    return detail::stop_table_pointer().load(std::memory_order_acquire)->slot[slot_].word;
+  }
+
+  [[noreturn]] static void throw_foreign() {
+    throw Error(
+        "multicore: this StopToken comes from another program image (a task sent to another "
+        "MPI rank?); stops are only seen by the workers of the machine that made its "
+        "StopSource");
+  }
+
+  std::uint64_t table_ = 0;  ///< StopTable::id of the table its slot is in
+  std::uint32_t slot_ = no_slot;
+  std::uint32_t live_ = 0;  ///< the slot's word while its source lives and is not stopped
+};
+static_assert(std::is_trivially_copyable_v<StopToken>);
+
+/// Asks the tasks that carry its tokens to stop, across processes: std::stop_source's role
+/// for a Pool. Copies share one stop state; the last copy's destruction requests stop.
+///
+///     multicore::StopSource stop;
+///     auto e = pool.submit(calculate_e, stop.get_token());
+///     std::this_thread::sleep_for(1s);
+///     stop.request_stop();            // calculate_e sees it and returns what it has
+///     std::cout << e.get();
+///
+/// request_stop() also cancels the tasks of every pool that carry one of its tokens as an
+/// argument (or as MapOptions::stop) and have not started: they never run, their futures throw
+/// Cancelled. request_stop(grace) further kills the workers still running such a task after
+/// `grace` (each is replaced, as after a task_timeout); those tasks throw Cancelled too.
+/// Thread-safe. At most StopTable::slots (4096) sources may live at once, across the process
+/// and its workers.
+class StopSource {
+ public:
+  /// Throws Error when 4096 sources are alive already, SystemError if the shared flags cannot
+  /// be mapped.
+  StopSource() : state_(std::make_shared<State>()) {}
+
+  /// A token that sees this source's stop; a moved-from source gives a token that never stops.
+  StopToken get_token() const noexcept {
+    return state_ ? StopToken(state_->table, state_->slot, state_->live) : StopToken();
+  }
+
+  bool stop_requested() const noexcept { return state_ && detail::stop_seen(get_token()); }
+
+  /// Requests stop: tokens see it at once; tasks carrying a token that have not started are
+  /// cancelled. Returns true if this call made the request (false if it was made before).
+  /// Never blocks on a task. (Pools fail cancelled futures from this thread.)
+  bool request_stop() noexcept { return stop(nullptr); }
+
+  /// request_stop(), then kills the workers still running a task that carries one of its tokens
+  /// `grace` from now (each is replaced, as after task_timeout); those tasks throw Cancelled.
+  /// May follow an earlier request_stop(). Throws std::invalid_argument for a negative grace.
+  template <class Rep, class Period>
+  bool request_stop(const std::chrono::duration<Rep, Period>& grace) {
+    if (grace < grace.zero()) throw std::invalid_argument("multicore: negative stop grace period");
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::min<std::chrono::duration<double>>(grace, std::chrono::hours(24 * 365)));
+    return stop(&ns);
+  }
+
+ private:
+  struct State {
+    std::uint64_t table = 0;
+    std::uint32_t slot = 0;
+    std::uint32_t live = 0;
+    pid_t owner = getpid();
+
+    State() {
+      detail::StopTable& t = detail::stop_table();
+      const auto taken = t.acquire();
+      if (!taken) {
+        throw Error("multicore: too many StopSources alive at once (the limit is " +
+                    std::to_string(detail::StopTable::slots) +
+                    ", across this process and its "
+                    "workers)");
+      }
+      table = t.id;
+      slot = *taken;
+      live = t.slot[slot].word.load(std::memory_order_acquire);
+    }
+    ~State() {
+      // A copy in a forked child (one that calls exit()) must not stop nor free the parent's.
+      if (getpid() != owner) return;
+      const StopToken token(table, slot, live);
+      if (detail::stop_table().stop(slot, live)) detail::stop_listeners().notify(token, nullptr);
+      detail::stop_table().release(slot);
+    }
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+  };
+
+  bool stop(const std::chrono::nanoseconds* grace) noexcept {
+    if (!state_) return false;
+    const bool first = detail::stop_table().stop(state_->slot, state_->live);
+    // Every time with a grace (a later call may add a kill); else only the first time.
+    if (first || grace != nullptr) detail::stop_listeners().notify(get_token(), grace);
+    return first;
+  }
+
+  std::shared_ptr<State> state_;
+};
+
+namespace detail {
+inline bool stop_seen(const StopToken& token) noexcept {
+  if (token.slot_ == StopToken::no_slot) return false;
+  const StopTable* table = stop_table_pointer().load(std::memory_order_acquire);
+  return table != nullptr && table->id == token.table_ &&
+         table->slot[token.slot_].word.load(std::memory_order_acquire) != token.live_;
+}
+}  // namespace detail
+
+}  // namespace multicore
