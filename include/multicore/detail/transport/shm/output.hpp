@@ -199,6 +199,16 @@ class WorkerOutputs {
         throw SystemError("pipe", errno);
       }
     }
+    // Never 0, 1 or 2, even when the application closed them (see above_stdio).
+    fds[0] = above_stdio(fds[0]);
+    fds[1] = above_stdio(fds[1]);
+    if (fds[0] < 0 || fds[1] < 0) {
+      const int err = errno;
+      for (int fd : fds) {
+        if (fd >= 0) ::close(fd);
+      }
+      throw SystemError("fcntl", err);
+    }
     fcntl(fds[0], F_SETFL, O_NONBLOCK);
     const std::uint64_t id = ++last_id_;
     Pipe& p = pipes_[id];

@@ -211,6 +211,8 @@ class Zygote {
       const std::size_t count = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       for (std::size_t i = 0; i < count && i < max_pipes; ++i) {
         std::memcpy(&pipes[i], CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+        // Above 2, or dup2()ing one onto 1 or 2 in the worker could replace the other.
+        pipes[i] = above_stdio(pipes[i]);
       }
     }
     if (n != static_cast<ssize_t>(sizeof c) || c.slot >= s_.workers.size()) finish();
