@@ -368,6 +368,9 @@ class WorkerOutputs {
   /// Writes (or hands to the callback) what was read; only this thread does.
   void deliver(const std::vector<Piece>& pieces) {
     std::string out[2];  // batches for stdout, stderr: whole lines, at most PIPE_BUF if possible
+    std::string prefix;  // "[worker 3 pid 4242] ", made again when the worker changes
+    unsigned prefix_slot = 0;
+    int prefix_pid = -1;
     const auto write_out = [&](int stream) {
       std::string& b = out[stream];
       write_all(stream == 0 ? STDOUT_FILENO : STDERR_FILENO, b);
@@ -386,10 +389,17 @@ class WorkerOutputs {
         }
         continue;
       }
-      std::string line = "[worker " + std::to_string(piece.slot) + " pid " +
-                         std::to_string(piece.pid) + "] " + piece.text + "\n";
-      if (out[stream].size() + line.size() > PIPE_BUF) write_out(stream);
-      out[stream] += line;
+      if (piece.slot != prefix_slot || piece.pid != prefix_pid) {
+        prefix_slot = piece.slot;
+        prefix_pid = piece.pid;
+        prefix =
+            "[worker " + std::to_string(piece.slot) + " pid " + std::to_string(piece.pid) + "] ";
+      }
+      std::string& b = out[stream];
+      if (!b.empty() && b.size() + prefix.size() + piece.text.size() + 1 > PIPE_BUF) {
+        write_out(stream);
+      }
+      b.append(prefix).append(piece.text).push_back('\n');
     }
     write_out(0);
     write_out(1);
