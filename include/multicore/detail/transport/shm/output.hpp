@@ -23,6 +23,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -87,10 +88,15 @@ class WorkerOutputs {
     epoll_ctl(epoll_, EPOLL_CTL_ADD, wake_fd_, &e);
   }
 
-  /// Starts the reader thread; after the fork server is forked, which then has one thread less
-  /// to copy.
+  /// Starts the reader thread, before the fork server is forked: a process limit
+  /// (RLIMIT_NPROC, which counts threads) reached by the pool's tasks then fails the fork, as
+  /// it did before this thread existed, not this. Throws SystemError when it cannot start.
   void start_reader() {
-    thread_ = std::thread([this] { read_loop(); });
+    try {
+      thread_ = std::thread([this] { read_loop(); });
+    } catch (const std::system_error& e) {
+      throw SystemError("pthread_create", e.code().value());
+    }
   }
 
   ~WorkerOutputs() { stop(); }

@@ -79,8 +79,8 @@ class ShmTransport final : public Transport {
       senders_[k] = MessageSender(layout_.requests(base, k));
       slots_[k].receiver = AnswerReceiver(layout_.answers(base, k));
     }
-    fork_zygote(setup);
     outputs_.start_reader();
+    fork_zygote(setup);
   }
 
   ~ShmTransport() override { close(); }
