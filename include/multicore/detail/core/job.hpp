@@ -11,6 +11,7 @@
 
 #include "../../codec.hpp"
 #include "../transport/transport.hpp"
+#include "../util/keep_alive.hpp"
 
 namespace multicore::detail {
 
@@ -57,6 +58,8 @@ class Job {
  public:
   std::uint64_t id = 0;
   Writer request;
+  /// What the request refers to and must outlive it (filled while it is encoded).
+  KeepAlive keep_alive;
 
   Job() = default;
   ~Job() { reset_completion(); }
@@ -86,6 +89,7 @@ class Job {
   void recycle() noexcept {
     reset_completion();
     id = 0;
+    keep_alive.clear();
     if (request.capacity() > max_kept_bytes) {
       request = Writer();
     } else {

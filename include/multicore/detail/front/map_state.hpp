@@ -330,6 +330,7 @@ class MapState {
       std::unique_ptr<Job> job = core->new_job();
       job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, n);
       Writer& msg = job->request;
+      const CollectKeepAlive collect(job->keep_alive);
       begin_request(msg);
       encode_callable<Format::binary>(msg, fn_);
       msg.write(&n, sizeof n);
