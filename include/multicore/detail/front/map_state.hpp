@@ -111,7 +111,7 @@ class MapState {
 
  public:
   using In = wire_t<std::ranges::range_reference_t<Range&>>;
-  using Out = std::invoke_result_t<Fn&, In>;
+  using Out = item_result_t<Fn, In>;
   using value_type = std::conditional_t<Ordered, Out, std::pair<std::size_t, Out>>;
 
  private:
