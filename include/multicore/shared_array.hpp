@@ -246,14 +246,18 @@ inline SharedMemory::~SharedMemory() {
 
 /// A fixed-size array of T in shared memory, zero-filled, that tasks read and write in place.
 ///
+///     void fill(std::size_t begin, std::size_t end, multicore::SharedArray<double> out);
 ///     multicore::SharedArray<double> out(n);   // at any time, also after the pool was made
-///     pool.map([out](auto range) { for (auto i = range.first; i < range.second; ++i)
-///                                    out[i] = f(i); return 0; },
-///              multicore::ranges(n)).get();
+///     std::vector<std::future<void>> done;
+///     for (auto [begin, end] : multicore::ranges(n))
+///       done.push_back(pool.submit(fill, begin, end, out));
+///     for (auto& f : done) f.get();
 ///     std::span<double> s = out.span();          // what the tasks wrote
 ///
 /// Copies share the memory (a copy is a handle, like a std::shared_ptr). Passed to a task, as
-/// an argument or a captured value, only a handle crosses: each worker maps the memory once
+/// an argument, a map item or a member of a function object with a cereal serialize() (a
+/// lambda that captures one is not trivially copyable, so it cannot be sent), only a handle
+/// crosses: each worker maps the memory once
 /// and the task works on it in place; what tasks write is visible to the caller once their
 /// futures are ready (tasks that write the same element at once race, as threads would). The
 /// memory lives while a handle to it exists, or a task that got one is queued or running; it
