@@ -6,6 +6,7 @@
 #include <future>
 #include <memory>
 #include <ranges>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -137,6 +138,11 @@ class Pool {
   ///     for (int square : pool.map([](int x) { return x * x; }, std::views::iota(0)))
   ///       if (square > 1000) break;
   ///
+  /// An item that is a std::tuple or std::pair is spread over the parameters of a function
+  /// that takes its elements rather than the item (Python's starmap), as with zip():
+  ///
+  ///     for (double z : pool.map([](int x, double y) { return x * y; }, multicore::zip(xs, ys)))
+  ///
   /// `inputs` is held by reference when it is an lvalue: keep it alive while iterating.
   template <class F, std::ranges::input_range R>
   auto map(F&& f, R&& inputs, MapOptions options = {}) {
@@ -220,8 +226,15 @@ class Pool {
     // An lvalue input is held by reference (the caller keeps it alive), an rvalue by value.
     using Source = std::conditional_t<std::is_lvalue_reference_v<R>, R, std::remove_cvref_t<R>>;
     using In = detail::wire_t<std::ranges::range_reference_t<std::remove_reference_t<Source>&>>;
-    detail::check_invocation<Fn, Fn&, In>();
-    static_assert(!std::is_void_v<detail::result_of_t<Fn&, In>>,
+    if constexpr (detail::spreads_item<Fn, In>()) {  // f(a, b, ...) for a tuple item
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        detail::check_invocation<Fn, Fn&, std::tuple_element_t<I, In>...>();
+      }
+      (std::make_index_sequence<std::tuple_size_v<In>>{});
+    } else {
+      detail::check_invocation<Fn, Fn&, In>();
+    }
+    static_assert(!std::is_void_v<detail::item_result_t<Fn, In>>,
                   "multicore: map needs a function that returns a value; for functions that "
                   "return nothing use submit() or Task<void>");
     (void)core();  // throws if this pool cannot be used here

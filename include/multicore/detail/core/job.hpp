@@ -12,6 +12,7 @@
 #include "../../codec.hpp"
 #include "../../stop.hpp"
 #include "../transport/transport.hpp"
+#include "../util/keep_alive.hpp"
 
 namespace multicore::detail {
 
@@ -70,6 +71,8 @@ class Job {
   /// Its completion already failed with Cancelled while a worker still owes its answer, which
   /// is then dropped. Under the scheduling lock.
   bool resolved = false;
+  /// What the request refers to and must outlive it (filled while it is encoded).
+  KeepAlive keep_alive;
 
   Job() = default;
   ~Job() { reset_completion(); }
@@ -102,6 +105,7 @@ class Job {
     stop = {};
     stop_kills = false;
     resolved = false;
+    keep_alive.clear();
     if (request.capacity() > max_kept_bytes) {
       request = Writer();
     } else {

@@ -112,7 +112,7 @@ class MapState {
 
  public:
   using In = wire_t<std::ranges::range_reference_t<Range&>>;
-  using Out = std::invoke_result_t<Fn&, In>;
+  using Out = item_result_t<Fn, In>;
   using value_type = std::conditional_t<Ordered, Out, std::pair<std::size_t, Out>>;
 
  private:
@@ -358,6 +358,7 @@ class MapState {
       job->emplace_completion<ChunkCompletion<Out>>(inbox_, first, n);
       job->stop = options_.stop;
       Writer& msg = job->request;
+      const CollectKeepAlive collect(job->keep_alive);
       begin_request(msg);
       encode_callable<Format::binary>(msg, fn_);
       msg.write(&n, sizeof n);

@@ -43,6 +43,7 @@ std::unique_ptr<Job> encoded_job(PoolCore* core, const Fn& fn, const Ws&... args
   std::unique_ptr<Job> job = core != nullptr ? core->new_job(hint) : std::make_unique<Job>();
   try {
     job->request.reserve(hint);
+    const CollectKeepAlive collect(job->keep_alive);
     encode_call<Fmt>(job->request, fn, args...);
   } catch (const Error&) {
     throw;

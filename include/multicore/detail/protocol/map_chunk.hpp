@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -88,11 +89,46 @@ std::vector<ChunkItem<T>> decode_items(Reader& in, std::size_t n) {
   return items;
 }
 
+template <class T>
+inline constexpr bool is_tuple_or_pair = false;
+template <class... Ts>
+inline constexpr bool is_tuple_or_pair<std::tuple<Ts...>> = true;
+template <class A, class B>
+inline constexpr bool is_tuple_or_pair<std::pair<A, B>> = true;
+
+/// Whether map calls `fn` with an item's elements, as rvalues (Python's starmap): when the
+/// item is a std::tuple or std::pair and `fn` takes its elements rather than the item.
+template <class Fn, class In>
+constexpr bool spreads_item() {
+  if constexpr (std::is_invocable_v<Fn&, In> || !is_tuple_or_pair<In>) {
+    return false;
+  } else {
+    return []<std::size_t... I>(std::index_sequence<I...>) {
+      return std::is_invocable_v<Fn&, std::tuple_element_t<I, In>...>;
+    }
+    (std::make_index_sequence<std::tuple_size_v<In>>{});
+  }
+}
+
+/// How map calls `fn` on one item: fn(item), or fn(elements...) (see spreads_item()).
+template <class Fn, class In>
+decltype(auto) call_item(Fn& fn, In&& item) {
+  if constexpr (spreads_item<Fn, std::remove_cvref_t<In>>()) {
+    return std::apply(fn, std::forward<In>(item));
+  } else {
+    return std::invoke(fn, std::forward<In>(item));
+  }
+}
+
+/// The result of map's call of `fn` on an item of type `In`.
+template <class Fn, class In>
+using item_result_t = decltype(call_item(std::declval<Fn&>(), std::declval<In>()));
+
 /// The entry for a map chunk: payload = callable, item count, items. Items run on
 /// `threads` threads of the worker (processes x threads for blocking functions).
 template <class Fn, class In>
 struct MapChunk {
-  using Out = std::invoke_result_t<Fn&, In>;
+  using Out = item_result_t<Fn, In>;
 
   static void entry(Reader& in, Writer& out, const CallContext& context) noexcept {
     const std::size_t mark = out.size();
@@ -116,7 +152,7 @@ struct MapChunk {
     auto body = [&](std::size_t i) noexcept {
       try {
         // The result is made right in values[i]: no copy, on any thread's stack.
-        values[i].make([&] { return std::invoke(*fn, take_item<In>(items[i])); });
+        values[i].make([&] { return call_item(*fn, take_item<In>(items[i])); });
       } catch (...) {
         Writer error;
         write_current_exception(error);
