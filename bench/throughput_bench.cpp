@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <future>
 #include <ranges>
@@ -64,6 +65,72 @@ void BM_MapChunkSize(benchmark::State& state) {
   state.counters["n"] = n;
 }
 BENCHMARK(BM_MapChunkSize)->ArgName("chunk")->RangeMultiplier(4)->Range(1, 65536)->UseRealTime();
+
+// Automatic against fixed chunk sizes on the workloads issue 13 names: the ratio that matters
+// is BM_MapWork/work:W/chunk:0 (automatic) over the best fixed chunk of the same work.
+enum Work : int {
+  trivial_items,  // bench::trivial over iota(0, 2^20)
+  items_5us,      // 2^16 items of ~5 us
+  items_10ms,     // 64 items of ~10 ms
+  ramp_1_100us,   // 8192 items whose cost grows from 1 us to 100 us along the input
+};
+
+/// Busy for `ns` nanoseconds (a CPU-bound item of known cost); returns its argument.
+inline constexpr auto spin = [](std::uint32_t ns) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::nanoseconds(ns);
+  while (std::chrono::steady_clock::now() < end) {
+  }
+  return ns;
+};
+
+/// The item costs (ns) of a spin workload.
+std::vector<std::uint32_t> costs(Work work) {
+  std::vector<std::uint32_t> out;
+  if (work == items_5us) out.assign(1 << 16, 5'000);
+  if (work == items_10ms) out.assign(64, 10'000'000);
+  if (work == ramp_1_100us) {
+    const std::uint32_t n = 8192;
+    for (std::uint32_t i = 0; i < n; ++i) out.push_back(1'000 + 99'000 * i / (n - 1));
+  }
+  return out;
+}
+
+void BM_MapWork(benchmark::State& state) {
+  const auto work = static_cast<Work>(state.range(0));
+  multicore::MapOptions options;
+  options.chunk_size = static_cast<std::size_t>(state.range(1));
+  multicore::Pool pool = make_pool();
+  const std::vector<std::uint32_t> items = costs(work);
+  const int n = work == trivial_items ? 1 << 20 : static_cast<int>(items.size());
+  std::uint64_t want = 0;
+  for (std::uint32_t c : items) want += c;
+  for (auto _ : state) {
+    if (work == trivial_items) {
+      std::int64_t sum = 0;
+      for (int r : pool.map(bench::trivial, std::views::iota(0, n), options)) sum += r;
+      if (sum != expected_sum(n)) state.SkipWithError("wrong results from map");
+    } else {
+      std::uint64_t sum = 0;
+      for (std::uint32_t r : pool.map(spin, items, options)) sum += r;
+      if (sum != want) state.SkipWithError("wrong results from map");
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+BENCHMARK(BM_MapWork)
+    ->ArgNames({"work", "chunk"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      for (int work : {trivial_items, items_5us, items_10ms, ramp_1_100us}) {
+        for (int chunk : {0, 1, 10, 100, 1000, 10000, 100000}) {
+          // 2^20 trivial items one by one take seconds and are never the best
+          if (work == trivial_items && chunk == 1) continue;
+          // 64 items of 10 ms: every chunk of 100 or more is one chunk of all 64
+          if (work == items_10ms && chunk > 100) continue;
+          b->Args({work, chunk});
+        }
+      }
+    })
+    ->UseRealTime();
 
 // Ours: N independent submits (no chunking), then every get.
 void BM_SubmitMany(benchmark::State& state) {

@@ -508,6 +508,30 @@ TEST_P(MapTest, LazyWithAutomaticChunks) {
   EXPECT_LE(counted.pulled(), 2000 + map_window(pool, 1) * 262144);
 }
 
+// Enough trivial items for automatic chunks to grow to their goal and shrink again at the end
+// of a sized input (see detail::ChunkSizer): every result, in order, from sized and unsized
+// inputs alike.
+TEST_P(MapTest, AutomaticChunksGrowAndShrinkKeepingOrder) {
+  Pool pool(options());
+  constexpr std::size_t n = 200'000;
+  const auto inputs = multicore_test::numbers(0, static_cast<int>(n));
+  const auto expected = sequential(inputs, Affine{3, 1});
+  EXPECT_EQ(collect(pool.map(Affine{3, 1}, inputs)), expected);
+  CountingInput unsized(n);
+  std::vector<std::int64_t> got;
+  for (std::int64_t r : pool.map(Affine{3, 1}, unsized)) got.push_back(r);
+  EXPECT_EQ(got, expected);
+  EXPECT_EQ(unsized.pulled(), n);
+  std::vector<std::int64_t> unordered(n);
+  std::size_t count = 0;
+  for (auto [index, value] : pool.map_unordered(Affine{3, 1}, inputs)) {
+    unordered[index] = value;
+    ++count;
+  }
+  EXPECT_EQ(count, n);
+  EXPECT_EQ(unordered, expected);
+}
+
 TEST_P(MapTest, ChunkSizes) {
   Pool pool(options());
   const auto inputs = multicore_test::numbers(-300, 2700);

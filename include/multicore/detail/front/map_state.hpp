@@ -32,6 +32,7 @@
 #include "../protocol/request.hpp"
 #include "../serialize/serialize.hpp"
 #include "../util/thread_team.hpp"
+#include "chunk_sizer.hpp"
 #include "completions.hpp"
 
 namespace multicore::detail {
@@ -45,6 +46,7 @@ struct MapInbox {
     std::vector<ItemResult<Out>> results;
     std::exception_ptr failure;  // the chunk got no answer at all
     std::uint64_t run_nanos = 0;
+    std::size_t bytes = 0;  // of the answer
   };
   std::mutex mutex;
   std::condition_variable arrived_cv;
@@ -62,15 +64,16 @@ class ChunkCompletion final : public Completion {
   void deliver(Reader& payload, std::uint64_t run_nanos) noexcept override {
     if (abandoned()) return;
     std::exception_ptr error = error_of([&] {
+      const std::size_t bytes = payload.remaining();
       auto results = read_chunk<Out>(payload, count_);
-      post({first_, std::move(results), nullptr, run_nanos});
+      post({first_, std::move(results), nullptr, run_nanos, bytes});
     });
     if (error) fail(std::move(error));
   }
 
   void fail(std::exception_ptr error) noexcept override {
     try {
-      post({first_, {}, std::move(error), 0});
+      post({first_, {}, std::move(error), 0, 0});
     } catch (...) {
       std::fputs("multicore: out of memory while failing a map chunk\n", stderr);
     }
@@ -119,6 +122,7 @@ class MapState {
   struct Chunk {
     std::vector<In> inputs;  // kept to resend items one by one if the chunk's worker died
     std::vector<ItemResult<Out>> results;
+    std::size_t bytes = 0;  // of the request
     bool done = false;
   };
 
@@ -128,15 +132,16 @@ class MapState {
   template <class F>
   MapState(std::weak_ptr<PoolCore> core, F&& fn, Source&& source, MapOptions options)
       : core_(std::move(core)),
+        workers_(std::max(1u, lock_core(core_)->size())),
         fn_(std::forward<F>(fn)),
         view_(std::forward<Source>(source)),
         options_(options),
-        inbox_(std::make_shared<MapInbox<Out>>()) {
+        inbox_(std::make_shared<MapInbox<Out>>()),
+        sizer_(workers_, options_.threads_per_worker) {
     check_map_options(options_);
     if constexpr (std::ranges::sized_range<Range&>) {
       total_ = static_cast<std::size_t>(std::ranges::size(view_));
     }
-    workers_ = std::max(1u, lock_core(core_)->size());
     min_window_ = std::max<std::size_t>(2, 2 * workers_);
     max_window_ = std::max<std::size_t>(2, 32 * workers_);
   }
@@ -259,7 +264,7 @@ class MapState {
     Chunk& chunk = found->second;
     const std::size_t n = chunk.inputs.size();
     if (!a.failure) {
-      learn(a.run_nanos, n);
+      sizer_.observe(n, a.run_nanos, chunk.bytes + a.bytes);
       done_items_ += n;
       chunk.results = std::move(a.results);
       chunk.done = true;
@@ -302,14 +307,21 @@ class MapState {
     }
   }
 
-  /// Keeps the window full: reads inputs, cuts them into chunks, sends them.
   /// Chunks allowed in flight or ready: about window_items items, between 2 and 32 chunks
   /// per worker. Small chunks need many in flight, or each worker idles between them long
-  /// enough to fall asleep, and every chunk then pays a wake-up.
-  std::size_t window(std::size_t chunk) const noexcept {
-    return std::clamp(window_items / std::max<std::size_t>(chunk, 1), min_window_, max_window_);
+  /// enough to fall asleep, and every chunk then pays a wake-up. While automatic chunks are
+  /// still growing, the fewest: a full window of small first chunks would stand in the way of
+  /// the larger ones.
+  std::size_t window() const noexcept {
+    std::size_t chunk = options_.chunk_size;
+    if (chunk == 0) {
+      if (sizer_.growing()) return min_window_;
+      chunk = sizer_.goal();
+    }
+    return std::clamp(window_items / chunk, min_window_, max_window_);
   }
 
+  /// Keeps the window full: reads inputs, cuts them into chunks, sends them.
   void fill() {
     for (;;) {
       if (input_done_) return;
@@ -319,9 +331,8 @@ class MapState {
         fail(chunks_[consumed_++], 1, cancelled_error());
         return;
       }
+      if (chunks_.size() >= window()) return;
       const std::size_t want = chunk_size();
-      if (chunks_.size() >= window(want)) return;
-      last_size_ = want;
       std::vector<In> inputs;
       inputs.reserve(std::min<std::size_t>(want, 65536));  // chunk_size may be huge
       std::exception_ptr input_error;
@@ -364,6 +375,7 @@ class MapState {
       msg.write(&n, sizeof n);
       encode_items(msg, chunk.inputs);
       finish_request(msg, entry_id<MapChunk<Fn, In>>(), options_.threads_per_worker);
+      chunk.bytes = msg.size();
       core->submit(std::move(job));
       ++sent_;
     } catch (...) {
@@ -371,31 +383,15 @@ class MapState {
     }
   }
 
-  /// Items per chunk: fixed if the user chose, else sized so a chunk runs ~0.5 ms (fast
-  /// items batch up, slow ones travel alone), growing at most 8x per step.
+  /// Items per chunk: fixed if the user chose, else from the sizer (see ChunkSizer).
   std::size_t chunk_size() const {
     if (options_.chunk_size != 0) return options_.chunk_size;
-    const std::size_t threads = options_.threads_per_worker;
-    std::size_t size = threads;
-    if (item_ns_ > 0) {
-      const double fit = 500'000.0 / item_ns_;
-      size = static_cast<std::size_t>(std::clamp(fit, 1.0, 262144.0));
-      size = std::clamp(size, threads, std::max(threads, last_size_ * 8));
-    }
+    std::optional<std::size_t> left;
     if constexpr (std::ranges::sized_range<Range&>) {
-      // Keep at least two chunks per worker while inputs last, so the end balances.
       const auto total = static_cast<std::size_t>(std::ranges::size(view_));
-      const std::size_t left = total > consumed_ ? total - consumed_ : 0;
-      size = std::min(size, std::max(threads, left / (std::size_t{2} * workers_)));
+      left = total > consumed_ ? total - consumed_ : 0;
     }
-    return std::max<std::size_t>(size, 1);
-  }
-
-  void learn(std::uint64_t run_nanos, std::size_t items) {
-    if (items == 0) return;
-    const double per_item =
-        std::max(1.0, static_cast<double>(run_nanos) / static_cast<double>(items));
-    item_ns_ = item_ns_ > 0 ? (item_ns_ + per_item) / 2 : per_item;
+    return sizer_.next(left);
   }
 
   std::weak_ptr<PoolCore> core_;  // the Pool's: see make_core
@@ -412,8 +408,7 @@ class MapState {
   static constexpr std::size_t window_items = 16384;
   std::size_t min_window_ = 2;
   std::size_t max_window_ = 2;
-  std::size_t last_size_ = 1;
-  double item_ns_ = 0;
+  ChunkSizer sizer_;
   std::map<std::size_t, Chunk> chunks_;  // in flight or ready, keyed by first input index
   // What on_progress hears.
   std::size_t done_items_ = 0;  // results or errors in place (of consumed_ items read)
