@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <multicore/multicore.hpp>
-#include <ranges>
+#include <vector>
 
 /// About a millisecond of arithmetic: stands in for real work per item.
 double simulate(int seed) {
@@ -35,8 +35,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   };
 
+  std::vector<int> seeds(static_cast<std::size_t>(items));
+  for (int i = 0; i < items; ++i) seeds[static_cast<std::size_t>(i)] = i;
   double sum = 0;
-  for (double r : pool.map(simulate, std::views::iota(0, items), options)) sum += r;
+  for (double r : pool.map(simulate, seeds, options)) sum += r;
   if (terminal) std::printf("\n");
 
   const multicore::PoolStats s = pool.stats();

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <future>
+#include <iterator>
 #include <multicore/multicore.hpp>
 #include <optional>
 #include <ranges>
@@ -244,9 +245,42 @@ TEST(Progress, ReportsGrowingCountsOfASizedMapInTheConsumingThread) {
   EXPECT_EQ(heard.calls.back().done, 1000u);
 }
 
-TEST(Progress, AnEndlessLookingInputHasNoTotal) {
+/// 0, 1, ..., n-1 as an input range without a size (std::views would do, but clang 14 cannot
+/// compile libstdc++ 12's views).
+class Unsized {
+ public:
+  explicit Unsized(int n) : n_(n) {}
+  class iterator {
+   public:
+    using value_type = int;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(const Unsized* range) : range_(range) {}
+    int operator*() const { return next_; }
+    iterator& operator++() {
+      ++next_;
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) {
+      return it.next_ >= it.range_->n_;
+    }
+
+   private:
+    const Unsized* range_ = nullptr;
+    int next_ = 0;
+  };
+  iterator begin() const { return iterator(this); }
+  std::default_sentinel_t end() const { return {}; }
+
+ private:
+  int n_;
+};
+static_assert(std::ranges::input_range<Unsized> && !std::ranges::sized_range<Unsized>);
+
+TEST(Progress, AnInputWithoutASizeHasNoTotal) {
   Pool pool(PoolOptions{.workers = 2});
-  auto inputs = std::views::iota(0) | std::views::take_while([](int x) { return x < 500; });
+  Unsized inputs(500);
   Heard heard;
   std::size_t n = 0;
   for (auto& item :
