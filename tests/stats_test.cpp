@@ -255,7 +255,7 @@ class Unsized {
     using value_type = int;
     using difference_type = std::ptrdiff_t;
     iterator() = default;
-    explicit iterator(const Unsized* range) : range_(range) {}
+    explicit iterator(int end) : end_(end) {}
     int operator*() const { return next_; }
     iterator& operator++() {
       ++next_;
@@ -263,14 +263,14 @@ class Unsized {
     }
     void operator++(int) { ++*this; }
     friend bool operator==(const iterator& it, std::default_sentinel_t) {
-      return it.next_ >= it.range_->n_;
+      return it.next_ >= it.end_;
     }
 
    private:
-    const Unsized* range_ = nullptr;
+    int end_ = 0;
     int next_ = 0;
   };
-  iterator begin() const { return iterator(this); }
+  iterator begin() const { return iterator(n_); }
   std::default_sentinel_t end() const { return {}; }
 
  private:
