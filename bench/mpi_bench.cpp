@@ -4,10 +4,11 @@
 // not both (a Cluster must be made before MPI is initialised); bench/mpi_compare runs both
 // alternately and prints the ratios:
 // - `mpirun --bind-to none -np 2 mpi_bench --raw`: BM_RawPingPong, a blocking
-//   MPI_Send/MPI_Recv echo between ranks 0 and 1 (the baseline); and BM_RawRelay, the same echo
-//   relayed by rank 1 through shared memory to a process it forked and back: the chain of
-//   processes a remote call goes through (caller, agent, worker), with nothing else, so the
-//   floor of a remote call on this machine;
+//   MPI_Send/MPI_Recv echo between ranks 0 and 1 (the baseline);
+// - `mpirun --bind-to none -np 2 mpi_bench --raw-relay`: BM_RawRelay, the same echo relayed by
+//   rank 1 through shared memory to a process it forked and back: a remote call's chain of
+//   processes built naively. Blocking MPI calls spin, so with 3 processes on 2 cores it takes
+//   milliseconds: no floor, but what a hand-made relay costs;
 // - `mpirun --bind-to none -np 2 mpi_bench --calls`: BM_CallRemote, pool.call(echo, bytes)
 //   answered by the worker of rank 1 (rank 0's one worker is kept busy);
 // - `mpirun --bind-to none -np 3 mpi_bench`: BM_MapTrivial / BM_MapCpu over every worker (one
@@ -118,30 +119,19 @@ void raw_echo_partner() {
   }
 }
 
-// Baseline: the payload to rank 1 and back with blocking MPI_Send/MPI_Recv.
-void BM_RawPingPong(benchmark::State& state) {
+// The payload to rank 1 and back with blocking MPI_Send/MPI_Recv. Tag tag_echo: rank 1 echoes
+// it (BM_RawPingPong, the baseline); tag_relay: rank 1 relays it through shared memory to the
+// process it forked and back first (BM_RawRelay, a remote call's chain built naively).
+template <int Tag>
+void BM_RawEcho(benchmark::State& state) {
   const auto n = static_cast<int>(state.range(0));
   const std::vector<char> payload = make_payload(static_cast<std::size_t>(n));
   std::vector<char> back(payload.size());
   for (auto _ : state) {
-    MPI_Send(payload.data(), n, MPI_CHAR, 1, tag_echo, MPI_COMM_WORLD);
-    MPI_Recv(back.data(), n, MPI_CHAR, 1, tag_echo, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    MPI_Send(payload.data(), n, MPI_CHAR, 1, Tag, MPI_COMM_WORLD);
+    MPI_Recv(back.data(), n, MPI_CHAR, 1, Tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
   }
   if (!same_ends(back, payload)) state.SkipWithError("the echo came back different");
-  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
-}
-
-// The floor of a remote call here: the payload to rank 1, through shared memory to the process
-// rank 1 forked and back, and back to rank 0.
-void BM_RawRelay(benchmark::State& state) {
-  const auto n = static_cast<int>(state.range(0));
-  const std::vector<char> payload = make_payload(static_cast<std::size_t>(n));
-  std::vector<char> back(payload.size());
-  for (auto _ : state) {
-    MPI_Send(payload.data(), n, MPI_CHAR, 1, tag_relay, MPI_COMM_WORLD);
-    MPI_Recv(back.data(), n, MPI_CHAR, 1, tag_relay, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-  }
-  if (!same_ends(back, payload)) state.SkipWithError("the relay came back different");
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
 }
 
@@ -267,9 +257,13 @@ void BM_CpuSequential(benchmark::State& state) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::string_view(argv[1]) == "--raw") {
+  const std::string_view mode = argc > 1 ? argv[1] : "";
+  if (mode == "--raw" || mode == "--raw-relay") {
+    // Its own job: the relay process spins for its turn, which would slow the plain ping-pong.
     // Forked before MPI starts, as a Cluster forks its fork server.
-    if (const char* r = std::getenv("OMPI_COMM_WORLD_RANK"); r != nullptr && std::atoi(r) == 1) {
+    const bool relay = mode == "--raw-relay";
+    if (const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
+        relay && r != nullptr && std::atoi(r) == 1) {
       start_relay_process();
     }
     int provided = 0;
@@ -279,12 +273,15 @@ int main(int argc, char** argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &ranks);
     if (rank == 1) raw_echo_partner();
     if (rank == 0 && ranks >= 2) {
-      benchmark::RegisterBenchmark("BM_RawPingPong", BM_RawPingPong)->Apply(sizes);
-      benchmark::RegisterBenchmark("BM_RawRelay", BM_RawRelay)
-          ->ArgName("bytes")
-          ->Arg(8)
-          ->Arg(64 << 10)
-          ->UseRealTime();
+      if (relay) {
+        benchmark::RegisterBenchmark("BM_RawRelay", BM_RawEcho<tag_relay>)
+            ->ArgName("bytes")
+            ->Arg(8)
+            ->Arg(64 << 10)
+            ->UseRealTime();
+      } else {
+        benchmark::RegisterBenchmark("BM_RawPingPong", BM_RawEcho<tag_echo>)->Apply(sizes);
+      }
       benchmark::Initialize(&argc, argv);
       benchmark::RunSpecifiedBenchmarks();
       MPI_Send(nullptr, 0, MPI_CHAR, 1, tag_stop, MPI_COMM_WORLD);
