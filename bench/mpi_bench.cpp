@@ -10,7 +10,8 @@
 //   processes built naively. Blocking MPI calls spin, so with 3 processes on 2 cores it takes
 //   milliseconds: no floor, but what a hand-made relay costs;
 // - `mpirun --bind-to none -np 2 mpi_bench --calls`: BM_CallRemote, pool.call(echo, bytes)
-//   answered by the worker of rank 1 (rank 0's one worker is kept busy);
+//   answered by the worker of rank 1 (rank 0's one worker is kept busy), and BM_StopRemote,
+//   from request_stop() to a task on rank 1 seeing it;
 // - `mpirun --bind-to none -np 3 mpi_bench`: BM_MapTrivial / BM_MapCpu over every worker (one
 //   per rank: rank 0's and 2 agents').
 // Bytes processed = payload size per round trip, as in payload_bench.
@@ -22,11 +23,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <future>
 #include <memory>
 #include <multicore/mpi.hpp>
@@ -223,6 +227,69 @@ void BM_CallRemote(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
 }
 
+/// When a task saw its stop (CLOCK_MONOTONIC: one clock for every rank of one machine), and on
+/// which rank.
+struct StopSeen {
+  int rank = -1;
+  std::int64_t at_ns = 0;
+};
+
+std::int64_t monotonic_ns() {
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+}
+
+/// Waits for the stop, spinning on stop_requested() (spin != 0) or asleep in wait_for().
+StopSeen wait_for_stop(multicore::StopToken token, int spin) {
+  if (spin != 0) {
+    while (!token.stop_requested()) {
+    }
+  } else {
+    while (!token.wait_for(std::chrono::seconds(60))) {
+    }
+  }
+  return {rank_of_worker(0), monotonic_ns()};
+}
+
+// Ours over MPI: from request_stop() on rank 0 to a task on rank 1 seeing it (manual time), the
+// stop relayed to rank 1's agent and mirrored there; arg 1: the task spins on stop_requested(),
+// 0: it sleeps in wait_for(). Counter answered_us: until rank 0 has the task's answer. Ranks on
+// one machine only (the clock is compared across ranks).
+void BM_StopRemote(benchmark::State& state) {
+  multicore::Pool& pool = *the_pool;
+  const int spin = static_cast<int>(state.range(0));
+  std::vector<double> seen_us, answered_us;
+  for (auto _ : state) {
+    multicore::StopSource source;
+    auto done = pool.submit(wait_for_stop, source.get_token(), spin);
+    // Started: rank 1's agent has said its worker runs the task's code.
+    for (;;) {
+      const multicore::PoolStats s = pool.stats();
+      if (s.workers.size() > 1 && s.workers[1].current_task > std::chrono::nanoseconds(0)) break;
+      sched_yield();
+    }
+    const std::int64_t asked = monotonic_ns();
+    source.request_stop();
+    const StopSeen seen = done.get();
+    const std::int64_t answered = monotonic_ns();
+    if (seen.rank != 1) {
+      state.SkipWithError("the task did not run on rank 1");
+      break;
+    }
+    const double seconds = static_cast<double>(seen.at_ns - asked) / 1e9;
+    state.SetIterationTime(seconds);
+    seen_us.push_back(seconds * 1e6);
+    answered_us.push_back(static_cast<double>(answered - asked) / 1e3);
+  }
+  const auto median = [](std::vector<double>& v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+  };
+  state.counters["median_us"] = median(seen_us);
+  state.counters["answered_us"] = median(answered_us);
+}
+
 long trivial(long x) { return x * 2 + 1; }
 
 // ~1 ms of CPU per item.
@@ -302,6 +369,11 @@ int main(int argc, char** argv) {
       return 1;
     }
     benchmark::RegisterBenchmark("BM_CallRemote", BM_CallRemote)->Apply(sizes);
+    benchmark::RegisterBenchmark("BM_StopRemote", BM_StopRemote)
+        ->ArgName("spin")
+        ->Arg(1)
+        ->Arg(0)
+        ->UseManualTime();
   } else {
     benchmark::RegisterBenchmark("BM_MapTrivial", BM_Map<trivial>)->Arg(100'000)->UseRealTime();
     benchmark::RegisterBenchmark("BM_MapCpu", BM_Map<cpu_item>)->Arg(600)->UseRealTime();

@@ -11,6 +11,7 @@
 #include <ctime>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -76,6 +77,15 @@ inline StopListeners& stop_listeners() {
 /// Noexcept, for the scheduler.
 inline bool stop_seen(const StopToken& token) noexcept;
 
+/// A source's flag as it is now in this process's table, for other processes' mirrors (see
+/// StopTable::mirror_word): none for a default token or one of another table.
+struct StopFlag {
+  std::uint64_t table = 0;
+  std::uint32_t slot = 0;
+  std::uint32_t word = 0;
+};
+inline std::optional<StopFlag> stop_flag(const StopToken& token) noexcept;
+
 }  // namespace detail
 
 /// What a task is given to learn that it should stop: an ordinary argument of Pool::submit,
@@ -90,8 +100,8 @@ inline bool stop_seen(const StopToken& token) noexcept;
 ///
 /// A default-constructed token never stops. A token whose StopSource is destroyed reads as
 /// stopped (the source's destructor stops it, like std::jthread's). Works in worker processes
-/// forked by this process's pools and in this process (run_inline too); not on other MPI ranks
-/// (see stop_requested()).
+/// forked by this process's pools, in this process (run_inline too) and, with a pool of an
+/// mpi::Cluster, in the workers of every rank: rank 0 relays each stop to the node agents.
 class StopToken {
  public:
   /// A token no source will ever stop.
@@ -99,13 +109,11 @@ class StopToken {
 
   /// True once its source's request_stop() ran (or the source was destroyed). Costs a few plain
   /// loads, no system call: check it as often as you like. Thread-safe. Throws Error for a
-  /// token that came from another program image (a task sent to another MPI rank): no stop can
-  /// reach it there.
+  /// token that came from another program image that no stop can reach (another process's
+  /// pool, or an MPI job other than the one its Cluster runs).
   bool stop_requested() const {
     if (slot_ == no_slot) return false;
-    const detail::StopTable* table = detail::stop_table_pointer().load(std::memory_order_acquire);
-    if (table == nullptr || table->id != table_) throw_foreign();
-    return table->slot[slot_].word.load(std::memory_order_acquire) != live_;
+    return detail::stop_word_passed(word().load(std::memory_order_acquire), live_);
   }
 
   /// False for a default-constructed token.
@@ -123,14 +131,17 @@ class StopToken {
       std::this_thread::sleep_until(deadline);
       return false;
     }
-    while (!stop_requested()) {
+    for (;;) {
+      // Waits for the word to change from what it is now: a mirrored word (over MPI) may be
+      // behind live_ rather than equal to it.
+      const std::uint32_t now = word().load(std::memory_order_acquire);
+      if (detail::stop_word_passed(now, live_)) return true;
       const nanoseconds left = deadline - steady_clock::now();
       if (left <= nanoseconds::zero()) return false;
       const timespec rel{static_cast<std::time_t>(left.count() / 1'000'000'000),
                          static_cast<long>(left.count() % 1'000'000'000)};
-      detail::futex_wait(&word(), live_, &rel);
+      detail::futex_wait(&word(), now, &rel);
     }
-    return true;
   }
 
   /// Tokens of the same source compare equal.
@@ -139,21 +150,24 @@ class StopToken {
  private:
   friend class StopSource;
   friend bool detail::stop_seen(const StopToken& token) noexcept;
+  friend std::optional<detail::StopFlag> detail::stop_flag(const StopToken& token) noexcept;
 
   static constexpr std::uint32_t no_slot = ~std::uint32_t{0};
 
   StopToken(std::uint64_t table, std::uint32_t slot, std::uint32_t live) noexcept
       : table_(table), slot_(slot), live_(live) {}
 
+  /// The flag this token reads, here: its source's own, or its mirror on an MPI agent.
+  /// Throws Error for a token of a table this process neither has nor mirrors.
   std::atomic<std::uint32_t>& word() const {
-    return detail::stop_table_pointer().load(std::memory_order_acquire)->slot[slot_].word;
-  }
-
-  [[noreturn]] static void throw_foreign() {
-    throw Error(
-        "multicore: this StopToken comes from another program image (a task sent to another "
-        "MPI rank?); stops are only seen by the workers of the machine that made its "
-        "StopSource");
+    detail::StopTable* table = detail::stop_table_pointer().load(std::memory_order_acquire);
+    const std::atomic<std::uint32_t>* w = table ? table->word_for(table_, slot_) : nullptr;
+    if (w == nullptr) {
+      throw Error(
+          "multicore: this StopToken comes from another program image (another process's "
+          "pool, or another MPI job): no stop of its StopSource can reach it here");
+    }
+    return *const_cast<std::atomic<std::uint32_t>*>(w);
   }
 
   std::uint64_t table_ = 0;  ///< StopTable::id of the table its slot is in
@@ -252,8 +266,17 @@ namespace detail {
 inline bool stop_seen(const StopToken& token) noexcept {
   if (token.slot_ == StopToken::no_slot) return false;
   const StopTable* table = stop_table_pointer().load(std::memory_order_acquire);
-  return table != nullptr && table->id == token.table_ &&
-         table->slot[token.slot_].word.load(std::memory_order_acquire) != token.live_;
+  const std::atomic<std::uint32_t>* word =
+      table ? table->word_for(token.table_, token.slot_) : nullptr;
+  return word != nullptr && stop_word_passed(word->load(std::memory_order_acquire), token.live_);
+}
+
+inline std::optional<StopFlag> stop_flag(const StopToken& token) noexcept {
+  if (token.slot_ == StopToken::no_slot) return std::nullopt;
+  const StopTable* table = stop_table_pointer().load(std::memory_order_acquire);
+  if (table == nullptr || table->id != token.table_) return std::nullopt;
+  return StopFlag{token.table_, token.slot_,
+                  table->slot[token.slot_].word.load(std::memory_order_acquire)};
 }
 }  // namespace detail
 

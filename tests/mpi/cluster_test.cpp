@@ -322,6 +322,71 @@ TEST(Cluster, StatsNameTheProcessAndRankOfEachWorker) {
   EXPECT_EQ(remote, pool.size() - per_rank);  // all but rank 0's
 }
 
+/// Runs until `stop` says so, spinning (how = 0) or asleep in wait_for (how = 1); returns the
+/// rank of the worker's node. How = 2 ignores the stop (until a 60 s hang guard).
+int until_stopped(multicore::StopToken stop, int how) {
+  const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard, never reached
+  while (std::chrono::steady_clock::now() < give_up) {
+    if (how == 0 && stop.stop_requested()) return launched_rank;
+    if (how == 1 && stop.wait_for(60s)) return launched_rank;
+    sched_yield();
+  }
+  return -1;
+}
+
+/// Waits until every worker of `pool` runs a task's code (a hang guard fails the test).
+void until_all_running(Pool& pool) {
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  const auto all_started = [&] {
+    const multicore::PoolStats s = pool.stats();
+    return std::all_of(s.workers.begin(), s.workers.end(),
+                       [](const multicore::WorkerStats& w) { return w.current_task > 0ns; });
+  };
+  while (!all_started()) {
+    ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "the tasks never all started";
+    sched_yield();
+  }
+}
+
+// Rank 0 relays each stop to the agents: a token passed to a task on another rank reads stopped
+// there too, whether the task polls it or waits on it.
+TEST(Cluster, AStopReachesRunningTasksOnEveryRank) {
+  for (int how : {0, 1}) {
+    SCOPED_TRACE(how == 0 ? "stop_requested" : "wait_for");
+    Pool pool(*the_cluster);
+    multicore::StopSource stop;
+    std::vector<std::future<int>> running;
+    for (unsigned k = 0; k < pool.size(); ++k) {
+      running.push_back(pool.submit(until_stopped, stop.get_token(), how));
+    }
+    until_all_running(pool);
+    stop.request_stop();
+    std::set<int> seen;
+    for (auto& f : running) seen.insert(f.get());
+    std::set<int> all;
+    for (int r = 0; r < ranks(); ++r) all.insert(r);
+    EXPECT_EQ(seen, all);
+  }
+}
+
+// A token of a source made after the pool, reused slot and all: a stop of the first source does
+// not stop the second one's tasks on other ranks.
+TEST(Cluster, AStoppedSourceDoesNotStopTheNextOneInItsSlot) {
+  Pool pool(*the_cluster);
+  {
+    multicore::StopSource first;
+    first.request_stop();
+  }
+  multicore::StopSource second;  // likely the same slot, a generation on
+  std::vector<std::future<int>> running;
+  for (unsigned k = 0; k < pool.size(); ++k) {
+    running.push_back(pool.submit(until_stopped, second.get_token(), 0));
+  }
+  until_all_running(pool);  // none of them returned at once: they all still run
+  second.request_stop();
+  for (auto& f : running) EXPECT_GE(f.get(), 0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {

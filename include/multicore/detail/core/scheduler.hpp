@@ -337,6 +337,10 @@ inline void Scheduler::abandon() noexcept {
 
 inline void Scheduler::stop_requested(const StopToken& token,
                                       const std::chrono::nanoseconds* grace) noexcept {
+  // First, workers in other process images (MPI agents') learn of it: their tasks' tokens.
+  if (const std::optional<StopFlag> flag = stop_flag(token)) {
+    transport_->relay_stop(flag->slot, flag->word);
+  }
   // Receiving is held off while the jobs workers still owe are failed: their answers (which
   // would recycle them) wait. This thread may be the one receiving (a Codec stopping a source).
   std::unique_lock collecting(collect_mutex_, std::defer_lock);

@@ -61,6 +61,9 @@ class CompositeTransport final : public Transport {
   void resume() noexcept override {
     for (Transport* p : parts_) p->resume();
   }
+  void relay_stop(std::uint32_t slot, std::uint32_t word) noexcept override {
+    for (Transport* p : parts_) p->relay_stop(slot, word);
+  }
   void cancel(unsigned k, std::uint64_t task_id) noexcept override {
     part(k).cancel(local(k), task_id);
   }

@@ -131,6 +131,11 @@ class Transport {
   /// wants its answer any more), and answer it with an empty payload. It may have started it
   /// already: the answer then comes as usual. Send side.
   virtual void cancel(unsigned k, std::uint64_t task_id) noexcept = 0;
+  /// A StopSource of this process was stopped: its `slot` in this process's stop table now
+  /// holds `word`. Workers forked here share that table and see it already; a transport whose
+  /// workers live in another process image passes it on to theirs (see StopTable::mirror).
+  /// Any thread.
+  virtual void relay_stop(std::uint32_t /*slot*/, std::uint32_t /*word*/) noexcept {}
 
   /// Hands a whole request to slot k's worker, or returns false without taking it (the worker
   /// is not ready, or is still taking the previous message). Never blocks: a message larger

@@ -19,6 +19,7 @@
 #include "../../util/process.hpp"
 #include "../../util/spin.hpp"
 #include "../shm/shm_transport.hpp"
+#include "../shm/stop_table.hpp"
 #include "mpi_api.hpp"
 #include "relay.hpp"
 
@@ -131,6 +132,10 @@ class Agent final : private TailRouter {
     }
     if (m.header.kind == Kind::resume) {
       local_.resume();
+      return;
+    }
+    if (m.header.kind == Kind::stop_flag) {
+      stop_table().mirror_word(m.header.slot, static_cast<std::uint32_t>(m.header.value));
       return;
     }
     if (m.header.slot >= slots_.size()) return;  // malformed: ignore

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../../util/code_ref.hpp"
+#include "../shm/stop_table.hpp"
 #include "mpi_api.hpp"
 #include "relay.hpp"
 #include "remote_transport.hpp"
@@ -20,7 +21,7 @@
 namespace multicore::detail::mpi {
 
 /// Bumped whenever what ranks say to each other changes.
-inline constexpr int relay_version = 1;
+inline constexpr int relay_version = 2;
 
 /// What the ranks agreed on: every agent (on rank 0), or why they cannot work together.
 struct Roster {
@@ -147,6 +148,11 @@ inline Roster meet(unsigned workers, const std::string& problem) {
   roster.error.resize(static_cast<std::size_t>(length));
   check(MPI_Bcast(roster.error.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD), "MPI_Bcast");
   if (!roster.error.empty()) roster.agents.clear();
+  // Each agent mirrors rank 0's stop flags (see StopTable), so that its workers see rank 0's
+  // tokens stop: a token names its table by id.
+  std::uint64_t table = rank == 0 ? stop_table().id : 0;
+  check(MPI_Bcast(&table, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD), "MPI_Bcast");
+  if (rank != 0) stop_table().mirror_id.store(table, std::memory_order_release);
   return roster;
 }
 

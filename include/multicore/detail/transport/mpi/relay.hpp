@@ -28,7 +28,7 @@ namespace multicore::detail::mpi {
 // of messages (one tag), so what rank 0 says to an agent arrives in the order it was said:
 //
 //   down (rank 0 -> agent):  start j | kill j | stop j | request j (+ the request's bytes) |
-//                            cancel j task | resume | exit
+//                            cancel j task | stop_flag slot word | resume | exit
 //   up (agent -> rank 0):    ready j | running j task elapsed | stopped j elapsed |
 //                            answer j task (+ its bytes) | died j (+ a DeathRecord and its text)
 //                            | bye
@@ -56,6 +56,9 @@ enum class Kind : std::uint32_t {
   exit = 5,
   resume = 6,  ///< continue every worker stopped from outside
   cancel = 7,  ///< skip `task_id` if not started
+  /// A StopSource of rank 0 was stopped: `slot` is its slot in rank 0's stop table (not a
+  /// worker's), `value` the word it holds now (see StopTable::mirror_word)
+  stop_flag = 8,
   // up
   ready = 16,
   running = 17,

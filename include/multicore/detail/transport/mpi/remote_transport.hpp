@@ -98,6 +98,20 @@ class RemoteTransport final : public Transport {
     }
   }
 
+  void relay_stop(std::uint32_t slot, std::uint32_t word) noexcept override {
+    std::lock_guard lock(mutex_);
+    try {
+      for (const AgentInfo& a : agents_) {
+        Header h;
+        h.kind = Kind::stop_flag;
+        h.slot = slot;
+        h.value = word;
+        outbox_.post(a.rank, h, {});
+      }
+    } catch (...) {  // MPI failed: the job is ending anyway
+    }
+  }
+
   void cancel(unsigned k, std::uint64_t task_id) noexcept override {
     std::lock_guard lock(mutex_);
     try {

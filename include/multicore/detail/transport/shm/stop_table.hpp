@@ -25,14 +25,51 @@ struct StopSlot {
 };
 static_assert(sizeof(StopSlot) == 8 && std::atomic<std::uint32_t>::is_always_lock_free);
 
+/// Whether a slot's `word` is past `live`, the word a token remembers: its source was stopped or
+/// let go since. A slot's own word only ever moves forward from a live word (by 1 when stopped,
+/// to the next generation when let go); a mirrored word (see StopTable::mirror) may also still
+/// be behind it. Wrap-safe: generations are compared as a distance.
+constexpr bool stop_word_passed(std::uint32_t word, std::uint32_t live) noexcept {
+  return static_cast<std::int32_t>(word - live) > 0;
+}
+
 /// The mapping. Made once per process tree before any worker is forked (see PoolCore), so the
 /// parent's stores are the workers' loads. `id` tells this table from another process image's
 /// (an MPI rank's), where the same slot number means nothing.
+///
+/// Over MPI, each node agent's table also mirrors rank 0's: `mirror_id` is rank 0's `id`, and
+/// `mirror[i]` follows rank 0's slot i as far as stops go (rank 0 relays each stop of a source
+/// that a pool of a Cluster may have sent: see Transport::relay_stop), so that the agent's
+/// workers see rank 0's tokens stop. Mirrored slots are apart from the agent's own: a source
+/// made on the agent's node keeps a slot of its own.
 struct StopTable {
   static constexpr std::uint32_t slots = 4096;  ///< StopSources alive at once, all processes
 
   std::uint64_t id = 0;
+  std::atomic<std::uint64_t> mirror_id{0};  ///< 0: mirrors no table
   StopSlot slot[slots];
+  std::atomic<std::uint32_t> mirror[slots] = {};
+
+  /// The word a token of table `table`, slot `i`, reads; null for a foreign table.
+  const std::atomic<std::uint32_t>* word_for(std::uint64_t table, std::uint32_t i) const noexcept {
+    if (i >= slots) return nullptr;
+    if (table == id) return &slot[i].word;
+    if (table == mirror_id.load(std::memory_order_relaxed)) return &mirror[i];
+    return nullptr;
+  }
+
+  /// Mirrors rank 0's slot `i` reaching `word` (see above): moves mirror[i] forward to it and
+  /// wakes its waiters. Messages may come in any order; the word never moves back.
+  void mirror_word(std::uint32_t i, std::uint32_t word) noexcept {
+    if (i >= slots) return;
+    std::uint32_t seen = mirror[i].load(std::memory_order_relaxed);
+    while (stop_word_passed(word, seen)) {
+      if (mirror[i].compare_exchange_weak(seen, word, std::memory_order_seq_cst)) {
+        futex_wake_all(&mirror[i]);
+        return;
+      }
+    }
+  }
 
   /// Takes a free slot for a new source; none when all are taken. Lock-free and valid across
   /// processes (a worker may make sources too).
