@@ -369,6 +369,40 @@ TEST(Cluster, AStopReachesRunningTasksOnEveryRank) {
   }
 }
 
+// Tasks queued behind running ones, on every rank, are cancelled; tasks that ignore the stop
+// are killed after the grace and get Cancelled too; every rank's worker is replaced and works.
+TEST(Cluster, AStopCancelsQueuedTasksAndItsGraceKillsOnEveryRank) {
+  Pool pool(*the_cluster);
+  multicore::StopSource stop;
+  std::vector<std::future<int>> running, queued;
+  for (unsigned k = 0; k < pool.size(); ++k) {
+    running.push_back(pool.submit(until_stopped, stop.get_token(), 2));
+  }
+  until_all_running(pool);
+  for (unsigned k = 0; k < pool.size(); ++k) {
+    queued.push_back(pool.submit(until_stopped, stop.get_token(), 0));
+  }
+  stop.request_stop(100ms);
+  for (auto& f : queued) EXPECT_THROW(f.get(), multicore::Cancelled);
+  for (auto& f : running) EXPECT_THROW(f.get(), multicore::Cancelled);
+  // Every worker was killed: wait for its replacement, then each one answers.
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  const auto all_replaced = [&] {
+    const multicore::PoolStats s = pool.stats();
+    return std::all_of(s.workers.begin(), s.workers.end(), [](const multicore::WorkerStats& w) {
+      return w.replaced == 1 && w.pid != 0;
+    });
+  };
+  while (!all_replaced()) {
+    ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "the workers were not all replaced";
+    sched_yield();
+  }
+  EXPECT_EQ(pool.stats().replaced.cut_off, pool.size());
+  std::set<int> seen;
+  for (auto& f : one_per_worker(pool, 0)) seen.insert(f.get());
+  EXPECT_EQ(seen.size(), static_cast<std::size_t>(ranks()));
+}
+
 // A token of a source made after the pool, reused slot and all: a stop of the first source does
 // not stop the second one's tasks on other ranks.
 TEST(Cluster, AStoppedSourceDoesNotStopTheNextOneInItsSlot) {

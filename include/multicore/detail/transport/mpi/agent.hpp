@@ -119,8 +119,11 @@ class Agent final : private TailRouter {
     bool start_pending = false;     // start it once the previous worker's death is seen
     bool kill_pending = false;      // kill it as soon as it is started
     std::deque<Writer> queued;      // requests not handed to the worker yet
-    std::deque<Writer> sent;        // handed over, answer not seen yet
-    Writer answer;                  // an answer whose tail is arriving
+    /// Queued requests rank 0 cancelled behind others: the worker skips them in turn (answers
+    /// go up in the order rank 0 sent the requests).
+    std::vector<std::uint64_t> cancelled;
+    std::deque<Writer> sent;  // handed over, answer not seen yet
+    Writer answer;            // an answer whose tail is arriving
     // Where that tail goes: one per slot, since several workers stream answers at once.
     TailSink sink;
   };
@@ -145,6 +148,7 @@ class Agent final : private TailRouter {
       case Kind::start:
         s.life = m.header.life;
         s.queued.clear();
+        s.cancelled.clear();
         s.sent.clear();
         if (s.alive) {
           s.start_pending = true;  // the worker of the life before is still dying
@@ -191,15 +195,26 @@ class Agent final : private TailRouter {
     return w;
   }
 
-  /// Rank 0 no longer wants `task_id`'s answer: a request still here is answered with nothing
-  /// (as a worker answers a request it skips); one the worker has is left to it to skip.
+  /// The task a queued message asks for; 0 for a stop request (or a malformed one).
+  static std::uint64_t task_of(const Writer& message) noexcept {
+    RequestHeader request;
+    if (message.size() < sizeof request) return 0;
+    std::memcpy(&request, message.data(), sizeof request);
+    return request.kind == RequestKind::call ? request.task_id : 0;
+  }
+
+  /// Rank 0 no longer wants `task_id`'s answer. Answers must go up in the order rank 0 sent the
+  /// requests: the next request due, still here, is answered with nothing at once (as a worker
+  /// answers a request it skips); one behind others is skipped by the worker in its turn, as
+  /// is one the worker has already.
   void cancel(unsigned j, std::uint64_t task_id) {
     Slot& s = slots_[j];
     for (auto it = s.queued.begin(); it != s.queued.end(); ++it) {
-      RequestHeader request;
-      if (it->size() < sizeof request) continue;
-      std::memcpy(&request, it->data(), sizeof request);
-      if (request.kind != RequestKind::call || request.task_id != task_id) continue;
+      if (task_id == 0 || task_of(*it) != task_id) continue;
+      if (it != s.queued.begin() || !s.sent.empty()) {
+        s.cancelled.push_back(task_id);
+        return;
+      }
       s.queued.erase(it);
       Header h;
       h.kind = Kind::answer;
@@ -217,6 +232,13 @@ class Agent final : private TailRouter {
     Slot& s = slots_[j];
     if (s.queued.empty() || !s.alive || s.start_pending || local_.sending(j)) return false;
     if (!local_.try_send(j, s.queued.front().bytes())) return false;
+    if (!s.cancelled.empty()) {
+      const auto it = std::find(s.cancelled.begin(), s.cancelled.end(), task_of(s.queued.front()));
+      if (it != s.cancelled.end()) {
+        local_.cancel(j, *it);
+        s.cancelled.erase(it);
+      }
+    }
     s.sent.push_back(std::move(s.queued.front()));
     s.queued.pop_front();
     return true;
