@@ -104,8 +104,9 @@ bool become_unprivileged_with_process_limit(const Report& report, int extra, int
 
 struct ForkLimitCase {
   const char* name;
-  // Processes or threads the application may start: the pool's output reader thread comes
-  // first (see WorkerOutputs::start_reader), so 1 = not even the fork server.
+  // Processes or threads the application may start: the fork server comes first, then the
+  // pool's output reader thread (see ShmTransport's constructor), so 0 = not even the fork
+  // server, and 2 = the fork server and the reader but no worker.
   int extra;
 };
 
@@ -114,7 +115,7 @@ void PrintTo(const ForkLimitCase& c, std::ostream* os) { *os << c.name; }
 class ForkFailure : public ::testing::TestWithParam<ForkLimitCase> {};
 
 INSTANTIATE_TEST_SUITE_P(Lifecycle, ForkFailure,
-                         ::testing::Values(ForkLimitCase{"NoForkServer", 1},
+                         ::testing::Values(ForkLimitCase{"NoForkServer", 0},
                                            ForkLimitCase{"NoWorker", 2},
                                            ForkLimitCase{"OneWorkerOfThree", 3}),
                          [](const auto& p) { return std::string(p.param.name); });

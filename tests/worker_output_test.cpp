@@ -2,11 +2,14 @@
 // What workers print: tagged line by line (never torn or mixed), or routed to a callback; and
 // the end of a dead worker's stderr in its WorkerLost.
 #undef NDEBUG  // the failed-assert test needs assert() active in the workers
+#include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cassert>
 #include <csignal>
 #include <cstdio>
@@ -113,6 +116,45 @@ pid_t print_lines(int task) {
                 std::string(static_cast<std::size_t>(n % 97), 'x').c_str());
   }
   return getpid();
+}
+
+/// Threads of this process, from /proc.
+int thread_count() {
+  int n = 0;
+  if (DIR* d = opendir("/proc/self/task")) {
+    while (const dirent* e = readdir(d)) n += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return n;
+}
+
+/// Threads this process ran at its first fork since `armed` was set (-1: none yet).
+std::atomic<bool> armed{false};
+std::atomic<int> threads_at_fork{-1};
+
+// Regression: the pool started its output reader thread, then forked its fork server. A fork
+// while another thread is inside malloc hands a locked allocator to the child; AddressSanitizer's
+// allocator (g++ 12) is not guarded against that, and a new thread allocates as it starts: about
+// one pool in four under ASan had workers stuck for ever in malloc, and maps hung. A process
+// must fork its fork server with no thread of the pool running yet.
+TEST(WorkerOutput, ForkServerIsForkedBeforeThePoolStartsAThread) {
+  pthread_atfork(
+      [] {
+        if (armed.exchange(false)) threads_at_fork = thread_count();
+      },
+      nullptr, nullptr);
+  for (WorkerOutput mode : {WorkerOutput::inherit, WorkerOutput::tagged}) {
+    SCOPED_TRACE(mode == WorkerOutput::inherit ? "inherit" : "tagged");
+    const int before = thread_count();
+    threads_at_fork = -1;
+    armed = true;
+    PoolOptions o;
+    o.workers = 1;
+    o.worker_output = mode;
+    Pool pool(o);
+    EXPECT_EQ(threads_at_fork.load(), before) << "threads when the fork server was forked";
+    EXPECT_EQ(pool.call([] { return 6 * 7; }), 42);
+  }
 }
 
 TEST(WorkerOutput, TaggedLinesOfFourWorkersAreNeverTornOrInterleaved) {

@@ -88,9 +88,8 @@ class WorkerOutputs {
     epoll_ctl(epoll_, EPOLL_CTL_ADD, wake_fd_, &e);
   }
 
-  /// Starts the reader thread, before the fork server is forked: a process limit
-  /// (RLIMIT_NPROC, which counts threads) reached by the pool's tasks then fails the fork, as
-  /// it did before this thread existed, not this. Throws SystemError when it cannot start.
+  /// Starts the reader thread, after the fork server was forked (see ShmTransport). Throws
+  /// SystemError when it cannot start (a process limit, RLIMIT_NPROC, counts threads).
   void start_reader() {
     try {
       thread_ = std::thread([this] { read_loop(); });

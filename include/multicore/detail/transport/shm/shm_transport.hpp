@@ -79,8 +79,17 @@ class ShmTransport final : public Transport {
       senders_[k] = MessageSender(layout_.requests(base, k));
       slots_[k].receiver = AnswerReceiver(layout_.answers(base, k));
     }
-    outputs_.start_reader();
+    // The fork server first, the output reader then: a process that forks while another of its
+    // threads is inside malloc passes a locked allocator to the child (glibc's malloc guards
+    // against that, AddressSanitizer's in g++ 12 does not), and the fork server would hand it
+    // to every worker. A new thread allocates as it starts.
     fork_zygote(setup);
+    try {
+      outputs_.start_reader();
+    } catch (...) {
+      close();
+      throw;
+    }
   }
 
   ~ShmTransport() override { close(); }
