@@ -104,7 +104,10 @@ bool become_unprivileged_with_process_limit(const Report& report, int extra, int
 
 struct ForkLimitCase {
   const char* name;
-  int extra;  // processes the application may start: 0 = not even the fork server
+  // Processes or threads the application may start: the fork server comes first, then the
+  // pool's output reader thread (see ShmTransport's constructor), so 0 = not even the fork
+  // server, and 2 = the fork server and the reader but no worker.
+  int extra;
 };
 
 void PrintTo(const ForkLimitCase& c, std::ostream* os) { *os << c.name; }
@@ -113,8 +116,8 @@ class ForkFailure : public ::testing::TestWithParam<ForkLimitCase> {};
 
 INSTANTIATE_TEST_SUITE_P(Lifecycle, ForkFailure,
                          ::testing::Values(ForkLimitCase{"NoForkServer", 0},
-                                           ForkLimitCase{"NoWorker", 1},
-                                           ForkLimitCase{"OneWorkerOfThree", 2}),
+                                           ForkLimitCase{"NoWorker", 2},
+                                           ForkLimitCase{"OneWorkerOfThree", 3}),
                          [](const auto& p) { return std::string(p.param.name); });
 
 // The Pool constructor throws SystemError(EAGAIN) naming fork, and leaves no process behind:
@@ -182,7 +185,8 @@ int crash() { multicore_test::segfault_by_raise(); }
 TEST(Lifecycle, ForkFailureDuringAReplacementFailsTheQueuedTasksThenRecovers) {
   const AppResult app = run_app([](const Report& report) {
     constexpr unsigned workers = 1;
-    if (!become_unprivileged_with_process_limit(report, 2 + workers, 8)) return;
+    // The pool's tasks: its output reader thread, the fork server, the workers, the collector.
+    if (!become_unprivileged_with_process_limit(report, 3 + workers, 8)) return;
     Pool pool(PoolOptions{.workers = workers});
     const pid_t first = pool.submit(own_pid).get();
     Hog hog;
@@ -229,7 +233,8 @@ TEST(Lifecycle, ForkFailureDuringAReplacementFailsTheQueuedTasksThenRecovers) {
 TEST(Lifecycle, ForkFailureDuringAReplacementSendsQueuedTasksToTheOtherWorker) {
   const AppResult app = run_app([](const Report& report) {
     constexpr unsigned workers = 2;
-    if (!become_unprivileged_with_process_limit(report, 2 + workers, 8)) return;
+    // The pool's tasks: its output reader thread, the fork server, the workers, the collector.
+    if (!become_unprivileged_with_process_limit(report, 3 + workers, 8)) return;
     Pool pool(PoolOptions{.workers = workers});
     Hog hog;
     if (!hog.started()) return report.line("hog: fork failed");

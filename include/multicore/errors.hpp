@@ -46,17 +46,28 @@ class RemoteError : public Error {
 };
 
 /// The worker process died while running this task. `signal()` is the signal that killed it
-/// (0 if it exited); `exit_code()` is its exit status (-1 if it was killed by a signal).
+/// (0 if it exited); `exit_code()` is its exit status (-1 if it was killed by a signal);
+/// `output_tail()` is the end (at most 4 KiB, from the start of a line) of what it wrote to
+/// stderr: an `abort()` or `assert` message, a sanitizer report, a `terminate` message. `what()`
+/// ends with it too, when there is one.
 class WorkerLost : public Error {
  public:
-  WorkerLost(const std::string& what, int signal, int exit_code)
-      : Error(what), signal_(signal), exit_code_(exit_code) {}
+  WorkerLost(const std::string& what, int signal, int exit_code, std::string output_tail = {})
+      : Error(output_tail.empty() ? what
+                                  : what + "; the end of its stderr:\n" + output_tail +
+                                        (output_tail.back() == '\n' ? "" : "\n")),
+        signal_(signal),
+        exit_code_(exit_code),
+        output_tail_(std::move(output_tail)) {}
   int signal() const noexcept { return signal_; }
   int exit_code() const noexcept { return exit_code_; }
+  /// The last lines the worker wrote to stderr before it died ("" if none, or over MPI).
+  const std::string& output_tail() const noexcept { return output_tail_; }
 
  private:
   int signal_;
   int exit_code_;
+  std::string output_tail_;
 };
 
 /// The task ran longer than `PoolOptions::task_timeout`; its worker was killed and replaced.

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <functional>
 #include <optional>
+#include <string_view>
 
 #include "stop.hpp"
 
@@ -19,6 +20,18 @@ enum class OtherThreads {
   ignore,  ///< say nothing (you know the threads hold nothing tasks need)
   error,   ///< throw multicore::Error instead of making the pool
 };
+
+/// Where the workers' stdout and stderr go (see `PoolOptions::worker_output`).
+enum class WorkerOutput {
+  /// Straight to the parent's stdout and stderr, as the workers print it (the default).
+  inherit,
+  /// Line by line, each prefixed `[worker 3 pid 4242] `; a line is never split or mixed with
+  /// another worker's.
+  tagged,
+};
+
+/// Which of a worker's streams a line of `PoolOptions::on_worker_output` comes from.
+enum class WorkerStream { out, err };
 
 /// How a `Pool` is built. Every field has a sensible default; `Pool(PoolOptions{})` uses
 /// one worker per usable core.
@@ -44,6 +57,15 @@ struct PoolOptions {
   /// Other threads running as the pool is made (see OtherThreads; multicore's own threads,
   /// other pools' included, do not count). Not checked in inline mode, which forks nothing.
   OtherThreads other_threads = OtherThreads::warn;
+  /// What becomes of the workers' stdout and stderr. Whatever the mode, the last lines a dead
+  /// worker wrote to stderr are in its `WorkerLost::output_tail()`.
+  WorkerOutput worker_output = WorkerOutput::inherit;
+  /// If set, every line the workers print (stdout and stderr, without its newline) goes here
+  /// instead, whatever `worker_output` says: `(worker, stream, line)`, `worker` being the
+  /// worker's number (0 to workers - 1). Called on one thread of the pool's, one line at a
+  /// time, in the order each worker printed them; what it throws is ignored. A slow callback
+  /// slows only the workers that print.
+  std::function<void(unsigned, WorkerStream, std::string_view)> on_worker_output{};
 };
 
 /// How far a map is, as MapOptions::on_progress hears it.

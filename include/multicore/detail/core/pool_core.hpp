@@ -129,6 +129,8 @@ class PoolCore {
     shm.ring_bytes = options_.ring_bytes;
     shm.on_start = options_.on_worker_start;
     shm.max_tasks = options_.max_tasks_per_worker;
+    shm.output = options_.worker_output;
+    shm.on_output = options_.on_worker_output;
     start(std::make_unique<ShmTransport>(std::move(shm)));
   }
 

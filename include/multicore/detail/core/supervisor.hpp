@@ -35,7 +35,7 @@ inline std::string describe(const Death& d) {
 }
 
 inline WorkerLost worker_lost(const Death& d, const std::string& what) {
-  return WorkerLost(describe(d) + " " + what, d.signal, d.signal != 0 ? -1 : d.exit_code);
+  return WorkerLost(describe(d) + " " + what, d.signal, d.signal != 0 ? -1 : d.exit_code, d.output);
 }
 
 /// The error for a worker that could not be started, from how it ended.

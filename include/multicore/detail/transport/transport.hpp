@@ -57,6 +57,7 @@ struct Death {
   std::uint64_t running = 0;  ///< the task it had started (claimed), 0 if none
   std::string text;           ///< start_failed, violation: what happened
   std::string where;          ///< where it ran, for messages: "" locally, " on rank 3 (node07)"
+  std::string output;         ///< ended: the end of what it wrote to stderr ("" if unknown)
 };
 
 /// Something that happened to worker k, as poll(k) reports it.

@@ -40,6 +40,9 @@ struct SlotShared {
       0};  ///< task being processed, 0: none
   /// When the entry (the user's code) started, steady clock; 0 while the task's payloads stream.
   std::atomic<std::int64_t> running_since_ns{0};
+  /// 1 once the worker flushed its stdio and went to sleep, 0 from its next task on: whatever
+  /// it printed is then in its pipes (a partial line there is complete; see output.hpp).
+  std::atomic<std::uint32_t> quiet{0};
 
   // The worker sleeps here; the parent rings it after publishing requests or making room for
   // answers (see stream.hpp), or asks the worker to stop.

@@ -59,6 +59,7 @@ class ShmWorkerChannel final : public WorkerChannel {
   void end_answer() noexcept override { answers_.count_message(); }
 
   void claim(std::uint64_t task_id) noexcept override {
+    if (task_id != 0) setup_.slot->quiet.store(0, std::memory_order_relaxed);
     setup_.slot->running.store(task_id, std::memory_order_release);
   }
 
@@ -100,6 +101,7 @@ class ShmWorkerChannel final : public WorkerChannel {
   void flush_output() noexcept {
     running_since(steady_now_ns());
     std::fflush(nullptr);
+    setup_.slot->quiet.store(1, std::memory_order_release);
     running_since(0);
   }
 

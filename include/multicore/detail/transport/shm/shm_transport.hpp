@@ -31,6 +31,7 @@
 #include "../transport.hpp"
 #include "futex.hpp"
 #include "layout.hpp"
+#include "output.hpp"
 #include "shm.hpp"
 #include "stream.hpp"
 #include "zygote.hpp"
@@ -43,6 +44,8 @@ struct ShmOptions {
   std::size_t ring_bytes = std::size_t{1} << 20;  ///< a power of two, at least a page
   std::function<void()> on_start;
   std::size_t max_tasks = 0;  ///< 0: unlimited
+  WorkerOutput output = WorkerOutput::inherit;
+  std::function<void(unsigned, WorkerStream, std::string_view)> on_output;
 };
 
 /// Workers forked by a fork server; one request and one answer ring per worker, in anonymous
@@ -58,7 +61,11 @@ class ShmTransport final : public Transport {
         region_(layout_.total_bytes()),
         senders_(options_.workers),
         sent_(options_.workers),
-        slots_(options_.workers) {
+        slots_(options_.workers),
+        outputs_(
+            options_.workers, options_.output, options_.on_output,
+            {[this](unsigned k) { return slot(k).pid.load(std::memory_order_relaxed); },
+             [this](unsigned k) { return slot(k).quiet.load(std::memory_order_acquire) != 0; }}) {
     std::byte* base = region_.data();
     layout_.construct(base);
     pool_ = layout_.pool(base);
@@ -72,7 +79,17 @@ class ShmTransport final : public Transport {
       senders_[k] = MessageSender(layout_.requests(base, k));
       slots_[k].receiver = AnswerReceiver(layout_.answers(base, k));
     }
+    // The fork server first, the output reader then: a process that forks while another of its
+    // threads is inside malloc passes a locked allocator to the child (glibc's malloc guards
+    // against that, AddressSanitizer's in g++ 12 does not), and the fork server would hand it
+    // to every worker. A new thread allocates as it starts.
     fork_zygote(setup);
+    try {
+      outputs_.start_reader();
+    } catch (...) {
+      close();
+      throw;
+    }
   }
 
   ~ShmTransport() override { close(); }
@@ -83,6 +100,7 @@ class ShmTransport final : public Transport {
   Capabilities capabilities() const noexcept override { return {true, true, max_jobs_in_flight}; }
 
   void start(unsigned k) override {
+    const WorkerPipes pipes = outputs_.open(k);  // first: if it throws, nothing has changed
     // The previous worker (if any) is gone and reaped: nobody else touches these now.
     SlotShared& shared = slot(k);
     senders_[k].reset();
@@ -95,6 +113,7 @@ class ShmTransport final : public Transport {
     s.violation.store(nullptr, std::memory_order_relaxed);
     shared.running.store(0, std::memory_order_relaxed);
     shared.running_since_ns.store(0, std::memory_order_relaxed);
+    shared.quiet.store(0, std::memory_order_relaxed);
     shared.stopped_since_ns.store(0, std::memory_order_relaxed);
     shared.pid.store(0, std::memory_order_relaxed);
     s.stopped.store(0, std::memory_order_relaxed);
@@ -103,7 +122,11 @@ class ShmTransport final : public Transport {
     shared.start_failed.store(0, std::memory_order_relaxed);
     shared.start_error[0] = '\0';
     shared.state.store(SlotState::spawning, std::memory_order_release);
-    if (!command({ZygoteCommand::spawn, k})) {
+    const bool sent = command({ZygoteCommand::spawn, k}, pipes);
+    for (int fd : {pipes.err, pipes.out}) {
+      if (fd >= 0) ::close(fd);  // the fork server's and the worker's now
+    }
+    if (!sent) {
       throw Error("multicore: the pool's fork server is gone; no worker can be started");
     }
   }
@@ -256,6 +279,7 @@ class ShmTransport final : public Transport {
       command_fd_ = -1;
     }
     if (zygote_ > 0) reap_zygote();
+    outputs_.stop();  // after the workers: their pipes are read to the end
   }
 
   /// Kills every worker and waits (at most a few seconds) until each is gone, but keeps the
@@ -321,11 +345,12 @@ class ShmTransport final : public Transport {
     if (slots_[k].violation.compare_exchange_strong(none, what)) kill(k);
   }
 
-  Death death_of(unsigned k, SlotState state) const {
+  Death death_of(unsigned k, SlotState state) {
     const SlotShared& shared = slot(k);
     Death d;
     d.pid = shared.pid.load(std::memory_order_relaxed);
     d.running = shared.running.load(std::memory_order_relaxed);
+    d.output = outputs_.died(k, d.pid);
     if (state == SlotState::spawn_failed) {
       d.cause = Death::Cause::spawn_failed;
       d.error = shared.spawn_errno.load(std::memory_order_relaxed);
@@ -370,10 +395,27 @@ class ShmTransport final : public Transport {
     return false;
   }
 
-  bool command(ZygoteCommand c) noexcept {
+  /// Sends `c` to the fork server, with the new worker's `pipes` if any (see ZygoteCommand).
+  bool command(ZygoteCommand c, WorkerPipes pipes = {}) noexcept {
     if (command_fd_ < 0) return false;
+    iovec data{&c, sizeof c};
+    msghdr m{};
+    m.msg_iov = &data;
+    m.msg_iovlen = 1;
+    const int fds[2] = {pipes.err, pipes.out};
+    const std::size_t count = pipes.err < 0 ? 0 : pipes.out < 0 ? 1 : 2;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof fds)] = {};
+    if (count != 0) {
+      m.msg_control = control;
+      m.msg_controllen = CMSG_SPACE(count * sizeof(int));
+      cmsghdr* h = CMSG_FIRSTHDR(&m);
+      h->cmsg_level = SOL_SOCKET;
+      h->cmsg_type = SCM_RIGHTS;
+      h->cmsg_len = CMSG_LEN(count * sizeof(int));
+      std::memcpy(CMSG_DATA(h), fds, count * sizeof(int));
+    }
     ssize_t n = 0;
-    while ((n = ::send(command_fd_, &c, sizeof c, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+    while ((n = ::sendmsg(command_fd_, &m, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
     }
     return n == static_cast<ssize_t>(sizeof c);
   }
@@ -504,6 +546,7 @@ class ShmTransport final : public Transport {
   std::vector<MessageSender> senders_;  // send side, with sent_
   std::vector<Sent> sent_;
   std::vector<Slot> slots_;  // receive side (see Slot)
+  WorkerOutputs outputs_;
   std::atomic<bool> woken_{false};
   SpinBudget spin_;
   int command_fd_ = -1;

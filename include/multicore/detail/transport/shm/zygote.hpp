@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <new>
 #include <span>
@@ -31,6 +32,8 @@ namespace multicore::detail {
 
 /// A command from the parent, sent over a SOCK_SEQPACKET socket (one command per packet).
 /// The socket is also the fork server's lifeline: end-of-file means the parent is gone.
+/// A spawn command carries the new worker's stderr pipe, then (tagged output) its stdout pipe,
+/// as SCM_RIGHTS descriptors (see ShmTransport::start).
 struct ZygoteCommand {
   enum Op : std::uint32_t { spawn = 1, kill = 2, exit = 3, resume = 4 };
   Op op = spawn;
@@ -188,14 +191,37 @@ class Zygote {
   }
 
  private:
+  static constexpr std::size_t max_pipes = 2;  // see ZygoteCommand
+
   void command() noexcept {
     ZygoteCommand c;
-    const ssize_t n = recv(s_.command_fd, &c, sizeof c, 0);
+    iovec data{&c, sizeof c};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_pipes)];
+    msghdr m{};
+    m.msg_iov = &data;
+    m.msg_iovlen = 1;
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    const ssize_t n = recvmsg(s_.command_fd, &m, MSG_CMSG_CLOEXEC);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    // The worker's stderr, then its stdout: -1 where the worker keeps this process's own.
+    int pipes[max_pipes] = {-1, -1};
+    for (cmsghdr* h = CMSG_FIRSTHDR(&m); h != nullptr; h = CMSG_NXTHDR(&m, h)) {
+      if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t count = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < count && i < max_pipes; ++i) {
+        std::memcpy(&pipes[i], CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+        // Above 2, or dup2()ing one onto 1 or 2 in the worker could replace the other.
+        pipes[i] = above_stdio(pipes[i]);
+      }
+    }
     if (n != static_cast<ssize_t>(sizeof c) || c.slot >= s_.workers.size()) finish();
     switch (c.op) {
       case ZygoteCommand::spawn:
-        spawn(c.slot);
+        spawn(c.slot, pipes);
+        for (int fd : pipes) {
+          if (fd >= 0) close(fd);  // the worker's now: the parent sees end-of-file as it dies
+        }
         return;
       case ZygoteCommand::kill:
         if (s_.pids[c.slot] > 0) kill_worker(s_.pids[c.slot]);
@@ -211,11 +237,11 @@ class Zygote {
     finish();
   }
 
-  void spawn(std::uint32_t k) noexcept {
+  void spawn(std::uint32_t k, const int (&pipes)[max_pipes]) noexcept {
     SlotShared& slot = *s_.workers[k].slot;
     const pid_t self = getpid();
     const pid_t pid = fork();
-    if (pid == 0) become_worker(k, self);
+    if (pid == 0) become_worker(k, self, pipes);
     if (pid < 0) {
       slot.spawn_errno.store(errno, std::memory_order_relaxed);
       slot.state.store(SlotState::spawn_failed, std::memory_order_release);
@@ -226,7 +252,15 @@ class Zygote {
     slot.pid.store(pid, std::memory_order_relaxed);
   }
 
-  [[noreturn]] void become_worker(std::uint32_t k, pid_t zygote) noexcept {
+  [[noreturn]] void become_worker(std::uint32_t k, pid_t zygote,
+                                  const int (&pipes)[max_pipes]) noexcept {
+    // Published before any user code prints: the parent tags its lines with it.
+    s_.workers[k].slot->pid.store(getpid(), std::memory_order_relaxed);
+    if (pipes[0] >= 0) dup2(pipes[0], STDERR_FILENO);
+    if (pipes[1] >= 0) dup2(pipes[1], STDOUT_FILENO);
+    for (int fd : pipes) {
+      if (fd >= 0) close(fd);
+    }
     // A group of its own: a task calling kill(0, ...) then hits only its own worker, not the
     // fork server and every other worker.
     setpgid(0, 0);
