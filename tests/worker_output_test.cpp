@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <future>
 #include <map>
+#include <multicore/detail/transport/shm/output.hpp>
 #include <multicore/multicore.hpp>
 #include <mutex>
 #include <sstream>
@@ -189,6 +190,40 @@ TEST(WorkerOutput, TaggedLinesOfFourWorkersAreNeverTornOrInterleaved) {
   }
   EXPECT_EQ(count, std::size_t{4} * lines_per_task);
   EXPECT_EQ(text.back(), '\n');
+}
+
+// Over MPI, rank 0's reader delivers its agents' workers' lines with its own (see
+// mpi::Cluster): tagged with the rank and host they come from, each line whole.
+TEST(WorkerOutput, LinesFromAnotherRankAreTaggedWithItsRankAndHost) {
+  Captured out(STDOUT_FILENO);
+  Captured err(STDERR_FILENO);
+  {
+    multicore::detail::WorkerOutputs outputs(
+        1, WorkerOutput::tagged, {}, {[](unsigned) { return 0; }, [](unsigned) { return true; }});
+    outputs.start_reader();
+    outputs.deliver_remote(5, 4242, WorkerStream::out, "rank 1 (node07)", "hello");
+    outputs.deliver_remote(6, 4343, WorkerStream::err, "rank 2 (node08)", "trouble");
+    outputs.stop();
+  }
+  EXPECT_EQ(out.release(), "[worker 5 pid 4242 rank 1 (node07)] hello\n");
+  EXPECT_EQ(err.release(), "[worker 6 pid 4343 rank 2 (node08)] trouble\n");
+}
+
+// And with a callback, they reach it under the Pool's index of their worker.
+TEST(WorkerOutput, LinesFromAnotherRankReachTheCallback) {
+  Lines lines;
+  {
+    multicore::detail::WorkerOutputs outputs(
+        1, WorkerOutput::inherit, lines.options(1).on_worker_output,
+        {[](unsigned) { return 0; }, [](unsigned) { return true; }});
+    outputs.start_reader();
+    outputs.deliver_remote(5, 4242, WorkerStream::err, "rank 1 (node07)", "hello");
+    outputs.stop();
+  }
+  ASSERT_EQ(lines.lines.size(), 1u);
+  EXPECT_EQ(lines.lines[0].worker, 5u);
+  EXPECT_EQ(lines.lines[0].stream, WorkerStream::err);
+  EXPECT_EQ(lines.lines[0].text, "hello");
 }
 
 int announce_and_count(int x) {

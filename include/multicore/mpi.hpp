@@ -14,6 +14,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -47,6 +48,14 @@ struct ClusterOptions {
   std::size_t max_tasks_per_worker = 0;
   /// Other threads running as the Cluster makes its fork server (see PoolOptions).
   OtherThreads other_threads = OtherThreads::warn;
+  /// Where workers' stdout and stderr go (see PoolOptions::worker_output). Tagged: every
+  /// rank's workers' lines are written by rank 0, prefixed with the worker, its pid, rank and
+  /// host (`[worker 5 pid 4242 rank 1 (node07)] `). Inherit: each worker writes to its rank's
+  /// own stdout and stderr, which mpirun forwards.
+  WorkerOutput worker_output = WorkerOutput::inherit;
+  /// Every rank's workers' lines, called on rank 0 (see PoolOptions::on_worker_output);
+  /// `worker` is the Pool's worker index. The agents' copies of it are never called.
+  std::function<void(unsigned, WorkerStream, std::string_view)> on_worker_output{};
 };
 
 /// The machines of an MPI job, made into one set of workers for a Pool.
@@ -109,6 +118,8 @@ inline detail::ShmOptions shm_options(const ClusterOptions& o, unsigned workers)
   shm.ring_bytes = o.ring_bytes;
   shm.on_start = o.on_worker_start;
   shm.max_tasks = o.max_tasks_per_worker;
+  shm.output = o.worker_output;
+  shm.on_output = o.on_worker_output;
   return shm;
 }
 
@@ -119,6 +130,8 @@ inline PoolOptions pool_options(const ClusterOptions& o) {
   p.ring_bytes = o.ring_bytes;
   p.task_timeout = o.task_timeout;
   p.max_tasks_per_worker = o.max_tasks_per_worker;
+  p.worker_output = o.worker_output;
+  p.on_worker_output = o.on_worker_output;
   return p;
 }
 
@@ -201,9 +214,15 @@ inline std::unique_ptr<detail::PoolCore> Cluster::make_pool_core() {
     std::atomic<bool>& alive;
   };
   try {
-    auto remote = std::make_shared<detail::mpi::RemoteTransport>(agents_);
-    auto lease = std::make_shared<Lease>(pool_alive_);
     detail::ShmTransport* local = local_.get();
+    // The agents' workers' lines (tagged output) come to this node's reader, numbered as the
+    // Pool numbers workers: this node's first.
+    auto remote = std::make_shared<detail::mpi::RemoteTransport>(
+        agents_, [local, first = local->size()](unsigned k, int pid, WorkerStream stream,
+                                                std::string where, std::string line) {
+          local->deliver_remote_output(first + k, pid, stream, std::move(where), std::move(line));
+        });
+    auto lease = std::make_shared<Lease>(pool_alive_);
     auto transport = std::make_unique<detail::CompositeTransport>(
         std::vector<detail::Transport*>{local, remote.get()},
         [local, remote, lease](std::size_t part) {

@@ -15,10 +15,12 @@
 #include <future>
 #include <multicore/mpi.hpp>
 #include <multicore/multicore.hpp>
+#include <mutex>
 #include <numeric>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -30,6 +32,21 @@ using multicore::WorkerLost;
 using namespace std::chrono_literals;
 
 multicore::mpi::Cluster* the_cluster = nullptr;
+
+/// Every line the workers of every rank printed, as ClusterOptions::on_worker_output got it
+/// (on rank 0).
+struct PrintedLine {
+  unsigned worker;
+  multicore::WorkerStream stream;
+  std::string text;
+};
+std::mutex printed_mutex;
+std::vector<PrintedLine> printed;
+
+void record_line(unsigned worker, multicore::WorkerStream stream, std::string_view text) {
+  std::lock_guard lock(printed_mutex);
+  printed.push_back({worker, stream, std::string(text)});
+}
 
 /// This process's MPI rank, as mpirun announces it, read before the Cluster is made: workers see
 /// the program as it was then, so a task can tell which rank's node it runs on.
@@ -61,6 +78,9 @@ int misbehave(int how) {
     case 4:
       for (;;) {  // past task_timeout
       }
+    case 5:
+      std::fprintf(stderr, "dying on rank %d\n", launched_rank);
+      std::abort();
     default:
       break;
   }
@@ -421,6 +441,69 @@ TEST(Cluster, AStoppedSourceDoesNotStopTheNextOneInItsSlot) {
   for (auto& f : running) EXPECT_GE(f.get(), 0);
 }
 
+/// Prints a line to stdout and one to stderr, naming its pid and rank; returns its pid.
+int print_lines(const std::string& gate) {
+  at_gate(gate, 0);
+  std::printf("out of pid %d on rank %d\n", static_cast<int>(getpid()), launched_rank);
+  std::fflush(stdout);
+  std::fprintf(stderr, "err of pid %d on rank %d\n", static_cast<int>(getpid()), launched_rank);
+  return static_cast<int>(getpid());
+}
+
+// Tagged output over MPI: what the workers of every rank print reaches on_worker_output on rank
+// 0, line by line, with the index the Pool gives the worker that printed it.
+TEST(Cluster, WorkersOfEveryRankPrintToTheCallbackOnRankZero) {
+  Pool pool(*the_cluster);
+  Gate gate;
+  std::vector<std::future<int>> futures;
+  for (unsigned k = 0; k < pool.size(); ++k)
+    futures.push_back(pool.submit(print_lines, gate.path()));
+  gate.open();
+  std::set<int> pids;
+  for (auto& f : futures) pids.insert(f.get());
+  ASSERT_EQ(pids.size(), pool.size()) << "the tasks did not run one per worker";
+  const multicore::PoolStats stats = pool.stats();
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  for (;;) {
+    std::size_t seen = 0;
+    {
+      std::lock_guard lock(printed_mutex);
+      for (const PrintedLine& line : printed) {
+        ASSERT_LT(line.worker, pool.size());
+        const int pid = stats.workers[line.worker].pid;
+        const auto rank = line.worker / (pool.size() / static_cast<unsigned>(ranks()));
+        const std::string expected =
+            std::string(line.stream == multicore::WorkerStream::out ? "out of pid "
+                                                                    : "err of pid ") +
+            std::to_string(pid) + " on rank " + std::to_string(rank);
+        if (line.text == expected) ++seen;
+      }
+    }
+    if (seen == 2 * pool.size()) break;
+    ASSERT_LT(std::chrono::steady_clock::now(), give_up) << seen << " of the lines arrived";
+    sched_yield();
+  }
+  std::lock_guard lock(printed_mutex);
+  printed.clear();
+}
+
+// Whatever rank a worker died on, its WorkerLost carries the end of its stderr.
+TEST(Cluster, WorkerLostCarriesTheEndOfTheStderrOfAWorkerOnAnyRank) {
+  Pool pool(*the_cluster);
+  std::set<std::string> tails;
+  for (auto& f : one_per_worker(pool, 5)) {
+    try {
+      f.get();
+      ADD_FAILURE() << "no error";
+    } catch (const WorkerLost& e) {
+      tails.insert(e.output_tail());
+    }
+  }
+  std::set<std::string> expected;
+  for (int r = 0; r < ranks(); ++r) expected.insert("dying on rank " + std::to_string(r) + "\n");
+  EXPECT_EQ(tails, expected);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -429,8 +512,10 @@ int main(int argc, char** argv) {
   // One worker per rank unless told (mpi.two_workers_per_rank): some tests count on it.
   const char* workers = std::getenv("MULTICORE_TEST_WORKERS_PER_RANK");
   const unsigned per_rank = workers != nullptr ? static_cast<unsigned>(std::atoi(workers)) : 1;
-  multicore::mpi::Cluster cluster(
-      argc, argv, {.workers_per_rank = per_rank, .task_timeout = std::chrono::seconds(2)});
+  multicore::mpi::Cluster cluster(argc, argv,
+                                  {.workers_per_rank = per_rank,
+                                   .task_timeout = std::chrono::seconds(2),
+                                   .on_worker_output = record_line});
   the_cluster = &cluster;  // ranks other than 0 never get here
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();

@@ -11,8 +11,11 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -32,7 +35,12 @@ namespace multicore::detail::mpi {
 /// events and after at most `max_nap` for messages from rank 0.
 class Agent final : private TailRouter {
  public:
-  explicit Agent(ShmTransport& local) : local_(local), slots_(local.size()) {}
+  explicit Agent(ShmTransport& local) : local_(local), slots_(local.size()) {
+    local_.forward_output(&forward_);
+  }
+  ~Agent() { local_.forward_output(nullptr); }
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
 
   /// Serves until rank 0 says exit; by then every local worker is gone.
   void run() {
@@ -58,6 +66,7 @@ class Agent final : private TailRouter {
           progressed = true;
         }
       }
+      progressed |= send_lines();
       progressed |= outbox_.progress(&spares_);
       const auto now = std::chrono::steady_clock::now();
       if (progressed) {
@@ -87,7 +96,8 @@ class Agent final : private TailRouter {
       local_.wait(now + nap, false);
       nap = std::min<std::chrono::microseconds>(nap * 2, limit);
     }
-    local_.close();
+    local_.close();  // its last lines come here first
+    send_lines();
     Header bye;
     bye.kind = Kind::bye;
     outbox_.post(0, bye, {});
@@ -127,6 +137,36 @@ class Agent final : private TailRouter {
     // Where that tail goes: one per slot, since several workers stream answers at once.
     TailSink sink;
   };
+
+  /// A line a worker printed (tagged output), on its way to rank 0.
+  struct Line {
+    unsigned slot = 0;
+    int pid = 0;
+    WorkerStream stream = WorkerStream::out;
+    std::string text;
+  };
+
+  /// Sends rank 0 the lines the output reader handed over; true if there were any.
+  bool send_lines() {
+    {
+      std::lock_guard lock(lines_mutex_);
+      if (lines_.empty()) return false;
+      sending_lines_.swap(lines_);
+    }
+    for (const Line& l : sending_lines_) {
+      Header h;
+      h.kind = Kind::output;
+      h.slot = l.slot;
+      h.task_id = l.stream == WorkerStream::err ? 1 : 0;
+      h.value = l.pid;
+      Writer line;
+      line.write(l.text.data(), l.text.size());
+      const std::span<const std::byte> bytes = line.bytes();
+      outbox_.post(0, h, bytes, std::move(line));
+    }
+    sending_lines_.clear();
+    return true;
+  }
 
   void handle(Message& m) {
     if (m.header.kind == Kind::exit) {
@@ -316,6 +356,18 @@ class Agent final : private TailRouter {
   }
 
   ShmTransport& local_;
+  // Lines from the output reader thread (see forward_), sent by the agent's thread.
+  std::mutex lines_mutex_;
+  std::vector<Line> lines_;
+  std::vector<Line> sending_lines_;
+  const WorkerOutputs::Forward forward_ = [this](unsigned slot, int pid, WorkerStream stream,
+                                                 std::string_view text) {
+    {
+      std::lock_guard lock(lines_mutex_);
+      lines_.push_back({slot, pid, stream, std::string(text)});
+    }
+    local_.wake();  // the agent may nap
+  };
   std::vector<Slot> slots_;
   SpareBuffers spares_;  // before the boxes, which may hold its buffers
   Inbox inbox_{0, tag_down};

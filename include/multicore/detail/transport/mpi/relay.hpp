@@ -13,6 +13,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../../../codec.hpp"
@@ -31,7 +32,7 @@ namespace multicore::detail::mpi {
 //                            cancel j task | stop_flag slot word | resume | exit
 //   up (agent -> rank 0):    ready j | running j task elapsed | stopped j elapsed |
 //                            answer j task (+ its bytes) | died j (+ a DeathRecord and its text)
-//                            | bye
+//                            | output j stream pid (+ a line) | bye
 //
 // A message is a Header, then its `bytes` in pieces of at most max_piece (MPI counts are ints;
 // pieces also let a large payload start moving before it is all sent). MPI never lets messages
@@ -66,6 +67,9 @@ enum class Kind : std::uint32_t {
   died = 19,
   bye = 20,
   stopped = 21,  ///< value: ns it has been stopped for, as the agent sends this (-1: continued)
+  /// A line worker j printed (tagged output): task_id 0 stdout, 1 stderr; value its pid.
+  /// About whatever life: the line was printed.
+  output = 22,
 };
 
 struct Header {
@@ -83,7 +87,7 @@ struct Header {
 };
 static_assert(std::is_trivially_copyable_v<Header> && sizeof(Header) == 40);
 
-/// How a remote worker ended (the text follows it in the payload).
+/// How a remote worker ended; its text, then the end of its stderr, follow it in the payload.
 struct DeathRecord {
   std::uint8_t cause = 0;
   std::uint8_t reserved[3]{};
@@ -91,7 +95,7 @@ struct DeathRecord {
   std::int32_t signal = 0;
   std::int32_t exit_code = -1;
   std::int32_t error = 0;
-  std::uint32_t reserved2 = 0;
+  std::uint32_t text_bytes = 0;  ///< the rest of the payload is Death::output
   std::uint64_t running = 0;
 };
 static_assert(std::is_trivially_copyable_v<DeathRecord> && sizeof(DeathRecord) == 32);
@@ -104,9 +108,11 @@ inline Writer encode_death(const Death& d) {
   r.exit_code = d.exit_code;
   r.error = d.error;
   r.running = d.running;
+  r.text_bytes = static_cast<std::uint32_t>(d.text.size());
   Writer out;
   out.write(&r, sizeof r);
   out.write(d.text.data(), d.text.size());
+  out.write(d.output.data(), d.output.size());
   return out;
 }
 
@@ -125,7 +131,11 @@ inline Death decode_death(std::span<const std::byte> bytes, const std::string& w
     d.exit_code = r.exit_code;
     d.error = r.error;
     d.running = r.running;
-    d.text.assign(reinterpret_cast<const char*>(bytes.data()) + sizeof r, bytes.size() - sizeof r);
+    const std::string_view rest(reinterpret_cast<const char*>(bytes.data()) + sizeof r,
+                                bytes.size() - sizeof r);
+    const std::size_t text = std::min<std::size_t>(r.text_bytes, rest.size());
+    d.text = rest.substr(0, text);
+    d.output = rest.substr(text);
   }
   d.where = where;
   return d;

@@ -10,12 +10,14 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "../../../options.hpp"
 #include "../../protocol/wire.hpp"
 #include "../../util/process.hpp"
 #include "../transport.hpp"
@@ -38,7 +40,12 @@ struct AgentInfo {
 /// has no wait that does not burn a core.
 class RemoteTransport final : public Transport {
  public:
-  explicit RemoteTransport(std::vector<AgentInfo> agents) : agents_(std::move(agents)) {
+  /// Where the agents' workers' lines go (tagged output): `(k, pid, stream, where, line)`,
+  /// called on the thread that receives, under this transport's lock: it must be quick.
+  using OutputSink = std::function<void(unsigned, int, WorkerStream, std::string, std::string)>;
+
+  explicit RemoteTransport(std::vector<AgentInfo> agents, OutputSink output = {})
+      : agents_(std::move(agents)), output_(std::move(output)) {
     unsigned total = 0;
     for (const AgentInfo& a : agents_) {
       inboxes_.emplace_back(a.rank, tag_up);
@@ -293,6 +300,15 @@ class RemoteTransport final : public Transport {
     while (std::optional<Message> m = inboxes_[a].poll(&spares_)) {
       if (m->header.slot >= agents_[a].workers) continue;  // malformed: ignore
       const unsigned k = first_slot_[a] + m->header.slot;
+      if (m->header.kind == Kind::output) {
+        if (output_) {
+          const std::span<const std::byte> line = m->bytes.bytes();
+          output_(k, static_cast<int>(m->header.value),
+                  m->header.task_id == 1 ? WorkerStream::err : WorkerStream::out, location(k),
+                  std::string(reinterpret_cast<const char*>(line.data()), line.size()));
+        }
+        continue;
+      }
       if (m->header.life != slots_[k].life) continue;  // about an earlier life of the slot
       Pending p;
       p.event.task_id = m->header.task_id;
@@ -328,6 +344,7 @@ class RemoteTransport final : public Transport {
   }
 
   std::vector<AgentInfo> agents_;
+  OutputSink output_;
   std::vector<unsigned> first_slot_;  // this transport's slot of each agent's worker 0
   std::mutex mutex_;                  // every MPI call, and everything below
   SpareBuffers spares_;               // before the boxes, which may hold its buffers

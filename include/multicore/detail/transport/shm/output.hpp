@@ -61,6 +61,9 @@ struct WorkerPipes {
 class WorkerOutputs {
  public:
   using Callback = std::function<void(unsigned, WorkerStream, std::string_view)>;
+  /// Where an MPI agent sends its workers' lines instead (to rank 0): `(slot, pid, stream,
+  /// line)`.
+  using Forward = std::function<void(unsigned, int, WorkerStream, std::string_view)>;
   /// What the transport knows of slot k's live worker (from shared memory): its pid, and
   /// whether it is idle with its stdio flushed, so that what it printed up to now is in its
   /// pipes.
@@ -156,6 +159,25 @@ class WorkerOutputs {
     return tail;
   }
 
+  /// A line that a worker elsewhere printed (an MPI agent's, `where` says which), delivered
+  /// like this machine's workers' lines: tagged, or handed to the callback, as worker `k`.
+  /// Any thread.
+  void deliver_remote(unsigned k, int pid, WorkerStream stream, std::string where,
+                      std::string line) {
+    {
+      std::lock_guard lock(mutex_);
+      queue_.push_back({k, pid, stream, true, std::move(line), std::move(where)});
+    }
+    wake();
+  }
+
+  /// From now on, lines go to `*forward` instead of being written or handed to the callback
+  /// (an MPI agent sends them to rank 0). Set before any worker prints; `*forward` must outlive
+  /// this object. Tagged mode or a callback only: without them, output is not read in lines.
+  void forward_to(const Forward* forward) noexcept {
+    forward_.store(forward, std::memory_order_release);
+  }
+
   /// Reads every pipe dry, flushes partial lines, writes what is left and ends the reader.
   /// Call once the workers are gone. Idempotent.
   void stop() noexcept {
@@ -192,6 +214,7 @@ class WorkerOutputs {
     WorkerStream stream = WorkerStream::err;
     bool line = false;
     std::string text;
+    std::string where;  // a remote worker's: "rank 1 (node07)"
   };
 
   /// A nonblocking pipe for slot k's `stream`, read here; returns its write end.
@@ -272,7 +295,7 @@ class WorkerOutputs {
       if (tail.size() > 2 * output_tail_bytes) tail.erase(0, tail.size() - output_tail_bytes - 1);
     }
     if (!tagged_) {
-      queue_.push_back({p.slot, 0, WorkerStream::err, false, std::string(bytes)});
+      queue_.push_back({p.slot, 0, WorkerStream::err, false, std::string(bytes), {}});
       return;
     }
     for (std::size_t end = 0; (end = bytes.find('\n')) != std::string_view::npos;) {
@@ -290,7 +313,7 @@ class WorkerOutputs {
   void queue_line(Pipe& p) {
     // The worker publishes its pid before it runs any user code, so before its first byte.
     if (p.pid == 0) p.pid = pid_(p.slot);
-    queue_.push_back({p.slot, p.pid, p.stream, true, std::move(p.partial)});
+    queue_.push_back({p.slot, p.pid, p.stream, true, std::move(p.partial), {}});
     p.partial.clear();
   }
 
@@ -373,9 +396,12 @@ class WorkerOutputs {
   /// Writes (or hands to the callback) what was read; only this thread does.
   void deliver(const std::vector<Piece>& pieces) {
     std::string out[2];  // batches for stdout, stderr: whole lines, at most PIPE_BUF if possible
-    std::string prefix;  // "[worker 3 pid 4242] ", made again when the worker changes
+    // "[worker 3 pid 4242] " ("[worker 5 pid 4242 rank 1 (node07)] " over MPI), made again
+    // when the worker changes.
+    std::string prefix;
     unsigned prefix_slot = 0;
     int prefix_pid = -1;
+    const Forward* forward = forward_.load(std::memory_order_acquire);
     const auto write_out = [&](int stream) {
       std::string& b = out[stream];
       write_all(stream == 0 ? STDOUT_FILENO : STDERR_FILENO, b);
@@ -385,6 +411,13 @@ class WorkerOutputs {
       const int stream = piece.stream == WorkerStream::out ? 0 : 1;
       if (!piece.line) {
         write_all(STDERR_FILENO, piece.text);
+        continue;
+      }
+      if (forward != nullptr) {
+        try {
+          (*forward)(piece.slot, piece.pid, piece.stream, piece.text);
+        } catch (...) {  // out of memory: the line is lost, the worker is not
+        }
         continue;
       }
       if (callback_) {
@@ -397,8 +430,8 @@ class WorkerOutputs {
       if (piece.slot != prefix_slot || piece.pid != prefix_pid) {
         prefix_slot = piece.slot;
         prefix_pid = piece.pid;
-        prefix =
-            "[worker " + std::to_string(piece.slot) + " pid " + std::to_string(piece.pid) + "] ";
+        prefix = "[worker " + std::to_string(piece.slot) + " pid " + std::to_string(piece.pid) +
+                 (piece.where.empty() ? "" : " ") + piece.where + "] ";
       }
       std::string& b = out[stream];
       if (!b.empty() && b.size() + prefix.size() + piece.text.size() + 1 > PIPE_BUF) {
@@ -433,6 +466,7 @@ class WorkerOutputs {
   const Callback callback_;
   const std::function<int(unsigned)> pid_;
   const std::function<bool(unsigned)> idle_;
+  std::atomic<const Forward*> forward_{nullptr};
   std::mutex mutex_;
   std::map<std::uint64_t, Pipe> pipes_;
   std::vector<Slot> slots_;

@@ -271,6 +271,17 @@ class ShmTransport final : public Transport {
     return "multicore: the pool's fork server died, so the pool can no longer run tasks";
   }
 
+  /// See WorkerOutputs::deliver_remote: an mpi::Cluster's rank 0 delivers its agents' lines
+  /// with its own.
+  void deliver_remote_output(unsigned k, int pid, WorkerStream stream, std::string where,
+                             std::string line) {
+    outputs_.deliver_remote(k, pid, stream, std::move(where), std::move(line));
+  }
+  /// See WorkerOutputs::forward_to: an MPI agent sends its workers' lines to rank 0.
+  void forward_output(const WorkerOutputs::Forward* forward) noexcept {
+    outputs_.forward_to(forward);
+  }
+
   void close() noexcept override {
     if (command_fd_ >= 0) {
       command({ZygoteCommand::exit, 0});
