@@ -70,8 +70,13 @@ inline std::unique_ptr<Job> JobPool::take(std::size_t size_hint) {
     job = std::make_unique<Job>();
     // And a spare: a job whose answer another thread delivered goes back only after its
     // caller was told, so a caller that moves on at once finds no job; without the spare, its
-    // next call would make one more (once, under load, unlike in any warm-up).
-    if (spare_jobs_.empty()) spare_jobs_.push_back(std::make_unique<Job>());
+    // next call would make one more (once, under load, unlike in any warm-up). With a request
+    // buffer like this one's, for the same reason.
+    if (spare_jobs_.empty()) {
+      auto spare = std::make_unique<Job>();
+      if (size_hint <= Job::max_kept_bytes) spare->request.reserve(size_hint);
+      spare_jobs_.push_back(std::move(spare));
+    }
   }
   if (size_hint > Job::max_kept_bytes && large_request_.capacity() >= size_hint) {
     job->request = std::move(large_request_);
