@@ -6,11 +6,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <fstream>
 #include <future>
 #include <iterator>
 #include <multicore/multicore.hpp>
 #include <optional>
 #include <ranges>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -18,6 +20,34 @@
 #include "support/in_child.hpp"
 #include "support/leak_check.hpp"
 #include "support/shared_counter.hpp"
+
+/// A result whose decoding, in the parent, stops a StopSource (a Codec may run any code): it
+/// says it is decoding, then waits to be let go (see the test that uses it).
+struct StopsWhenDecoded {
+  int value = 0;
+};
+namespace stops_when_decoded {
+std::promise<void>* decoding = nullptr;
+std::shared_future<void> go;
+multicore::StopSource* to_stop = nullptr;
+}  // namespace stops_when_decoded
+
+template <>
+struct multicore::Codec<StopsWhenDecoded> {
+  static void encode(multicore::Writer& out, const StopsWhenDecoded& v) {
+    out.write(&v.value, sizeof v.value);
+  }
+  static StopsWhenDecoded decode(multicore::Reader& in) {
+    StopsWhenDecoded v;
+    in.read(&v.value, sizeof v.value);
+    if (stops_when_decoded::decoding != nullptr) {
+      stops_when_decoded::decoding->set_value();
+      stops_when_decoded::go.wait();
+      stops_when_decoded::to_stop->request_stop();
+    }
+    return v;
+  }
+};
 
 namespace {
 
@@ -316,6 +346,49 @@ TEST_F(Stop, ACopyDestroyedInAForkedChildLeavesTheSourceAlone) {
   EXPECT_TRUE(end.exited_with(0)) << end.describe();
   EXPECT_FALSE(token.stop_requested());
   EXPECT_FALSE(source->stop_requested());
+}
+
+StopsWhenDecoded make_stops_when_decoded(int x) { return {x}; }
+
+/// Whether thread `tid` of this process is asleep (blocked), from /proc.
+bool asleep(pid_t tid) {
+  std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  const std::size_t end = line.rfind(')');
+  return end != std::string::npos && end + 2 < line.size() && line[end + 2] == 'S';
+}
+
+// Regression: request_stop() told the pools while holding the lock of the list of pools. A
+// thread stopping source A waited, under that lock, for the pool's collector, which was decoding
+// an answer whose Codec stopped source B and so waited for that lock: a deadlock, and every
+// future of the pool hung. (In a child: the deadlock would hang this test binary.)
+TEST_F(Stop, AStopWhileTheCollectorDecodesACodecThatStopsAnotherSourceDoesNotDeadlock) {
+  const auto end = multicore_test::in_child(
+      [](int) {
+        Pool pool(workers(1));
+        StopSource a, b;
+        std::promise<void> decoding, go;
+        stops_when_decoded::decoding = &decoding;
+        stops_when_decoded::go = go.get_future().share();
+        stops_when_decoded::to_stop = &b;
+        auto answer = pool.submit(make_stops_when_decoded, 7);
+        decoding.get_future().wait();  // the collector is decoding, holding what it holds
+        std::promise<pid_t> stopper_tid;
+        std::thread stopper([&] {
+          stopper_tid.set_value(gettid());
+          a.request_stop();  // waits for the collector
+        });
+        const pid_t tid = stopper_tid.get_future().get();
+        while (!asleep(tid)) std::this_thread::yield();  // blocked, under whatever it holds
+        go.set_value();
+        const bool answered = answer.wait_for(10s) == std::future_status::ready;
+        if (!answered) _exit(1);  // deadlocked: its threads can neither finish nor be joined
+        stopper.join();
+        return answer.get().value == 7 && b.stop_requested() && a.stop_requested() ? 0 : 2;
+      },
+      20s);
+  EXPECT_TRUE(end.exited_with(0)) << end.describe();
 }
 
 TEST_F(Stop, NegativeGraceIsRejected) {

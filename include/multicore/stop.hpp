@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <ctime>
 #include <memory>
@@ -40,22 +41,41 @@ class StopListener {
 
 /// The pools of this process, told of every request_stop(). Each entry remembers the process it
 /// was made in: a worker's copy of the parent's list (a fork) names pools that are not its own.
+///
+/// Pools are told without the list's lock held: telling one waits for its collector, which may
+/// be running a Codec that stops another source (and so tells the pools too). Instead, remove()
+/// waits until no one is telling the pools, so a pool is never told after it was removed.
 class StopListeners {
  public:
   void add(StopListener* l) {
     std::lock_guard lock(mutex_);
     list_.push_back({l, process_generation()});
   }
+  /// Waits while pools are being told, unless it is this thread that tells them (a pool
+  /// destroyed by a Codec's code): then the pool may be told after it is gone.
   void remove(StopListener* l) noexcept {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     std::erase_if(list_, [&](const Entry& e) { return e.listener == l; });
+    if (!telling_here()) told_.wait(lock, [&] { return telling_ == 0; });
   }
-  /// Under the lock: a pool cannot be destroyed (remove()) while it is being told.
   void notify(const StopToken& token, const std::chrono::nanoseconds* grace) noexcept {
-    std::lock_guard lock(mutex_);
-    for (const Entry& e : list_) {
-      if (e.generation == process_generation()) e.listener->stop_requested(token, grace);
+    std::vector<StopListener*> listeners;
+    {
+      std::lock_guard lock(mutex_);
+      try {
+        for (const Entry& e : list_) {
+          if (e.generation == process_generation()) listeners.push_back(e.listener);
+        }
+      } catch (...) {  // out of memory: the tasks are not cancelled, but they see the stop
+        return;
+      }
+      ++telling_;
     }
+    ++telling_here();
+    for (StopListener* l : listeners) l->stop_requested(token, grace);
+    --telling_here();
+    std::lock_guard lock(mutex_);
+    if (--telling_ == 0) told_.notify_all();
   }
 
  private:
@@ -63,8 +83,15 @@ class StopListeners {
     StopListener* listener;
     std::uint64_t generation;
   };
+  /// How deep this thread is in notify().
+  static int& telling_here() noexcept {
+    thread_local int depth = 0;
+    return depth;
+  }
   std::mutex mutex_;
+  std::condition_variable told_;
   std::vector<Entry> list_;
+  int telling_ = 0;  // notify() calls under way, every thread
 };
 
 /// Never destroyed: pools in static storage may unregister after static destructors ran.
