@@ -6,9 +6,8 @@
 // - `mpirun --bind-to none -np 2 mpi_bench --raw`: BM_RawPingPong, a blocking
 //   MPI_Send/MPI_Recv echo between ranks 0 and 1 (the baseline);
 // - `mpirun --bind-to none -np 2 mpi_bench --raw-relay`: BM_RawRelay, the same echo relayed by
-//   rank 1 through shared memory to a process it forked and back: a remote call's chain of
-//   processes built naively. Blocking MPI calls spin, so with 3 processes on 2 cores it takes
-//   milliseconds: no floor, but what a hand-made relay costs;
+//   rank 1 through shared memory to a process it forked and back, every wait yielding: a remote
+//   call's chain of processes built by hand, the floor of such a chain on this machine;
 // - `mpirun --bind-to none -np 2 mpi_bench --calls`: BM_CallRemote, pool.call(echo, bytes)
 //   answered by the worker of rank 1 (rank 0's one worker is kept busy), and BM_StopRemote,
 //   from request_stop() to a task on rank 1 seeing it;
@@ -95,14 +94,33 @@ void start_relay_process() {
   if (fork() == 0) relay_process();
 }
 
+/// Waits for `request`, letting the other processes of the chain run meanwhile: a blocking MPI
+/// call spins without yielding, and with three processes on two cores it holds a core the
+/// process it waits for needs.
+void complete_yielding(MPI_Request& request) {
+  for (int done = 0;;) {
+    MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+    if (done != 0) return;
+    sched_yield();
+  }
+}
+
 // Rank 1 of the raw mode: echoes every message back until told to stop; a relayed one goes
-// through the relay process first.
-void raw_echo_partner() {
+// through the relay process first, and every wait of the relay job yields (see
+// complete_yielding).
+void raw_echo_partner(bool relay) {
   std::vector<char> buffer;
   std::uint64_t relayed = 0;
   for (;;) {
     MPI_Status status;
-    MPI_Probe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &status);
+    if (relay) {
+      for (int flag = 0; flag == 0; sched_yield()) {
+        MPI_Iprobe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &status);
+        if (flag != 0) break;
+      }
+    } else {
+      MPI_Probe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &status);
+    }
     int n = 0;
     MPI_Get_count(&status, MPI_CHAR, &n);
     buffer.resize(static_cast<std::size_t>(n));
@@ -115,7 +133,13 @@ void raw_echo_partner() {
       wait_for([&] { return mailbox->answered.load(std::memory_order_acquire) == relayed; });
       std::memcpy(buffer.data(), mailbox->data, buffer.size());
     }
-    MPI_Send(buffer.data(), n, MPI_CHAR, 0, status.MPI_TAG, MPI_COMM_WORLD);
+    if (relay) {
+      MPI_Request sent = MPI_REQUEST_NULL;
+      MPI_Isend(buffer.data(), n, MPI_CHAR, 0, status.MPI_TAG, MPI_COMM_WORLD, &sent);
+      complete_yielding(sent);
+    } else {
+      MPI_Send(buffer.data(), n, MPI_CHAR, 0, status.MPI_TAG, MPI_COMM_WORLD);
+    }
   }
   if (mailbox != nullptr) {
     mailbox->asked.store(~std::uint64_t{0}, std::memory_order_release);
@@ -123,17 +147,26 @@ void raw_echo_partner() {
   }
 }
 
-// The payload to rank 1 and back with blocking MPI_Send/MPI_Recv. Tag tag_echo: rank 1 echoes
-// it (BM_RawPingPong, the baseline); tag_relay: rank 1 relays it through shared memory to the
-// process it forked and back first (BM_RawRelay, a remote call's chain built naively).
+// The payload to rank 1 and back. Tag tag_echo: rank 1 echoes it (BM_RawPingPong, the
+// baseline, blocking MPI_Send/MPI_Recv); tag_relay: rank 1 relays it through shared memory to
+// the process it forked and back first, every wait yielding (BM_RawRelay: a remote call's chain
+// of processes, built by hand, without serialization, scheduling or failure handling).
 template <int Tag>
 void BM_RawEcho(benchmark::State& state) {
   const auto n = static_cast<int>(state.range(0));
   const std::vector<char> payload = make_payload(static_cast<std::size_t>(n));
   std::vector<char> back(payload.size());
   for (auto _ : state) {
-    MPI_Send(payload.data(), n, MPI_CHAR, 1, Tag, MPI_COMM_WORLD);
-    MPI_Recv(back.data(), n, MPI_CHAR, 1, Tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if constexpr (Tag == tag_relay) {
+      MPI_Request r = MPI_REQUEST_NULL;
+      MPI_Isend(payload.data(), n, MPI_CHAR, 1, Tag, MPI_COMM_WORLD, &r);
+      complete_yielding(r);
+      MPI_Irecv(back.data(), n, MPI_CHAR, 1, Tag, MPI_COMM_WORLD, &r);
+      complete_yielding(r);
+    } else {
+      MPI_Send(payload.data(), n, MPI_CHAR, 1, Tag, MPI_COMM_WORLD);
+      MPI_Recv(back.data(), n, MPI_CHAR, 1, Tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    }
   }
   if (!same_ends(back, payload)) state.SkipWithError("the echo came back different");
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
@@ -338,7 +371,7 @@ int main(int argc, char** argv) {
     int rank = 0, ranks = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &ranks);
-    if (rank == 1) raw_echo_partner();
+    if (rank == 1) raw_echo_partner(relay);
     if (rank == 0 && ranks >= 2) {
       if (relay) {
         benchmark::RegisterBenchmark("BM_RawRelay", BM_RawEcho<tag_relay>)
