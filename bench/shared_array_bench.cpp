@@ -5,7 +5,9 @@
 // built with OpenMP). Reports each run's seconds; compare Plain / InPlace (speedup) and
 // InPlace / OpenMP.
 //
-// ParentLoopOverOldMemory measures what the pool's copy-on-write snapshot costs the parent.
+// ParentLoopOverOldMemory measures what the pool's copy-on-write snapshot costs the parent, and
+// FreeOldMemory how much memory the parent gets back by freeing old memory while a pool lives;
+// both also with the ways out (SharedArray, keep_out_of_workers, ParentOnlyAllocator).
 //
 // Each runs unmeasured passes first (3 s): a worker's first touch of each page of an array it
 // mapped is a page-table fault (4 KiB pages: shared memory gets no transparent huge pages by
@@ -14,12 +16,16 @@
 //
 // Knob (environment): MULTICORE_BENCH_SHARED_MIB, the size of x and of y (default 512).
 #include <benchmark/benchmark.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -85,7 +91,8 @@ struct Piece {
   }
 };
 
-/// Buffers made before any pool, touched: a std::vector, and a SharedArray.
+/// Buffers made before any pool, touched: a std::vector, a SharedArray, a std::vector left out of
+/// the snapshot with keep_out_of_workers(), and one from ParentOnlyAllocator.
 std::vector<double>& old_vector() {
   static std::vector<double> v(elements(), 1.0);
   return v;
@@ -98,34 +105,138 @@ SharedArray<double>& old_shared() {
   }();
   return a;
 }
+std::vector<double>& old_kept_out() {
+  static std::vector<double> v = [] {
+    std::vector<double> made(elements(), 1.0);
+    multicore::keep_out_of_workers(made);
+    return made;
+  }();
+  return v;
+}
+std::vector<double, multicore::ParentOnlyAllocator<double>>& old_parent_only() {
+  static std::vector<double, multicore::ParentOnlyAllocator<double>> v(elements(), 1.0);
+  return v;
+}
+
+/// The ways ParentLoopOverOldMemory and FreeOldMemory hold memory made before the pool.
+enum Mode : long { no_pool, plain, shared_array, kept_out, parent_only };
+constexpr const char* mode_names[] = {"no pool", "idle pool", "idle pool, SharedArray",
+                                      "idle pool, keep_out_of_workers",
+                                      "idle pool, ParentOnlyAllocator"};
+
+/// Minor page faults of the calling thread so far.
+long minor_faults() {
+  rusage usage{};
+  getrusage(RUSAGE_THREAD, &usage);
+  return usage.ru_minflt;
+}
 
 /// What the pool's snapshot costs the parent: one pass writing memory the parent had before
-/// the pool was made, with no pool (0), with a fresh idle pool (1: every page's first write is
-/// a copy-on-write fault), and over a SharedArray with a fresh idle pool (2: shared memory is
-/// never copied). Runs first, before the other benchmarks make their pool.
+/// the pool was made, with no pool, and with an idle pool over a plain vector (every page's
+/// first write is a copy-on-write fault), a SharedArray (shared memory is never copied), a
+/// vector left out with keep_out_of_workers(), and a ParentOnlyAllocator vector. Compare each
+/// with mode 0 (no pool), which must run before any pool: once a pool has been made, even
+/// after it is gone, the first write to each page of old memory is a fault (the page is no
+/// longer copied, but it was write-protected for the fork). Runs first, before the other benchmarks
+/// make their pool.
 void ParentLoopOverOldMemory(benchmark::State& state) {
-  const long mode = state.range(0);
-  double* p = mode == 2 ? old_shared().data() : old_vector().data();
+  const auto mode = static_cast<Mode>(state.range(0));
+  double* const buffers[] = {old_vector().data(), old_vector().data(), old_shared().data(),
+                             old_kept_out().data(), old_parent_only().data()};
+  double* p = buffers[mode];
   const std::size_t n = elements();
+  double faults = 0;
+  const auto make_pool = [] {
+    return std::make_unique<multicore::Pool>(multicore::PoolOptions{.workers = 1});
+  };
+  // The ways out keep one idle pool for the whole run (a pool made and destroyed around each
+  // pass would have the exit of the last one's processes compete with the pass). A plain
+  // vector needs a fresh pool for each pass: a page is copied on its first write only.
+  const std::unique_ptr<multicore::Pool> alive = mode > plain ? make_pool() : nullptr;
   for (auto _ : state) {
     state.PauseTiming();
-    std::unique_ptr<multicore::Pool> idle;
-    if (mode != 0) idle = std::make_unique<multicore::Pool>(multicore::PoolOptions{.workers = 1});
+    std::unique_ptr<multicore::Pool> idle = mode == plain ? make_pool() : nullptr;
+    const long faults_before = minor_faults();
     state.ResumeTiming();
     for (std::size_t i = 0; i < n; ++i) p[i] = p[i] * 0.5 + 1.0;
     benchmark::ClobberMemory();
     state.PauseTiming();
+    faults += static_cast<double>(minor_faults() - faults_before);
     idle.reset();
     state.ResumeTiming();
   }
+  state.counters["faults"] = benchmark::Counter(faults, benchmark::Counter::kAvgIterations);
+  state.SetLabel(mode_names[mode]);
 }
 BENCHMARK(ParentLoopOverOldMemory)
     ->ArgName("mode")
-    ->Arg(0)
-    ->Arg(1)
-    ->Arg(2)
+    ->DenseRange(no_pool, parent_only)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+/// KiB of memory this process and its descendants (a pool's fork server and workers) hold,
+/// each shared page counted once over the processes sharing it: the sum of their Pss. (The
+/// parent's RSS drops by a freed buffer even while the fork server still holds its pages.)
+long tree_pss_kib(pid_t pid = getpid()) {
+  long total = 0;
+  std::ifstream rollup("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  for (std::string key; rollup >> key;) {
+    long kib = 0;
+    if (key == "Pss:" && rollup >> kib) total += kib;
+  }
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto& thread : std::filesystem::directory_iterator(tasks)) {
+    std::ifstream children(thread.path() / "children");  // those that thread forked
+    for (pid_t child = 0; children >> child;) total += tree_pss_kib(child);
+  }
+  return total;
+}
+
+/// Memory given back when the parent frees a touched buffer made before the pool, while an idle
+/// pool lives (counter MiB_back, against MiB: the buffer's size). Modes as above.
+void FreeOldMemory(benchmark::State& state) {
+  const auto mode = static_cast<Mode>(state.range(0));
+  const std::size_t n = elements();
+  double back = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::vector<double> v;
+    SharedArray<double> a;
+    std::vector<double, multicore::ParentOnlyAllocator<double>> o;
+    if (mode == shared_array) {
+      a = SharedArray<double>(n);
+      std::fill(a.begin(), a.end(), 1.0);
+    } else if (mode == parent_only) {
+      o.assign(n, 1.0);
+    } else {
+      v.assign(n, 1.0);
+      if (mode == kept_out) multicore::keep_out_of_workers(v);
+    }
+    std::unique_ptr<multicore::Pool> idle;
+    if (mode != no_pool) {
+      idle = std::make_unique<multicore::Pool>(multicore::PoolOptions{.workers = 1});
+      (void)idle->call([] { return 0; });  // the worker is up: its pages count
+    }
+    const long before = tree_pss_kib();
+    state.ResumeTiming();
+    decltype(v)().swap(v);  // (`v = {}` would keep the capacity)
+    decltype(o)().swap(o);
+    a = {};
+    state.PauseTiming();
+    back += static_cast<double>(before - tree_pss_kib()) / 1024;
+    idle.reset();
+    state.ResumeTiming();
+  }
+  state.counters["MiB"] = static_cast<double>(n * sizeof(double) >> 20);
+  state.counters["MiB_back"] = benchmark::Counter(back, benchmark::Counter::kAvgIterations);
+  state.SetLabel(mode_names[mode]);
+}
+BENCHMARK(FreeOldMemory)
+    ->ArgName("mode")
+    ->DenseRange(no_pool, parent_only)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(3);
 
 void run(benchmark::State& state, auto&& body) {
   Data& d = data();

@@ -13,6 +13,7 @@
 #include "pool.hpp"          // IWYU pragma: export
 #include "ranges.hpp"        // IWYU pragma: export
 #include "shared_array.hpp"  // IWYU pragma: export
+#include "snapshot.hpp"      // IWYU pragma: export
 #include "stats.hpp"         // IWYU pragma: export
 #include "stop.hpp"          // IWYU pragma: export
 #include "system.hpp"        // IWYU pragma: export
