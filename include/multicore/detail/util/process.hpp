@@ -47,6 +47,20 @@ inline int above_stdio(int fd) noexcept {
   return moved;
 }
 
+/// above_stdio() for both ends of a new pipe or socket pair. On failure both are closed and
+/// false is returned, with errno set.
+inline bool pair_above_stdio(int (&fds)[2]) noexcept {
+  fds[0] = above_stdio(fds[0]);
+  fds[1] = above_stdio(fds[1]);
+  if (fds[0] >= 0 && fds[1] >= 0) return true;
+  const int err = errno;
+  for (int fd : fds) {
+    if (fd >= 0) close(fd);
+  }
+  errno = err;
+  return false;
+}
+
 /// Leaves a worker without running the parent's atexit handlers or static destructors (they
 /// belong to the parent's snapshot and may touch files or locks it owns), after flushing what
 /// the tasks printed.

@@ -228,15 +228,7 @@ class WorkerOutputs {
       }
     }
     // Never 0, 1 or 2, even when the application closed them (see above_stdio).
-    fds[0] = above_stdio(fds[0]);
-    fds[1] = above_stdio(fds[1]);
-    if (fds[0] < 0 || fds[1] < 0) {
-      const int err = errno;
-      for (int fd : fds) {
-        if (fd >= 0) ::close(fd);
-      }
-      throw SystemError("fcntl", err);
-    }
+    if (!pair_above_stdio(fds)) throw SystemError("fcntl", errno);
     fcntl(fds[0], F_SETFL, O_NONBLOCK);
     const std::uint64_t id = ++last_id_;
     Pipe& p = pipes_[id];

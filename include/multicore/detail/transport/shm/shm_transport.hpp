@@ -450,15 +450,7 @@ class ShmTransport final : public Transport {
       if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
         throw SystemError("socketpair", errno);
       }
-      fds[0] = above_stdio(fds[0]);
-      fds[1] = above_stdio(fds[1]);
-      if (fds[0] < 0 || fds[1] < 0) {
-        const int err = errno;
-        for (int fd : fds) {
-          if (fd >= 0) ::close(fd);
-        }
-        throw SystemError("fcntl", err);
-      }
+      if (!pair_above_stdio(fds)) throw SystemError("fcntl", errno);
       command_fd_ = fds[0];
       setup.command_fd = fds[1];
       owned.fds.push_back(command_fd_);
