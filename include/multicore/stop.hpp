@@ -51,8 +51,8 @@ class StopListeners {
     std::lock_guard lock(mutex_);
     list_.push_back({l, process_generation()});
   }
-  /// Waits while pools are being told, unless it is this thread that tells them (a pool
-  /// destroyed by a Codec's code): then the pool may be told after it is gone.
+  /// Waits while other threads tell pools. This thread may be telling them itself (a Codec's
+  /// code destroyed a pool): notify() then skips the pool, no longer in the list.
   void remove(StopListener* l) noexcept {
     std::unique_lock lock(mutex_);
     std::erase_if(list_, [&](const Entry& e) { return e.listener == l; });
@@ -72,7 +72,9 @@ class StopListeners {
       ++telling_;
     }
     ++telling_here();
-    for (StopListener* l : listeners) l->stop_requested(token, grace);
+    for (StopListener* l : listeners) {
+      if (listed(l)) l->stop_requested(token, grace);
+    }
     --telling_here();
     std::lock_guard lock(mutex_);
     if (--telling_ == 0) told_.notify_all();
@@ -83,6 +85,10 @@ class StopListeners {
     StopListener* listener;
     std::uint64_t generation;
   };
+  bool listed(StopListener* l) noexcept {
+    std::lock_guard lock(mutex_);
+    return std::any_of(list_.begin(), list_.end(), [&](const Entry& e) { return e.listener == l; });
+  }
   /// How deep this thread is in notify().
   static int& telling_here() noexcept {
     thread_local int depth = 0;
@@ -107,7 +113,6 @@ inline bool stop_seen(const StopToken& token) noexcept;
 /// A source's flag as it is now in this process's table, for other processes' mirrors (see
 /// StopTable::mirror_word): none for a default token or one of another table.
 struct StopFlag {
-  std::uint64_t table = 0;
   std::uint32_t slot = 0;
   std::uint32_t word = 0;
 };
@@ -302,8 +307,7 @@ inline std::optional<StopFlag> stop_flag(const StopToken& token) noexcept {
   if (token.slot_ == StopToken::no_slot) return std::nullopt;
   const StopTable* table = stop_table_pointer().load(std::memory_order_acquire);
   if (table == nullptr || table->id != token.table_) return std::nullopt;
-  return StopFlag{token.table_, token.slot_,
-                  table->slot[token.slot_].word.load(std::memory_order_acquire)};
+  return StopFlag{token.slot_, table->slot[token.slot_].word.load(std::memory_order_acquire)};
 }
 }  // namespace detail
 
