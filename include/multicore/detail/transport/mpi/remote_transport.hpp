@@ -301,11 +301,14 @@ class RemoteTransport final : public Transport {
       if (m->header.slot >= agents_[a].workers) continue;  // malformed: ignore
       const unsigned k = first_slot_[a] + m->header.slot;
       if (m->header.kind == Kind::output) {
-        if (output_) {
-          const std::span<const std::byte> line = m->bytes.bytes();
-          output_(k, static_cast<int>(m->header.value),
-                  m->header.task_id == 1 ? WorkerStream::err : WorkerStream::out, location(k),
-                  std::string(reinterpret_cast<const char*>(line.data()), line.size()));
+        try {
+          if (output_) {
+            const std::span<const std::byte> line = m->bytes.bytes();
+            output_(k, static_cast<int>(m->header.value),
+                    m->header.task_id == 1 ? WorkerStream::err : WorkerStream::out, location(k),
+                    std::string(reinterpret_cast<const char*>(line.data()), line.size()));
+          }
+        } catch (...) {  // out of memory: the line is lost, not the events behind it
         }
         continue;
       }
