@@ -182,6 +182,22 @@ TEST_F(Stop, TokenCapturedByALambdaWorks) {
   EXPECT_TRUE(f.get());
 }
 
+// Task::run takes a token as it takes any argument: a run not started when its source is
+// stopped is cancelled, and a running one sees its own source's stop.
+TEST_F(Stop, ATokenPassedToTaskRunIsSeenAndCancelsWhatHasNotStarted) {
+  Pool pool(workers(1));
+  TerminateIfFailed guard(pool);
+  StopSource first, second;
+  multicore::Task<bool> task(pool);
+  task.run(wait_until_stopped, first.get_token());
+  task.run(wait_until_stopped, second.get_token());  // queued behind the first
+  ASSERT_TRUE(reaches(started, 1));
+  second.request_stop();  // the first still runs: the second has not started
+  first.request_stop();
+  EXPECT_THROW(task.get(), Cancelled);  // the second run's error, after the first returned
+  EXPECT_EQ((*started).load(), 1);
+}
+
 TEST_F(Stop, PendingTasksAreCancelledAndNeverRun) {
   Pool pool(workers(1));
   TerminateIfFailed guard(pool);
