@@ -7,6 +7,7 @@
 #include <sys/prctl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -146,8 +147,10 @@ class Agent final : private TailRouter {
     std::string text;
   };
 
-  /// Sends rank 0 the lines the output reader handed over; true if there were any.
+  /// Sends rank 0 the lines the output reader handed over; true if there were any. Called on
+  /// every turn of the agent's loop: without lines, one atomic exchange.
   bool send_lines() {
+    if (!has_lines_.exchange(false, std::memory_order_acquire)) return false;
     {
       std::lock_guard lock(lines_mutex_);
       if (lines_.empty()) return false;
@@ -360,12 +363,14 @@ class Agent final : private TailRouter {
   std::mutex lines_mutex_;
   std::vector<Line> lines_;
   std::vector<Line> sending_lines_;
+  std::atomic<bool> has_lines_{false};  // set after each push to lines_
   const WorkerOutputs::Forward forward_ = [this](unsigned slot, int pid, WorkerStream stream,
                                                  std::string_view text) {
     {
       std::lock_guard lock(lines_mutex_);
       lines_.push_back({slot, pid, stream, std::string(text)});
     }
+    has_lines_.store(true, std::memory_order_release);
     local_.wake();  // the agent may nap
   };
   std::vector<Slot> slots_;
