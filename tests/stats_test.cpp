@@ -6,7 +6,6 @@
 
 #include <atomic>
 #include <future>
-#include <iterator>
 #include <multicore/multicore.hpp>
 #include <optional>
 #include <ranges>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "support/failure.hpp"
+#include "support/numbers.hpp"
 
 namespace {
 
@@ -245,42 +245,10 @@ TEST(Progress, ReportsGrowingCountsOfASizedMapInTheConsumingThread) {
   EXPECT_EQ(heard.calls.back().done, 1000u);
 }
 
-/// 0, 1, ..., n-1 as an input range without a size (std::views would do, but clang 14 cannot
-/// compile libstdc++ 12's views).
-class Unsized {
- public:
-  explicit Unsized(int n) : n_(n) {}
-  class iterator {
-   public:
-    using value_type = int;
-    using difference_type = std::ptrdiff_t;
-    iterator() = default;
-    explicit iterator(int end) : end_(end) {}
-    int operator*() const { return next_; }
-    iterator& operator++() {
-      ++next_;
-      return *this;
-    }
-    void operator++(int) { ++*this; }
-    friend bool operator==(const iterator& it, std::default_sentinel_t) {
-      return it.next_ >= it.end_;
-    }
-
-   private:
-    int end_ = 0;
-    int next_ = 0;
-  };
-  iterator begin() const { return iterator(n_); }
-  std::default_sentinel_t end() const { return {}; }
-
- private:
-  int n_;
-};
-static_assert(std::ranges::input_range<Unsized> && !std::ranges::sized_range<Unsized>);
-
 TEST(Progress, AnInputWithoutASizeHasNoTotal) {
   Pool pool(PoolOptions{.workers = 2});
-  Unsized inputs(500);
+  const auto inputs = multicore_test::unsized_numbers(0, 500);
+  static_assert(!std::ranges::sized_range<decltype(inputs)>);
   Heard heard;
   std::size_t n = 0;
   for (auto& item :

@@ -19,6 +19,7 @@
 #include "support/failure.hpp"
 #include "support/in_child.hpp"
 #include "support/leak_check.hpp"
+#include "support/numbers.hpp"
 #include "support/shared_counter.hpp"
 
 /// A result whose decoding, in the parent, stops a StopSource (a Codec may run any code): it
@@ -109,25 +110,6 @@ int count_run(StopToken, int x) {
   ++*ran;
   return x;
 }
-
-/// 0, 1, 2, ... for ever (std::views::iota(0), which clang 14 cannot compile with libstdc++).
-struct Naturals {
-  struct iterator {
-    using value_type = int;
-    using difference_type = std::ptrdiff_t;
-    int n = 0;
-    int operator*() const { return n; }
-    iterator& operator++() {
-      ++n;
-      return *this;
-    }
-    void operator++(int) { ++n; }
-    friend bool operator==(const iterator&, std::default_sentinel_t) { return false; }
-  };
-  iterator begin() const { return {}; }
-  std::default_sentinel_t end() const { return {}; }
-};
-static_assert(std::ranges::input_range<Naturals>);
 
 class Stop : public ::testing::Test {
  protected:
@@ -274,7 +256,9 @@ TEST_F(Stop, MapCancelledFromAnotherThreadEnds) {
   std::size_t cancelled = 0;
   bool last_cancelled = false;
   // An endless input: only the stop ends this loop.
-  for (auto& item : pool.map([](int x) { return count_run({}, x); }, Naturals(), options).items()) {
+  for (auto& item :
+       pool.map([](int x) { return count_run({}, x); }, multicore_test::numbers_from(0), options)
+           .items()) {
     last_cancelled = !item;
     if (item) {
       ++values;

@@ -49,6 +49,20 @@ class Numbers {
   int last_;
 };
 
+/// [first, last) as a range that does not know its size (an input read until it ends, as
+/// std::views::iota(first) | std::views::take_while(...) would be).
+class UnsizedNumbers {
+ public:
+  UnsizedNumbers(int first, int last) noexcept
+      : first_(first), last_(last < first ? first : last) {}
+  NumberIterator begin() const noexcept { return NumberIterator(first_); }
+  NumberIterator end() const noexcept { return NumberIterator(last_); }
+
+ private:
+  int first_;
+  int last_;
+};
+
 /// first, first + 1, ... without end: like std::views::iota(first). Not sized.
 class NumbersFrom {
  public:
@@ -62,5 +76,6 @@ class NumbersFrom {
 
 inline Numbers numbers(int first, int last) noexcept { return {first, last}; }
 inline NumbersFrom numbers_from(int first) noexcept { return NumbersFrom(first); }
+inline UnsizedNumbers unsized_numbers(int first, int last) noexcept { return {first, last}; }
 
 }  // namespace multicore_test
