@@ -127,7 +127,7 @@ class Scheduler final : private TailRouter, private StopListener {
                         std::uint64_t tail_bytes) noexcept override;
   template <class Done, class Sleep>
   void help_until(Done&& done, Sleep&& sleep) noexcept;
-  void receive_all_unless_busy() noexcept;
+  void receive_all(bool wait) noexcept;
 
   // ---- scheduling (mutex_) ----
   void dispatch_locked();
@@ -278,7 +278,7 @@ void Scheduler::help_until(Done&& done, Sleep&& sleep) noexcept {
     // Look with plain loads first; lock only when there is something.
     bool news = false;
     for (unsigned k = 0; k < size() && !news; ++k) news = transport_->may_have_events(k);
-    if (news) receive_all_unless_busy();
+    if (news) receive_all(false);
     return done();
   });
   // From here the collector collects again. Answers that workers published without ringing
@@ -295,10 +295,15 @@ void Scheduler::help_until(Done&& done, Sleep&& sleep) noexcept {
   }
 }
 
-/// Receives every worker's events in this thread, unless another thread is at it already or
-/// the pool is closing down (close() closes the transport once it has collect_mutex_).
-inline void Scheduler::receive_all_unless_busy() noexcept {
-  if (!collect_mutex_.try_lock()) return;
+/// Receives every worker's events in this thread. If another thread is at it, waits for it to
+/// finish its pass (`wait`), or leaves it to that thread. Not once the pool is closing down
+/// (close() closes the transport once it has collect_mutex_).
+inline void Scheduler::receive_all(bool wait) noexcept {
+  if (wait) {
+    collect_mutex_.lock();
+  } else if (!collect_mutex_.try_lock()) {
+    return;
+  }
   if (stop_.load(std::memory_order_acquire)) {
     collect_mutex_.unlock();
     return;
@@ -676,9 +681,10 @@ inline void Scheduler::count_failures_locked(const std::vector<Failure>& failure
 
 inline PoolStats Scheduler::stats() {
   // Workers publish what they run without waking anyone: take in what they said first, so a
-  // task that started shows as running. (Not from code that reads this pool's answers: this
-  // thread holds collect_mutex_ then.)
-  if (reading_answers() != this) receive_all_unless_busy();
+  // task that started shows as running. Waiting for the collector's pass, if it is in one:
+  // otherwise what the workers said may be only half taken in. (Not from code that reads this
+  // pool's answers: this thread holds collect_mutex_ then.)
+  if (reading_answers() != this) receive_all(true);
   PoolStats s;
   std::vector<WorkerStats> workers(size());  // allocated before the lock is taken
   std::vector<std::string> where(size());
