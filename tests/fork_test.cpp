@@ -384,6 +384,42 @@ TEST(ForkedByTheApplication, ChildMakesAPoolAlthoughAnotherThreadHeldTheLibrarys
   EXPECT_EQ(pool.call(twice, 2), 4);
 }
 
+// The same for the lock of the workers' cache of SharedArray mappings (taken in the parent when
+// an array lets go of its memory): a pool forked while another thread held it left it taken in
+// its workers, and their first task with an array waited for ever.
+TEST(ForkedByTheApplication, APoolMadeWhileAnotherThreadHeldTheArrayMappingsLockServesArrays) {
+  if (MULTICORE_TEST_TSAN) GTEST_SKIP() << threads_after_multithreaded_fork;
+  std::latch held(1);
+  std::latch made(1);
+  std::thread holder([&] {
+    std::lock_guard lock(multicore::detail::SharedMappings::instance().mutex);
+    held.count_down();
+    made.wait();
+  });
+  held.wait();
+  std::optional<Pool> pool;
+  try {
+    pool.emplace(PoolOptions{.workers = 1});
+  } catch (...) {
+    made.count_down();
+    holder.join();
+    throw;
+  }
+  made.count_down();
+  holder.join();
+  const multicore_test::TerminateIfFailed guard(*pool);
+  multicore::SharedArray<int> array(4);
+  auto written = pool->submit(
+      [](multicore::SharedArray<int> a) {
+        a[2] = 7;
+        return a.size();
+      },
+      array);
+  ASSERT_TRUE(multicore_test::ready_within(written));
+  EXPECT_EQ(written.get(), 4u);
+  EXPECT_EQ(array[2], 7);
+}
+
 // ----- What workers inherit from the thread that makes the pool ------------------------------
 
 /// Runs `body` on a new thread with a stack of `stack_bytes` (0: the default) and waits for it.

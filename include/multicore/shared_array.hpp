@@ -3,6 +3,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -167,13 +169,19 @@ class SharedMappings {
  public:
   static constexpr std::size_t capacity = 16;
 
+  /// Never destroyed: arrays in static storage may let go of their memory after static
+  /// destructors ran. Made at static initialisation (see made_early below), before any thread:
+  /// one making it at the moment another forks would leave its guard taken in the child.
   static SharedMappings& instance() {
-    static SharedMappings cache;
-    return cache;
+    static auto* cache = new SharedMappings;
+    return *cache;
   }
 
+  /// Taken by open() and forget(); the child of a fork gets a fresh one (see the constructor).
+  std::mutex mutex;
+
   std::shared_ptr<SharedMemory> open(const SharedHandle& handle, bool writable) {
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(mutex);
     if (owner_ != getpid()) {  // a fork's copy: those mappings are not in this process
       entries_.clear();        // (their destructors do nothing here)
       owner_ = getpid();
@@ -197,7 +205,7 @@ class SharedMappings {
   /// Drops this process's own second mapping of memory it made and now lets go (an inline
   /// pool decodes arrays in the process that made them).
   void forget(const SharedHandle& handle) {
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(mutex);
     if (owner_ != getpid()) return;
     std::erase_if(entries_, [&](const Entry& e) {
       return e.memory->handle().dev == handle.dev && e.memory->handle().ino == handle.ino;
@@ -206,7 +214,7 @@ class SharedMappings {
 
   /// Mappings held (for tests).
   std::size_t size() {
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(mutex);
     return owner_ == getpid() ? entries_.size() : 0;
   }
 
@@ -223,10 +231,27 @@ class SharedMappings {
     return stat(path.c_str(), &st) == 0 && st.st_dev == h.dev && st.st_ino == h.ino;
   }
 
-  std::mutex mutex_;
+  SharedMappings() {
+    self_ = this;
+    pthread_atfork(nullptr, nullptr, [] { self_->after_fork(); });
+  }
+
+  /// In the child of a fork, while it has one thread: a thread of the parent may have held the
+  /// lock, or been changing the list, at the moment of the fork. The list's mappings are the
+  /// parent's (their destructors do nothing here), so it is left behind rather than destroyed.
+  void after_fork() noexcept {
+    new (&mutex) std::mutex;
+    new (&entries_) std::vector<Entry>;
+    owner_ = getpid();
+  }
+
+  static inline SharedMappings* self_ = nullptr;
   std::vector<Entry> entries_;
   pid_t owner_ = getpid();
 };
+
+/// See SharedMappings::instance().
+inline SharedMappings& made_early = SharedMappings::instance();
 
 inline SharedMemory::~SharedMemory() {
   if (owner_ != getpid()) return;
