@@ -108,6 +108,37 @@ TEST(SharedArray, MapOverRangesWritesThroughACapturedArray) {
   for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(square.out[i], static_cast<std::int64_t>(i * i));
 }
 
+/// A function object that every item of a map needs with a large constant (a model, a table).
+struct LookUp {
+  SharedArray<const std::int64_t> table;
+  std::int64_t operator()(std::size_t i) const { return table[i % table.size()]; }
+  template <class Archive>
+  void serialize(Archive& archive) {
+    archive(table);
+  }
+};
+
+// A map's function object is encoded into every chunk: held as a SharedArray, a large table
+// adds a handle to each, never its elements, and each worker maps it once.
+TEST(SharedArray, ALargeTableInAMapsFunctionObjectTravelsAsItsHandle) {
+  SharedArray<std::int64_t> table(std::size_t{4} << 20);  // 32 MiB
+  for (std::size_t i = 0; i < table.size(); ++i) table[i] = static_cast<std::int64_t>(3 * i);
+  multicore::Writer large;
+  multicore::Writer tiny;
+  multicore::detail::encode(large, LookUp{table.read_only()});
+  multicore::detail::encode(tiny, LookUp{SharedArray<std::int64_t>(1).read_only()});
+  EXPECT_EQ(large.size(), tiny.size());
+  EXPECT_LT(large.size(), 256u);
+
+  Pool pool(PoolOptions{.workers = 2});
+  const std::vector<std::size_t> items{0, 1, 4'000'000, 4'194'303, 4'194'304, 7};
+  multicore::MapOptions one_per_chunk;
+  one_per_chunk.chunk_size = 1;
+  std::vector<std::int64_t> got;
+  for (std::int64_t v : pool.map(LookUp{table.read_only()}, items, one_per_chunk)) got.push_back(v);
+  EXPECT_EQ(got, (std::vector<std::int64_t>{0, 3, 12'000'000, 12'582'909, 0, 21}));
+}
+
 TEST(SharedArray, RunInlineWorks) {
   Pool pool(PoolOptions{.workers = 1, .run_inline = true});
   SharedArray<double> out(1000);
