@@ -789,6 +789,25 @@ TEST_F(SchedulerTest, PausedOrRecentTaskIsNotKilled) {
   EXPECT_EQ(fake.snapshot().slots[0].kills, 1u);
 }
 
+// The ring of answers and the word that says what a worker runs are read apart: the worker can
+// finish a, claim b and start it between the collector's look at the ring and its look at the
+// word. Then b's `running` event comes before a's answer, and that answer must not make the
+// pool forget that b runs: b's deadline went with it (an overdue b was never killed), and a
+// stop took the running b for one not started (Cancelled, its answer dropped).
+TEST_F(SchedulerTest, AnAnswerReadAfterTheNextTaskStartedLeavesThatTaskRunning) {
+  FakeTransport& fake = workers(1);
+  start(with_timeout(50ms));
+  const std::size_t a = submit();
+  const std::size_t b = submit();
+  await_sent(0, 2);
+  fake.running(0, task(a), detail::steady_now_ns());
+  fake.running(0, task(b), detail::steady_now_ns());
+  answer(0, a, 1);
+  EXPECT_EQ(value_of(a), 1);
+  EXPECT_TRUE(error_of<TaskTimeout>(b));  // b still runs, and overruns
+  EXPECT_EQ(fake.snapshot().slots[0].kills, 1u);
+}
+
 TEST_F(SchedulerTest, TaskThatAnsweredJustBeforeTheKillForOverrunIsNotBlamed) {
   FakeTransport& fake = workers(1);
   fake.die_on_kill(false);  // the test says when the killed worker's death is seen

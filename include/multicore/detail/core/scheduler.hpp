@@ -523,7 +523,7 @@ inline void Scheduler::answered(unsigned k, const Event& e) {
     slot_counts_[k].tasks += 1;
     slot_counts_[k].busy_ns += e.run_nanos;
   }
-  supervisor_.answered(k);
+  supervisor_.answered(k, e.task_id);
   if (e.dropped) {
     job->completion().fail(error_of(
         [] { throw SerializationError("multicore: out of memory while receiving the answer"); }));

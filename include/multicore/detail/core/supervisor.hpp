@@ -117,7 +117,13 @@ class Supervisor {
     slots_[k].running_since.store(since, std::memory_order_relaxed);
     slots_[k].running_task.store(task, std::memory_order_relaxed);
   }
-  void answered(unsigned k) noexcept { slots_[k].running_task.store(0, std::memory_order_relaxed); }
+  /// (The answer of `task` may be read after the `running` event of the worker's next task:
+  /// the ring and the word that says what runs are read apart. That task still runs.)
+  void answered(unsigned k, std::uint64_t task) noexcept {
+    if (slots_[k].running_task.load(std::memory_order_relaxed) == task) {
+      slots_[k].running_task.store(0, std::memory_order_relaxed);
+    }
+  }
   /// Its `stopped` event. Receive side, without the lock.
   void stopped(unsigned k, std::int64_t since) noexcept {
     slots_[k].stopped_since.store(since, std::memory_order_relaxed);
