@@ -20,6 +20,7 @@
 #include <latch>
 #include <memory>
 #include <multicore/multicore.hpp>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -354,6 +355,29 @@ TEST(ForkedByTheApplication, ChildThatReleasesInheritedPools) {
   EXPECT_EQ(worker_pids(*pool, 2), workers);
 }
 
+/// Runs `body` while another thread holds `mutex`, as if that thread were inside the library
+/// at that moment; the lock is let go once `body` returns or throws.
+template <class Body>
+void while_another_thread_holds(std::mutex& mutex, Body body) {
+  std::latch held(1);
+  std::latch done(1);
+  std::thread holder([&] {
+    std::lock_guard lock(mutex);
+    held.count_down();
+    done.wait();
+  });
+  held.wait();
+  try {
+    body();
+  } catch (...) {
+    done.count_down();
+    holder.join();
+    throw;
+  }
+  done.count_down();
+  holder.join();
+}
+
 // Another thread of the application holds the library's process-wide lock (it is making or
 // destroying a pool) at the moment this thread forks. Regression test: the child inherited the
 // lock held, by a thread that does not exist there, and a pool made in the child waited for it
@@ -362,23 +386,16 @@ TEST(ForkedByTheApplication, ChildThatReleasesInheritedPools) {
 TEST(ForkedByTheApplication, ChildMakesAPoolAlthoughAnotherThreadHeldTheLibrarysLock) {
   if (MULTICORE_TEST_TSAN) GTEST_SKIP() << threads_after_multithreaded_fork;
   Pool pool(PoolOptions{.workers = 1});
-  std::latch held(1);
-  std::latch forked(1);
-  std::thread holder([&] {
-    std::lock_guard lock(multicore::detail::OwnedDescriptors::instance().mutex);
-    held.count_down();
-    forked.wait();
-  });
-  held.wait();
   int status = -1;
-  const std::string report = fork_child(
-      [](const Report& r, int) {
-        Pool own(PoolOptions{.workers = 1});
-        r.outcome("call", [&] { return own.call(twice, 21); });
-      },
-      status);
-  forked.count_down();
-  holder.join();
+  std::string report;
+  while_another_thread_holds(multicore::detail::OwnedDescriptors::instance().mutex, [&] {
+    report = fork_child(
+        [](const Report& r, int) {
+          Pool own(PoolOptions{.workers = 1});
+          r.outcome("call", [&] { return own.call(twice, 21); });
+        },
+        status);
+  });
   EXPECT_EQ(report, "call: value 42\n");
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
   EXPECT_EQ(pool.call(twice, 2), 4);
@@ -389,24 +406,9 @@ TEST(ForkedByTheApplication, ChildMakesAPoolAlthoughAnotherThreadHeldTheLibrarys
 // its workers, and their first task with an array waited for ever.
 TEST(ForkedByTheApplication, APoolMadeWhileAnotherThreadHeldTheArrayMappingsLockServesArrays) {
   if (MULTICORE_TEST_TSAN) GTEST_SKIP() << threads_after_multithreaded_fork;
-  std::latch held(1);
-  std::latch made(1);
-  std::thread holder([&] {
-    std::lock_guard lock(multicore::detail::SharedMappings::instance().mutex);
-    held.count_down();
-    made.wait();
-  });
-  held.wait();
   std::optional<Pool> pool;
-  try {
-    pool.emplace(PoolOptions{.workers = 1});
-  } catch (...) {
-    made.count_down();
-    holder.join();
-    throw;
-  }
-  made.count_down();
-  holder.join();
+  while_another_thread_holds(multicore::detail::SharedMappings::instance().mutex,
+                             [&] { pool.emplace(PoolOptions{.workers = 1}); });
   const multicore_test::TerminateIfFailed guard(*pool);
   multicore::SharedArray<int> array(4);
   auto written = pool->submit(
