@@ -213,10 +213,7 @@ inline Scheduler::Scheduler(std::unique_ptr<Transport> transport, SchedulerOptio
       slot_counts_(transport_->size()) {
   supervisor_.start_all(*this);
   stop_listeners().add(this);
-  collector_ = std::thread([this] {
-    name_this_thread("multicore-coll");
-    collect();
-  });
+  collector_ = start_own_thread("multicore-coll", [this] { collect(); });
 }
 
 inline void Scheduler::submit(std::unique_ptr<Job> job) {

@@ -49,10 +49,7 @@ class ThreadTeam {
       std::unique_lock lock(mutex_);
       while (helpers_.size() < helpers) {
         const std::size_t index = helpers_.size();
-        helpers_.emplace_back([this, index] {
-          name_this_thread("multicore-team");
-          help(index);
-        });
+        helpers_.push_back(start_own_thread("multicore-team", [this, index] { help(index); }));
       }
       call_ = [](void* b, std::size_t i) { (*static_cast<Body*>(b))(i); };
       body_ = &body;

@@ -11,7 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <latch>
 #include <string>
+#include <thread>
+#include <utility>
 
 #include "../../errors.hpp"
 #include "../../options.hpp"
@@ -24,6 +27,23 @@ inline constexpr char own_thread_prefix[] = "multicore";
 /// Names the calling thread (at most 15 characters, the kernel's limit).
 inline void name_this_thread(const char* name) noexcept {
   pthread_setname_np(pthread_self(), name);
+}
+
+/// Starts a thread of multicore's own that names itself `name`, then runs `body`. Returns once
+/// the name is set: a thread still starting would count as the application's in
+/// other_threads() (a pool made right after this one warned, or refused), and under ASan it
+/// holds a lock of the sanitizer's allocator that a fork made at that moment (the application's
+/// or the next pool's) would copy held into the child. Throws std::system_error as std::thread.
+template <class Body>
+std::thread start_own_thread(const char* name, Body body) {
+  std::latch named(1);
+  std::thread thread([&named, name, body = std::move(body)]() mutable {
+    name_this_thread(name);
+    named.count_down();  // the last use of `named`, which lives on the caller's stack
+    body();
+  });
+  named.wait();
+  return thread;
 }
 
 /// Threads of this process other than the calling one and multicore's own.

@@ -95,7 +95,7 @@ class WorkerOutputs {
   /// SystemError when it cannot start (a process limit, RLIMIT_NPROC, counts threads).
   void start_reader() {
     try {
-      thread_ = std::thread([this] { read_loop(); });
+      thread_ = start_own_thread("multicore-out", [this] { read_loop(); });
     } catch (const std::system_error& e) {
       throw SystemError("pthread_create", e.code().value());
     }
@@ -324,7 +324,6 @@ class WorkerOutputs {
   }
 
   void read_loop() noexcept {
-    name_this_thread("multicore-out");
     // The application's signal handlers do not run here; a reader of the parent's stdout that
     // went away gives EPIPE, not a SIGPIPE that would end the application.
     sigset_t all;
