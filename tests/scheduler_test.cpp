@@ -443,10 +443,11 @@ TEST_F(SchedulerTest, AJobIsNotSentWhileThePreviousMessageIsStillBeingTaken) {
   await_sent(0, 1);
   ASSERT_TRUE(fake.await_idle());
   EXPECT_EQ(sent_to(0), std::vector<std::size_t>{a});  // b waits although the bound allows two
-  fake.make_room(0, 64);                               // the rest of a, and room for b's head
+  // The rest of a, and room for b's head (a job's payload is a few bytes); then the rest of b.
+  fake.make_room(0, sizeof(detail::RequestHeader) + 16);
   await_sent(0, 2);
   EXPECT_EQ(sent_to(0), (std::vector<std::size_t>{a, b}));
-  fake.make_room(0, 64);
+  fake.make_room(0, sizeof(detail::RequestHeader) + 16);
   answer(0, a, 1);
   answer(0, b, 2);
   EXPECT_EQ(value_of(a), 1);

@@ -202,6 +202,33 @@ TEST_F(Stop, PendingTasksAreCancelledAndNeverRun) {
   EXPECT_EQ((*ran).load(), 0);
 }
 
+// The moment between request_stop() setting the flag and the pools sweeping their queues: a
+// worker that takes a task of the source then must skip it (it has not started), and the
+// future must say Cancelled. The test sets the flag alone, as request_stop() does first, and
+// never lets the sweep run, so any task the worker takes falls in that moment.
+TEST_F(Stop, ATaskTakenAfterTheFlagIsSetButBeforeThePoolSweepsIsNotRun) {
+  Pool pool(workers(1));
+  TerminateIfFailed guard(pool);
+  StopSource blocker;
+  auto busy = pool.submit(wait_until_stopped, blocker.get_token());
+  ASSERT_TRUE(reaches(started, 1));
+  StopSource source;
+  std::vector<std::future<int>> behind;
+  for (int i = 0; i < 4; ++i) behind.push_back(pool.submit(count_run, source.get_token(), i));
+  const auto flag = multicore::detail::stop_flag(source.get_token());
+  ASSERT_TRUE(flag);
+  ASSERT_TRUE(multicore::detail::stop_table().stop(flag->slot, flag->word));  // no sweep
+  blocker.request_stop();  // the worker goes on to the tasks behind
+  ASSERT_TRUE(ready_within(busy));
+  for (auto& f : behind) {
+    ASSERT_TRUE(ready_within(f));
+    EXPECT_TRUE(error_of<Cancelled>(f));
+  }
+  EXPECT_EQ((*ran).load(), 0);
+  const multicore::PoolStats stats = pool.stats();
+  EXPECT_EQ(stats.failed_by.cancelled, 4u);
+}
+
 TEST_F(Stop, TasksSubmittedWithAStoppedTokenAreCancelled) {
   Pool pool(workers(1));
   TerminateIfFailed guard(pool);

@@ -132,6 +132,7 @@ inline Dispatcher::Dispatcher(Transport& transport, std::size_t max_tasks_per_wo
 inline void Dispatcher::push_back(std::unique_ptr<Job> job) {
   job->id = ++last_id_;
   std::memcpy(job->request.data() + offsetof(RequestHeader, task_id), &job->id, sizeof job->id);
+  std::memcpy(job->request.data() + offsetof(RequestHeader, stop), &job->stop, sizeof job->stop);
   pending_.push_back(std::move(job));
 }
 

@@ -357,10 +357,18 @@ inline void Scheduler::stop_requested(const StopToken& token,
   std::vector<Completion*> owed;
   try {
     // Receive first: which task each worker runs must be fresh, or a task running since the
-    // collector's last look would be taken for one not started.
+    // collector's last look would be taken for one not started. The fence pairs with the one
+    // in WorkerLoop::run: a worker that claims a task after this look sees the flag, set
+    // before it, and skips the task.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     if (collecting.owns_lock()) {
       for (unsigned k = 0; k < size(); ++k) receive(k, failures);
     }
+    // Only then is "not running" final and the job Cancelled now. Else (the look is stale:
+    // this thread is the one receiving, or the workers are in another process image, whose
+    // look comes over MPI) the worker's answer says it: skipped, so Cancelled (see answered),
+    // or run, as it had started before the stop.
+    const bool final_look = collecting.owns_lock() && transport_->capabilities().same_image;
     std::lock_guard lock(mutex_);
     for (auto& job : dispatch_.take_pending_if([&](const Job& j) { return j.stop == token; })) {
       failures.push_back({std::move(job), cancelled_error()});
@@ -375,10 +383,10 @@ inline void Scheduler::stop_requested(const StopToken& token,
         any = true;
         job.stop_kills |= grace != nullptr;
         // Not started: the worker skips it, and its future need not wait for the tasks before
-        // it. (One the worker picks up between our look and the cancel still runs, with a
-        // token that reads stopped from its start, and its answer is dropped.)
+        // it.
         if (job.id == running || job.resolved || dispatch_.answering(k, job)) return;
         transport_->cancel(k, job.id);
+        if (!final_look) return;
         job.resolved = true;
         ++counts_.failed;
         ++counts_.failed_by.cancelled;
@@ -501,15 +509,23 @@ inline void Scheduler::started(unsigned k, int pid) {
 /// Worker k answered: resolve the job (with no lock held: completions run user code).
 inline void Scheduler::answered(unsigned k, const Event& e) {
   std::unique_ptr<Job> job;
+  bool cancelled = false;
   {
     std::lock_guard lock(mutex_);
     if (supervisor_.corrupt(k)) return;  // what it says no longer counts
     job = claim_locked(k, e.task_id);
     if (!job) return;
+    // Every answer has an outcome but that of a request the worker skipped, which says nothing.
+    // Skipped for its stopped token (see stop_requested): Cancelled, unless it was already.
+    cancelled = !job->resolved && !e.dropped && e.tail == nullptr && e.payload.empty() &&
+                stop_seen(job->stop);
     // An abandoned job's run time (none, if it was skipped) says nothing of the work to come.
-    if (!job->completion().abandoned()) dispatch_.bound().observe(e.run_nanos);
+    if (!job->completion().abandoned() && !cancelled) dispatch_.bound().observe(e.run_nanos);
     if (job->resolved) {
       // Cancelled while the worker owed it, and counted then (see stop_requested).
+    } else if (cancelled) {
+      ++counts_.failed;
+      ++counts_.failed_by.cancelled;
     } else if (e.dropped) {
       ++counts_.failed;
       ++counts_.failed_by.other;
@@ -521,7 +537,9 @@ inline void Scheduler::answered(unsigned k, const Event& e) {
     slot_counts_[k].busy_ns += e.run_nanos;
   }
   supervisor_.answered(k, e.task_id);
-  if (e.dropped) {
+  if (cancelled) {
+    job->completion().fail(cancelled_error());
+  } else if (e.dropped) {
     job->completion().fail(error_of(
         [] { throw SerializationError("multicore: out of memory while receiving the answer"); }));
   } else if (job->resolved) {

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../../stop.hpp"
+
 namespace multicore::detail {
 
 // A message is a fixed header followed by `payload_bytes` of payload. Messages follow each
@@ -45,8 +47,11 @@ struct RequestHeader {
   std::uint64_t tail_bytes = 0;  ///< the payload's last bytes that form its tail (0: none)
   std::uint32_t reserved = 0;    ///< (the format is part of the entry: see Call)
   std::uint32_t threads = 1;     ///< threads the entry may use (Pool::map's threads_per_worker)
+  /// The task's StopToken, if it carries one (a default token if not): a worker that takes the
+  /// request once its source is stopped skips it, as a cancelled one (see WorkerLoop::run).
+  StopToken stop;
 };
-static_assert(std::is_trivially_copyable_v<RequestHeader> && sizeof(RequestHeader) == 48);
+static_assert(std::is_trivially_copyable_v<RequestHeader> && sizeof(RequestHeader) == 64);
 
 /// Worker -> parent. Never trusted: every field is checked before use (see well_formed; the
 /// parent checks the task id against the task it expects next from that worker).

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include <string>
 
 #include "../../codec.hpp"
+#include "../../stop.hpp"
 #include "../protocol/entries.hpp"
 #include "../protocol/wire.hpp"
 #include "../util/process.hpp"
@@ -87,7 +89,11 @@ class WorkerLoop {
       // Claim the task before touching its payload: if anything from here on kills the
       // process, the parent blames this task and no other.
       channel_.claim(header.task_id);
-      if (channel_.cancelled(header.task_id)) {
+      // A task whose source is stopped is skipped: it has not started. Paired with the fence
+      // in Scheduler::stop_requested, which sets the flag before it looks at what we claimed:
+      // either the parent sees this claim (and lets the answer decide), or we see the flag.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (channel_.cancelled(header.task_id) || stop_seen(header.stop)) {
         skip(header);
       } else {
         serve(header);
