@@ -24,6 +24,7 @@
 #include <multicore/detail/serialize/serialize.hpp>
 #include <multicore/detail/util/process.hpp>
 #include <multicore/errors.hpp>
+#include <multicore/stop.hpp>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -210,10 +211,13 @@ class Recording final : public detail::Completion, private detail::AnswerTail {
 struct JobSpec {
   bool takes_tail = false;
   std::shared_ptr<std::atomic<bool>> abandoned;  ///< the job is abandoned once this is true
+  multicore::StopToken stop;                     ///< the token the job's task carries
 };
 
-JobSpec taking_tail(bool takes) { return {takes, nullptr}; }
-JobSpec abandoned_when(std::shared_ptr<std::atomic<bool>> flag) { return {false, std::move(flag)}; }
+JobSpec taking_tail(bool takes) { return {takes, nullptr, {}}; }
+JobSpec abandoned_when(std::shared_ptr<std::atomic<bool>> flag) {
+  return {false, std::move(flag), {}};
+}
 
 /// The job a request carries: its payload is the job's index on the board.
 std::size_t job_of(const multicore_test::fake::Sent& sent) {
@@ -284,6 +288,7 @@ class SchedulerTest : public ::testing::Test {
     job->request.write(&marker, sizeof marker);
     detail::finish_request(job->request, 0, 1);
     job->emplace_completion<Recording>(board_, index, spec.takes_tail, std::move(spec.abandoned));
+    job->stop = spec.stop;
     scheduler_->submit(std::move(job));
     return index;
   }
@@ -807,6 +812,29 @@ TEST_F(SchedulerTest, AnAnswerReadAfterTheNextTaskStartedLeavesThatTaskRunning) 
   EXPECT_EQ(value_of(a), 1);
   EXPECT_TRUE(error_of<TaskTimeout>(b));  // b still runs, and overruns
   EXPECT_EQ(fake.snapshot().slots[0].kills, 1u);
+}
+
+// The same order of events, then a stop of b's token: b had started, so it is not Cancelled but
+// returns what it computed. Regression test: the pool took b for one not started, failed its
+// future with Cancelled and dropped its answer (seen now and then in stop_bench's
+// BM_StopLatency, which stops a task it has seen start).
+TEST_F(SchedulerTest, AStopAfterAnAnswerReadLateLeavesTheNextTaskRunning) {
+  FakeTransport& fake = workers(1);
+  start();
+  multicore::StopSource source;
+  const std::size_t a = submit();
+  JobSpec stoppable;
+  stoppable.stop = source.get_token();
+  const std::size_t b = submit(stoppable);
+  await_sent(0, 2);
+  fake.running(0, task(a), detail::steady_now_ns());
+  fake.running(0, task(b), detail::steady_now_ns());
+  answer(0, a, 1);
+  EXPECT_EQ(value_of(a), 1);  // a's answer was read after b's `running` event
+  source.request_stop();
+  EXPECT_FALSE(board_.resolved(b));
+  answer(0, b, 2);
+  EXPECT_EQ(value_of(b), 2);
 }
 
 TEST_F(SchedulerTest, TaskThatAnsweredJustBeforeTheKillForOverrunIsNotBlamed) {
