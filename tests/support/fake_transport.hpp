@@ -155,6 +155,19 @@ class FakeTransport final : public Transport {
   }
 
   /// Worker k is gone as `death` says; its pid is filled in.
+  /// Worker k's answer `a` lands while the scheduler's next poll of k looks: that poll sees
+  /// nothing (it read the ring just before), and the answer is there for the poll after it.
+  /// Nothing wakes the collector until then: the test decides which thread polls next.
+  void answer_during_next_poll(unsigned k, Answer a) {
+    Scripted s = event_of(Event::Kind::answer);
+    s.task_id = a.task_id;
+    s.answer = std::move(a);
+    std::lock_guard lock(mutex_);
+    SlotRecord& r = state_.slots.at(k);
+    if (r.claim == s.task_id) r.claim = 0;
+    slots_.at(k).landing = std::move(s);
+  }
+
   void die(unsigned k, Death death) {
     std::lock_guard lock(mutex_);
     die_locked(k, std::move(death));
@@ -401,6 +414,12 @@ class FakeTransport final : public Transport {
     {
       std::lock_guard lock(mutex_);
       not_closed_locked("poll");
+      if (slot.landing) {
+        log_locked("landing " + std::to_string(k) + " " + std::to_string(slot.landing->task_id));
+        push_locked(k, std::move(*slot.landing));
+        slot.landing.reset();
+        return {};
+      }
       if (slot.events.empty()) return {};
       s = std::move(slot.events.front());
       slot.events.pop_front();
@@ -536,6 +555,7 @@ class FakeTransport final : public Transport {
   struct Slot {
     // Under mutex_:
     std::deque<Scripted> events;
+    std::optional<Scripted> landing;  // see answer_during_next_poll
     std::deque<StartPlan> plans;
     std::deque<Unanswered> unanswered;
     int pid = 0;

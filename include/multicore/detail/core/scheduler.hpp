@@ -361,7 +361,11 @@ inline void Scheduler::stop_requested(const StopToken& token,
     // in WorkerLoop::run: a worker that claims a task after this look sees the flag, set
     // before it, and skips the task.
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (collecting.owns_lock()) {
+    // Twice: a poll reads the ring of answers before the word that says what runs, so a task
+    // that ran from start to end between those two reads shows in neither (the word says none
+    // again, the answer landed after the ring was read). The second look reads the ring after
+    // the first read the word: a task not running then and not answered now had not started.
+    for (int look = 0; look < 2 && collecting.owns_lock(); ++look) {
       for (unsigned k = 0; k < size(); ++k) receive(k, failures);
     }
     // Only then is "not running" final and the job Cancelled now. Else (the look is stale:
