@@ -111,6 +111,21 @@ int count_run(StopToken, int x) {
   return x;
 }
 
+/// Submits a task that holds the pool's worker until `blocker` is stopped, and waits until it
+/// runs: tasks submitted next wait behind it.
+std::future<bool> occupy(Pool& pool, const StopSource& blocker) {
+  auto busy = pool.submit(wait_until_stopped, blocker.get_token());
+  EXPECT_TRUE(reaches(started, 1));
+  return busy;
+}
+
+/// `n` tasks that carry `source`'s token and count their runs in `ran`.
+std::vector<std::future<int>> counting_tasks(Pool& pool, const StopSource& source, int n) {
+  std::vector<std::future<int>> tasks;
+  for (int i = 0; i < n; ++i) tasks.push_back(pool.submit(count_run, source.get_token(), i));
+  return tasks;
+}
+
 class Stop : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -184,12 +199,10 @@ TEST_F(Stop, PendingTasksAreCancelledAndNeverRun) {
   Pool pool(workers(1));
   TerminateIfFailed guard(pool);
   StopSource blocker;
-  auto busy = pool.submit(wait_until_stopped, blocker.get_token());
-  ASSERT_TRUE(reaches(started, 1));
+  auto busy = occupy(pool, blocker);
   StopSource source;
-  std::vector<std::future<int>> pending;
   // Some wait in the parent's queue, some in the worker's ring: both kinds are cancelled.
-  for (int i = 0; i < 20; ++i) pending.push_back(pool.submit(count_run, source.get_token(), i));
+  std::vector<std::future<int>> pending = counting_tasks(pool, source, 20);
   EXPECT_TRUE(source.request_stop());
   for (auto& f : pending) {
     ASSERT_TRUE(ready_within(f));
@@ -210,11 +223,9 @@ TEST_F(Stop, ATaskTakenAfterTheFlagIsSetButBeforeThePoolSweepsIsNotRun) {
   Pool pool(workers(1));
   TerminateIfFailed guard(pool);
   StopSource blocker;
-  auto busy = pool.submit(wait_until_stopped, blocker.get_token());
-  ASSERT_TRUE(reaches(started, 1));
+  auto busy = occupy(pool, blocker);
   StopSource source;
-  std::vector<std::future<int>> behind;
-  for (int i = 0; i < 4; ++i) behind.push_back(pool.submit(count_run, source.get_token(), i));
+  std::vector<std::future<int>> behind = counting_tasks(pool, source, 4);
   const auto flag = multicore::detail::stop_flag(source.get_token());
   ASSERT_TRUE(flag);
   ASSERT_TRUE(multicore::detail::stop_table().stop(flag->slot, flag->word));  // no sweep
@@ -324,8 +335,7 @@ TEST_F(Stop, DestroyingTheSourceCancelsItsPendingTasks) {
   Pool pool(workers(1));
   TerminateIfFailed guard(pool);
   StopSource blocker;
-  auto busy = pool.submit(wait_until_stopped, blocker.get_token());
-  ASSERT_TRUE(reaches(started, 1));
+  auto busy = occupy(pool, blocker);
   std::optional<StopSource> source(std::in_place);
   auto f = pool.submit(count_run, source->get_token(), 1);
   source.reset();
