@@ -153,6 +153,27 @@ TEST(SharedArray, AnEmptyArrayCrosses) {
   EXPECT_EQ(pool.call(sum, SharedArray<const double>()), 0.0);
 }
 
+// A moved-from handle is empty, as a moved-from std::vector is (it kept its size, with no
+// memory behind it, before the array kept its own address).
+TEST(SharedArray, AMovedFromArrayIsEmpty) {
+  SharedArray<int> a(8);
+  a[7] = 5;
+  SharedArray<int> b(std::move(a));
+  EXPECT_EQ(b.size(), 8u);
+  EXPECT_EQ(b[7], 5);
+  EXPECT_TRUE(a.empty());  // NOLINT(bugprone-use-after-move): the state is what is tested
+  EXPECT_EQ(a.data(), nullptr);
+  SharedArray<int> c(2);
+  c = std::move(b);
+  EXPECT_EQ(c.size(), 8u);
+  EXPECT_EQ(c[7], 5);
+  EXPECT_TRUE(b.empty());  // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(b.data(), nullptr);
+  const SharedArray<const int> view = c.read_only();
+  EXPECT_EQ(view.data(), c.data());
+  EXPECT_EQ(view[7], 5);
+}
+
 TEST(SharedArray, WorkersMapAReadOnlyArrayReadOnly) {
   Pool pool(PoolOptions{.workers = 1});
   TerminateIfFailed guard(pool);

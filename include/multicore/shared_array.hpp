@@ -311,12 +311,34 @@ class SharedArray {
     if (n > static_cast<std::size_t>(-1) / sizeof(T)) {
       throw std::length_error("multicore: SharedArray size overflows size_t");
     }
-    if (n != 0) memory_ = std::make_shared<detail::SharedMemory>(n * sizeof(T));
+    if (n != 0) {
+      memory_ = std::make_shared<detail::SharedMemory>(n * sizeof(T));
+      data_ = static_cast<T*>(memory_->data());
+    }
   }
+
+  SharedArray(const SharedArray&) = default;
+  SharedArray& operator=(const SharedArray&) = default;
+  /// Leaves `other` empty.
+  SharedArray(SharedArray&& other) noexcept
+      : memory_(std::move(other.memory_)),
+        data_(std::exchange(other.data_, nullptr)),
+        size_(std::exchange(other.size_, 0)) {}
+  SharedArray& operator=(SharedArray&& other) noexcept {
+    memory_ = std::move(other.memory_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    return *this;
+  }
+  ~SharedArray() = default;
 
   std::size_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
-  T* data() const noexcept { return memory_ ? static_cast<T*>(memory_->data()) : nullptr; }
+  // The address is kept here, not read through memory_: in a loop `y[i] = f(x[i])` the
+  // compiler may then keep it in a register (a store of a T cannot change a T*), where a load
+  // through the shared mapping object was repeated at every element and kept the loop from
+  // being vectorised.
+  T* data() const noexcept { return data_; }
   std::span<T> span() const noexcept { return {data(), size_}; }
   T& operator[](std::size_t i) const noexcept { return data()[i]; }
   T* begin() const noexcept { return data(); }
@@ -326,6 +348,7 @@ class SharedArray {
   SharedArray<const element> read_only() const noexcept {
     SharedArray<const element> view;
     view.memory_ = memory_;
+    view.data_ = data_;
     view.size_ = size_;
     return view;
   }
@@ -336,6 +359,7 @@ class SharedArray {
   friend struct Codec<SharedArray>;
 
   std::shared_ptr<detail::SharedMemory> memory_;
+  T* data_ = nullptr;  // memory_'s address in this process
   std::size_t size_ = 0;
 };
 
@@ -370,6 +394,7 @@ struct Codec<SharedArray<T>> {
           "rank): it is memory of the machine that made it");
     }
     array.memory_ = detail::SharedMappings::instance().open(handle, !std::is_const_v<T>);
+    array.data_ = static_cast<T*>(array.memory_->data());
     array.size_ = static_cast<std::size_t>(size);
     return array;
   }
