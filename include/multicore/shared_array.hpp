@@ -335,9 +335,9 @@ class SharedArray {
   std::size_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
   // The address is kept here, not read through memory_: in a loop `y[i] = f(x[i])` the
-  // compiler may then keep it in a register (a store of a T cannot change a T*), where a load
-  // through the shared mapping object was repeated at every element and kept the loop from
-  // being vectorised.
+  // compiler can then keep it in a register (a store of a double cannot change a double*),
+  // as with a plain pointer; read through memory_, it was loaded and checked for null again at
+  // every element.
   T* data() const noexcept { return data_; }
   std::span<T> span() const noexcept { return {data(), size_}; }
   T& operator[](std::size_t i) const noexcept { return data()[i]; }
