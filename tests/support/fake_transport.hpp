@@ -154,7 +154,6 @@ class FakeTransport final : public Transport {
     push_locked(k, std::move(s));
   }
 
-  /// Worker k is gone as `death` says; its pid is filled in.
   /// Worker k's answer `a` lands while the scheduler's next poll of k looks: that poll sees
   /// nothing (it read the ring just before), and the answer is there for the poll after it.
   /// Nothing wakes the collector until then: the test decides which thread polls next.
@@ -168,6 +167,7 @@ class FakeTransport final : public Transport {
     slots_.at(k).landing = std::move(s);
   }
 
+  /// Worker k is gone as `death` says; its pid is filled in.
   void die(unsigned k, Death death) {
     std::lock_guard lock(mutex_);
     die_locked(k, std::move(death));
