@@ -138,18 +138,14 @@ class FakeTransport final : public Transport {
   /// Worker k answers. With `cut_after`, the worker dies (killed by SIGKILL, no claim) after
   /// that many bytes of the answer's tail, if the tail is taken by a sink.
   void answer(unsigned k, Answer a, std::optional<std::uint64_t> cut_after = std::nullopt) {
-    Scripted s = event_of(Event::Kind::answer);
-    s.task_id = a.task_id;
-    s.answer = std::move(a);
-    s.cut_after = cut_after;
     std::lock_guard lock(mutex_);
-    SlotRecord& r = state_.slots.at(k);
-    if (r.claim == s.task_id) r.claim = 0;
+    Scripted s = answer_locked(k, std::move(a));
+    s.cut_after = cut_after;
     if (cut_after) {
       s.death = death_locked(k);
       s.death.signal = SIGKILL;
       s.death.exit_code = -1;
-      r.alive = false;
+      state_.slots.at(k).alive = false;
     }
     push_locked(k, std::move(s));
   }
@@ -158,13 +154,8 @@ class FakeTransport final : public Transport {
   /// nothing (it read the ring just before), and the answer is there for the poll after it.
   /// Nothing wakes the collector until then: the test decides which thread polls next.
   void answer_during_next_poll(unsigned k, Answer a) {
-    Scripted s = event_of(Event::Kind::answer);
-    s.task_id = a.task_id;
-    s.answer = std::move(a);
     std::lock_guard lock(mutex_);
-    SlotRecord& r = state_.slots.at(k);
-    if (r.claim == s.task_id) r.claim = 0;
-    slots_.at(k).landing = std::move(s);
+    slots_.at(k).landing = answer_locked(k, std::move(a));
   }
 
   /// Worker k is gone as `death` says; its pid is filled in.
@@ -657,6 +648,16 @@ class FakeTransport final : public Transport {
     Scripted s = event_of(Event::Kind::died);
     s.death = std::move(death);
     push_locked(k, std::move(s));
+  }
+
+  /// The event of worker k's answer `a`; the worker no longer runs that task.
+  Scripted answer_locked(unsigned k, Answer a) {
+    Scripted s = event_of(Event::Kind::answer);
+    s.task_id = a.task_id;
+    s.answer = std::move(a);
+    SlotRecord& r = state_.slots.at(k);
+    if (r.claim == s.task_id) r.claim = 0;
+    return s;
   }
 
   void push_locked(unsigned k, Scripted s) {
