@@ -616,6 +616,33 @@ void expect_no_process_left() {
   multicore_test::kill_children();
 }
 
+/// How a process forked now ends: its exit status, or -1.
+template <class Child>
+int exit_status_of_fork(Child&& child) {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(child());
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
+// What tells a worker from a copy of it, without getpid(): a copy (and its copies) says so; a
+// copy that claims the mark is the one in turn.
+TEST(ForkMark, TellsTheProcessThatClaimedItFromItsCopies) {
+  multicore::detail::ForkMark& mark = multicore::detail::ForkMark::instance();
+  mark.claim();
+  EXPECT_FALSE(mark.in_a_copy());
+  EXPECT_EQ(exit_status_of_fork([&] { return mark.in_a_copy() ? 10 : 11; }), 10);
+  EXPECT_EQ(exit_status_of_fork([&] {
+              if (exit_status_of_fork([&] { return mark.in_a_copy() ? 10 : 11; }) != 10) return 1;
+              mark.claim();
+              if (mark.in_a_copy()) return 2;
+              return exit_status_of_fork([&] { return mark.in_a_copy() ? 10 : 11; });
+            }),
+            10);
+  EXPECT_FALSE(mark.in_a_copy());
+}
+
 // Regression test: both processes of a fork() in a task returned, and the copy carried on as a
 // second worker on the same rings (it answered too: "corrupt or truncated answer", and it
 // outlived the pool). A copy that comes back into the worker's loop now exits at once.

@@ -78,7 +78,7 @@ class WorkerLoop {
 
   [[noreturn]] void run() noexcept {
     in_worker_process() = true;
-    pid_ = getpid();
+    self_.claim();
     start();
     std::size_t done = 0;
     for (;;) {
@@ -123,7 +123,7 @@ class WorkerLoop {
   /// stdio buffers hold the worker's output, so it leaves without flushing them. Called
   /// whenever user code returns, before the channel is touched.
   void stay_the_worker() const noexcept {
-    if (getpid() != pid_) _exit(0);
+    if (self_.in_a_copy()) _exit(0);
   }
 
   /// What on_worker_start threw, as a sentence (called in its handler).
@@ -297,7 +297,7 @@ class WorkerLoop {
   ChannelTail tail_{*this};
   ChannelSender sender_{*this};
   ThreadTeam team_;  // made in this process, with no threads until a chunk asks for them
-  pid_t pid_ = 0;    // the worker's, set in run()
+  ForkMark& self_ = ForkMark::instance();  // claimed in run(), in the worker
   std::uint64_t task_id_ = 0;
   std::int64_t began_ = 0;
   bool answered_ = false;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -25,6 +26,47 @@ inline std::uint64_t& process_generation() noexcept {
   static std::uint64_t value = 0;
   return value;
 }
+
+/// Tells a worker from a copy of it made by fork(), which user code may do in a task: the copy
+/// must not go on as the worker. Asked after every task, so without a system call (getpid() is
+/// one, a fifth of a small task's round trip on a VM): a page the kernel hands every child
+/// zero-filled (MADV_WIPEONFORK, Linux 4.14) holds 1 in the process that claimed it. Where the
+/// kernel cannot do that, getpid() it is.
+class ForkMark {
+ public:
+  /// The process's one mark. Made in the application, before its first fork server (see
+  /// ShmTransport), and so inherited: a page first mapped in a worker could take the addresses
+  /// of memory kept out of the workers (keep_out_of_workers), and a task's stray read there
+  /// would find the mark instead of a fault. Never unmapped.
+  static ForkMark& instance() noexcept {
+    static ForkMark mark;
+    return mark;
+  }
+
+  /// From now on this process is the one: a process forked from it is a copy.
+  void claim() noexcept {
+    pid_ = getpid();
+    if (mark_ != nullptr) *mark_ = 1;
+  }
+
+  /// True in a process forked from the one that last claimed the mark (or from such a copy).
+  bool in_a_copy() const noexcept { return mark_ != nullptr ? *mark_ == 0 : getpid() != pid_; }
+
+ private:
+  ForkMark() noexcept {
+    constexpr std::size_t bytes = 1;  // mmap and madvise take whole pages
+    void* page = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) return;
+    if (madvise(page, bytes, MADV_WIPEONFORK) != 0) {
+      munmap(page, bytes);
+      return;
+    }
+    mark_ = static_cast<volatile unsigned char*>(page);
+  }
+
+  pid_t pid_ = 0;
+  volatile unsigned char* mark_ = nullptr;
+};
 
 /// The steady clock in nanoseconds: what workers and the parent stamp events with (the same
 /// clock in every process of one machine).

@@ -83,6 +83,7 @@ class ShmTransport final : public Transport {
     // threads is inside malloc passes a locked allocator to the child (glibc's malloc guards
     // against that, AddressSanitizer's in g++ 12 does not), and the fork server would hand it
     // to every worker. A new thread allocates as it starts.
+    ForkMark::instance();  // see there: before the first fork
     fork_zygote(setup);
     try {
       outputs_.start_reader();
