@@ -98,9 +98,12 @@ class Scheduler final : private TailRouter, private StopListener {
   /// A StopSource was stopped: its jobs not started fail with Cancelled now (those sent are
   /// skipped by their worker, and their answers dropped); with a `grace`, a worker still
   /// running one then is killed and replaced. Thread-safe; runs on the thread that stopped the
-  /// source.
-  void stop_requested(const StopToken& token,
-                      const std::chrono::nanoseconds* grace) noexcept override;
+  /// source. (Declared inline, as is open_tail: an override defined out of the class, not
+  /// inline where the class is defined, would be the class's key function, and every file that
+  /// includes this header would then emit the vtable and, through it, most of the scheduler,
+  /// pool or no pool.)
+  inline void stop_requested(const StopToken& token,
+                             const std::chrono::nanoseconds* grace) noexcept override;
 
   /// Stops accepting, continues workers stopped from outside, waits for every submitted job to
   /// resolve, stops the workers. Bounded once the work is done: workers that do not stop in
@@ -123,8 +126,8 @@ class Scheduler final : private TailRouter, private StopListener {
   void started(unsigned k, int pid);
   void answered(unsigned k, const Event& e);
   void died(unsigned k, const Death& death, std::vector<Failure>& failures);
-  AnswerTail* open_tail(unsigned k, std::uint64_t task_id, std::span<const std::byte> head,
-                        std::uint64_t tail_bytes) noexcept override;
+  inline AnswerTail* open_tail(unsigned k, std::uint64_t task_id, std::span<const std::byte> head,
+                               std::uint64_t tail_bytes) noexcept override;
   template <class Done, class Sleep>
   void help_until(Done&& done, Sleep&& sleep) noexcept;
   void receive_all(bool wait) noexcept;
