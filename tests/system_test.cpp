@@ -405,7 +405,7 @@ TEST(Cgroup, DotDotInPathDoesNotEscapeTheMount) {
   root.Write("outside/cpu.max", "100000 100000\n");
   EXPECT_EQ(root.Limit(), 1U);  // read from sys/fs/cgroup/outside, never from above the mount
   EXPECT_EQ(detail::cgroup_dirs("/m", "/../a/./b/"),
-            (std::vector<fs::path>{"/m", "/m/a", "/m/a/b"}));
+            (std::vector<std::string>{"/m", "/m/a", "/m/a/b"}));
 }
 
 // --- load_average_per_core() --------------------------------------------------------------

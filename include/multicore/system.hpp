@@ -2,16 +2,16 @@
 // How much of the machine this process may use: CPU affinity, cgroup CPU quota, load average.
 #pragma once
 
+#include <fcntl.h>
 #include <sched.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <optional>
 #include <string>
@@ -26,10 +26,19 @@ namespace multicore::detail {
 
 // Test seam: the directory under which `proc/self/cgroup` and `sys/fs/cgroup` are looked up.
 // Tests point it at a fake tree and restore it; nothing else writes it, so it is only read
-// concurrently in production.
-inline std::filesystem::path& system_root() {
-  static std::filesystem::path root{"/"};
+// concurrently in production. (Paths here are plain strings: <filesystem> alone costs every
+// file that includes the library a fifth of a second to parse.)
+inline std::string& system_root() {
+  static std::string root{"/"};
   return root;
+}
+
+// `dir` and `name` joined by one '/'.
+inline std::string path_join(std::string_view dir, std::string_view name) {
+  std::string path(dir);
+  if (path.empty() || path.back() != '/') path += '/';
+  path += name;
+  return path;
 }
 
 // The 1-minute load average from getloadavg(3). getloadavg does not promise to set errno, so
@@ -72,12 +81,26 @@ inline unsigned affinity_cores() noexcept {
 }
 
 // Whole contents of a small text file (procfs/sysfs), or nullopt if it cannot be read.
-inline std::optional<std::string> read_text_file(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return std::nullopt;
-  std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  if (in.bad()) return std::nullopt;
-  return text;
+inline std::optional<std::string> read_text_file(const std::string& file) {
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  std::string text;
+  char buffer[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n > 0) {
+      text.append(buffer, static_cast<std::size_t>(n));
+    } else if (n == 0 || errno != EINTR) {
+      ::close(fd);
+      if (n < 0) return std::nullopt;
+      return text;
+    }
+  }
+}
+
+inline bool is_directory(const std::string& path) noexcept {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 inline std::string_view trim(std::string_view text) noexcept {
@@ -155,16 +178,15 @@ inline std::optional<std::string> cgroup_path(std::string_view proc_self_cgroup,
 // first. A parent's quota binds its children, so every one of them is consulted. Walking from
 // the mount point also covers containers that mount their own cgroup as the root while
 // /proc/self/cgroup still shows the host path: the deeper directories simply do not exist.
-inline std::vector<std::filesystem::path> cgroup_dirs(const std::filesystem::path& mount,
-                                                      std::string_view path) {
-  std::vector<std::filesystem::path> dirs{mount};
-  std::filesystem::path dir = mount;
+inline std::vector<std::string> cgroup_dirs(const std::string& mount, std::string_view path) {
+  std::vector<std::string> dirs{mount};
+  std::string dir = mount;
   while (!path.empty()) {
     const auto slash = path.find('/');
     const std::string_view part = path.substr(0, slash);
     path.remove_prefix(slash == std::string_view::npos ? path.size() : slash + 1);
     if (part.empty() || part == "." || part == "..") continue;
-    dir /= part;
+    dir = path_join(dir, part);
     dirs.push_back(dir);
   }
   return dirs;
@@ -183,10 +205,10 @@ inline unsigned quota_to_cores(double cpus) noexcept {
 // The tightest cgroup CPU quota (v2 cpu.max and v1 cfs quota, this cgroup and every ancestor)
 // in whole cores, looked up under `root` ("/" in production), or nullopt if there is none.
 // Unreadable or malformed files are ignored.
-inline std::optional<unsigned> cgroup_cpu_limit(const std::filesystem::path& root) {
-  const auto cgroups = read_text_file(root / "proc/self/cgroup");
+inline std::optional<unsigned> cgroup_cpu_limit(const std::string& root) {
+  const auto cgroups = read_text_file(path_join(root, "proc/self/cgroup"));
   if (!cgroups) return std::nullopt;
-  const std::filesystem::path mounts = root / "sys/fs/cgroup";
+  const std::string mounts = path_join(root, "sys/fs/cgroup");
   std::optional<double> tightest;
   const auto consider = [&tightest](std::optional<double> cpus) {
     if (cpus && (!tightest || *cpus < *tightest)) tightest = cpus;
@@ -194,7 +216,7 @@ inline std::optional<unsigned> cgroup_cpu_limit(const std::filesystem::path& roo
 
   if (const auto path = cgroup_path(*cgroups, "")) {
     for (const auto& dir : cgroup_dirs(mounts, *path)) {
-      if (const auto text = read_text_file(dir / "cpu.max"))
+      if (const auto text = read_text_file(path_join(dir, "cpu.max")))
         consider(parse_cgroup_v2_cpu_max(*text));
     }
   }
@@ -202,11 +224,10 @@ inline std::optional<unsigned> cgroup_cpu_limit(const std::filesystem::path& roo
     // Distributions mount the v1 cpu controller alone or co-mounted with cpuacct (often with
     // the other names as symlinks); the first that exists is the hierarchy.
     for (const char* name : {"cpu", "cpu,cpuacct", "cpuacct,cpu"}) {
-      std::error_code ec;
-      if (!std::filesystem::is_directory(mounts / name, ec)) continue;
-      for (const auto& dir : cgroup_dirs(mounts / name, *path)) {
-        const auto quota = read_text_file(dir / "cpu.cfs_quota_us");
-        const auto period = read_text_file(dir / "cpu.cfs_period_us");
+      if (!is_directory(path_join(mounts, name))) continue;
+      for (const auto& dir : cgroup_dirs(path_join(mounts, name), *path)) {
+        const auto quota = read_text_file(path_join(dir, "cpu.cfs_quota_us"));
+        const auto period = read_text_file(path_join(dir, "cpu.cfs_period_us"));
         if (quota && period) consider(parse_cgroup_v1_cpu_quota(*quota, *period));
       }
       break;
@@ -238,8 +259,8 @@ inline unsigned usable_cores() noexcept {
       if (*limit < cores) cores = *limit;
     }
   } catch (...) {
-    // Only std::bad_alloc and filesystem errors can get here; the quota is then unknown and
-    // the affinity count stands.
+    // Only std::bad_alloc can get here; the quota is then unknown and the affinity count
+    // stands.
   }
   return cores;
 }
