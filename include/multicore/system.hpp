@@ -26,8 +26,9 @@ namespace multicore::detail {
 
 // Test seam: the directory under which `proc/self/cgroup` and `sys/fs/cgroup` are looked up.
 // Tests point it at a fake tree and restore it; nothing else writes it, so it is only read
-// concurrently in production. (Paths here are plain strings: <filesystem> alone costs every
-// file that includes the library a fifth of a second to parse.)
+// concurrently in production. (Paths here are plain strings and files are read with open/read:
+// <filesystem> and <fstream> would be parsed by every file that includes the library, for the
+// sake of a few small files.)
 inline std::string& system_root() {
   static std::string root{"/"};
   return root;
