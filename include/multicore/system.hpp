@@ -2,10 +2,8 @@
 // How much of the machine this process may use: CPU affinity, cgroup CPU quota, load average.
 #pragma once
 
-#include <fcntl.h>
 #include <sched.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
@@ -20,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "multicore/detail/util/text_file.hpp"
 #include "multicore/errors.hpp"
 
 namespace multicore::detail {
@@ -79,24 +78,6 @@ inline unsigned affinity_cores() noexcept {
     if (err != EINVAL) return 0;
   }
   return 0;
-}
-
-// Whole contents of a small text file (procfs/sysfs), or nullopt if it cannot be read.
-inline std::optional<std::string> read_text_file(const std::string& file) {
-  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  std::string text;
-  char buffer[4096];
-  for (;;) {
-    const ssize_t n = ::read(fd, buffer, sizeof buffer);
-    if (n > 0) {
-      text.append(buffer, static_cast<std::size_t>(n));
-    } else if (n == 0 || errno != EINTR) {
-      ::close(fd);
-      if (n < 0) return std::nullopt;
-      return text;
-    }
-  }
 }
 
 inline bool is_directory(const std::string& path) noexcept {
