@@ -2,29 +2,26 @@
 // Transparent huge pages for large buffers that are about to be filled.
 #pragma once
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include <charconv>
 #include <cstddef>
 #include <cstdint>
+#include <system_error>
+
+#include "text_file.hpp"
 
 namespace multicore::detail {
 
 /// Size of a transparent huge page (2 MiB on x86-64), or 0 when the kernel has none.
 inline std::size_t huge_page_bytes() {
-  // Read with open/read, not a stream: <fstream> would cost every file that includes the
-  // library its parse.
   static const std::size_t bytes = [] {
-    const int fd =
-        ::open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return std::size_t{0};
-    char text[32];
-    const ssize_t n = ::read(fd, text, sizeof text);
-    ::close(fd);
+    const auto text = read_text_file("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
     std::size_t value = 0;
-    if (n <= 0 || std::from_chars(text, text + n, value).ec != std::errc{}) return std::size_t{0};
+    if (!text ||
+        std::from_chars(text->data(), text->data() + text->size(), value).ec != std::errc{}) {
+      return std::size_t{0};
+    }
     return (value & (value - 1)) == 0 ? value : std::size_t{0};
   }();
   return bytes;
