@@ -2,32 +2,19 @@
 // What a Pool is underneath: validated options, and either worker processes or inline mode.
 #pragma once
 
-#include <pthread.h>
-
 #include <atomic>
-#include <bit>
-#include <chrono>
+#include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <memory>
-#include <stdexcept>
-#include <string>
-#include <utility>
+#include <span>
 
-#include "../../codec.hpp"
 #include "../../errors.hpp"
 #include "../../options.hpp"
-#include "../../system.hpp"
-#include "../protocol/entries.hpp"
-#include "../transport/shm/shm_transport.hpp"
-#include "../transport/shm/zygote.hpp"
-#include "../util/code_ref.hpp"
-#include "../util/huge_pages.hpp"
+#include "../../stats.hpp"
+#include "../transport/transport.hpp"
+#include "../util/function_ref.hpp"
 #include "../util/process.hpp"
-#include "../util/threads.hpp"
-#include "scheduler.hpp"
+#include "job.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define MULTICORE_LEAK_SANITIZER 1
@@ -40,6 +27,10 @@
 #include <sanitizer/lsan_interface.h>
 #endif
 
+// This header declares the pool's core; pool_core_impl.hpp defines it, with everything that
+// runs the workers (the scheduler, the shared-memory transport, the fork server). Files that
+// use a Pool see only this: its templates reach the machinery through the functions below.
+
 namespace multicore::detail {
 
 inline constexpr unsigned max_workers = 1024;
@@ -49,211 +40,62 @@ inline constexpr unsigned max_workers = 1024;
 inline constexpr std::size_t min_ring_bytes = std::size_t{64} << 10;
 inline constexpr std::size_t max_ring_bytes = std::size_t{1} << 30;
 
-/// True when MULTICORE_INLINE is set to something other than "0" or "".
-inline bool inline_requested_by_environment() noexcept {
-  const char* v = std::getenv("MULTICORE_INLINE");
-  return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
-}
-
-/// Runs in the child of every fork() (the pool's own and the application's alike) once this
-/// process has made a pool, while the child has a single thread. Every Pool object the child
-/// inherited becomes a snapshot (see Pool::core()), and the library's process-wide state is
-/// made usable again: a lock another thread held at the moment of the fork would otherwise
-/// stay locked for ever in the child, and threads of the parent do not exist there.
-inline void after_fork_in_child() noexcept {
-  ++process_generation();
-  OwnedDescriptors::instance().after_fork();
-}
-
-/// Registers after_fork_in_child() once. Throws SystemError if it cannot be registered.
-inline void watch_forks() {
-  static const int error = [] {
-    // Made now, before any fork can run the handler: a child that inherited one of them
-    // half-constructed (by another thread) would wait for it for ever. The same goes for
-    // every lazily made process-wide value that workers use: another thread making it at the
-    // moment of a fork leaves its guard taken in the child (a worker hung in the first
-    // Writer::reserve that way).
-    OwnedDescriptors::instance();
-    huge_page_bytes();
-    ModuleTable::instance();
-    return pthread_atfork(nullptr, nullptr, after_fork_in_child);
-  }();
-  if (error != 0) throw SystemError("pthread_atfork", error);
-}
-
 /// Checks the options a user gave and fills in the defaults. Throws std::invalid_argument
 /// naming the field and the offending value.
-inline PoolOptions validated(PoolOptions o) {
-  if (o.workers == 0) o.workers = usable_cores();
-  if (o.workers > max_workers) {
-    throw std::invalid_argument("multicore: PoolOptions::workers is " + std::to_string(o.workers) +
-                                "; the maximum is " + std::to_string(max_workers));
-  }
-  if (o.ring_bytes < min_ring_bytes || o.ring_bytes > max_ring_bytes) {
-    throw std::invalid_argument("multicore: PoolOptions::ring_bytes is " +
-                                std::to_string(o.ring_bytes) + "; it must be between " +
-                                std::to_string(min_ring_bytes) + " and " +
-                                std::to_string(max_ring_bytes));
-  }
-  o.ring_bytes = std::bit_ceil(o.ring_bytes);
-  if (o.task_timeout.count() < 0) {
-    throw std::invalid_argument("multicore: PoolOptions::task_timeout is negative (" +
-                                std::to_string(o.task_timeout.count()) + " ms)");
-  }
-  if (inline_requested_by_environment()) o.run_inline = true;
-  return o;
-}
+PoolOptions validated(PoolOptions o);
 
-/// PoolOptions::task_timeout in the scheduler's nanoseconds, saturated at max_task_timeout
-/// (std::chrono's own conversion overflows past 292 years, undefined behaviour).
-inline std::chrono::nanoseconds saturated_timeout(std::chrono::milliseconds timeout) noexcept {
-  constexpr auto max_ms = std::chrono::duration_cast<std::chrono::milliseconds>(max_task_timeout);
-  return timeout >= max_ms ? max_task_timeout : std::chrono::nanoseconds(timeout);
-}
+class Scheduler;
 
 /// The machinery shared by Pool, Pool::map and Task: accepts encoded jobs and resolves their
 /// completions, in worker processes or, in inline mode, right here.
 class PoolCore {
  public:
   /// A pool of workers forked on this machine (or inline, as the options say).
-  explicit PoolCore(PoolOptions options) : options_(validated(std::move(options))) {
-    watch_forks();
-    if (options_.run_inline) {
-      run_on_worker_start_here();
-      return;
-    }
-    check_other_threads(options_.other_threads, "a Pool", "PoolOptions::other_threads");
-    stop_table();  // before the first fork: every worker shares this process's stop flags
-    ShmOptions shm;
-    shm.workers = options_.workers;
-    shm.ring_bytes = options_.ring_bytes;
-    shm.on_start = options_.on_worker_start;
-    shm.max_tasks = options_.max_tasks_per_worker;
-    shm.output = options_.worker_output;
-    shm.on_output = options_.on_worker_output;
-    start(std::make_unique<ShmTransport>(std::move(shm)));
-  }
-
+  explicit PoolCore(PoolOptions options);
   /// A pool on the workers of `transport` (a cluster's): `options` say how it is scheduled
   /// (task_timeout, max_tasks_per_worker, run_inline); `workers` is the transport's size.
-  PoolCore(PoolOptions options, std::unique_ptr<Transport> transport) {
-    watch_forks();
-    options.workers = transport->size();
-    options_ = validated(std::move(options));
-    if (options_.run_inline) {
-      run_on_worker_start_here();
-      return;
-    }
-    start(std::move(transport));
-  }
+  PoolCore(PoolOptions options, std::unique_ptr<Transport> transport);
+  ~PoolCore();
+  PoolCore(const PoolCore&) = delete;
+  PoolCore& operator=(const PoolCore&) = delete;
 
   unsigned size() const noexcept { return options_.workers; }
   bool is_inline() const noexcept { return options_.run_inline; }
 
   /// A job to fill in (request and completion) and submit(); `size_hint`: see
   /// Scheduler::new_job.
-  std::unique_ptr<Job> new_job(std::size_t size_hint = 0) {
-    return scheduler_ ? scheduler_->new_job(size_hint) : std::make_unique<Job>();
-  }
+  std::unique_ptr<Job> new_job(std::size_t size_hint = 0);
 
   /// Queues a filled-in job. Throws PoolClosed after shutdown()/terminate(), and Error when
   /// called from inside one of this pool's workers.
-  void submit(std::unique_ptr<Job> job) {
-    if (scheduler_) {
-      scheduler_->submit(std::move(job));
-      return;
-    }
-    if (closed_.load(std::memory_order_acquire)) {
-      throw PoolClosed("multicore: the pool is shut down; no new tasks are accepted");
-    }
-    if (stop_seen(job->stop)) {
-      job->completion().fail(cancelled_error());
-      inline_cancelled_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    const bool threw = run_here(job->request.bytes(), job->completion());
-    inline_done_.fetch_add(1, std::memory_order_relaxed);
-    if (threw) inline_threw_.fetch_add(1, std::memory_order_relaxed);
-  }
+  void submit(std::unique_ptr<Job> job);
 
   /// Submits a job and waits for it, helping to collect answers (see Scheduler::wait_helping);
   /// in inline mode runs it here. Returns once the job's completion has been resolved.
-  template <class Done, class Sleep>
-  void call(std::unique_ptr<Job> job, Done&& done, Sleep&& sleep) {
-    if (!scheduler_) {
-      submit(std::move(job));
-      return;
-    }
-    scheduler_->call(std::move(job), done, sleep);
-  }
+  void call(std::unique_ptr<Job> job, FunctionRef<bool()> done, FunctionRef<void()> sleep);
 
   /// Waits until `done` holds (for jobs already submitted), helping to collect answers; in
   /// inline mode they all ran already.
-  template <class Done, class Sleep>
-  void help(Done&& done, Sleep&& sleep) {
-    if (scheduler_) {
-      scheduler_->help(done, sleep);
-    } else if (!done()) {
-      sleep();
-    }
-  }
+  void help(FunctionRef<bool()> done, FunctionRef<void()> sleep);
 
   /// Some jobs were abandoned (see Scheduler::abandon); in inline mode they all ran already.
-  void abandon() noexcept {
-    if (scheduler_) scheduler_->abandon();
-  }
+  void abandon() noexcept;
 
-  void shutdown() noexcept {
-    closed_.store(true, std::memory_order_release);
-    if (scheduler_) scheduler_->shutdown();
-  }
-
-  void terminate() noexcept {
-    closed_.store(true, std::memory_order_release);
-    if (scheduler_) scheduler_->terminate();
-  }
+  void shutdown() noexcept;
+  void terminate() noexcept;
 
   /// Runs a request in this process, through the same entry and decoding as a worker would.
   /// Returns whether the task threw (see Completion::reports_exception).
-  static bool run_here(std::span<const std::byte> request, Completion& completion) {
-    Writer answer;
-    const std::int64_t began = steady_now_ns();
-    run_request(request, answer);
-    const bool threw = completion.reports_exception(answer.bytes());
-    Reader reader(std::span<const std::byte>(answer.bytes()));
-    completion.deliver(reader, static_cast<std::uint64_t>(steady_now_ns() - began));
-    return threw;
-  }
+  static bool run_here(std::span<const std::byte> request, Completion& completion);
 
   /// What the pool has done (see PoolStats). In inline mode every task is done once submitted,
   /// and there are no workers.
-  PoolStats stats() {
-    if (scheduler_) return scheduler_->stats();
-    PoolStats s;
-    s.done = inline_done_.load(std::memory_order_relaxed);
-    s.threw = inline_threw_.load(std::memory_order_relaxed);
-    s.failed = s.failed_by.cancelled = inline_cancelled_.load(std::memory_order_relaxed);
-    s.submitted = s.done + s.failed;
-    return s;
-  }
+  PoolStats stats();
 
  private:
-  void start(std::unique_ptr<Transport> transport) {
-    SchedulerOptions s;
-    s.task_timeout = saturated_timeout(options_.task_timeout);
-    s.max_tasks_per_worker = options_.max_tasks_per_worker;
-    scheduler_ = std::make_unique<Scheduler>(std::move(transport), s);
-  }
-
+  void start(std::unique_ptr<Transport> transport);
   /// Inline mode has no worker: on_worker_start runs once, here.
-  void run_on_worker_start_here() {
-    if (!options_.on_worker_start) return;
-    try {
-      options_.on_worker_start();
-    } catch (...) {
-      throw Error("multicore: on_worker_start threw: " + describe_thrown());
-    }
-  }
+  void run_on_worker_start_here();
 
   PoolOptions options_;
   std::unique_ptr<Scheduler> scheduler_;
@@ -301,3 +143,5 @@ inline std::shared_ptr<PoolCore> lock_core(const std::weak_ptr<PoolCore>& core) 
 }
 
 }  // namespace multicore::detail
+
+#include "pool_core_impl.hpp"  // IWYU pragma: keep (the definitions, header-only)

@@ -13,7 +13,7 @@
 #include "../../codec.hpp"
 #include "../../errors.hpp"
 #include "../../options.hpp"
-#include "../core/scheduler.hpp"
+#include "../core/job.hpp"
 #include "../protocol/entries.hpp"
 #include "../protocol/outcome.hpp"
 #include "../serialize/serialize.hpp"

@@ -26,7 +26,6 @@
 #include "../../map_item.hpp"
 #include "../../options.hpp"
 #include "../core/pool_core.hpp"
-#include "../core/scheduler.hpp"
 #include "../protocol/entries.hpp"
 #include "../protocol/map_chunk.hpp"
 #include "../protocol/request.hpp"
