@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "codec.hpp"
-#include "detail/transport/shm/zygote.hpp"
+#include "detail/transport/shm/owned_descriptors.hpp"
 #include "detail/util/keep_alive.hpp"
 #include "errors.hpp"
 

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "../../codec.hpp"
+#include "../../errors.hpp"
 #include "../../stop.hpp"
 #include "../transport/transport.hpp"
 #include "../util/keep_alive.hpp"
@@ -55,6 +56,12 @@ std::exception_ptr error_of(Work&& work) noexcept {
     return std::current_exception();
   }
   return nullptr;
+}
+
+/// The error of a job whose StopSource was stopped before it started.
+inline std::exception_ptr cancelled_error() {
+  return std::make_exception_ptr(
+      Cancelled("multicore: the task was cancelled: its StopSource was stopped before it ran"));
 }
 
 /// One unit of work: a complete request message and where its answer goes. Jobs are recycled

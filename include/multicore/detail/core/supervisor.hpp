@@ -65,12 +65,6 @@ inline constexpr std::chrono::nanoseconds max_task_timeout{std::int64_t{1} << 62
 /// off, so that the pool is soon free again for other work.
 inline constexpr std::chrono::milliseconds abandon_grace{100};
 
-/// The error of a job whose StopSource was stopped before it started.
-inline std::exception_ptr cancelled_error() {
-  return std::make_exception_ptr(
-      Cancelled("multicore: the task was cancelled: its StopSource was stopped before it ran"));
-}
-
 /// A job that ended without an answer, to be failed outside the scheduling lock.
 struct Failure {
   std::unique_ptr<Job> job;

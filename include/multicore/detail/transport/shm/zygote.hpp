@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "layout.hpp"
+#include "owned_descriptors.hpp"
 #include "shm_channel.hpp"
 
 namespace multicore::detail {
@@ -38,25 +39,6 @@ struct ZygoteCommand {
   enum Op : std::uint32_t { spawn = 1, kill = 2, exit = 3, resume = 4 };
   Op op = spawn;
   std::uint32_t slot = 0;
-};
-
-/// Descriptors every pool of this process owns. A newly forked fork server closes the other
-/// pools' ones, or it would keep their lifelines open and they would never see end-of-file.
-/// The mutex is never held across a fork, but another thread may hold it at that moment:
-/// after_fork() gives the child a fresh one (see watch_forks()).
-struct OwnedDescriptors {
-  std::mutex mutex;
-  std::vector<int> fds;
-
-  static OwnedDescriptors& instance() {
-    static OwnedDescriptors registry;
-    return registry;
-  }
-
-  /// In the child of a fork, while it has one thread. The holder of the old mutex, if any,
-  /// stayed in the parent. The list stays: those descriptors are open in the child too, and
-  /// a fork server the child makes must close them as well.
-  void after_fork() noexcept { new (&mutex) std::mutex; }
 };
 
 /// What the fork server needs; built by the parent before fork (the fork server must not
