@@ -30,6 +30,15 @@
 // This header declares the pool's core; pool_core_impl.hpp defines it, with everything that
 // runs the workers (the scheduler, the shared-memory transport, the fork server). Files that
 // use a Pool see only this: its templates reach the machinery through the functions below.
+// Header-only (the default), every file that includes this also includes those definitions,
+// inline. With MULTICORE_SEPARATE_COMPILATION defined (CMake: link multicore::compiled), they
+// are compiled once, in src/multicore.cpp, and a file using a pool compiles in a fraction of
+// the time: the way {fmt} and Asio offer it. Every file of a program must then agree.
+#if defined(MULTICORE_SEPARATE_COMPILATION)
+#define MULTICORE_DECL
+#else
+#define MULTICORE_DECL inline
+#endif
 
 namespace multicore::detail {
 
@@ -144,4 +153,6 @@ inline std::shared_ptr<PoolCore> lock_core(const std::weak_ptr<PoolCore>& core) 
 
 }  // namespace multicore::detail
 
+#if !defined(MULTICORE_SEPARATE_COMPILATION)
 #include "pool_core_impl.hpp"  // IWYU pragma: keep (the definitions, header-only)
+#endif

@@ -26,7 +26,6 @@
 
 namespace multicore::detail {
 
-
 /// True when MULTICORE_INLINE is set to something other than "0" or "".
 inline bool inline_requested_by_environment() noexcept {
   const char* v = std::getenv("MULTICORE_INLINE");
@@ -61,7 +60,7 @@ inline void watch_forks() {
 
 /// Checks the options a user gave and fills in the defaults. Throws std::invalid_argument
 /// naming the field and the offending value.
-inline PoolOptions validated(PoolOptions o) {
+MULTICORE_DECL PoolOptions validated(PoolOptions o) {
   if (o.workers == 0) o.workers = usable_cores();
   if (o.workers > max_workers) {
     throw std::invalid_argument("multicore: PoolOptions::workers is " + std::to_string(o.workers) +
@@ -89,7 +88,7 @@ inline std::chrono::nanoseconds saturated_timeout(std::chrono::milliseconds time
   return timeout >= max_ms ? max_task_timeout : std::chrono::nanoseconds(timeout);
 }
 
-inline PoolCore::PoolCore(PoolOptions options) : options_(validated(std::move(options))) {
+MULTICORE_DECL PoolCore::PoolCore(PoolOptions options) : options_(validated(std::move(options))) {
   watch_forks();
   if (options_.run_inline) {
     run_on_worker_start_here();
@@ -107,7 +106,7 @@ inline PoolCore::PoolCore(PoolOptions options) : options_(validated(std::move(op
   start(std::make_unique<ShmTransport>(std::move(shm)));
 }
 
-inline PoolCore::PoolCore(PoolOptions options, std::unique_ptr<Transport> transport) {
+MULTICORE_DECL PoolCore::PoolCore(PoolOptions options, std::unique_ptr<Transport> transport) {
   watch_forks();
   options.workers = transport->size();
   options_ = validated(std::move(options));
@@ -118,13 +117,13 @@ inline PoolCore::PoolCore(PoolOptions options, std::unique_ptr<Transport> transp
   start(std::move(transport));
 }
 
-inline PoolCore::~PoolCore() = default;
+MULTICORE_DECL PoolCore::~PoolCore() = default;
 
-inline std::unique_ptr<Job> PoolCore::new_job(std::size_t size_hint) {
+MULTICORE_DECL std::unique_ptr<Job> PoolCore::new_job(std::size_t size_hint) {
   return scheduler_ ? scheduler_->new_job(size_hint) : std::make_unique<Job>();
 }
 
-inline void PoolCore::submit(std::unique_ptr<Job> job) {
+MULTICORE_DECL void PoolCore::submit(std::unique_ptr<Job> job) {
   if (scheduler_) {
     scheduler_->submit(std::move(job));
     return;
@@ -142,8 +141,8 @@ inline void PoolCore::submit(std::unique_ptr<Job> job) {
   if (threw) inline_threw_.fetch_add(1, std::memory_order_relaxed);
 }
 
-inline void PoolCore::call(std::unique_ptr<Job> job, FunctionRef<bool()> done,
-                           FunctionRef<void()> sleep) {
+MULTICORE_DECL void PoolCore::call(std::unique_ptr<Job> job, FunctionRef<bool()> done,
+                                   FunctionRef<void()> sleep) {
   if (!scheduler_) {
     submit(std::move(job));
     return;
@@ -151,7 +150,7 @@ inline void PoolCore::call(std::unique_ptr<Job> job, FunctionRef<bool()> done,
   scheduler_->call(std::move(job), done, sleep);
 }
 
-inline void PoolCore::help(FunctionRef<bool()> done, FunctionRef<void()> sleep) {
+MULTICORE_DECL void PoolCore::help(FunctionRef<bool()> done, FunctionRef<void()> sleep) {
   if (scheduler_) {
     scheduler_->help(done, sleep);
   } else if (!done()) {
@@ -159,21 +158,21 @@ inline void PoolCore::help(FunctionRef<bool()> done, FunctionRef<void()> sleep) 
   }
 }
 
-inline void PoolCore::abandon() noexcept {
+MULTICORE_DECL void PoolCore::abandon() noexcept {
   if (scheduler_) scheduler_->abandon();
 }
 
-inline void PoolCore::shutdown() noexcept {
+MULTICORE_DECL void PoolCore::shutdown() noexcept {
   closed_.store(true, std::memory_order_release);
   if (scheduler_) scheduler_->shutdown();
 }
 
-inline void PoolCore::terminate() noexcept {
+MULTICORE_DECL void PoolCore::terminate() noexcept {
   closed_.store(true, std::memory_order_release);
   if (scheduler_) scheduler_->terminate();
 }
 
-inline bool PoolCore::run_here(std::span<const std::byte> request, Completion& completion) {
+MULTICORE_DECL bool PoolCore::run_here(std::span<const std::byte> request, Completion& completion) {
   Writer answer;
   const std::int64_t began = steady_now_ns();
   run_request(request, answer);
@@ -183,7 +182,7 @@ inline bool PoolCore::run_here(std::span<const std::byte> request, Completion& c
   return threw;
 }
 
-inline PoolStats PoolCore::stats() {
+MULTICORE_DECL PoolStats PoolCore::stats() {
   if (scheduler_) return scheduler_->stats();
   PoolStats s;
   s.done = inline_done_.load(std::memory_order_relaxed);
@@ -193,14 +192,14 @@ inline PoolStats PoolCore::stats() {
   return s;
 }
 
-inline void PoolCore::start(std::unique_ptr<Transport> transport) {
+MULTICORE_DECL void PoolCore::start(std::unique_ptr<Transport> transport) {
   SchedulerOptions s;
   s.task_timeout = saturated_timeout(options_.task_timeout);
   s.max_tasks_per_worker = options_.max_tasks_per_worker;
   scheduler_ = std::make_unique<Scheduler>(std::move(transport), s);
 }
 
-inline void PoolCore::run_on_worker_start_here() {
+MULTICORE_DECL void PoolCore::run_on_worker_start_here() {
   if (!options_.on_worker_start) return;
   try {
     options_.on_worker_start();
