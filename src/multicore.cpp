@@ -7,4 +7,7 @@
 #error "src/multicore.cpp is the compiled part: compile it with MULTICORE_SEPARATE_COMPILATION"
 #endif
 
+// Every header's definitions (util/linkage.hpp), with the pool's core and what it runs on.
+#define MULTICORE_COMPILED_PART 1
 #include <multicore/detail/core/pool_core_impl.hpp>
+#include <multicore/multicore.hpp>

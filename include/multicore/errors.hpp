@@ -7,6 +7,8 @@
 #include <system_error>
 #include <utility>
 
+#include "detail/util/linkage.hpp"
+
 namespace multicore {
 
 /// Root of every exception multicore throws; `what()` is a sentence a user understands.
@@ -32,10 +34,7 @@ class SystemError : public Error {
 /// "std::runtime_error" or "int"); `what()` contains the thrown object's own message.
 class RemoteError : public Error {
  public:
-  RemoteError(std::string type_name, const std::string& message)
-      : Error("task threw " + type_name + (message.empty() ? "" : ": " + message)),
-        type_name_(std::move(type_name)),
-        message_(message) {}
+  RemoteError(std::string type_name, const std::string& message);
   const std::string& type_name() const noexcept { return type_name_; }
   /// The thrown object's own `what()` (empty when the thrown type has none).
   const std::string& message() const noexcept { return message_; }
@@ -94,5 +93,15 @@ class SerializationError : public Error {
  public:
   using Error::Error;
 };
+
+// ---- definitions (see detail/util/linkage.hpp) -----------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL RemoteError::RemoteError(std::string type_name, const std::string& message)
+    : Error("task threw " + type_name + (message.empty() ? "" : ": " + message)),
+      type_name_(std::move(type_name)),
+      message_(message) {}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore

@@ -13,32 +13,15 @@
 #include "../../stats.hpp"
 #include "../transport/transport.hpp"
 #include "../util/function_ref.hpp"
+#include "../util/linkage.hpp"
 #include "../util/process.hpp"
 #include "job.hpp"
-
-#if defined(__SANITIZE_ADDRESS__)
-#define MULTICORE_LEAK_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
-#define MULTICORE_LEAK_SANITIZER 1
-#endif
-#endif
-#if MULTICORE_LEAK_SANITIZER
-#include <sanitizer/lsan_interface.h>
-#endif
 
 // This header declares the pool's core; pool_core_impl.hpp defines it, with everything that
 // runs the workers (the scheduler, the shared-memory transport, the fork server). Files that
 // use a Pool see only this: its templates reach the machinery through the functions below.
 // Header-only (the default), every file that includes this also includes those definitions,
-// inline. With MULTICORE_SEPARATE_COMPILATION defined (CMake: link multicore::compiled), they
-// are compiled once, in src/multicore.cpp, and a file using a pool compiles in a fraction of
-// the time: the way {fmt} and Asio offer it. Every file of a program must then agree.
-#if defined(MULTICORE_SEPARATE_COMPILATION)
-#define MULTICORE_DECL
-#else
-#define MULTICORE_DECL inline
-#endif
+// inline; with the compiled part, only src/multicore.cpp does (see util/linkage.hpp).
 
 namespace multicore::detail {
 
@@ -122,23 +105,10 @@ class PoolCore {
 /// parent's workers (through the shared rings and the inherited command socket), so it is left
 /// as it is; its memory goes with the process. LeakSanitizer, which also checks a forked child
 /// that exits normally, is told that this is meant.
-inline std::shared_ptr<PoolCore> share_core(std::unique_ptr<PoolCore> made) {
-  const std::uint64_t generation = process_generation();
-  return std::shared_ptr<PoolCore>(made.release(), [generation](PoolCore* core) {
-    if (generation == process_generation()) {
-      delete core;
-      return;
-    }
-#if MULTICORE_LEAK_SANITIZER
-    __lsan_ignore_object(core);
-#endif
-  });
-}
+MULTICORE_DECL std::shared_ptr<PoolCore> share_core(std::unique_ptr<PoolCore> made);
 
 /// A core on workers forked on this machine, shared as share_core() says.
-inline std::shared_ptr<PoolCore> make_core(PoolOptions options) {
-  return share_core(std::make_unique<PoolCore>(std::move(options)));
-}
+MULTICORE_DECL std::shared_ptr<PoolCore> make_core(PoolOptions options);
 
 /// The core a Task or a map borrowed, for one use. Throws PoolClosed once its Pool is gone.
 inline std::shared_ptr<PoolCore> lock_core(const std::weak_ptr<PoolCore>& core) {
@@ -153,6 +123,6 @@ inline std::shared_ptr<PoolCore> lock_core(const std::weak_ptr<PoolCore>& core) 
 
 }  // namespace multicore::detail
 
-#if !defined(MULTICORE_SEPARATE_COMPILATION)
+#if MULTICORE_DEFINE
 #include "pool_core_impl.hpp"  // IWYU pragma: keep (the definitions, header-only)
 #endif

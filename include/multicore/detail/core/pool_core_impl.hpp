@@ -24,6 +24,17 @@
 #include "pool_core.hpp"
 #include "scheduler.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define MULTICORE_LEAK_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+#define MULTICORE_LEAK_SANITIZER 1
+#endif
+#endif
+#if MULTICORE_LEAK_SANITIZER
+#include <sanitizer/lsan_interface.h>
+#endif
+
 namespace multicore::detail {
 
 /// True when MULTICORE_INLINE is set to something other than "0" or "".
@@ -206,6 +217,23 @@ MULTICORE_DECL void PoolCore::run_on_worker_start_here() {
   } catch (...) {
     throw Error("multicore: on_worker_start threw: " + describe_thrown());
   }
+}
+
+MULTICORE_DECL std::shared_ptr<PoolCore> share_core(std::unique_ptr<PoolCore> made) {
+  const std::uint64_t generation = process_generation();
+  return std::shared_ptr<PoolCore>(made.release(), [generation](PoolCore* core) {
+    if (generation == process_generation()) {
+      delete core;
+      return;
+    }
+#if MULTICORE_LEAK_SANITIZER
+    __lsan_ignore_object(core);
+#endif
+  });
+}
+
+MULTICORE_DECL std::shared_ptr<PoolCore> make_core(PoolOptions options) {
+  return share_core(std::make_unique<PoolCore>(std::move(options)));
 }
 
 }  // namespace multicore::detail

@@ -15,6 +15,7 @@
 #include "../../options.hpp"
 #include "../serialize/serialize.hpp"
 #include "../util/demangle.hpp"
+#include "../util/linkage.hpp"
 
 namespace multicore::detail {
 
@@ -25,24 +26,51 @@ enum class Outcome : std::uint8_t {
   serialization_error = 2,  ///< followed by a message
 };
 
-inline void write_string(Writer& out, std::string_view s) {
+MULTICORE_DECL void write_string(Writer& out, std::string_view s);
+
+MULTICORE_DECL std::string read_string(Reader& in);
+
+inline void write_outcome(Writer& out, Outcome o) { out.write(&o, 1); }
+
+/// Records the exception being handled as a remote error: its type and, where it has one, its
+/// message. Works for anything thrown, std::exception or not.
+MULTICORE_DECL void write_current_exception(Writer& out) noexcept;
+
+/// Records a serialization failure that happened while `doing` something in the worker.
+MULTICORE_DECL void write_serialization_failure(Writer& out, std::size_t mark,
+                                                const char* doing) noexcept;
+
+/// Reads an outcome's tag: returns if a value follows, or throws what the worker reported.
+MULTICORE_DECL void read_value_tag(Reader& in);
+
+/// Reads one outcome; returns the value or throws what the worker reported. (For values that
+/// may be large: read_value_tag(), then Stored::decode().)
+template <class R, Format F = Format::binary>
+R read_outcome(Reader& in) {
+  read_value_tag(in);
+  if constexpr (!std::is_void_v<R>) return decode<R, F>(in);
+}
+
+/// Checks the trailing bytes of an answer: a well-formed one has none.
+MULTICORE_DECL void expect_end(const Reader& in);
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL void write_string(Writer& out, std::string_view s) {
   const auto n = static_cast<std::uint32_t>(s.size());
   out.write(&n, sizeof n);
   out.write(s.data(), s.size());
 }
 
-inline std::string read_string(Reader& in) {
+MULTICORE_DECL std::string read_string(Reader& in) {
   std::uint32_t n = 0;
   in.read(&n, sizeof n);
   const auto bytes = in.take(n);
   return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
 }
 
-inline void write_outcome(Writer& out, Outcome o) { out.write(&o, 1); }
-
-/// Records the exception being handled as a remote error: its type and, where it has one, its
-/// message. Works for anything thrown, std::exception or not.
-inline void write_current_exception(Writer& out) noexcept {
+MULTICORE_DECL void write_current_exception(Writer& out) noexcept {
   const std::size_t mark = out.size();
   std::string type = "unknown exception";
   std::string message;
@@ -77,8 +105,8 @@ inline void write_current_exception(Writer& out) noexcept {
   }
 }
 
-/// Records a serialization failure that happened while `doing` something in the worker.
-inline void write_serialization_failure(Writer& out, std::size_t mark, const char* doing) noexcept {
+MULTICORE_DECL void write_serialization_failure(Writer& out, std::size_t mark,
+                                                const char* doing) noexcept {
   out.resize(mark);
   std::string message = std::string("multicore: ") + doing + " failed";
   try {
@@ -95,8 +123,7 @@ inline void write_serialization_failure(Writer& out, std::size_t mark, const cha
   }
 }
 
-/// Reads an outcome's tag: returns if a value follows, or throws what the worker reported.
-inline void read_value_tag(Reader& in) {
+MULTICORE_DECL void read_value_tag(Reader& in) {
   Outcome o{};
   in.read(&o, 1);
   switch (o) {
@@ -114,20 +141,13 @@ inline void read_value_tag(Reader& in) {
                            std::to_string(static_cast<unsigned>(o)));
 }
 
-/// Reads one outcome; returns the value or throws what the worker reported. (For values that
-/// may be large: read_value_tag(), then Stored::decode().)
-template <class R, Format F = Format::binary>
-R read_outcome(Reader& in) {
-  read_value_tag(in);
-  if constexpr (!std::is_void_v<R>) return decode<R, F>(in);
-}
-
-/// Checks the trailing bytes of an answer: a well-formed one has none.
-inline void expect_end(const Reader& in) {
+MULTICORE_DECL void expect_end(const Reader& in) {
   if (in.remaining() != 0) {
     throw SerializationError("multicore: corrupt result from worker: " +
                              std::to_string(in.remaining()) + " unexpected trailing bytes");
   }
 }
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail

@@ -22,6 +22,7 @@
 #include "../../errors.hpp"
 #include "../../options.hpp"
 #include "../util/demangle.hpp"
+#include "../util/linkage.hpp"
 #include "binary_archive.hpp"
 #include "sequence.hpp"
 #include "traits.hpp"
@@ -44,21 +45,7 @@ namespace multicore::detail {
 
 /// What went wrong, for the message of the SerializationError that replaces the exception being
 /// handled. Call only inside a catch block.
-inline std::string describe_current_exception() {
-  try {
-    throw;
-  } catch (const SerializationError& error) {
-    constexpr std::string_view prefix = "multicore: ";
-    const std::string_view what = message_of(error);
-    return std::string(what.starts_with(prefix) ? what.substr(prefix.size()) : what);
-  } catch (const std::bad_alloc&) {
-    return "out of memory";
-  } catch (const std::length_error& error) {
-    return std::string("length error: ") + message_of(error);
-  } catch (...) {
-    return describe_thrown();
-  }
-}
+MULTICORE_DECL std::string describe_current_exception();
 
 /// The SerializationError for a failed decode of a T, describing the exception being handled:
 /// "multicore: could not decode T: <what went wrong>".
@@ -315,5 +302,26 @@ class Stored {
 // A map chunk holds one per item, on both sides: a pointer more (the first version had one)
 // made a map of ints fault in 1.5x the memory and run at half speed.
 static_assert(sizeof(Stored<int>) == sizeof(std::optional<int>));
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL std::string describe_current_exception() {
+  try {
+    throw;
+  } catch (const SerializationError& error) {
+    constexpr std::string_view prefix = "multicore: ";
+    const std::string_view what = message_of(error);
+    return std::string(what.starts_with(prefix) ? what.substr(prefix.size()) : what);
+  } catch (const std::bad_alloc&) {
+    return "out of memory";
+  } catch (const std::length_error& error) {
+    return std::string("length error: ") + message_of(error);
+  } catch (...) {
+    return describe_thrown();
+  }
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail

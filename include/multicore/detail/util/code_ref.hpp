@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../../errors.hpp"
+#include "linkage.hpp"
 
 namespace multicore::detail {
 
@@ -70,59 +71,10 @@ class ModuleTable {
   static constexpr unsigned offset_bits = 48;
   static constexpr std::uint64_t offset_mask = (std::uint64_t{1} << offset_bits) - 1;
 
-  ModuleTable() {
-    dl_iterate_phdr(
-        [](dl_phdr_info* info, std::size_t, void* table) {
-          static_cast<ModuleTable*>(table)->add(*info);
-          return 0;
-        },
-        this);
-  }
-
-  void add(const dl_phdr_info& info) {
-    LoadedModule m;
-    m.base = info.dlpi_addr;
-    m.begin = UINTPTR_MAX;
-    m.name = info.dlpi_name != nullptr ? info.dlpi_name : "";
-    for (ElfW(Half) i = 0; i < info.dlpi_phnum; ++i) {
-      const ElfW(Phdr)& ph = info.dlpi_phdr[i];
-      if (ph.p_type == PT_LOAD) {
-        m.begin = std::min<std::uintptr_t>(m.begin, info.dlpi_addr + ph.p_vaddr);
-        m.end = std::max<std::uintptr_t>(m.end, info.dlpi_addr + ph.p_vaddr + ph.p_memsz);
-      } else if (ph.p_type == PT_NOTE && m.build_id.empty()) {
-        m.build_id = build_id_in(info.dlpi_addr + ph.p_vaddr, ph.p_memsz);
-      }
-    }
-    if (m.begin == UINTPTR_MAX) m.begin = m.end = 0;
-    modules_.push_back(std::move(m));
-  }
-
+  ModuleTable();
+  void add(const dl_phdr_info& info);
   /// The GNU build-id in a PT_NOTE segment, as hex; "" if it has none.
-  static std::string build_id_in(std::uintptr_t notes, std::size_t size) {
-    static constexpr char hex[] = "0123456789abcdef";
-    std::size_t at = 0;
-    while (at + sizeof(ElfW(Nhdr)) <= size) {
-      ElfW(Nhdr) note;
-      std::memcpy(&note, reinterpret_cast<const void*>(notes + at), sizeof note);
-      const std::size_t name_at = at + sizeof note;
-      const std::size_t desc_at = name_at + ((note.n_namesz + 3) & ~std::size_t{3});
-      const std::size_t next = desc_at + ((note.n_descsz + 3) & ~std::size_t{3});
-      if (next > size) break;
-      const auto* name = reinterpret_cast<const char*>(notes + name_at);
-      if (note.n_type == NT_GNU_BUILD_ID && note.n_namesz == 4 &&
-          std::memcmp(name, "GNU", 4) == 0) {
-        const auto* desc = reinterpret_cast<const unsigned char*>(notes + desc_at);
-        std::string id;
-        for (std::size_t i = 0; i < note.n_descsz; ++i) {
-          id += hex[desc[i] >> 4];
-          id += hex[desc[i] & 15];
-        }
-        return id;
-      }
-      at = next;
-    }
-    return {};
-  }
+  static std::string build_id_in(std::uintptr_t notes, std::size_t size);
 
   std::vector<LoadedModule> modules_;
 };
@@ -136,5 +88,62 @@ inline std::uint64_t code_name(const void* address) {
 inline void* code_address(std::uint64_t name) noexcept {
   return ModuleTable::instance().address_of(name);
 }
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL ModuleTable::ModuleTable() {
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* table) {
+        static_cast<ModuleTable*>(table)->add(*info);
+        return 0;
+      },
+      this);
+}
+
+MULTICORE_DECL void ModuleTable::add(const dl_phdr_info& info) {
+  LoadedModule m;
+  m.base = info.dlpi_addr;
+  m.begin = UINTPTR_MAX;
+  m.name = info.dlpi_name != nullptr ? info.dlpi_name : "";
+  for (ElfW(Half) i = 0; i < info.dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info.dlpi_phdr[i];
+    if (ph.p_type == PT_LOAD) {
+      m.begin = std::min<std::uintptr_t>(m.begin, info.dlpi_addr + ph.p_vaddr);
+      m.end = std::max<std::uintptr_t>(m.end, info.dlpi_addr + ph.p_vaddr + ph.p_memsz);
+    } else if (ph.p_type == PT_NOTE && m.build_id.empty()) {
+      m.build_id = build_id_in(info.dlpi_addr + ph.p_vaddr, ph.p_memsz);
+    }
+  }
+  if (m.begin == UINTPTR_MAX) m.begin = m.end = 0;
+  modules_.push_back(std::move(m));
+}
+
+MULTICORE_DECL std::string ModuleTable::build_id_in(std::uintptr_t notes, std::size_t size) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::size_t at = 0;
+  while (at + sizeof(ElfW(Nhdr)) <= size) {
+    ElfW(Nhdr) note;
+    std::memcpy(&note, reinterpret_cast<const void*>(notes + at), sizeof note);
+    const std::size_t name_at = at + sizeof note;
+    const std::size_t desc_at = name_at + ((note.n_namesz + 3) & ~std::size_t{3});
+    const std::size_t next = desc_at + ((note.n_descsz + 3) & ~std::size_t{3});
+    if (next > size) break;
+    const auto* name = reinterpret_cast<const char*>(notes + name_at);
+    if (note.n_type == NT_GNU_BUILD_ID && note.n_namesz == 4 && std::memcmp(name, "GNU", 4) == 0) {
+      const auto* desc = reinterpret_cast<const unsigned char*>(notes + desc_at);
+      std::string id;
+      for (std::size_t i = 0; i < note.n_descsz; ++i) {
+        id += hex[desc[i] >> 4];
+        id += hex[desc[i] & 15];
+      }
+      return id;
+    }
+    at = next;
+  }
+  return {};
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail

@@ -9,23 +9,13 @@
 #include <cstdint>
 #include <system_error>
 
+#include "linkage.hpp"
 #include "text_file.hpp"
 
 namespace multicore::detail {
 
 /// Size of a transparent huge page (2 MiB on x86-64), or 0 when the kernel has none.
-inline std::size_t huge_page_bytes() {
-  static const std::size_t bytes = [] {
-    const auto text = read_text_file("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
-    std::size_t value = 0;
-    if (!text ||
-        std::from_chars(text->data(), text->data() + text->size(), value).ec != std::errc{}) {
-      return std::size_t{0};
-    }
-    return (value & (value - 1)) == 0 ? value : std::size_t{0};
-  }();
-  return bytes;
-}
+MULTICORE_DECL std::size_t huge_page_bytes();
 
 /// Asks the kernel to back the whole huge pages inside [data, data + bytes) with transparent
 /// huge pages, for fresh memory about to be written in full (a received payload, an encoding
@@ -42,5 +32,23 @@ inline void advise_huge_pages(void* data, std::size_t bytes) noexcept {
   const std::uintptr_t last = (start + bytes) & ~(page - 1);
   if (first < last) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 }
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL std::size_t huge_page_bytes() {
+  static const std::size_t bytes = [] {
+    const auto text = read_text_file("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
+    std::size_t value = 0;
+    if (!text ||
+        std::from_chars(text->data(), text->data() + text->size(), value).ec != std::errc{}) {
+      return std::size_t{0};
+    }
+    return (value & (value - 1)) == 0 ? value : std::size_t{0};
+  }();
+  return bytes;
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail

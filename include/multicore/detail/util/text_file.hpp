@@ -11,10 +11,17 @@
 #include <optional>
 #include <string>
 
+#include "linkage.hpp"
+
 namespace multicore::detail {
 
 // Whole contents of a small text file (procfs/sysfs), or nullopt if it cannot be read.
-inline std::optional<std::string> read_text_file(const std::string& file) {
+MULTICORE_DECL std::optional<std::string> read_text_file(const std::string& file);
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL std::optional<std::string> read_text_file(const std::string& file) {
   const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
   std::string text;
@@ -30,5 +37,7 @@ inline std::optional<std::string> read_text_file(const std::string& file) {
     }
   }
 }
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail
