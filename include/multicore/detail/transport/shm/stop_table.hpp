@@ -4,12 +4,14 @@
 #pragma once
 
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <optional>
-#include <random>
 
 #include "../../../errors.hpp"
 #include "futex.hpp"
@@ -103,6 +105,19 @@ struct StopTable {
   }
 };
 
+/// A fresh random id for this process's table: from getrandom(2) (not <random>, whose
+/// std::random_device would cost every file that includes the library a quarter of a second
+/// to parse), or, should the kernel refuse, from the time, the pid and an address. Never 0,
+/// the id of no table.
+inline std::uint64_t random_table_id() noexcept {
+  std::uint64_t id = 0;
+  if (::getrandom(&id, sizeof id, 0) != static_cast<ssize_t>(sizeof id)) {
+    id = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+         (static_cast<std::uint64_t>(::getpid()) << 40) ^ reinterpret_cast<std::uintptr_t>(&id);
+  }
+  return id | 1;
+}
+
 /// This process's table, or null before the first stop_table(). Atomic: a token may be read on
 /// any thread; the pointer never changes once set.
 inline std::atomic<StopTable*>& stop_table_pointer() noexcept {
@@ -118,8 +133,7 @@ inline StopTable& stop_table() {
         mmap(nullptr, sizeof(StopTable), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw SystemError("mmap of the StopSource table", errno);
     auto* t = new (p) StopTable;
-    t->id = (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
-    t->id |= 1;  // never 0, the id of no table
+    t->id = random_table_id();
     stop_table_pointer().store(t, std::memory_order_release);
     return t;
   }();
