@@ -72,9 +72,11 @@ struct ClusterOptions {
 /// `--map-by ppr:1:node`). On every rank the constructor first makes that node's fork server (so
 /// workers carry no MPI state), then initialises MPI and checks that every rank runs the same
 /// build (the same GNU build-id for every module; a rank that does not is an Error on rank 0,
-/// and every rank exits). On ranks other than 0 it never returns: the rank serves as its node's
-/// agent, running that node's workers for rank 0, and calls std::exit(0) when rank 0's Cluster
-/// is destroyed. So the code after it runs once, on rank 0, and never needs `if (rank == 0)`.
+/// to handle as the application sees fit, and every other rank prints it and exits with status
+/// 0, so that mpirun does not kill rank 0 meanwhile). On ranks other than 0 it never returns:
+/// the rank serves as its node's agent, running that node's workers for rank 0, and calls
+/// std::exit(0) when rank 0's Cluster is destroyed. So the code after it runs once, on rank 0,
+/// and never needs `if (rank == 0)`.
 ///
 /// Workers on each rank see their program as it was when that rank made its Cluster: set up
 /// what tasks read before making it. A rank that dies (its node fails, its agent is killed) ends
@@ -168,8 +170,11 @@ inline Cluster::Cluster(int& argc, char**& argv, ClusterOptions options)
     MPI_Finalize();
     finalized_ = true;
     if (rank == 0) throw Error(roster.error);
+    // Status 0: the error is rank 0's to handle (it may carry on without the cluster), and a
+    // rank that exits non-zero makes mpirun kill every other, rank 0 included, often before
+    // its own report is out. The job's status is then rank 0's.
     std::fprintf(stderr, "%s\n", roster.error.c_str());
-    std::exit(1);
+    std::exit(0);
   }
   if (rank != 0) {
     detail::mpi::Agent(*local_).run();

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Runs an MPI job that must fail: it must end (the caller's CTest timeout bounds it), exit
-# non-zero, print every pattern given, and leave no process of its executables behind.
-# Usage: expect_failure.sh "<pattern>[|<pattern>...]" <executable>... -- <mpirun command...>
+# non-zero (with STATUS, if given), print every pattern given, and leave no process of its
+# executables behind.
+# Usage: expect_failure.sh [--status STATUS] "<pattern>[|<pattern>...]" <executable>... --
+#                          <mpirun command...>
 set -uo pipefail
+expected_status=""
+if [[ $1 == --status ]]; then
+  expected_status=$2
+  shift 2
+fi
 IFS='|' read -r -a patterns <<<"$1"
 shift
 executables=()
@@ -13,6 +20,10 @@ status=$?
 echo "$output"
 echo "expect_failure: the job exited with status $status"
 ((status != 0)) || { echo "expect_failure: FAIL: it should have failed"; exit 1; }
+if [[ -n $expected_status && $status != "$expected_status" ]]; then
+  echo "expect_failure: FAIL: the job should have exited with status $expected_status"
+  exit 1
+fi
 for p in "${patterns[@]}"; do
   grep -qE -- "$p" <<<"$output" || { echo "expect_failure: FAIL: no line matches: $p"; exit 1; }
 done
