@@ -34,7 +34,7 @@ inline constexpr std::size_t max_ring_bytes = std::size_t{1} << 30;
 
 /// Checks the options a user gave and fills in the defaults. Throws std::invalid_argument
 /// naming the field and the offending value.
-PoolOptions validated(PoolOptions o);
+MULTICORE_DECL PoolOptions validated(PoolOptions o);
 
 class Scheduler;
 
