@@ -16,9 +16,11 @@
 #include <cstdlib>
 #include <future>
 #include <map>
+#include <memory>
 #include <multicore/detail/transport/shm/output.hpp>
 #include <multicore/multicore.hpp>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -393,6 +395,87 @@ TEST(WorkerOutput, TailIsCompleteWhileAChildOfTheWorkerHoldsItsStderr) {
     EXPECT_EQ(pool.call([] { return 7; }), 7);
   }  // the pool's end kills the child it adopted
   EXPECT_EQ(lines.of(WorkerStream::err), std::vector<std::string>{"last words, no newline"});
+}
+
+}  // namespace
+
+namespace {
+
+/// What process `pid` holds open: the target of each descriptor ("pipe:[inode]", a path...).
+std::map<int, std::string> descriptors_of(pid_t pid) {
+  std::map<int, std::string> held;
+  const std::string dir_name = "/proc/" + std::to_string(pid) + "/fd";
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(opendir(dir_name.c_str()), closedir);
+  if (!dir) return held;
+  while (const dirent* e = readdir(dir.get())) {
+    if (e->d_name[0] == '.') continue;
+    char link[128] = {};
+    const std::string path = dir_name + "/" + e->d_name;
+    if (readlink(path.c_str(), link, sizeof link - 1) > 0) held[std::atoi(e->d_name)] = link;
+  }
+  held.erase(dirfd(dir.get()));  // this very listing's (when pid is this process)
+  return held;
+}
+
+/// The descriptors `pid` holds that this process did not hold as `before`.
+std::map<int, std::string> added_to(pid_t pid, const std::map<int, std::string>& before) {
+  std::map<int, std::string> added;
+  for (const auto& [fd, target] : descriptors_of(pid)) {
+    const auto it = before.find(fd);
+    if (it == before.end() || it->second != target) added[fd] = target;
+  }
+  return added;
+}
+
+std::string listed(const std::map<int, std::string>& fds) {
+  std::string text;
+  for (const auto& [fd, target] : fds) text += std::to_string(fd) + " -> " + target + "; ";
+  return text;
+}
+
+// A worker holds what the application held when the pool was made and, as its stderr (and, tagged,
+// its stdout), a pipe of its own, whose end-of-file tells the parent that its output is complete.
+// Nothing else of any pool: a sibling's pipe kept open would hide that sibling's end; the
+// pools' event descriptors are theirs (a task writing one would wake a reader thread for
+// nothing). Two pools, the second made while the first runs.
+TEST(WorkerOutput, WorkersAndForkServersHoldNoDescriptorOfAnyPool) {
+  for (WorkerOutput mode : {WorkerOutput::inherit, WorkerOutput::tagged}) {
+    SCOPED_TRACE(mode == WorkerOutput::inherit ? "inherit" : "tagged");
+    const std::map<int, std::string> before = descriptors_of(getpid());
+    PoolOptions o;
+    o.workers = 2;
+    o.worker_output = mode;
+    Pool first(o);
+    Pool second(o);
+    const std::vector<pid_t> servers = multicore_test::live_children_of(getpid());
+    ASSERT_EQ(servers.size(), 2u) << "the fork servers";
+    std::set<std::string> pipes;
+    for (pid_t server : servers) {
+      const std::map<int, std::string> added = added_to(server, before);
+      // Its own end of its command socket, and the signalfd it learns of deaths by.
+      std::multiset<std::string> kinds;
+      for (const auto& [fd, target] : added) {
+        kinds.insert(target.starts_with("socket:") ? "socket" : target);
+      }
+      EXPECT_EQ(kinds, (std::multiset<std::string>{"anon_inode:[signalfd]", "socket"}))
+          << "fork server " << server << ": " << listed(added);
+      const std::vector<pid_t> workers = multicore_test::live_children_of(server);
+      ASSERT_EQ(workers.size(), 2u);
+      for (pid_t worker : workers) {
+        const std::map<int, std::string> added_here = added_to(worker, before);
+        std::vector<int> fds;
+        for (const auto& [fd, target] : added_here) {
+          fds.push_back(fd);
+          EXPECT_TRUE(target.starts_with("pipe:")) << fd << " -> " << target;
+          EXPECT_TRUE(pipes.insert(target).second) << target << " is held by two workers";
+        }
+        const std::vector<int> expected =
+            mode == WorkerOutput::tagged ? std::vector<int>{1, 2} : std::vector<int>{2};
+        EXPECT_EQ(fds, expected) << "worker " << worker << ": " << listed(added_here);
+      }
+    }
+    EXPECT_EQ(first.call([] { return 6; }) * second.call([] { return 7; }), 42);
+  }
 }
 
 }  // namespace

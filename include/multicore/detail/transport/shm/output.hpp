@@ -32,6 +32,7 @@
 #include "../../../options.hpp"
 #include "../../util/process.hpp"
 #include "../../util/threads.hpp"
+#include "owned_descriptors.hpp"
 
 namespace multicore::detail {
 
@@ -84,6 +85,13 @@ class WorkerOutputs {
       const int err = errno;
       close_fds();
       throw SystemError(epoll_ < 0 ? "epoll_create1" : "eventfd", err);
+    }
+    try {
+      OwnedDescriptors::instance().add(epoll_);
+      OwnedDescriptors::instance().add(wake_fd_);
+    } catch (...) {
+      close_fds();
+      throw;
     }
     epoll_event e{};
     e.events = EPOLLIN;
@@ -229,6 +237,15 @@ class WorkerOutputs {
     }
     // Never 0, 1 or 2, even when the application closed them (see above_stdio).
     if (!pair_above_stdio(fds)) throw SystemError("fcntl", errno);
+    try {
+      // The read end stays here as long as the pipe lives. (The write end goes to the worker at
+      // once: ShmTransport::start closes it right after handing it over.)
+      OwnedDescriptors::instance().add(fds[0]);
+    } catch (...) {
+      ::close(fds[0]);
+      ::close(fds[1]);
+      throw;
+    }
     fcntl(fds[0], F_SETFL, O_NONBLOCK);
     const std::uint64_t id = ++last_id_;
     Pipe& p = pipes_[id];
@@ -251,6 +268,7 @@ class WorkerOutputs {
 
   std::map<std::uint64_t, Pipe>::iterator close_pipe(std::map<std::uint64_t, Pipe>::iterator it) {
     epoll_ctl(epoll_, EPOLL_CTL_DEL, it->second.fd, nullptr);
+    OwnedDescriptors::instance().remove(it->second.fd);
     ::close(it->second.fd);
     return pipes_.erase(it);
   }
@@ -444,8 +462,10 @@ class WorkerOutputs {
   }
 
   void close_fds() noexcept {
-    if (epoll_ >= 0) ::close(epoll_);
-    if (wake_fd_ >= 0) ::close(wake_fd_);
+    for (int fd : {epoll_, wake_fd_}) {
+      OwnedDescriptors::instance().remove(fd);
+      if (fd >= 0) ::close(fd);
+    }
     epoll_ = wake_fd_ = -1;
   }
 

@@ -8,8 +8,9 @@
 
 namespace multicore::detail {
 
-/// Descriptors every pool of this process owns. A newly forked fork server closes the other
-/// pools' ones, or it would keep their lifelines open and they would never see end-of-file.
+/// Descriptors every pool of this process owns. A newly forked fork server closes them all (its
+/// own pool's too), and so its workers hold none: they would keep other pools' lifelines and
+/// their workers' output pipes open, which would then never show end-of-file.
 /// The mutex is never held across a fork, but another thread may hold it at that moment:
 /// after_fork() gives the child a fresh one (see watch_forks()).
 struct OwnedDescriptors {
@@ -19,6 +20,17 @@ struct OwnedDescriptors {
   static OwnedDescriptors& instance() {
     static OwnedDescriptors registry;
     return registry;
+  }
+
+  /// `fd` was just made: fork servers forked from now on close it. Throws std::bad_alloc.
+  void add(int fd) {
+    std::lock_guard lock(mutex);
+    fds.push_back(fd);
+  }
+  /// `fd` is about to be closed (its number may then be reused for anything).
+  void remove(int fd) noexcept {
+    std::lock_guard lock(mutex);
+    std::erase(fds, fd);
   }
 
   /// In the child of a fork, while it has one thread. The holder of the old mutex, if any,

@@ -475,11 +475,7 @@ class ShmTransport final : public Transport {
     zygote_ = pid;
   }
 
-  static void unregister_fd(int fd) noexcept {
-    auto& owned = OwnedDescriptors::instance();
-    std::lock_guard lock(owned.mutex);
-    std::erase(owned.fds, fd);
-  }
+  static void unregister_fd(int fd) noexcept { OwnedDescriptors::instance().remove(fd); }
 
   bool zygote_alive() noexcept {
     if (zygote_ <= 0) return false;
