@@ -61,7 +61,7 @@ void BM_PrintMegabyte(benchmark::State& state) {
     multicore::Pool pool(options);
     for (auto _ : state) pool.call(print_megabyte);
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * megabyte));
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(megabyte));
   state.SetLabel(state.range(0) == 0 ? "inherit" : state.range(0) == 1 ? "tagged" : "callback");
 }
 BENCHMARK(BM_PrintMegabyte)->Arg(0)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
