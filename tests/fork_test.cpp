@@ -501,6 +501,52 @@ TEST(InheritedState, WorkersOfAPoolMadeOnASmallStackThreadHaveANormalStack) {
   EXPECT_EQ(outcome, "value " + std::to_string(used / 4096));
 }
 
+/// What this process's standard input is ("/dev/null", "pipe:[...]"...), and what a read() of
+/// up to 64 bytes from it gives: "eof", or the bytes read.
+std::string stdin_and_read() {
+  char link[128] = {};
+  if (readlink("/proc/self/fd/0", link, sizeof link - 1) < 0) std::strcpy(link, "?");
+  char bytes[64];
+  const ssize_t n = read(STDIN_FILENO, bytes, sizeof bytes);
+  const std::string got = n < 0 ? "error" : n == 0 ? "eof" : std::string(bytes, std::size_t(n));
+  return std::string(link) + " " + got;
+}
+
+/// Makes a pipe this process's standard input while it lives, with `text` in it, written end
+/// closed; gives the previous one back after.
+class StdinFrom {
+ public:
+  explicit StdinFrom(const std::string& text) : saved_(dup(STDIN_FILENO)) {
+    int fds[2];
+    if (pipe(fds) != 0) ADD_FAILURE() << "pipe failed";
+    EXPECT_TRUE(multicore_test::write_all(fds[1], text.data(), text.size()));
+    ::close(fds[1]);
+    dup2(fds[0], STDIN_FILENO);
+    ::close(fds[0]);
+  }
+  ~StdinFrom() {
+    dup2(saved_, STDIN_FILENO);
+    ::close(saved_);
+  }
+  StdinFrom(const StdinFrom&) = delete;
+  StdinFrom& operator=(const StdinFrom&) = delete;
+
+ private:
+  int saved_;
+};
+
+// A worker's standard input is /dev/null. Regression test: workers inherited the application's,
+// so a task that read it took input the application was waiting for (here, all of it), and from
+// a terminal it was stopped (SIGTTIN: a worker leads a background process group) and its future
+// never became ready.
+TEST(InheritedState, WorkersReadEndOfFileFromStdinAndLeaveTheApplicationsInput) {
+  const StdinFrom input("the application's input\n");
+  Pool pool(PoolOptions{.workers = 1});
+  EXPECT_EQ(pool.call(stdin_and_read), "/dev/null eof");
+  const std::string here = stdin_and_read();
+  EXPECT_TRUE(here.ends_with(" the application's input\n")) << here;
+}
+
 /// True when the caller runs on the stack its process started with ("[stack]" in its maps).
 bool on_initial_stack() {
   const auto here = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));

@@ -433,10 +433,10 @@ std::string listed(const std::map<int, std::string>& fds) {
   return text;
 }
 
-// A worker holds what the application held when the pool was made and, as its stderr (and, tagged,
-// its stdout), a pipe of its own, whose end-of-file tells the parent that its output is complete.
-// Nothing else of any pool: a sibling's pipe kept open would hide that sibling's end; the
-// pools' event descriptors are theirs (a task writing one would wake a reader thread for
+// A worker holds what the application held when the pool was made (stdin aside) and, as its stderr
+// (and, tagged, its stdout), a pipe of its own, whose end-of-file tells the parent that its output
+// is complete. Nothing else of any pool: a sibling's pipe kept open would hide that sibling's end;
+// the pools' event descriptors are theirs (a task writing one would wake a reader thread for
 // nothing). Two pools, the second made while the first runs.
 TEST(WorkerOutput, WorkersAndForkServersHoldNoDescriptorOfAnyPool) {
   for (WorkerOutput mode : {WorkerOutput::inherit, WorkerOutput::tagged}) {
@@ -451,7 +451,10 @@ TEST(WorkerOutput, WorkersAndForkServersHoldNoDescriptorOfAnyPool) {
     ASSERT_EQ(servers.size(), 2u) << "the fork servers";
     std::set<std::string> pipes;
     for (pid_t server : servers) {
-      const std::map<int, std::string> added = added_to(server, before);
+      std::map<int, std::string> added = added_to(server, before);
+      // Its stdin is /dev/null (see InheritedState in fork_test.cpp), whatever ours is.
+      EXPECT_EQ(descriptors_of(server)[0], "/dev/null");
+      added.erase(0);
       // Its own end of its command socket, and the signalfd it learns of deaths by.
       std::multiset<std::string> kinds;
       for (const auto& [fd, target] : added) {
@@ -462,7 +465,10 @@ TEST(WorkerOutput, WorkersAndForkServersHoldNoDescriptorOfAnyPool) {
       const std::vector<pid_t> workers = multicore_test::live_children_of(server);
       ASSERT_EQ(workers.size(), 2u);
       for (pid_t worker : workers) {
-        const std::map<int, std::string> added_here = added_to(worker, before);
+        std::map<int, std::string> added_here = added_to(worker, before);
+        // Its stdin is /dev/null (see InheritedState in fork_test.cpp), whatever ours is.
+        EXPECT_EQ(descriptors_of(worker)[0], "/dev/null");
+        added_here.erase(0);
         std::vector<int> fds;
         for (const auto& [fd, target] : added_here) {
           fds.push_back(fd);

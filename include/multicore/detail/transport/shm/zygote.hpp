@@ -137,6 +137,16 @@ class Zygote {
   [[noreturn]] void run() noexcept {
     for (int fd : s_.foreign_fds) close(fd);
     OwnedDescriptors::instance().fds.clear();  // closed: no pool made here must close them
+    // Never the application's stdin: a task reading it would take input the application waits
+    // for (a pipe's, or a file's at the offset they share) or, from a terminal, be stopped
+    // (SIGTTIN: a worker leads a background process group) and never answer. End-of-file.
+    // Set here, once, for every worker, and so that this process does not hold the
+    // application's stdin open either. (Where /dev/null cannot be opened, it stays.)
+    const int null_fd = open("/dev/null", O_RDONLY);
+    if (null_fd > STDIN_FILENO) {
+      dup2(null_fd, STDIN_FILENO);
+      close(null_fd);
+    }
     // Its own process group: a Ctrl-C at the terminal reaches the application, which decides;
     // the workers then stop with the pool instead of dying mid-task.
     setpgid(0, 0);
