@@ -7,6 +7,7 @@
 
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <future>
@@ -157,6 +158,43 @@ TEST_P(WorkerDeath, FutureThrowsWorkerLostWithExactStatus) {
   EXPECT_NE(after, before) << "the dead worker must have been replaced";
   EXPECT_EQ(pool.size(), 1u);
   EXPECT_EQ(pool.submit([](int x) { return x * 3; }, 14).get(), 42);
+}
+
+/// The process that set up exit_time_code(); in any other (a worker), its code says it ran.
+pid_t exit_time_code_owner = 0;
+
+void say_if_in_a_worker(const char* what) {
+  if (getpid() != exit_time_code_owner) std::fprintf(stderr, "%s ran in a worker\n", what);
+}
+
+struct DestroyedAtExit {
+  ~DestroyedAtExit() { say_if_in_a_worker("a static destructor"); }
+};
+
+/// Gives this process an atexit handler and a static object, as applications have.
+void exit_time_code() {
+  static const bool done = [] {
+    exit_time_code_owner = getpid();
+    static DestroyedAtExit object;
+    std::atexit([] { say_if_in_a_worker("an atexit handler"); });
+    return true;
+  }();
+  (void)done;
+}
+
+// A task that calls exit() (as C libraries do on errors: libjpeg's default error handler does)
+// ends its worker with that status, without running the application's atexit handlers and
+// static destructors there: they belong to the application (they may flush its buffers again,
+// remove its files, ...), which is why workers end with _exit. Regression test: both ran.
+TEST(Crash, ExitInATaskRunsNoneOfTheApplicationsExitTimeCode) {
+  exit_time_code();
+  Pool pool(PoolOptions{.workers = 1});
+  auto crashed = pool.submit(die, Death::exit_3);
+  const auto lost = error_of<WorkerLost>(crashed);
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(lost->exit_code(), 3);
+  EXPECT_EQ(lost->output_tail(), "");
+  EXPECT_GT(pool.call(own_pid), 0) << "the pool goes on";
 }
 
 // With one worker and more tasks than it may hold in flight (at most 64), some tasks are queued

@@ -19,12 +19,14 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <new>
 #include <span>
 #include <vector>
 
+#include "../../util/process.hpp"
 #include "layout.hpp"
 #include "owned_descriptors.hpp"
 #include "shm_channel.hpp"
@@ -266,6 +268,12 @@ class Zygote {
     // the fork server was already gone.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != zygote) _exit(0);
+#if defined(__GLIBC__)
+    // A task that calls exit() (C libraries do, on errors) ends the worker as _exit would, with
+    // its status: the application's atexit handlers and static destructors, which exit() runs
+    // after this (last registered, first run), belong to it (see leave_worker).
+    on_exit([](int status, void*) { leave_worker(status); }, nullptr);
+#endif
     const ShmWorkerSetup& setup = s_.workers[k];
     current_worker() = &setup;
     ShmWorkerChannel channel(setup);
