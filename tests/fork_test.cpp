@@ -517,8 +517,11 @@ std::string stdin_and_read() {
 class StdinFrom {
  public:
   explicit StdinFrom(const std::string& text) : saved_(dup(STDIN_FILENO)) {
-    int fds[2];
-    if (pipe(fds) != 0) ADD_FAILURE() << "pipe failed";
+    int fds[2] = {-1, -1};
+    if (pipe(fds) != 0) {
+      ADD_FAILURE() << "pipe failed";
+      return;
+    }
     EXPECT_TRUE(multicore_test::write_all(fds[1], text.data(), text.size()));
     ::close(fds[1]);
     dup2(fds[0], STDIN_FILENO);
