@@ -243,7 +243,9 @@ long kib_given_back_by(Free&& free) {
 
 // Freed while a pool lives, memory of the snapshot stays held by the fork server and the
 // workers; left out, it comes back at once. RSS cannot show it (the parent's RSS drops either
-// way): the Pss of the whole tree counts what the machine holds.
+// way): the Pss of the whole tree counts what the machine holds. The tree's other memory moves
+// meanwhile (under AddressSanitizer by 4 MiB once in CI, when 9/10 was asked): "comes back" is
+// more than 3/4, "stays held" less than 1/4.
 TEST(Snapshot, FreedKeptOutMemoryComesBackWhileAPoolLives) {
   constexpr std::size_t count = 8192;  // 32 MiB
   const long kib = static_cast<long>(count * page / 1024);
@@ -251,9 +253,9 @@ TEST(Snapshot, FreedKeptOutMemoryComesBackWhileAPoolLives) {
   EXPECT_LT(kib_given_back_by([&] { shared.release(); }), kib / 4);  // held by the pool
   Pages kept(count);
   keep_out_of_workers(kept.data(), kept.bytes());
-  EXPECT_GT(kib_given_back_by([&] { kept.release(); }), kib * 9 / 10);
+  EXPECT_GT(kib_given_back_by([&] { kept.release(); }), kib * 3 / 4);
   auto vector = std::vector<char, ParentOnlyAllocator<char>>(count * page, 1);
-  EXPECT_GT(kib_given_back_by([&] { decltype(vector)().swap(vector); }), kib * 9 / 10);
+  EXPECT_GT(kib_given_back_by([&] { decltype(vector)().swap(vector); }), kib * 3 / 4);
 }
 
 }  // namespace
