@@ -463,8 +463,9 @@ class WorkerOutputs {
 
   void close_fds() noexcept {
     for (int fd : {epoll_, wake_fd_}) {
+      if (fd < 0) continue;
       OwnedDescriptors::instance().remove(fd);
-      if (fd >= 0) ::close(fd);
+      ::close(fd);
     }
     epoll_ = wake_fd_ = -1;
   }

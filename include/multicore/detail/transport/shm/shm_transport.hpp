@@ -286,7 +286,7 @@ class ShmTransport final : public Transport {
   void close() noexcept override {
     if (command_fd_ >= 0) {
       command({ZygoteCommand::exit, 0});
-      unregister_fd(command_fd_);
+      OwnedDescriptors::instance().remove(command_fd_);
       ::close(command_fd_);
       command_fd_ = -1;
     }
@@ -467,15 +467,13 @@ class ShmTransport final : public Transport {
     const int err = errno;
     ::close(setup.command_fd);
     if (pid < 0) {
-      unregister_fd(command_fd_);
+      OwnedDescriptors::instance().remove(command_fd_);
       ::close(command_fd_);
       command_fd_ = -1;
       throw SystemError(failed, err);
     }
     zygote_ = pid;
   }
-
-  static void unregister_fd(int fd) noexcept { OwnedDescriptors::instance().remove(fd); }
 
   bool zygote_alive() noexcept {
     if (zygote_ <= 0) return false;
