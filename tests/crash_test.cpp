@@ -197,7 +197,7 @@ TEST(Crash, ExitInATaskRunsNoneOfTheApplicationsExitTimeCode) {
   EXPECT_GT(pool.call(own_pid), 0) << "the pool goes on";
 }
 
-// With one worker and more tasks than it may hold in flight (at most 64), some tasks are queued
+// With one worker and more tasks than it may hold in flight (at most 256), some tasks are queued
 // behind the crashing one in the worker's ring and the rest wait in the parent: all of them
 // must run on the replacement and succeed.
 TEST_P(WorkerDeath, OnlyTheCrashingTaskFails) {

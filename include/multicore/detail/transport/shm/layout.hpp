@@ -20,7 +20,7 @@ namespace multicore::detail {
 enum class SlotState : std::uint32_t { empty, spawning, ready, spawn_failed, dead };
 
 /// Most jobs the parent has in flight to one worker at a time (sent, not yet answered).
-inline constexpr std::size_t max_jobs_in_flight = 64;
+inline constexpr std::size_t max_jobs_in_flight = 256;
 
 /// Per-worker shared state. The worker's hot fields and the parent-written fields sit on
 /// separate cache lines.
