@@ -2,6 +2,8 @@
 // What a worker answers for one call (or one item of a map chunk): a value, or what went wrong.
 #pragma once
 
+#include <cxxabi.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -16,6 +18,7 @@
 #include "../serialize/serialize.hpp"
 #include "../util/demangle.hpp"
 #include "../util/linkage.hpp"
+#include "../util/process.hpp"
 
 namespace multicore::detail {
 
@@ -70,7 +73,25 @@ MULTICORE_DECL std::string read_string(Reader& in) {
   return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
 }
 
+/// Called in a handler of what a task threw. A task that ends its thread (pthread_exit, or a
+/// cancellation) unwinds it with a forced unwind, which no handler may swallow: glibc aborts
+/// the process if one does. In a worker it ends the worker, as a process ends when its last
+/// thread does (and never a team thread alone: its chunk would wait for it for ever). In the
+/// application (a Task run inline) it cannot pass the entries' noexcept: the process ends, as
+/// it did before this was caught. Not checked for null references: that unwind carries no C++
+/// object, so the handler's reference is null by design (UBSan would report it).
+__attribute__((no_sanitize("null"))) inline void leave_if_the_thread_ends() noexcept {
+  try {
+    throw;
+  } catch (abi::__forced_unwind&) {
+    if (in_worker_process()) leave_worker(0);
+    std::terminate();
+  } catch (...) {
+  }
+}
+
 MULTICORE_DECL void write_current_exception(Writer& out) noexcept {
+  leave_if_the_thread_ends();
   const std::size_t mark = out.size();
   std::string type = "unknown exception";
   std::string message;
