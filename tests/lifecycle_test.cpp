@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -825,6 +826,39 @@ TEST(Lifecycle, MapWhoseForkServerDiesYieldsAnOutcomeForEveryItem) {
       },
       30s);
   EXPECT_TRUE(end.exited_with(0)) << end.describe();
+}
+
+// A task may clear its worker's parent-death signal: prctl does, and so does any change of the
+// worker's effective user or group id (a task that drops privileges). That worker must still
+// end when its fork server dies, not wait for requests for ever, orphaned. Regression test: it
+// stayed, adopted by init, after the pool and its application were gone. (In an application
+// that is not a subreaper: a subreaper's pool kills what it adopts, see reap_orphans. This
+// process is one, so the worker ends up here, and is reaped here.)
+TEST(Lifecycle, AWorkerWhoseTaskClearedItsParentDeathSignalEndsWithItsForkServer) {
+  const AppResult app = run_app([](const Report& report) {
+    Pool pool(PoolOptions{.workers = 1});
+    const pid_t worker = pool.call([] {
+      prctl(PR_SET_PDEATHSIG, 0);
+      return getpid();
+    });
+    const auto stat = multicore_test::proc_stat(worker);
+    if (!stat) return report.line("no worker");
+    report.line(std::to_string(worker));
+    const int pidfd = multicore_test::pidfd_open(worker);
+    if (pidfd < 0) return report.line(std::string("pidfd_open: ") + std::strerror(errno));
+    kill(stat->ppid, SIGKILL);
+    const bool ended = multicore_test::pidfd_exited_within(pidfd, 10s);
+    report.line(ended ? "the worker ended" : "the worker outlived its fork server");
+    if (!ended) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);  // leave nothing
+    close(pidfd);
+  });
+  EXPECT_TRUE(WIFEXITED(app.status) && WEXITSTATUS(app.status) == 0) << app.report;
+  const auto lines = lines_of(app.report);
+  ASSERT_EQ(lines.size(), 2u) << app.report;
+  EXPECT_EQ(lines[1], "the worker ended");
+  // Ended (or killed by the application), and adopted by this process: not left a zombie.
+  const pid_t worker = std::stoi(lines[0]);
+  EXPECT_NE(multicore_test::reap(worker), -1) << "worker " << worker << " was not adopted here";
 }
 
 TEST(Lifecycle, ForkServerKilledFromOutsideLeavesASubreaperApplicationNoZombie) {

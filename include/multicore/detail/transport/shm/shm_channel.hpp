@@ -2,11 +2,13 @@
 // The worker's end of the shared-memory transport: its two streams and its slot's fields.
 #pragma once
 
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -36,18 +38,22 @@ inline const ShmWorkerSetup*& current_worker() noexcept {
 
 class ShmWorkerChannel final : public WorkerChannel {
  public:
+  /// Made in the worker just forked, whose parent is still its fork server (checked then).
   explicit ShmWorkerChannel(const ShmWorkerSetup& setup) noexcept
-      : setup_(setup), requests_(setup.requests), answers_(setup.answers) {}
+      : setup_(setup),
+        requests_(setup.requests),
+        answers_(setup.answers),
+        fork_server_(getppid()) {}
 
   bool wait_for_request(std::chrono::nanoseconds timeout) noexcept override {
     return !requests_
                 .wait_for_bytes(
-                    request_spin_, [this] { flush_output(); }, timeout)
+                    request_spin_, [this] { before_sleep(); }, timeout)
                 .empty();
   }
 
   std::span<const std::byte> peek() noexcept override {
-    return requests_.wait_for_bytes(request_spin_, [this] { flush_output(); });
+    return requests_.wait_for_bytes(request_spin_, [this] { before_sleep(); });
   }
 
   void consume(std::size_t n) noexcept override { requests_.consume(n); }
@@ -94,6 +100,21 @@ class ShmWorkerChannel final : public WorkerChannel {
   }
 
  private:
+  void before_sleep() noexcept {
+    flush_output();
+    stay_bound_to_the_fork_server();
+  }
+
+  /// A task may have cleared the parent-death signal the worker started with (prctl does, and
+  /// so does any change of its effective user or group id: a task dropping privileges). Then,
+  /// if its fork server died, the worker would sleep here for ever, orphaned. So before each
+  /// sleep (not each task: two system calls) it is set again, and checked after setting, in
+  /// case the fork server is gone already.
+  void stay_bound_to_the_fork_server() const noexcept {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != fork_server_) leave_worker(0);
+  }
+
   /// What the tasks printed goes out when the worker runs out of work and goes to sleep, not
   /// after every task (a flush walks every stdio stream). A flush blocks while its pipe is full
   /// (nobody reads it): the parent sees the worker busy outside any task meanwhile, and
@@ -111,6 +132,7 @@ class ShmWorkerChannel final : public WorkerChannel {
   SpinBudget request_spin_;
   SpinBudget answer_spin_;
   std::uint64_t requests_read_ = 0;  // the place of the next request in the stream
+  pid_t fork_server_;
 };
 
 }  // namespace multicore::detail
