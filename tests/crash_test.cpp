@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -201,6 +202,35 @@ TEST(Crash, ExitInATaskRunsNoneOfTheApplicationsExitTimeCode) {
   ASSERT_TRUE(lost);
   EXPECT_EQ(lost->exit_code(), 3);
   EXPECT_EQ(lost->output_tail(), "");
+  EXPECT_GT(pool.call(own_pid), 0) << "the pool goes on";
+}
+
+/// Replaces the worker's program by `sleep seconds`, as a task does that calls exec where fork
+/// then exec, posix_spawn or system() was meant. Returns only if exec failed.
+int replace_the_program(int seconds) {
+  const std::string duration = std::to_string(seconds);
+  execlp("sleep", "sleep", duration.c_str(), static_cast<char*>(nullptr));
+  return -1;
+}
+
+// A task that replaces its worker's program takes the worker with it: it gets WorkerLost saying
+// so, at once, rather than a future that waits until that program ends (for ever, if it is a
+// server). Regression test: the future waited as long as the program ran.
+TEST(Crash, TaskThatReplacesItsWorkersProgramFailsAtOnce) {
+  using namespace std::chrono_literals;
+  Pool pool(PoolOptions{.workers = 1});
+  auto replaced = pool.submit(replace_the_program, 3600);
+  // A liveness bound, not a timing assertion: before, this waited the hour.
+  if (replaced.wait_for(30s) != std::future_status::ready) {
+    pool.terminate();
+    FAIL() << "the future waited for the program its task started";
+  }
+  const auto lost = error_of<WorkerLost>(replaced);
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(lost->signal(), SIGKILL);
+  EXPECT_NE(std::string(lost->what()).find("replaced the worker's program (exec"),
+            std::string::npos)
+      << lost->what();
   EXPECT_GT(pool.call(own_pid), 0) << "the pool goes on";
 }
 

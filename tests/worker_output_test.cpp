@@ -435,7 +435,8 @@ std::string listed(const std::map<int, std::string>& fds) {
 
 // A worker holds what the application held when the pool was made (stdin aside) and, as its stderr
 // (and, tagged, its stdout), a pipe of its own, whose end-of-file tells the parent that its output
-// is complete. Nothing else of any pool: a sibling's pipe kept open would hide that sibling's end;
+// is complete; and its exec watch, a pipe whose other end only its fork server holds. Nothing else
+// of any pool: a sibling's pipe kept open would hide that sibling's end;
 // the pools' event descriptors are theirs (a task writing one would wake a reader thread for
 // nothing). Two pools, the second made while the first runs.
 TEST(WorkerOutput, WorkersAndForkServersHoldNoDescriptorOfAnyPool) {
@@ -455,12 +456,18 @@ TEST(WorkerOutput, WorkersAndForkServersHoldNoDescriptorOfAnyPool) {
       // Its stdin is /dev/null (see InheritedState in fork_test.cpp), whatever ours is.
       EXPECT_EQ(descriptors_of(server)[0], "/dev/null");
       added.erase(0);
-      // Its own end of its command socket, and the signalfd it learns of deaths by.
+      // Its own end of its command socket, the signalfd it learns of deaths by, and its workers'
+      // exec watches.
       std::multiset<std::string> kinds;
+      std::set<std::string> watches;
       for (const auto& [fd, target] : added) {
-        kinds.insert(target.starts_with("socket:") ? "socket" : target);
+        if (target.starts_with("pipe:")) watches.insert(target);
+        kinds.insert(target.starts_with("socket:") ? "socket"
+                     : target.starts_with("pipe:") ? "pipe"
+                                                   : target);
       }
-      EXPECT_EQ(kinds, (std::multiset<std::string>{"anon_inode:[signalfd]", "socket"}))
+      EXPECT_EQ(kinds,
+                (std::multiset<std::string>{"anon_inode:[signalfd]", "pipe", "pipe", "socket"}))
           << "fork server " << server << ": " << listed(added);
       const std::vector<pid_t> workers = multicore_test::live_children_of(server);
       ASSERT_EQ(workers.size(), 2u);
@@ -470,11 +477,17 @@ TEST(WorkerOutput, WorkersAndForkServersHoldNoDescriptorOfAnyPool) {
         EXPECT_EQ(descriptors_of(worker)[0], "/dev/null");
         added_here.erase(0);
         std::vector<int> fds;
+        int watched = 0;
         for (const auto& [fd, target] : added_here) {
-          fds.push_back(fd);
           EXPECT_TRUE(target.starts_with("pipe:")) << fd << " -> " << target;
           EXPECT_TRUE(pipes.insert(target).second) << target << " is held by two workers";
+          if (fd > 2 && watches.contains(target)) {
+            ++watched;
+          } else {
+            fds.push_back(fd);
+          }
         }
+        EXPECT_EQ(watched, 1) << "worker " << worker << ": " << listed(added_here);
         const std::vector<int> expected =
             mode == WorkerOutput::tagged ? std::vector<int>{1, 2} : std::vector<int>{2};
         EXPECT_EQ(fds, expected) << "worker " << worker << ": " << listed(added_here);

@@ -289,6 +289,12 @@ inline void Supervisor::blame(unsigned k, const Death& death,
   } else if (corrupt) {
     error = std::make_exception_ptr(worker_lost(
         death, "after sending a corrupt or truncated answer; it was stopped and replaced"));
+  } else if (death.cause == Death::Cause::replaced_program) {
+    error = std::make_exception_ptr(worker_lost(
+        death,
+        "while running this task, which replaced the worker's program (exec) or closed its "
+        "descriptors: start another program from a child process (posix_spawn, or fork then "
+        "exec)"));
   } else if (s.timed_out_task == 0) {
     error = std::make_exception_ptr(worker_lost(death, "while running this task"));
   }

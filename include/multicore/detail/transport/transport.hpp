@@ -44,10 +44,11 @@ class TailRouter {
 /// How a worker ended, in terms every transport can give.
 struct Death {
   enum class Cause : std::uint8_t {
-    ended,         ///< the process exited or was killed (signal / exit_code say how)
-    spawn_failed,  ///< no process could be made (`error` is the errno)
-    start_failed,  ///< on_worker_start threw (`text` is what it said)
-    violation,     ///< it broke the protocol (`text` says how); the transport killed it
+    ended,             ///< the process exited or was killed (signal / exit_code say how)
+    spawn_failed,      ///< no process could be made (`error` is the errno)
+    start_failed,      ///< on_worker_start threw (`text` is what it said)
+    violation,         ///< it broke the protocol (`text` says how); the transport killed it
+    replaced_program,  ///< a task replaced its program (exec); the transport killed it
   };
   Cause cause = Cause::ended;
   int pid = 0;                ///< 0 when there never was a process

@@ -125,7 +125,8 @@ inline Death decode_death(std::span<const std::byte> bytes, const std::string& w
     d.text = "a malformed death report from its agent";
   } else {
     std::memcpy(&r, bytes.data(), sizeof r);
-    d.cause = static_cast<Death::Cause>(std::min<std::uint8_t>(r.cause, 3));
+    d.cause = static_cast<Death::Cause>(
+        std::min(r.cause, static_cast<std::uint8_t>(Death::Cause::replaced_program)));
     d.pid = r.pid;
     d.signal = r.signal;
     d.exit_code = r.exit_code;

@@ -33,7 +33,9 @@ struct SlotShared {
   /// Fork server: when the worker was stopped (SIGSTOP; steady clock, ns), 0 while it runs.
   std::atomic<std::int64_t> stopped_since_ns{0};
   std::atomic<std::uint32_t> start_failed{0};  ///< worker: on_worker_start threw (see start_error)
-  char start_error[256]{};                     ///< worker, NUL-terminated, before start_failed
+  /// Fork server: the worker replaced its program (exec) or closed its exec watch; killed.
+  std::atomic<std::uint32_t> replaced_program{0};
+  char start_error[256]{};  ///< worker, NUL-terminated, before start_failed
 
   // Progress, written only by the worker.
   alignas(cache_line_size) std::atomic<std::uint64_t> running{

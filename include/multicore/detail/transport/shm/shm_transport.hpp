@@ -72,6 +72,8 @@ class ShmTransport final : public Transport {
     ZygoteSetup setup;
     setup.parent = getpid();
     setup.pids.assign(options_.workers, 0);
+    setup.exec_watches.assign(options_.workers, -1);
+    setup.poll_set.resize(2 + std::size_t{options_.workers});
     for (unsigned k = 0; k < options_.workers; ++k) {
       setup.workers.push_back({pool_, layout_.slot(base, k), layout_.requests(base, k),
                                layout_.answers(base, k),
@@ -382,6 +384,8 @@ class ShmTransport final : public Transport {
     } else if (shared.start_failed.load(std::memory_order_acquire) != 0) {
       d.cause = Death::Cause::start_failed;
       d.text.assign(shared.start_error, strnlen(shared.start_error, sizeof shared.start_error));
+    } else if (shared.replaced_program.load(std::memory_order_acquire) != 0) {
+      d.cause = Death::Cause::replaced_program;
     }
     return d;
   }

@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -51,6 +52,8 @@ struct ZygoteSetup {
   std::vector<int> foreign_fds;         // other pools' descriptors, to close
   std::vector<ShmWorkerSetup> workers;  // one per slot
   std::vector<pid_t> pids;              // one per slot: the live worker's pid, or 0
+  std::vector<int> exec_watches;        // one per slot: its worker's exec watch, or -1
+  std::vector<pollfd> poll_set;         // command socket, signalfd, then one per slot
 };
 
 /// How much stack a program's main thread may use: the soft RLIMIT_STACK, or 8 MiB when it is
@@ -173,13 +176,26 @@ class Zygote {
     // The parent may have died between fork and now; nobody would then ever close the socket.
     if (getppid() != s_.parent) finish();
     for (;;) {
-      pollfd fds[2] = {{s_.command_fd, POLLIN, 0}, {signal_fd_, POLLIN, 0}};
+      std::vector<pollfd>& fds = s_.poll_set;
+      fds[0] = {s_.command_fd, POLLIN, 0};
+      fds[1] = {signal_fd_, POLLIN, 0};
+      for (std::size_t k = 0; k < s_.exec_watches.size(); ++k) {
+        // Only its hang-up counts (bytes a task wrote into it do not); -1: poll skips it.
+        fds[2 + k] = {s_.exec_watches[k], 0, 0};
+      }
       // The timeout is a second line of defence for parent death (the socket can stay open if
       // the application forked a child of its own that inherited it).
-      const int ready = poll(fds, 2, 250);
+      const int ready = poll(fds.data(), fds.size(), 250);
       if (ready < 0 && errno != EINTR) finish();
       if (getppid() != s_.parent) finish();
       if (fds[1].revents != 0) reap();
+      for (std::size_t k = 0; k < s_.exec_watches.size(); ++k) {
+        // Unless reap() closed it meanwhile: a watch of the same number may be a new worker's.
+        if ((fds[2 + k].revents & (POLLHUP | POLLERR)) != 0 &&
+            fds[2 + k].fd == s_.exec_watches[k]) {
+          watch_closed(k);
+        }
+      }
       if (fds[0].revents != 0) command();
     }
   }
@@ -234,9 +250,19 @@ class Zygote {
   void spawn(std::uint32_t k, const int (&pipes)[max_pipes]) noexcept {
     SlotShared& slot = *s_.workers[k].slot;
     const pid_t self = getpid();
+    // The worker's exec watch (see watch_closed): a pipe whose write end only the worker holds,
+    // closed by exec. Without one (no descriptors left), the worker is not watched.
+    int watch[2] = {-1, -1};
+    if (pipe2(watch, O_CLOEXEC) != 0 || !pair_above_stdio(watch)) watch[0] = watch[1] = -1;
+    slot.replaced_program.store(0, std::memory_order_relaxed);
     const pid_t pid = fork();
-    if (pid == 0) become_worker(k, self, pipes);
+    if (pid == 0) {
+      if (watch[0] >= 0) close(watch[0]);  // the fork server's end
+      become_worker(k, self, pipes, watch[1]);
+    }
+    if (watch[1] >= 0) close(watch[1]);
     if (pid < 0) {
+      if (watch[0] >= 0) close(watch[0]);
       slot.spawn_errno.store(errno, std::memory_order_relaxed);
       slot.state.store(SlotState::spawn_failed, std::memory_order_release);
       s_.workers[k].pool->parent_bell.ring();
@@ -244,10 +270,56 @@ class Zygote {
     }
     s_.pids[k] = pid;
     slot.pid.store(pid, std::memory_order_relaxed);
+    close_exec_watch(k);  // the previous worker's, had its death not been read yet
+    s_.exec_watches[k] = watch[0];
   }
 
-  [[noreturn]] void become_worker(std::uint32_t k, pid_t zygote,
-                                  const int (&pipes)[max_pipes]) noexcept {
+  void close_exec_watch(std::size_t k) noexcept {
+    if (s_.exec_watches[k] >= 0) close(s_.exec_watches[k]);
+    s_.exec_watches[k] = -1;
+  }
+
+  /// Slot k's exec watch closed: its worker died, is dying, or replaced its program by exec (a
+  /// task calling exec where fork then exec, posix_spawn or system() was meant), or closed the
+  /// descriptor. In the last two cases it can never answer, and its task's future would wait
+  /// for as long as that program runs: it is killed, and the parent told why.
+  void watch_closed(std::size_t k) noexcept {
+    close_exec_watch(k);
+    const pid_t pid = s_.pids[k];
+    if (pid <= 0 || !runs(pid)) return;
+    s_.workers[k].slot->replaced_program.store(1, std::memory_order_release);
+    kill_worker(pid);
+  }
+
+  /// Whether our child `pid` runs, neither exited nor on its way out (a process closes its
+  /// descriptors as it exits, before it can be waited for). Leaves it to be waited for. When
+  /// /proc cannot tell, says no.
+  static bool runs(pid_t pid) noexcept {
+    siginfo_t info{};
+    if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+        info.si_pid != 0) {
+      return false;
+    }
+    // /proc/<pid>/stat: "pid (comm) state ppid pgrp session tty_nr tpgid flags ...", where
+    // comm may hold anything, ')' too. Read without allocating.
+    char path[32];
+    std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    char text[512];
+    const ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return false;
+    text[n] = '\0';
+    const char* p = std::strrchr(text, ')');
+    for (int field = 2; p != nullptr && field < 9; ++field) p = std::strchr(p + 1, ' ');
+    if (p == nullptr) return false;
+    constexpr unsigned long exiting = 0x4;  // PF_EXITING
+    return (std::strtoul(p + 1, nullptr, 10) & exiting) == 0;
+  }
+
+  [[noreturn]] void become_worker(std::uint32_t k, pid_t zygote, const int (&pipes)[max_pipes],
+                                  int exec_watch) noexcept {
     // Published before any user code prints: the parent tags its lines with it.
     s_.workers[k].slot->pid.store(getpid(), std::memory_order_relaxed);
     if (pipes[0] >= 0) dup2(pipes[0], STDERR_FILENO);
@@ -260,6 +332,14 @@ class Zygote {
     setpgid(0, 0);
     close(signal_fd_);
     close(s_.command_fd);
+    for (std::size_t j = 0; j < s_.exec_watches.size(); ++j) close_exec_watch(j);
+    // A fork server made in this worker must not hold the watch open past an exec.
+    if (exec_watch >= 0) {
+      try {
+        OwnedDescriptors::instance().add(exec_watch);
+      } catch (...) {  // no memory: that fork server, if any, keeps it
+      }
+    }
     sigaction(SIGCHLD, &saved_child_action_, nullptr);
     sigset_t none;
     sigemptyset(&none);
@@ -298,6 +378,7 @@ class Zygote {
           continue;
         }
         s_.pids[k] = 0;
+        close_exec_watch(k);
         slot.wait_status.store(status, std::memory_order_relaxed);
         slot.state.store(SlotState::dead, std::memory_order_release);
         s_.workers[k].pool->parent_bell.ring();
