@@ -13,9 +13,21 @@
 #include <utility>
 
 #include "detail/util/huge_pages.hpp"
+#include "detail/util/linkage.hpp"
 #include "errors.hpp"
 
 namespace multicore {
+
+namespace detail {
+// The throws of Writer and Reader, out of line: the messages are built once, in the compiled
+// part (util/linkage.hpp), not in every function that reads or writes.
+
+/// Throws std::length_error: a Writer would grow past its maximum size.
+[[noreturn]] MULTICORE_DECL void throw_writer_overflow();
+
+/// Throws SerializationError "multicore: truncated data: needed N bytes, M left".
+[[noreturn]] MULTICORE_DECL void throw_truncated(std::size_t needed, std::size_t left);
+}  // namespace detail
 
 /// Growable byte buffer that encoders append to.
 ///
@@ -60,12 +72,7 @@ class Writer {
 
   /// Makes room for at least `n` bytes in total, so appends up to that size do not reallocate.
   void reserve(std::size_t n) {
-    if (n <= capacity_) return;
-    auto bigger = std::make_unique_for_overwrite<std::byte[]>(n);
-    detail::advise_huge_pages(bigger.get(), n);
-    if (size_ != 0) std::memcpy(bigger.get(), data_.get(), size_);
-    data_ = std::move(bigger);
-    capacity_ = n;
+    if (n > capacity_) grow(n);
   }
 
   /// Number of bytes written so far.
@@ -97,7 +104,7 @@ class Writer {
 
   /// Shrinks to `n` bytes, or grows to `n` with the new bytes uninitialised.
   void resize(std::size_t n) {
-    if (n > max_size) throw std::length_error("multicore: Writer size overflows size_t");
+    if (n > max_size) detail::throw_writer_overflow();
     if (n > capacity_) reserve(n < capacity_ * 2 ? capacity_ * 2 : std::max(n, min_capacity));
     size_ = n;
   }
@@ -107,8 +114,12 @@ class Writer {
   // Sizes stay below half the address space, so doubling the capacity cannot overflow.
   static constexpr std::size_t max_size = static_cast<std::size_t>(-1) / 2;
 
+  /// reserve() when it must reallocate: out of line (detail/util/linkage.hpp), so that the
+  /// appends inlined in every encoder stay small.
+  MULTICORE_DECL void grow(std::size_t n);
+
   std::size_t grown_size(std::size_t n) const {
-    if (n > max_size - size_) throw std::length_error("multicore: Writer size overflows size_t");
+    if (n > max_size - size_) detail::throw_writer_overflow();
     return size_ + n;
   }
 
@@ -136,10 +147,7 @@ class Reader {
 
   /// Returns the next `n` bytes (a view into the underlying buffer) and moves past them.
   std::span<const std::byte> take(std::size_t n) {
-    if (n > remaining()) {
-      throw SerializationError("multicore: truncated data: needed " + std::to_string(n) +
-                               " bytes, " + std::to_string(remaining()) + " left");
-    }
+    if (n > remaining()) detail::throw_truncated(n, remaining());
     const std::span<const std::byte> result = bytes_.subspan(position_, n);
     position_ += n;
     return result;
@@ -179,5 +187,27 @@ class Reader {
 /// translation unit. The primary template is left undefined on purpose.
 template <class T>
 struct Codec;
+
+// ---- definitions (see detail/util/linkage.hpp) -----------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL void Writer::grow(std::size_t n) {
+  auto bigger = std::make_unique_for_overwrite<std::byte[]>(n);
+  detail::advise_huge_pages(bigger.get(), n);
+  if (size_ != 0) std::memcpy(bigger.get(), data_.get(), size_);
+  data_ = std::move(bigger);
+  capacity_ = n;
+}
+
+MULTICORE_DECL void detail::throw_writer_overflow() {
+  throw std::length_error("multicore: Writer size overflows size_t");
+}
+
+MULTICORE_DECL void detail::throw_truncated(std::size_t needed, std::size_t left) {
+  throw SerializationError("multicore: truncated data: needed " + std::to_string(needed) +
+                           " bytes, " + std::to_string(left) + " left");
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore

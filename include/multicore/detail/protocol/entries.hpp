@@ -23,6 +23,7 @@
 #include "../serialize/serialize.hpp"
 #include "../util/code_ref.hpp"
 #include "../util/demangle.hpp"
+#include "../util/linkage.hpp"
 #include "outcome.hpp"
 #include "wire.hpp"
 
@@ -206,13 +207,7 @@ void decode_arguments(std::tuple<Stored<Args>...>& args, Reader& in, const CallC
 /// Checks that decoding a request's values read all of it. Values are not framed one by one:
 /// a Codec whose decode reads less than its encode wrote would leave the next value to be
 /// decoded from its leftover bytes, and the task would silently run with wrong arguments.
-inline void expect_request_end(const Reader& in) {
-  if (in.remaining() != 0) {
-    throw SerializationError("multicore: " + std::to_string(in.remaining()) +
-                             " bytes of the request were left after decoding it (does a "
-                             "multicore::Codec<T>::decode read less than its encode writes?)");
-  }
-}
+MULTICORE_DECL void expect_request_end(const Reader& in);
 
 /// Runs `fn(args...)` and appends its outcome, in format F, to `out` (or sends it, see
 /// CallContext::sender).
@@ -305,5 +300,18 @@ inline void run_request(std::span<const std::byte> msg, Writer& out) noexcept {
   const CallContext context{h.threads};
   entry_named(h.entry)(payload, out, context);  // named here, by this very process
 }
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL void expect_request_end(const Reader& in) {
+  if (in.remaining() != 0) {
+    throw SerializationError("multicore: " + std::to_string(in.remaining()) +
+                             " bytes of the request were left after decoding it (does a "
+                             "multicore::Codec<T>::decode read less than its encode writes?)");
+  }
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail

@@ -18,6 +18,7 @@
 #include "../../errors.hpp"
 #include "../../options.hpp"
 #include "../util/huge_pages.hpp"
+#include "../util/linkage.hpp"
 #include "traits.hpp"
 
 namespace multicore::detail {
@@ -171,6 +172,12 @@ class SequenceBuilder {
   bool failed_ = false;
 };
 
+/// Throws SerializationError: a sequence claims `count` elements of `element_bytes` bytes, more
+/// than the `available` bytes hold.
+[[noreturn]] MULTICORE_DECL void throw_sequence_too_long(std::uint64_t count,
+                                                         std::size_t element_bytes,
+                                                         std::uint64_t available);
+
 /// Reads a raw sequence's element count, checked against the `available` bytes that are to
 /// hold its elements before anything is allocated, so a corrupt count cannot ask for a huge
 /// buffer.
@@ -179,11 +186,7 @@ std::size_t read_sequence_count(Reader& in, std::uint64_t available) {
   using E = typename T::value_type;
   std::uint64_t count = 0;
   in.read(&count, sizeof count);
-  if (count > available / sizeof(E)) {
-    throw SerializationError("multicore: corrupt data: a sequence claims " + std::to_string(count) +
-                             " elements of " + std::to_string(sizeof(E)) + " bytes, but only " +
-                             std::to_string(available) + " bytes are left");
-  }
+  if (count > available / sizeof(E)) throw_sequence_too_long(count, sizeof(E), available);
   return static_cast<std::size_t>(count);
 }
 
@@ -214,5 +217,17 @@ std::size_t tail_bytes_of(const T& value, Format format) noexcept {
   }
   return 0;
 }
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL void throw_sequence_too_long(std::uint64_t count, std::size_t element_bytes,
+                                            std::uint64_t available) {
+  throw SerializationError("multicore: corrupt data: a sequence claims " + std::to_string(count) +
+                           " elements of " + std::to_string(element_bytes) + " bytes, but only " +
+                           std::to_string(available) + " bytes are left");
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail

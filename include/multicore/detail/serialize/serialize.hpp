@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 
 #include "../../codec.hpp"
@@ -47,13 +48,24 @@ namespace multicore::detail {
 /// handled. Call only inside a catch block.
 MULTICORE_DECL std::string describe_current_exception();
 
+/// decode_error<T>() for the type `type` (not a template: built once, in the compiled part).
+MULTICORE_DECL SerializationError decode_error_for(const std::type_info& type);
+
 /// The SerializationError for a failed decode of a T, describing the exception being handled:
-/// "multicore: could not decode T: <what went wrong>".
+/// "multicore: could not decode T: <what went wrong>". Call only inside a catch block.
 template <class T>
 SerializationError decode_error() {
-  return SerializationError("multicore: could not decode " + type_name<T>() + ": " +
-                            describe_current_exception());
+  return decode_error_for(typeid(T));
 }
+
+/// Throws SerializationError "multicore: could not encode T: <what went wrong>" for the type
+/// `type`, describing the exception being handled, after cutting `out` back to `start`. Call
+/// only inside a catch block.
+[[noreturn]] MULTICORE_DECL void throw_encode_error(Writer& out, std::size_t start,
+                                                    const std::type_info& type);
+
+/// Throws SerializationError: `left` bytes were left over after a cereal archive's value.
+[[noreturn]] MULTICORE_DECL void throw_left_over(std::size_t left);
 
 /// Writes the u64 byte length of everything appended since `start` (where 8 bytes were
 /// reserved for it) into those 8 bytes.
@@ -66,10 +78,7 @@ inline void patch_length(Writer& out, std::size_t start) {
 inline std::span<const std::byte> take_frame(Reader& in) {
   std::uint64_t length = 0;
   in.read(&length, sizeof length);
-  if (length > in.remaining()) {
-    throw SerializationError("multicore: truncated data: needed " + std::to_string(length) +
-                             " bytes, " + std::to_string(in.remaining()) + " left");
-  }
+  if (length > in.remaining()) throw_truncated(static_cast<std::size_t>(length), in.remaining());
   return in.take(static_cast<std::size_t>(length));
 }
 
@@ -93,10 +102,7 @@ struct CerealArchive<Format::binary> {
     T value{};
     CheckedBinaryInputArchive archive(frame);
     archive(value);
-    if (archive.remaining() != 0) {
-      throw SerializationError("multicore: corrupt data: " + std::to_string(archive.remaining()) +
-                               " bytes left over after the value");
-    }
+    if (archive.remaining() != 0) throw_left_over(archive.remaining());
     return value;
   }
 };
@@ -178,9 +184,7 @@ void encode(Writer& out, const T& value) {
     out.resize(start);
     throw;
   } catch (...) {
-    out.resize(start);
-    throw SerializationError("multicore: could not encode " + type_name<T>() + ": " +
-                             describe_current_exception());
+    throw_encode_error(out, start, typeid(T));
   }
 }
 
@@ -305,6 +309,22 @@ static_assert(sizeof(Stored<int>) == sizeof(std::optional<int>));
 
 // ---- definitions (see util/linkage.hpp) ------------------------------------------------------
 #if MULTICORE_DEFINE
+
+MULTICORE_DECL SerializationError decode_error_for(const std::type_info& type) {
+  return SerializationError("multicore: could not decode " + demangle(type.name()) + ": " +
+                            describe_current_exception());
+}
+
+MULTICORE_DECL void throw_encode_error(Writer& out, std::size_t start, const std::type_info& type) {
+  out.resize(start);
+  throw SerializationError("multicore: could not encode " + demangle(type.name()) + ": " +
+                           describe_current_exception());
+}
+
+MULTICORE_DECL void throw_left_over(std::size_t left) {
+  throw SerializationError("multicore: corrupt data: " + std::to_string(left) +
+                           " bytes left over after the value");
+}
 
 MULTICORE_DECL std::string describe_current_exception() {
   try {
