@@ -22,6 +22,8 @@
 #include "../../errors.hpp"
 #include "../../options.hpp"
 #include "../serialize/serialize.hpp"
+#include "../util/function_ref.hpp"
+#include "../util/linkage.hpp"
 #include "../util/thread_team.hpp"
 #include "entries.hpp"
 #include "outcome.hpp"
@@ -124,6 +126,29 @@ decltype(auto) call_item(Fn& fn, In&& item) {
 template <class Fn, class In>
 using item_result_t = decltype(call_item(std::declval<Fn&>(), std::declval<In>()));
 
+/// Writes the answer of a chunk whose `n` items failed to decode: no items, one serialization
+/// error, after cutting `out` back to `mark`. Call only inside a catch block.
+MULTICORE_DECL void write_chunk_failure(Writer& out, std::size_t mark) noexcept;
+
+/// What a chunk's entry needs to run its items and write their answer, but not its types: the
+/// work is in run_chunk(), compiled once (util/linkage.hpp), not once per map.
+struct ChunkItems {
+  std::size_t n = 0;
+  /// Runs item i, keeping its value for encode (may throw: the item's error).
+  FunctionRef<void(std::size_t)> call;
+  /// Null unless the values are raw: copies the `n` values, all there, into a block.
+  const FunctionRef<void(std::byte*)>* copy_block = nullptr;
+  std::size_t value_bytes = 0;  ///< size of one value when copy_block is set
+  /// Encodes item i's value (may throw: the item gets a serialization error).
+  FunctionRef<void(Writer&, std::size_t)> encode;
+};
+
+/// Runs a chunk's items on `context.threads` threads (the worker's team, or a team of its own
+/// inline) and appends the answer to `out`: the item count, then one block of raw values if
+/// every item succeeded and they are raw, else one outcome per item.
+MULTICORE_DECL void run_chunk(Writer& out, std::size_t mark, const CallContext& context,
+                              const ChunkItems& items) noexcept;
+
 /// The entry for a map chunk: payload = callable, item count, items. Items run on
 /// `threads` threads of the worker (processes x threads for blocking functions).
 template <class Fn, class In>
@@ -147,85 +172,141 @@ struct MapChunk {
     }
     const std::size_t n = items.size();
     std::vector<Stored<Out>> values(n);
-    std::vector<std::pair<std::size_t, Writer>> errors;
-    std::mutex errors_mutex;
-    auto body = [&](std::size_t i) noexcept {
-      try {
-        // The result is made right in values[i]: no copy, on any thread's stack.
-        values[i].make([&] { return call_item(*fn, take_item<In>(items[i])); });
-      } catch (...) {
-        Writer error;
-        write_current_exception(error);
-        std::lock_guard lock(errors_mutex);
-        errors.emplace_back(i, std::move(error));
-      }
+    // The result is made right in values[i]: no copy, on any thread's stack.
+    const auto call = [&](std::size_t i) {
+      values[i].make([&] { return call_item(*fn, take_item<In>(items[i])); });
     };
-    // The worker's team; an inline run (no worker) makes its own, joined before it returns.
-    std::optional<ThreadTeam> own_team;
-    ThreadTeam& team = context.team != nullptr ? *context.team : own_team.emplace();
-    team.run(n, context.threads, body);
-    try {
-      const std::uint64_t count = n;
-      out.write(&count, sizeof count);
-      if constexpr (block_value<Out>) {
-        if (errors.empty()) {
-          const auto layout = ChunkLayout::raw;
-          out.write(&layout, 1);
-          std::byte* block = out.extend(n * sizeof(Out));
-          for (std::size_t i = 0; i < n; ++i) {
-            std::memcpy(block + i * sizeof(Out), &*values[i], sizeof(Out));
-          }
-          return;
+    const auto encode_value = [&](Writer& to, std::size_t i) { encode(to, *values[i]); };
+    ChunkItems chunk{n, call, nullptr, 0, encode_value};
+    if constexpr (block_value<Out>) {
+      const auto copy = [&](std::byte* block) {
+        for (std::size_t i = 0; i < n; ++i) {
+          std::memcpy(block + i * sizeof(Out), &*values[i], sizeof(Out));
         }
-      }
-      const auto layout = ChunkLayout::outcomes;
-      out.write(&layout, 1);
-      std::sort(errors.begin(), errors.end(),
-                [](const auto& a, const auto& b) { return a.first < b.first; });
-      auto error = errors.begin();
-      for (std::size_t i = 0; i < n; ++i) {
-        if (error != errors.end() && error->first == i) {
-          out.write(error->second.data(), error->second.size());
-          ++error;
-          continue;
-        }
-        const std::size_t item_mark = out.size();
-        try {
-          write_outcome(out, Outcome::value);
-          encode(out, *values[i]);
-        } catch (...) {
-          write_serialization_failure(out, item_mark, "encoding a result in the worker");
-        }
-      }
-    } catch (...) {
-      write_chunk_failure(out, mark);
-    }
-  }
-
-  static void write_chunk_failure(Writer& out, std::size_t mark) noexcept {
-    try {
-      out.resize(mark);
-      const std::uint64_t count = 0;
-      out.write(&count, sizeof count);
-      const auto layout = ChunkLayout::failed;
-      out.write(&layout, 1);
-      write_serialization_failure(out, out.size(), "decoding a map chunk in the worker");
-    } catch (...) {
-      out.resize(mark);
+      };
+      const FunctionRef<void(std::byte*)> copy_block = copy;
+      chunk.copy_block = &copy_block;
+      chunk.value_bytes = sizeof(Out);
+      run_chunk(out, mark, context, chunk);
+    } else {
+      run_chunk(out, mark, context, chunk);
     }
   }
 };
+
+/// Reads a chunk's answer of `expected` items, handing each item's value to `items.decode(i,
+/// in)` (or, raw, the whole block to `items.copy_block`) and each failed item's error to
+/// `items.fail(i, error)`. Never throws: a malformed answer fails every item.
+struct ChunkResults {
+  std::size_t expected = 0;
+  FunctionRef<void(std::size_t, Reader&)> decode;
+  /// Null unless the values are raw: takes `expected` values from a block.
+  const FunctionRef<void(const std::byte*)>* copy_block = nullptr;
+  std::size_t value_bytes = 0;  ///< size of one value when copy_block is set
+  FunctionRef<void(std::size_t, const std::exception_ptr&)> fail;
+};
+MULTICORE_DECL void read_chunk_answer(Reader& in, const ChunkResults& results) noexcept;
 
 /// Reads a chunk's answer into one result per item. Never throws: a malformed answer becomes
 /// an error on every item.
 template <class Out>
 std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected) {
   std::vector<ItemResult<Out>> results(expected);
-  const auto fail_all = [&](std::exception_ptr e) {
-    for (auto& r : results) {
-      r.value.reset();
-      r.error = e;
+  const auto decode = [&](std::size_t i, Reader& from) { results[i].value.decode(from); };
+  const auto fail = [&](std::size_t i, const std::exception_ptr& e) {
+    results[i].value.reset();
+    results[i].error = e;
+  };
+  ChunkResults chunk{expected, decode, nullptr, 0, fail};
+  if constexpr (block_value<Out>) {
+    const auto copy = [&](const std::byte* block) {
+      for (std::size_t i = 0; i < expected; ++i) {
+        results[i].value.construct(
+            [&](void* where) { raw_value_at<Out>(where, block + i * sizeof(Out)); });
+      }
+    };
+    const FunctionRef<void(const std::byte*)> copy_block = copy;
+    chunk.copy_block = &copy_block;
+    chunk.value_bytes = sizeof(Out);
+    read_chunk_answer(in, chunk);
+  } else {
+    read_chunk_answer(in, chunk);
+  }
+  return results;
+}
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL void write_chunk_failure(Writer& out, std::size_t mark) noexcept {
+  try {
+    out.resize(mark);
+    const std::uint64_t count = 0;
+    out.write(&count, sizeof count);
+    const auto layout = ChunkLayout::failed;
+    out.write(&layout, 1);
+    write_serialization_failure(out, out.size(), "decoding a map chunk in the worker");
+  } catch (...) {
+    out.resize(mark);
+  }
+}
+
+MULTICORE_DECL void run_chunk(Writer& out, std::size_t mark, const CallContext& context,
+                              const ChunkItems& items) noexcept {
+  const std::size_t n = items.n;
+  std::vector<std::pair<std::size_t, Writer>> errors;
+  std::mutex errors_mutex;
+  auto body = [&](std::size_t i) noexcept {
+    try {
+      items.call(i);
+    } catch (...) {
+      Writer error;
+      write_current_exception(error);
+      std::lock_guard lock(errors_mutex);
+      errors.emplace_back(i, std::move(error));
     }
+  };
+  // The worker's team; an inline run (no worker) makes its own, joined before it returns.
+  std::optional<ThreadTeam> own_team;
+  ThreadTeam& team = context.team != nullptr ? *context.team : own_team.emplace();
+  team.run(n, context.threads, body);
+  try {
+    const std::uint64_t count = n;
+    out.write(&count, sizeof count);
+    if (items.copy_block != nullptr && errors.empty()) {
+      const auto layout = ChunkLayout::raw;
+      out.write(&layout, 1);
+      (*items.copy_block)(out.extend(n * items.value_bytes));
+      return;
+    }
+    const auto layout = ChunkLayout::outcomes;
+    out.write(&layout, 1);
+    std::sort(errors.begin(), errors.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    auto error = errors.begin();
+    for (std::size_t i = 0; i < n; ++i) {
+      if (error != errors.end() && error->first == i) {
+        out.write(error->second.data(), error->second.size());
+        ++error;
+        continue;
+      }
+      const std::size_t item_mark = out.size();
+      try {
+        write_outcome(out, Outcome::value);
+        items.encode(out, i);
+      } catch (...) {
+        write_serialization_failure(out, item_mark, "encoding a result in the worker");
+      }
+    }
+  } catch (...) {
+    write_chunk_failure(out, mark);
+  }
+}
+
+MULTICORE_DECL void read_chunk_answer(Reader& in, const ChunkResults& results) noexcept {
+  const std::size_t expected = results.expected;
+  const auto fail_all = [&](const std::exception_ptr& e) {
+    for (std::size_t i = 0; i < expected; ++i) results.fail(i, e);
   };
   try {
     std::uint64_t count = 0;
@@ -236,29 +317,24 @@ std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected) {
       Outcome o{};
       in.read(&o, 1);
       fail_all(std::make_exception_ptr(SerializationError(read_string(in))));
-      return results;
+      return;
     }
     if (count != expected) {
       throw SerializationError("multicore: corrupt map answer: " + std::to_string(count) +
                                " results for " + std::to_string(expected) + " inputs");
     }
     if (layout == ChunkLayout::raw) {
-      if constexpr (block_value<Out>) {
-        const std::span<const std::byte> block = in.take(expected * sizeof(Out));
-        for (std::size_t i = 0; i < expected; ++i) {
-          results[i].value.construct(
-              [&](void* where) { raw_value_at<Out>(where, block.data() + i * sizeof(Out)); });
-        }
-      } else {
+      if (results.copy_block == nullptr) {
         throw SerializationError("multicore: corrupt map answer: unexpected raw layout");
       }
+      (*results.copy_block)(in.take(expected * results.value_bytes).data());
     } else if (layout == ChunkLayout::outcomes) {
-      for (auto& r : results) {
+      for (std::size_t i = 0; i < expected; ++i) {
         try {
           read_value_tag(in);
-          r.value.decode(in);
+          results.decode(i, in);
         } catch (...) {
-          r.error = std::current_exception();
+          results.fail(i, std::current_exception());
         }
       }
     } else {
@@ -268,7 +344,8 @@ std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected) {
   } catch (...) {
     fail_all(std::current_exception());
   }
-  return results;
 }
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail

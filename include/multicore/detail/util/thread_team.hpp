@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -12,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include "function_ref.hpp"
+#include "linkage.hpp"
 #include "threads.hpp"
 
 namespace multicore::detail {
@@ -28,67 +31,15 @@ class ThreadTeam {
   ThreadTeam(const ThreadTeam&) = delete;
   ThreadTeam& operator=(const ThreadTeam&) = delete;
 
-  ~ThreadTeam() {
-    {
-      std::lock_guard lock(mutex_);
-      stopping_ = true;
-    }
-    work_.notify_all();
-    for (std::thread& t : helpers_) t.join();
-  }
+  MULTICORE_DECL ~ThreadTeam();
 
-  /// `body` must not throw.
-  template <class Body>
-  void run(std::size_t n, unsigned threads, Body& body) {
-    const std::size_t helpers = threads > 1 && n > 1 ? std::min<std::size_t>(threads, n) - 1 : 0;
-    if (helpers == 0) {
-      for (std::size_t i = 0; i < n; ++i) body(i);
-      return;
-    }
-    {
-      std::unique_lock lock(mutex_);
-      while (helpers_.size() < helpers) {
-        const std::size_t index = helpers_.size();
-        helpers_.push_back(start_own_thread("multicore-team", [this, index] { help(index); }));
-      }
-      call_ = [](void* b, std::size_t i) { (*static_cast<Body*>(b))(i); };
-      body_ = &body;
-      n_ = n;
-      next_.store(0, std::memory_order_relaxed);
-      wanted_ = helpers;
-      busy_ = helpers;
-      ++generation_;
-    }
-    work_.notify_all();
-    take_items();
-    leave_if_forked();
-    std::unique_lock lock(mutex_);
-    done_.wait(lock, [&] { return busy_ == 0; });
-  }
+  /// `body` must not throw. Not a template (the body is borrowed, see FunctionRef): the team's
+  /// threads are compiled once, in the compiled part (util/linkage.hpp).
+  MULTICORE_DECL void run(std::size_t n, unsigned threads, FunctionRef<void(std::size_t)> body);
 
  private:
-  void help(std::size_t index) {
-    std::uint64_t seen = 0;
-    std::unique_lock lock(mutex_);
-    for (;;) {
-      work_.wait(lock, [&] { return stopping_ || (generation_ != seen && index < wanted_); });
-      if (stopping_) return;
-      seen = generation_;
-      lock.unlock();
-      take_items();
-      leave_if_forked();
-      lock.lock();
-      if (--busy_ == 0) done_.notify_all();
-    }
-  }
-
-  void take_items() {
-    for (;;) {
-      const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
-      if (i >= n_) return;
-      call_(body_, i);
-    }
-  }
+  MULTICORE_DECL void help(std::size_t index);
+  MULTICORE_DECL void take_items();
 
   /// Ends a process an item forked, once its thread is back from the items: the copy has none
   /// of the team's other threads, so it would wait for them (or for the next run) for ever.
@@ -101,8 +52,7 @@ class ThreadTeam {
   std::condition_variable work_;
   std::condition_variable done_;
   std::vector<std::thread> helpers_;
-  void (*call_)(void*, std::size_t) = nullptr;
-  void* body_ = nullptr;
+  const FunctionRef<void(std::size_t)>* body_ = nullptr;
   std::size_t n_ = 0;
   std::atomic<std::size_t> next_{0};
   std::size_t wanted_ = 0;
@@ -110,5 +60,69 @@ class ThreadTeam {
   std::uint64_t generation_ = 0;
   bool stopping_ = false;
 };
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL ThreadTeam::~ThreadTeam() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  work_.notify_all();
+  for (std::thread& t : helpers_) t.join();
+}
+
+MULTICORE_DECL void ThreadTeam::run(std::size_t n, unsigned threads,
+                                    FunctionRef<void(std::size_t)> body) {
+  const std::size_t helpers = threads > 1 && n > 1 ? std::min<std::size_t>(threads, n) - 1 : 0;
+  if (helpers == 0) {
+    for (std::size_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+  {
+    std::unique_lock lock(mutex_);
+    while (helpers_.size() < helpers) {
+      const std::size_t index = helpers_.size();
+      helpers_.push_back(start_own_thread("multicore-team", [this, index] { help(index); }));
+    }
+    body_ = &body;
+    n_ = n;
+    next_.store(0, std::memory_order_relaxed);
+    wanted_ = helpers;
+    busy_ = helpers;
+    ++generation_;
+  }
+  work_.notify_all();
+  take_items();
+  leave_if_forked();
+  std::unique_lock lock(mutex_);
+  done_.wait(lock, [&] { return busy_ == 0; });
+}
+
+MULTICORE_DECL void ThreadTeam::help(std::size_t index) {
+  std::uint64_t seen = 0;
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    work_.wait(lock, [&] { return stopping_ || (generation_ != seen && index < wanted_); });
+    if (stopping_) return;
+    seen = generation_;
+    lock.unlock();
+    take_items();
+    leave_if_forked();
+    lock.lock();
+    if (--busy_ == 0) done_.notify_all();
+  }
+}
+
+MULTICORE_DECL void ThreadTeam::take_items() {
+  for (;;) {
+    const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    if (i >= n_) return;
+    (*body_)(i);
+  }
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail
