@@ -16,6 +16,7 @@
 #include "detail/front/submit.hpp"
 #include "detail/protocol/entries.hpp"
 #include "detail/protocol/request.hpp"
+#include "detail/util/linkage.hpp"
 #include "errors.hpp"
 #include "map.hpp"
 #include "options.hpp"
@@ -52,7 +53,7 @@ class Pool {
   /// all are ready. Throws std::invalid_argument for bad options, SystemError when a process or
   /// the shared memory cannot be made, Error when on_worker_start throws; nothing is left
   /// running then.
-  explicit Pool(PoolOptions options = {}) : core_(detail::make_core(std::move(options))) {}
+  MULTICORE_DECL explicit Pool(PoolOptions options = {});
 
   /// Runs on the workers of every rank of an MPI job (see multicore/mpi.hpp, which defines this
   /// constructor): size() is their sum. One Pool at a time per Cluster; throws Error otherwise.
@@ -61,19 +62,12 @@ class Pool {
   /// Finishes every submitted task, then stops the workers (see shutdown()). In a process
   /// forked after the pool was made, releases nothing (see detail::make_core). Tasks and maps
   /// made from this pool then throw PoolClosed where they would need it.
-  ~Pool() { release(); }
+  MULTICORE_DECL ~Pool();
 
   /// Tasks and maps made from `other` carry on with this one.
   Pool(Pool&&) noexcept = default;
   /// Shuts this pool down (finishing its work), then takes over `other`'s.
-  Pool& operator=(Pool&& other) noexcept {
-    if (this != &other) {
-      release();
-      core_ = std::move(other.core_);
-      generation_ = other.generation_;
-    }
-    return *this;
-  }
+  MULTICORE_DECL Pool& operator=(Pool&& other) noexcept;
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
@@ -183,19 +177,11 @@ class Pool {
   /// the application): this object is then a copy of the parent's, a snapshot.
   bool is_snapshot() const noexcept { return generation_ != detail::process_generation(); }
 
-  detail::PoolCore& core() {
-    // First: in a worker, this object is a snapshot taken while the pool was being built.
-    if (is_snapshot()) throw_snapshot();
-    if (!core_) throw PoolClosed("multicore: this Pool was moved from");
-    return *core_;
-  }
+  /// The pool's core; throws in a process forked after the pool was made (see
+  /// throw_snapshot), PoolClosed when this Pool was moved from.
+  MULTICORE_DECL detail::PoolCore& core();
 
-  [[noreturn]] static void throw_snapshot() {
-    throw Error(
-        "multicore: a Pool cannot be used from inside a worker process, nor from any other "
-        "process forked after it was made: the copy there is a snapshot, not a working pool "
-        "(make a new Pool there if you need one)");
-  }
+  [[noreturn]] MULTICORE_DECL static void throw_snapshot();
 
   /// Shuts the pool down, then lets go of its core. Tasks and maps that borrow the core at
   /// that moment (on other threads) keep it until they are done with it, but it is closed:
@@ -207,18 +193,12 @@ class Pool {
 
   /// The core that a Task made from a pool of `generation` borrowed, for one use, or null once
   /// that Pool is gone. Throws as core() does in a process forked after the pool was made.
-  static std::shared_ptr<detail::PoolCore> borrow(const std::weak_ptr<detail::PoolCore>& core,
-                                                  std::uint64_t generation) {
-    if (generation != detail::process_generation()) throw_snapshot();
-    return core.lock();
-  }
+  MULTICORE_DECL static std::shared_ptr<detail::PoolCore> borrow(
+      const std::weak_ptr<detail::PoolCore>& core, std::uint64_t generation);
 
   /// borrow(), throwing PoolClosed once the Pool is gone.
-  static std::shared_ptr<detail::PoolCore> lock(const std::weak_ptr<detail::PoolCore>& core,
-                                                std::uint64_t generation) {
-    if (generation != detail::process_generation()) throw_snapshot();
-    return detail::lock_core(core);
-  }
+  MULTICORE_DECL static std::shared_ptr<detail::PoolCore> lock(
+      const std::weak_ptr<detail::PoolCore>& core, std::uint64_t generation);
 
   template <bool Ordered, class F, class R>
   auto make_map(F&& f, R&& inputs, MapOptions options) {
@@ -245,5 +225,49 @@ class Pool {
   std::uint64_t generation_ = detail::process_generation();  // before core_: see core()
   std::shared_ptr<detail::PoolCore> core_;
 };
+
+// ---- definitions (see detail/util/linkage.hpp) -----------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL Pool::Pool(PoolOptions options) : core_(detail::make_core(std::move(options))) {}
+
+MULTICORE_DECL Pool::~Pool() { release(); }
+
+MULTICORE_DECL Pool& Pool::operator=(Pool&& other) noexcept {
+  if (this != &other) {
+    release();
+    core_ = std::move(other.core_);
+    generation_ = other.generation_;
+  }
+  return *this;
+}
+
+MULTICORE_DECL detail::PoolCore& Pool::core() {
+  // First: in a worker, this object is a snapshot taken while the pool was being built.
+  if (is_snapshot()) throw_snapshot();
+  if (!core_) throw PoolClosed("multicore: this Pool was moved from");
+  return *core_;
+}
+
+MULTICORE_DECL void Pool::throw_snapshot() {
+  throw Error(
+      "multicore: a Pool cannot be used from inside a worker process, nor from any other "
+      "process forked after it was made: the copy there is a snapshot, not a working pool "
+      "(make a new Pool there if you need one)");
+}
+
+MULTICORE_DECL std::shared_ptr<detail::PoolCore> Pool::borrow(
+    const std::weak_ptr<detail::PoolCore>& core, std::uint64_t generation) {
+  if (generation != detail::process_generation()) throw_snapshot();
+  return core.lock();
+}
+
+MULTICORE_DECL std::shared_ptr<detail::PoolCore> Pool::lock(
+    const std::weak_ptr<detail::PoolCore>& core, std::uint64_t generation) {
+  if (generation != detail::process_generation()) throw_snapshot();
+  return detail::lock_core(core);
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore

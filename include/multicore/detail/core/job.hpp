@@ -14,6 +14,7 @@
 #include "../../stop.hpp"
 #include "../transport/transport.hpp"
 #include "../util/keep_alive.hpp"
+#include "../util/linkage.hpp"
 
 namespace multicore::detail {
 
@@ -59,10 +60,7 @@ std::exception_ptr error_of(Work&& work) noexcept {
 }
 
 /// The error of a job whose StopSource was stopped before it started.
-inline std::exception_ptr cancelled_error() {
-  return std::make_exception_ptr(
-      Cancelled("multicore: the task was cancelled: its StopSource was stopped before it ran"));
-}
+MULTICORE_DECL std::exception_ptr cancelled_error();
 
 /// One unit of work: a complete request message and where its answer goes. Jobs are recycled
 /// with their request buffer and completion storage, so steady traffic allocates nothing here
@@ -82,7 +80,8 @@ class Job {
   KeepAlive keep_alive;
 
   Job() = default;
-  ~Job() { reset_completion(); }
+  // Out of line (util/linkage.hpp): every function that holds a job would compile it again.
+  MULTICORE_DECL ~Job();
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
 
@@ -106,19 +105,7 @@ class Job {
   static constexpr std::size_t max_kept_bytes = std::size_t{64} << 10;
 
   /// Ready for reuse: no completion, no request (a large request buffer is let go).
-  void recycle() noexcept {
-    reset_completion();
-    id = 0;
-    stop = {};
-    stop_kills = false;
-    resolved = false;
-    keep_alive.clear();
-    if (request.capacity() > max_kept_bytes) {
-      request = Writer();
-    } else {
-      request.clear();
-    }
-  }
+  MULTICORE_DECL void recycle() noexcept;
 
  private:
   // Room for the library's completions (120 bytes for a std::vector result, which carries the
@@ -139,5 +126,31 @@ class Job {
   Completion* completion_ = nullptr;
   bool inline_ = false;
 };
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL std::exception_ptr cancelled_error() {
+  return std::make_exception_ptr(
+      Cancelled("multicore: the task was cancelled: its StopSource was stopped before it ran"));
+}
+
+MULTICORE_DECL Job::~Job() { reset_completion(); }
+
+MULTICORE_DECL void Job::recycle() noexcept {
+  reset_completion();
+  id = 0;
+  stop = {};
+  stop_kills = false;
+  resolved = false;
+  keep_alive.clear();
+  if (request.capacity() > max_kept_bytes) {
+    request = Writer();
+  } else {
+    request.clear();
+  }
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail

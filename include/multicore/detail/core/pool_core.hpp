@@ -111,7 +111,10 @@ MULTICORE_DECL std::shared_ptr<PoolCore> share_core(std::unique_ptr<PoolCore> ma
 MULTICORE_DECL std::shared_ptr<PoolCore> make_core(PoolOptions options);
 
 /// The core a Task or a map borrowed, for one use. Throws PoolClosed once its Pool is gone.
-inline std::shared_ptr<PoolCore> lock_core(const std::weak_ptr<PoolCore>& core) {
+MULTICORE_DECL std::shared_ptr<PoolCore> lock_core(const std::weak_ptr<PoolCore>& core);
+
+#if MULTICORE_DEFINE
+MULTICORE_DECL std::shared_ptr<PoolCore> lock_core(const std::weak_ptr<PoolCore>& core) {
   std::shared_ptr<PoolCore> locked = core.lock();
   if (!locked) {
     throw PoolClosed(
@@ -120,6 +123,7 @@ inline std::shared_ptr<PoolCore> lock_core(const std::weak_ptr<PoolCore>& core) 
   }
   return locked;
 }
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail
 

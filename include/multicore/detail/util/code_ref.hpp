@@ -80,17 +80,21 @@ class ModuleTable {
 };
 
 /// The name of the code at `address`, valid in every process running this build.
-inline std::uint64_t code_name(const void* address) {
-  return ModuleTable::instance().name_of(address);
-}
+MULTICORE_DECL std::uint64_t code_name(const void* address);
 
 /// The code a name stands for in this process (nullptr if its module is not loaded here).
-inline void* code_address(std::uint64_t name) noexcept {
-  return ModuleTable::instance().address_of(name);
-}
+MULTICORE_DECL void* code_address(std::uint64_t name) noexcept;
 
 // ---- definitions (see util/linkage.hpp) ------------------------------------------------------
 #if MULTICORE_DEFINE
+
+MULTICORE_DECL std::uint64_t code_name(const void* address) {
+  return ModuleTable::instance().name_of(address);
+}
+
+MULTICORE_DECL void* code_address(std::uint64_t name) noexcept {
+  return ModuleTable::instance().address_of(name);
+}
 
 MULTICORE_DECL ModuleTable::ModuleTable() {
   dl_iterate_phdr(
