@@ -28,6 +28,7 @@
 #include "codec.hpp"
 #include "detail/transport/shm/owned_descriptors.hpp"
 #include "detail/util/keep_alive.hpp"
+#include "detail/util/linkage.hpp"
 #include "errors.hpp"
 
 namespace multicore {
@@ -180,37 +181,11 @@ class SharedMappings {
   /// Taken by open() and forget(); the child of a fork gets a fresh one (see the constructor).
   std::mutex mutex;
 
-  std::shared_ptr<SharedMemory> open(const SharedHandle& handle, bool writable) {
-    std::lock_guard lock(mutex);
-    if (owner_ != getpid()) {  // a fork's copy: those mappings are not in this process
-      entries_.clear();        // (their destructors do nothing here)
-      owner_ = getpid();
-    }
-    std::erase_if(entries_, [](const Entry& e) { return !still_there(e.memory->handle()); });
-    auto found = std::find_if(entries_.begin(), entries_.end(), [&](const Entry& e) {
-      const SharedHandle& h = e.memory->handle();
-      return e.writable == writable && h.pid == handle.pid && h.dev == handle.dev &&
-             h.ino == handle.ino;
-    });
-    if (found != entries_.end()) {
-      std::rotate(entries_.begin(), found, found + 1);  // most recently used first
-    } else {
-      if (entries_.size() == capacity) entries_.pop_back();
-      entries_.insert(entries_.begin(),
-                      {std::make_shared<SharedMemory>(handle, writable), writable});
-    }
-    return entries_.front().memory;
-  }
+  MULTICORE_DECL std::shared_ptr<SharedMemory> open(const SharedHandle& handle, bool writable);
 
   /// Drops this process's own second mapping of memory it made and now lets go (an inline
   /// pool decodes arrays in the process that made them).
-  void forget(const SharedHandle& handle) {
-    std::lock_guard lock(mutex);
-    if (owner_ != getpid()) return;
-    std::erase_if(entries_, [&](const Entry& e) {
-      return e.memory->handle().dev == handle.dev && e.memory->handle().ino == handle.ino;
-    });
-  }
+  MULTICORE_DECL void forget(const SharedHandle& handle);
 
   /// Mappings held (for tests).
   std::size_t size() {
@@ -225,11 +200,7 @@ class SharedMappings {
   };
 
   /// Whether the parent still has the descriptor the handle names, on the same file.
-  static bool still_there(const SharedHandle& h) {
-    const std::string path = "/proc/" + std::to_string(h.pid) + "/fd/" + std::to_string(h.fd);
-    struct stat st {};
-    return stat(path.c_str(), &st) == 0 && st.st_dev == h.dev && st.st_ino == h.ino;
-  }
+  MULTICORE_DECL static bool still_there(const SharedHandle& h);
 
   SharedMappings() {
     self_ = this;
@@ -253,7 +224,46 @@ class SharedMappings {
 /// See SharedMappings::instance().
 inline SharedMappings& made_early = SharedMappings::instance();
 
-inline SharedMemory::~SharedMemory() {
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL std::shared_ptr<SharedMemory> SharedMappings::open(const SharedHandle& handle,
+                                                                  bool writable) {
+  std::lock_guard lock(mutex);
+  if (owner_ != getpid()) {  // a fork's copy: those mappings are not in this process
+    entries_.clear();        // (their destructors do nothing here)
+    owner_ = getpid();
+  }
+  std::erase_if(entries_, [](const Entry& e) { return !still_there(e.memory->handle()); });
+  auto found = std::find_if(entries_.begin(), entries_.end(), [&](const Entry& e) {
+    const SharedHandle& h = e.memory->handle();
+    return e.writable == writable && h.pid == handle.pid && h.dev == handle.dev &&
+           h.ino == handle.ino;
+  });
+  if (found != entries_.end()) {
+    std::rotate(entries_.begin(), found, found + 1);  // most recently used first
+  } else {
+    if (entries_.size() == capacity) entries_.pop_back();
+    entries_.insert(entries_.begin(), {std::make_shared<SharedMemory>(handle, writable), writable});
+  }
+  return entries_.front().memory;
+}
+
+MULTICORE_DECL void SharedMappings::forget(const SharedHandle& handle) {
+  std::lock_guard lock(mutex);
+  if (owner_ != getpid()) return;
+  std::erase_if(entries_, [&](const Entry& e) {
+    return e.memory->handle().dev == handle.dev && e.memory->handle().ino == handle.ino;
+  });
+}
+
+MULTICORE_DECL bool SharedMappings::still_there(const SharedHandle& h) {
+  const std::string path = "/proc/" + std::to_string(h.pid) + "/fd/" + std::to_string(h.fd);
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && st.st_dev == h.dev && st.st_ino == h.ino;
+}
+
+MULTICORE_DECL SharedMemory::~SharedMemory() {
   if (owner_ != getpid()) return;
   if (data_ != nullptr) munmap(data_, handle_.bytes);
   if (owns_fd_) {
@@ -266,6 +276,8 @@ inline SharedMemory::~SharedMemory() {
     ::close(static_cast<int>(handle_.fd));
   }
 }
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace detail
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "detail/transport/shm/stop_table.hpp"
+#include "detail/util/linkage.hpp"
 #include "detail/util/process.hpp"
 #include "errors.hpp"
 
@@ -47,48 +48,19 @@ class StopListener {
 /// waits until no one is telling the pools, so a pool is never told after it was removed.
 class StopListeners {
  public:
-  void add(StopListener* l) {
-    std::lock_guard lock(mutex_);
-    list_.push_back({l, process_generation()});
-  }
+  MULTICORE_DECL void add(StopListener* l);
   /// Waits while other threads tell pools. This thread may be telling them itself (a Codec's
   /// code destroyed a pool): notify() then skips the pool, no longer in the list.
-  void remove(StopListener* l) noexcept {
-    std::unique_lock lock(mutex_);
-    std::erase_if(list_, [&](const Entry& e) { return e.listener == l; });
-    if (!telling_here()) told_.wait(lock, [&] { return telling_ == 0; });
-  }
-  void notify(const StopToken& token, const std::chrono::nanoseconds* grace) noexcept {
-    std::vector<StopListener*> listeners;
-    {
-      std::lock_guard lock(mutex_);
-      try {
-        for (const Entry& e : list_) {
-          if (e.generation == process_generation()) listeners.push_back(e.listener);
-        }
-      } catch (...) {  // out of memory: the tasks are not cancelled, but they see the stop
-        return;
-      }
-      ++telling_;
-    }
-    ++telling_here();
-    for (StopListener* l : listeners) {
-      if (listed(l)) l->stop_requested(token, grace);
-    }
-    --telling_here();
-    std::lock_guard lock(mutex_);
-    if (--telling_ == 0) told_.notify_all();
-  }
+  MULTICORE_DECL void remove(StopListener* l) noexcept;
+  MULTICORE_DECL void notify(const StopToken& token,
+                             const std::chrono::nanoseconds* grace) noexcept;
 
  private:
   struct Entry {
     StopListener* listener;
     std::uint64_t generation;
   };
-  bool listed(StopListener* l) noexcept {
-    std::lock_guard lock(mutex_);
-    return std::any_of(list_.begin(), list_.end(), [&](const Entry& e) { return e.listener == l; });
-  }
+  MULTICORE_DECL bool listed(StopListener* l) noexcept;
   /// How deep this thread is in notify().
   static int& telling_here() noexcept {
     thread_local int depth = 0;
@@ -101,10 +73,7 @@ class StopListeners {
 };
 
 /// Never destroyed: pools in static storage may unregister after static destructors ran.
-inline StopListeners& stop_listeners() {
-  static auto* listeners = new StopListeners;
-  return *listeners;
-}
+MULTICORE_DECL StopListeners& stop_listeners();
 
 /// Whether `token`'s source was stopped, false for a token of another process image.
 /// Noexcept, for the scheduler.
@@ -117,6 +86,55 @@ struct StopFlag {
   std::uint32_t word = 0;
 };
 inline std::optional<StopFlag> stop_flag(const StopToken& token) noexcept;
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL void StopListeners::add(StopListener* l) {
+  std::lock_guard lock(mutex_);
+  list_.push_back({l, process_generation()});
+}
+
+MULTICORE_DECL void StopListeners::remove(StopListener* l) noexcept {
+  std::unique_lock lock(mutex_);
+  std::erase_if(list_, [&](const Entry& e) { return e.listener == l; });
+  if (!telling_here()) told_.wait(lock, [&] { return telling_ == 0; });
+}
+
+MULTICORE_DECL void StopListeners::notify(const StopToken& token,
+                                          const std::chrono::nanoseconds* grace) noexcept {
+  std::vector<StopListener*> listeners;
+  {
+    std::lock_guard lock(mutex_);
+    try {
+      for (const Entry& e : list_) {
+        if (e.generation == process_generation()) listeners.push_back(e.listener);
+      }
+    } catch (...) {  // out of memory: the tasks are not cancelled, but they see the stop
+      return;
+    }
+    ++telling_;
+  }
+  ++telling_here();
+  for (StopListener* l : listeners) {
+    if (listed(l)) l->stop_requested(token, grace);
+  }
+  --telling_here();
+  std::lock_guard lock(mutex_);
+  if (--telling_ == 0) told_.notify_all();
+}
+
+MULTICORE_DECL bool StopListeners::listed(StopListener* l) noexcept {
+  std::lock_guard lock(mutex_);
+  return std::any_of(list_.begin(), list_.end(), [&](const Entry& e) { return e.listener == l; });
+}
+
+MULTICORE_DECL StopListeners& stop_listeners() {
+  static auto* listeners = new StopListeners;
+  return *listeners;
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace detail
 

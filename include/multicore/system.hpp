@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "multicore/detail/util/linkage.hpp"
 #include "multicore/detail/util/text_file.hpp"
 #include "multicore/errors.hpp"
 
@@ -28,22 +29,85 @@ namespace multicore::detail {
 // concurrently in production. (Paths here are plain strings and files are read with open/read:
 // <filesystem> and <fstream> would be parsed by every file that includes the library, for the
 // sake of a few small files.)
-inline std::string& system_root() {
+MULTICORE_DECL std::string& system_root();
+
+// `dir` and `name` joined by one '/'.
+MULTICORE_DECL std::string path_join(std::string_view dir, std::string_view name);
+
+// The 1-minute load average from getloadavg(3). getloadavg does not promise to set errno, so
+// a failure without one is reported as EIO.
+MULTICORE_DECL double read_load_average();
+
+// Test seam: where load_average_per_core() gets the 1-minute load average. Same rules as
+// system_root(): tests replace it and restore it.
+using LoadAverageSource = double (*)();
+MULTICORE_DECL LoadAverageSource& load_average_source();
+
+// Number of CPUs in this thread's affinity mask, or 0 if it cannot be read. The mask is sized
+// with CPU_ALLOC and grown while the kernel answers EINVAL (its mask is larger than ours), so
+// machines with more than CPU_SETSIZE (1024) CPUs are counted correctly.
+MULTICORE_DECL unsigned affinity_cores() noexcept;
+
+MULTICORE_DECL bool is_directory(const std::string& path) noexcept;
+
+MULTICORE_DECL std::string_view trim(std::string_view text) noexcept;
+
+// All of `text` as an integer (decimal, optional '-' for signed types), else nullopt.
+template <class Int>
+std::optional<Int> parse_integer(std::string_view text) noexcept {
+  Int value{};
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+// cgroup v2 `cpu.max`: "<quota> <period>" in microseconds, or "max <period>" for no limit.
+// Returns quota / period in CPUs (e.g. 1.5), or nullopt for "max" and for anything malformed,
+// which the caller ignores.
+MULTICORE_DECL std::optional<double> parse_cgroup_v2_cpu_max(std::string_view text) noexcept;
+
+// cgroup v1 `cpu.cfs_quota_us` and `cpu.cfs_period_us`. A negative quota (the kernel writes -1)
+// means no limit. Returns quota / period in CPUs, or nullopt for no limit and malformed input.
+MULTICORE_DECL std::optional<double> parse_cgroup_v1_cpu_quota(
+    std::string_view quota_text, std::string_view period_text) noexcept;
+
+// The cgroup path of the hierarchy whose controller list contains `controller` (v1), or of the
+// unified hierarchy ("0::<path>", v2) when `controller` is empty. Lines of /proc/self/cgroup
+// are "<id>:<controller,list>:<path>"; the path may itself contain ':'.
+MULTICORE_DECL std::optional<std::string> cgroup_path(std::string_view proc_self_cgroup,
+                                                      std::string_view controller);
+
+// The directories from a hierarchy's mount point down to the process's cgroup, mount point
+// first. A parent's quota binds its children, so every one of them is consulted. Walking from
+// the mount point also covers containers that mount their own cgroup as the root while
+// /proc/self/cgroup still shows the host path: the deeper directories simply do not exist.
+MULTICORE_DECL std::vector<std::string> cgroup_dirs(const std::string& mount,
+                                                    std::string_view path);
+
+// Rounds a CPU quota up to whole cores: 1.5 CPUs of time can keep 2 workers busy.
+MULTICORE_DECL unsigned quota_to_cores(double cpus) noexcept;
+
+// The tightest cgroup CPU quota (v2 cpu.max and v1 cfs quota, this cgroup and every ancestor)
+// in whole cores, looked up under `root` ("/" in production), or nullopt if there is none.
+// Unreadable or malformed files are ignored.
+MULTICORE_DECL std::optional<unsigned> cgroup_cpu_limit(const std::string& root);
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL std::string& system_root() {
   static std::string root{"/"};
   return root;
 }
 
-// `dir` and `name` joined by one '/'.
-inline std::string path_join(std::string_view dir, std::string_view name) {
+MULTICORE_DECL std::string path_join(std::string_view dir, std::string_view name) {
   std::string path(dir);
   if (path.empty() || path.back() != '/') path += '/';
   path += name;
   return path;
 }
 
-// The 1-minute load average from getloadavg(3). getloadavg does not promise to set errno, so
-// a failure without one is reported as EIO.
-inline double read_load_average() {
+MULTICORE_DECL double read_load_average() {
   double load = 0;
   errno = 0;
   if (::getloadavg(&load, 1) != 1) {
@@ -53,18 +117,12 @@ inline double read_load_average() {
   return load;
 }
 
-// Test seam: where load_average_per_core() gets the 1-minute load average. Same rules as
-// system_root(): tests replace it and restore it.
-using LoadAverageSource = double (*)();
-inline LoadAverageSource& load_average_source() {
+MULTICORE_DECL LoadAverageSource& load_average_source() {
   static LoadAverageSource source = &read_load_average;
   return source;
 }
 
-// Number of CPUs in this thread's affinity mask, or 0 if it cannot be read. The mask is sized
-// with CPU_ALLOC and grown while the kernel answers EINVAL (its mask is larger than ours), so
-// machines with more than CPU_SETSIZE (1024) CPUs are counted correctly.
-inline unsigned affinity_cores() noexcept {
+MULTICORE_DECL unsigned affinity_cores() noexcept {
   for (std::size_t cpus = CPU_SETSIZE; cpus <= (std::size_t{1} << 22); cpus *= 2) {
     cpu_set_t* set = CPU_ALLOC(cpus);
     if (set == nullptr) return 0;
@@ -80,31 +138,19 @@ inline unsigned affinity_cores() noexcept {
   return 0;
 }
 
-inline bool is_directory(const std::string& path) noexcept {
+MULTICORE_DECL bool is_directory(const std::string& path) noexcept {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-inline std::string_view trim(std::string_view text) noexcept {
+MULTICORE_DECL std::string_view trim(std::string_view text) noexcept {
   constexpr std::string_view space = " \t\r\n";
   const auto first = text.find_first_not_of(space);
   if (first == std::string_view::npos) return {};
   return text.substr(first, text.find_last_not_of(space) - first + 1);
 }
 
-// All of `text` as an integer (decimal, optional '-' for signed types), else nullopt.
-template <class Int>
-std::optional<Int> parse_integer(std::string_view text) noexcept {
-  Int value{};
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
-  return value;
-}
-
-// cgroup v2 `cpu.max`: "<quota> <period>" in microseconds, or "max <period>" for no limit.
-// Returns quota / period in CPUs (e.g. 1.5), or nullopt for "max" and for anything malformed,
-// which the caller ignores.
-inline std::optional<double> parse_cgroup_v2_cpu_max(std::string_view text) noexcept {
+MULTICORE_DECL std::optional<double> parse_cgroup_v2_cpu_max(std::string_view text) noexcept {
   text = trim(text);
   const auto gap = text.find_first_of(" \t");
   const std::string_view quota = text.substr(0, gap);
@@ -116,21 +162,16 @@ inline std::optional<double> parse_cgroup_v2_cpu_max(std::string_view text) noex
   return static_cast<double>(*q) / static_cast<double>(*p);
 }
 
-// cgroup v1 `cpu.cfs_quota_us` and `cpu.cfs_period_us`. A negative quota (the kernel writes -1)
-// means no limit. Returns quota / period in CPUs, or nullopt for no limit and malformed input.
-inline std::optional<double> parse_cgroup_v1_cpu_quota(std::string_view quota_text,
-                                                       std::string_view period_text) noexcept {
+MULTICORE_DECL std::optional<double> parse_cgroup_v1_cpu_quota(
+    std::string_view quota_text, std::string_view period_text) noexcept {
   const auto q = parse_integer<std::int64_t>(trim(quota_text));
   const auto p = parse_integer<std::int64_t>(trim(period_text));
   if (!q || !p || *q <= 0 || *p <= 0) return std::nullopt;
   return static_cast<double>(*q) / static_cast<double>(*p);
 }
 
-// The cgroup path of the hierarchy whose controller list contains `controller` (v1), or of the
-// unified hierarchy ("0::<path>", v2) when `controller` is empty. Lines of /proc/self/cgroup
-// are "<id>:<controller,list>:<path>"; the path may itself contain ':'.
-inline std::optional<std::string> cgroup_path(std::string_view proc_self_cgroup,
-                                              std::string_view controller) {
+MULTICORE_DECL std::optional<std::string> cgroup_path(std::string_view proc_self_cgroup,
+                                                      std::string_view controller) {
   while (!proc_self_cgroup.empty()) {
     const auto newline = proc_self_cgroup.find('\n');
     const std::string_view line = proc_self_cgroup.substr(0, newline);
@@ -156,11 +197,8 @@ inline std::optional<std::string> cgroup_path(std::string_view proc_self_cgroup,
   return std::nullopt;
 }
 
-// The directories from a hierarchy's mount point down to the process's cgroup, mount point
-// first. A parent's quota binds its children, so every one of them is consulted. Walking from
-// the mount point also covers containers that mount their own cgroup as the root while
-// /proc/self/cgroup still shows the host path: the deeper directories simply do not exist.
-inline std::vector<std::string> cgroup_dirs(const std::string& mount, std::string_view path) {
+MULTICORE_DECL std::vector<std::string> cgroup_dirs(const std::string& mount,
+                                                    std::string_view path) {
   std::vector<std::string> dirs{mount};
   std::string dir = mount;
   while (!path.empty()) {
@@ -174,8 +212,7 @@ inline std::vector<std::string> cgroup_dirs(const std::string& mount, std::strin
   return dirs;
 }
 
-// Rounds a CPU quota up to whole cores: 1.5 CPUs of time can keep 2 workers busy.
-inline unsigned quota_to_cores(double cpus) noexcept {
+MULTICORE_DECL unsigned quota_to_cores(double cpus) noexcept {
   const double cores = std::ceil(cpus);
   if (!(cores >= 1)) return 1;
   if (cores >= static_cast<double>(std::numeric_limits<unsigned>::max())) {
@@ -184,10 +221,7 @@ inline unsigned quota_to_cores(double cpus) noexcept {
   return static_cast<unsigned>(cores);
 }
 
-// The tightest cgroup CPU quota (v2 cpu.max and v1 cfs quota, this cgroup and every ancestor)
-// in whole cores, looked up under `root` ("/" in production), or nullopt if there is none.
-// Unreadable or malformed files are ignored.
-inline std::optional<unsigned> cgroup_cpu_limit(const std::string& root) {
+MULTICORE_DECL std::optional<unsigned> cgroup_cpu_limit(const std::string& root) {
   const auto cgroups = read_text_file(path_join(root, "proc/self/cgroup"));
   if (!cgroups) return std::nullopt;
   const std::string mounts = path_join(root, "sys/fs/cgroup");
@@ -219,6 +253,8 @@ inline std::optional<unsigned> cgroup_cpu_limit(const std::string& root) {
   return quota_to_cores(*tightest);
 }
 
+#endif  // MULTICORE_DEFINE
+
 }  // namespace multicore::detail
 
 namespace multicore {
@@ -232,7 +268,19 @@ namespace multicore {
 /// `std::thread::hardware_concurrency()`, then to 1; unreadable cgroup files are ignored.
 /// Thread-safe. Not cached: each call reads the mask and a few small /proc and /sys files, so
 /// it reflects `sched_setaffinity` and quota changes made since the last call.
-inline unsigned usable_cores() noexcept {
+MULTICORE_DECL unsigned usable_cores() noexcept;
+
+/// The system's 1-minute load average divided by `usable_cores()`: about 1.0 when every
+/// usable core is busy. This is the figure `TaskOptions::max_load_average` is compared with.
+///
+/// Thread-safe. Throws `multicore::SystemError` (operation "getloadavg") if the load average
+/// cannot be read.
+MULTICORE_DECL double load_average_per_core();
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL unsigned usable_cores() noexcept {
   unsigned cores = detail::affinity_cores();
   if (cores == 0) cores = std::thread::hardware_concurrency();
   if (cores == 0) cores = 1;
@@ -247,14 +295,11 @@ inline unsigned usable_cores() noexcept {
   return cores;
 }
 
-/// The system's 1-minute load average divided by `usable_cores()`: about 1.0 when every
-/// usable core is busy. This is the figure `TaskOptions::max_load_average` is compared with.
-///
-/// Thread-safe. Throws `multicore::SystemError` (operation "getloadavg") if the load average
-/// cannot be read.
-inline double load_average_per_core() {
+MULTICORE_DECL double load_average_per_core() {
   const double load = detail::load_average_source()();
   return load / static_cast<double>(usable_cores());
 }
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore

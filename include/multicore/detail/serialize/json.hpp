@@ -18,6 +18,7 @@
 #include "../../codec.hpp"
 #include "../../errors.hpp"
 #include "../util/demangle.hpp"
+#include "../util/linkage.hpp"
 #include "serialize.hpp"
 #include "traits.hpp"
 
@@ -84,53 +85,7 @@ concept json_value =
 /// rapidjson 1.1.0, the version Debian 12 ships, misparses and even hits undefined behaviour on
 /// some numbers outside these shapes, e.g. "0.0e300" (fixed upstream after 1.1.0, see
 /// https://github.com/Tencent/rapidjson/issues/1724 for the same release's stack.h issue).
-inline bool canonical_json_number(std::string_view token) {
-  const auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
-  std::size_t i = token.starts_with('-') ? 1 : 0;
-  const std::size_t integer_begin = i;
-  while (i < token.size() && is_digit(token[i])) ++i;
-  const std::string_view integer = token.substr(integer_begin, i - integer_begin);
-  if (integer.empty() || integer.size() > 21 || (integer.size() > 1 && integer[0] == '0')) {
-    return false;
-  }
-  std::string_view fraction;
-  if (i < token.size() && token[i] == '.') {
-    const std::size_t fraction_begin = ++i;
-    while (i < token.size() && is_digit(token[i])) ++i;
-    fraction = token.substr(fraction_begin, i - fraction_begin);
-    if (fraction.empty() || fraction.size() > 23) return false;
-  }
-  const bool zero = integer == "0" && fraction.find_first_not_of('0') == std::string_view::npos;
-  if (i == token.size()) {  // no exponent
-    if (zero) return fraction.size() <= 1;
-    if (fraction.empty()) return integer.size() <= 20;
-    const std::size_t leading_zeros =
-        integer == "0" ? fraction.find_first_not_of('0') + 1 : 0;  // "0.000123": 4
-    const std::size_t digits = integer.size() + fraction.size();
-    const std::size_t trailing_zeros = fraction.size() - 1 - fraction.find_last_not_of('0');
-    return leading_zeros <= 7 && digits - leading_zeros - trailing_zeros <= 20;
-  }
-  if (token[i] != 'e' || integer.size() != 1 || integer[0] == '0' || fraction.size() > 16) {
-    return false;
-  }
-  const bool negative = ++i < token.size() && token[i] == '-';
-  if (negative) ++i;
-  const std::string_view exponent = token.substr(i);
-  if (exponent.empty() || exponent.size() > 3 || exponent[0] == '0' ||
-      exponent.find_first_not_of("0123456789") != std::string_view::npos) {
-    return false;
-  }
-  int magnitude = 0;
-  for (const char c : exponent) magnitude = magnitude * 10 + (c - '0');
-  // At the ends of a double's range compare the 17 significant digits with the extreme values
-  // rapidjson writes: 1.7976931348623157e308 and 5e-324 (anything below 2.5e-324 is 0).
-  std::string mantissa = std::string(integer) + std::string(fraction);
-  mantissa.resize(17, '0');
-  if (negative) {
-    return magnitude < 324 || (magnitude == 324 && mantissa >= "25000000000000000");
-  }
-  return magnitude < 308 || (magnitude == 308 && mantissa <= "17976931348623157");
-}
+MULTICORE_DECL bool canonical_json_number(std::string_view token);
 
 /// Checks JSON text before rapidjson and cereal see it, and after cereal wrote it:
 ///  - nesting deeper than max_json_nesting is rejected, because rapidjson's recursive parser
@@ -142,52 +97,7 @@ inline bool canonical_json_number(std::string_view token) {
 ///  std::string
 ///    from a C string and would silently drop everything after the NUL
 ///    (cereal::JSONInputArchive::loadValue(std::string&) uses GetString() without its length).
-inline void check_json_text(std::span<const std::byte> text) {
-  constexpr std::string_view escaped_nul = "u0000";
-  const std::string_view chars(reinterpret_cast<const char*>(text.data()), text.size());
-  std::size_t depth = 0;
-  bool in_string = false;
-  for (std::size_t i = 0; i < chars.size(); ++i) {
-    const char c = chars[i];
-    if (c == '\0') {
-      throw SerializationError("multicore: corrupt data: NUL byte in JSON text");
-    }
-    if (in_string) {
-      if (c == '\\') {
-        if (chars.substr(i + 1, escaped_nul.size()) == escaped_nul) {
-          throw SerializationError(
-              "multicore: Format::json cannot carry a string with an embedded NUL character "
-              "(cereal's JSON reader stops at it); use Format::binary");
-        }
-        ++i;  // skip the escaped character
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '-' || (c >= '0' && c <= '9')) {
-      std::size_t end = i + 1;
-      while (end < chars.size() &&
-             std::string_view("0123456789+-.eE").find(chars[end]) != std::string_view::npos) {
-        ++end;
-      }
-      const std::string_view token = chars.substr(i, end - i);
-      if (!canonical_json_number(token) &&
-          !(token == "-" && chars.substr(end).starts_with("Infinity"))) {
-        throw SerializationError("multicore: corrupt data: malformed JSON number " +
-                                 std::string(token.substr(0, 40)));
-      }
-      i = end - 1;
-    } else if (c == '[' || c == '{') {
-      if (++depth > max_json_nesting) {
-        throw SerializationError("multicore: JSON nested more than " +
-                                 std::to_string(max_json_nesting) + " levels deep");
-      }
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-}
+MULTICORE_DECL void check_json_text(std::span<const std::byte> text);
 
 /// Format::json's cereal archive (see CerealArchive in serialize.hpp): one JSON document, a
 /// single member "value". A type cereal's JSON archives cannot carry is reported when encoding
@@ -241,12 +151,7 @@ struct CerealArchive<Format::json> {
 // The format chosen at run time (TaskOptions::format, or a format read from a message).
 
 /// Throws unless `format` is one of the enumerators (it may come from a corrupt record).
-inline void check_format(Format format) {
-  if (format != Format::binary && format != Format::json) {
-    throw SerializationError("multicore: unknown format " +
-                             std::to_string(static_cast<int>(format)));
-  }
-}
+MULTICORE_DECL void check_format(Format format);
 
 /// encode<F>() for the `format` given at run time.
 template <class T>
@@ -266,6 +171,113 @@ T decode(Reader& in, Format format) {
   if (format == Format::json) return decode<T, Format::json>(in);
   return decode<T, Format::binary>(in);
 }
+
+// ---- definitions (see util/linkage.hpp) ------------------------------------------------------
+#if MULTICORE_DEFINE
+
+MULTICORE_DECL bool canonical_json_number(std::string_view token) {
+  const auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
+  std::size_t i = token.starts_with('-') ? 1 : 0;
+  const std::size_t integer_begin = i;
+  while (i < token.size() && is_digit(token[i])) ++i;
+  const std::string_view integer = token.substr(integer_begin, i - integer_begin);
+  if (integer.empty() || integer.size() > 21 || (integer.size() > 1 && integer[0] == '0')) {
+    return false;
+  }
+  std::string_view fraction;
+  if (i < token.size() && token[i] == '.') {
+    const std::size_t fraction_begin = ++i;
+    while (i < token.size() && is_digit(token[i])) ++i;
+    fraction = token.substr(fraction_begin, i - fraction_begin);
+    if (fraction.empty() || fraction.size() > 23) return false;
+  }
+  const bool zero = integer == "0" && fraction.find_first_not_of('0') == std::string_view::npos;
+  if (i == token.size()) {  // no exponent
+    if (zero) return fraction.size() <= 1;
+    if (fraction.empty()) return integer.size() <= 20;
+    const std::size_t leading_zeros =
+        integer == "0" ? fraction.find_first_not_of('0') + 1 : 0;  // "0.000123": 4
+    const std::size_t digits = integer.size() + fraction.size();
+    const std::size_t trailing_zeros = fraction.size() - 1 - fraction.find_last_not_of('0');
+    return leading_zeros <= 7 && digits - leading_zeros - trailing_zeros <= 20;
+  }
+  if (token[i] != 'e' || integer.size() != 1 || integer[0] == '0' || fraction.size() > 16) {
+    return false;
+  }
+  const bool negative = ++i < token.size() && token[i] == '-';
+  if (negative) ++i;
+  const std::string_view exponent = token.substr(i);
+  if (exponent.empty() || exponent.size() > 3 || exponent[0] == '0' ||
+      exponent.find_first_not_of("0123456789") != std::string_view::npos) {
+    return false;
+  }
+  int magnitude = 0;
+  for (const char c : exponent) magnitude = magnitude * 10 + (c - '0');
+  // At the ends of a double's range compare the 17 significant digits with the extreme values
+  // rapidjson writes: 1.7976931348623157e308 and 5e-324 (anything below 2.5e-324 is 0).
+  std::string mantissa = std::string(integer) + std::string(fraction);
+  mantissa.resize(17, '0');
+  if (negative) {
+    return magnitude < 324 || (magnitude == 324 && mantissa >= "25000000000000000");
+  }
+  return magnitude < 308 || (magnitude == 308 && mantissa <= "17976931348623157");
+}
+
+MULTICORE_DECL void check_json_text(std::span<const std::byte> text) {
+  constexpr std::string_view escaped_nul = "u0000";
+  const std::string_view chars(reinterpret_cast<const char*>(text.data()), text.size());
+  std::size_t depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < chars.size(); ++i) {
+    const char c = chars[i];
+    if (c == '\0') {
+      throw SerializationError("multicore: corrupt data: NUL byte in JSON text");
+    }
+    if (in_string) {
+      if (c == '\\') {
+        if (chars.substr(i + 1, escaped_nul.size()) == escaped_nul) {
+          throw SerializationError(
+              "multicore: Format::json cannot carry a string with an embedded NUL character "
+              "(cereal's JSON reader stops at it); use Format::binary");
+        }
+        ++i;  // skip the escaped character
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+      std::size_t end = i + 1;
+      while (end < chars.size() &&
+             std::string_view("0123456789+-.eE").find(chars[end]) != std::string_view::npos) {
+        ++end;
+      }
+      const std::string_view token = chars.substr(i, end - i);
+      if (!canonical_json_number(token) &&
+          !(token == "-" && chars.substr(end).starts_with("Infinity"))) {
+        throw SerializationError("multicore: corrupt data: malformed JSON number " +
+                                 std::string(token.substr(0, 40)));
+      }
+      i = end - 1;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_json_nesting) {
+        throw SerializationError("multicore: JSON nested more than " +
+                                 std::to_string(max_json_nesting) + " levels deep");
+      }
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+}
+
+MULTICORE_DECL void check_format(Format format) {
+  if (format != Format::binary && format != Format::json) {
+    throw SerializationError("multicore: unknown format " +
+                             std::to_string(static_cast<int>(format)));
+  }
+}
+
+#endif  // MULTICORE_DEFINE
 
 }  // namespace multicore::detail
 
