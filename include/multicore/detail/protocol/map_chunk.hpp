@@ -130,12 +130,25 @@ using item_result_t = decltype(call_item(std::declval<Fn&>(), std::declval<In>()
 /// error, after cutting `out` back to `mark`. Call only inside a catch block.
 MULTICORE_DECL void write_chunk_failure(Writer& out, std::size_t mark) noexcept;
 
+/// The items of a chunk that threw, each with its outcome, from any of the team's threads.
+class ChunkErrors {
+ public:
+  /// Records the exception being handled as item i's outcome. Call only inside a catch block.
+  MULTICORE_DECL void add_current(std::size_t i) noexcept;
+
+  std::vector<std::pair<std::size_t, Writer>> list;  // (item, outcome), in no order
+
+ private:
+  std::mutex mutex_;
+};
+
 /// What a chunk's entry needs to run its items and write their answer, but not its types: the
 /// work is in run_chunk(), compiled once (util/linkage.hpp), not once per map.
 struct ChunkItems {
   std::size_t n = 0;
-  /// Runs item i, keeping its value for encode (may throw: the item's error).
-  FunctionRef<void(std::size_t)> call;
+  /// Runs the items [begin, end), keeping their values for encode, and records each one that
+  /// throws in the ChunkErrors. Never throws.
+  FunctionRef<void(std::size_t, std::size_t)> run;
   /// Null unless the values are raw: copies the `n` values, all there, into a block.
   const FunctionRef<void(std::byte*)>* copy_block = nullptr;
   std::size_t value_bytes = 0;  ///< size of one value when copy_block is set
@@ -145,9 +158,10 @@ struct ChunkItems {
 
 /// Runs a chunk's items on `context.threads` threads (the worker's team, or a team of its own
 /// inline) and appends the answer to `out`: the item count, then one block of raw values if
-/// every item succeeded and they are raw, else one outcome per item.
+/// every item succeeded and they are raw, else one outcome per item (from `errors` for those
+/// that threw).
 MULTICORE_DECL void run_chunk(Writer& out, std::size_t mark, const CallContext& context,
-                              const ChunkItems& items) noexcept;
+                              const ChunkItems& items, ChunkErrors& errors) noexcept;
 
 /// The entry for a map chunk: payload = callable, item count, items. Items run on
 /// `threads` threads of the worker (processes x threads for blocking functions).
@@ -172,12 +186,19 @@ struct MapChunk {
     }
     const std::size_t n = items.size();
     std::vector<Stored<Out>> values(n);
-    // The result is made right in values[i]: no copy, on any thread's stack.
-    const auto call = [&](std::size_t i) {
-      values[i].make([&] { return call_item(*fn, take_item<In>(items[i])); });
+    ChunkErrors errors;
+    const auto run = [&](std::size_t begin, std::size_t end) noexcept {
+      for (std::size_t i = begin; i < end; ++i) {
+        try {
+          // The result is made right in values[i]: no copy, on any thread's stack.
+          values[i].make([&] { return call_item(*fn, take_item<In>(items[i])); });
+        } catch (...) {
+          errors.add_current(i);
+        }
+      }
     };
     const auto encode_value = [&](Writer& to, std::size_t i) { encode(to, *values[i]); };
-    ChunkItems chunk{n, call, nullptr, 0, encode_value};
+    ChunkItems chunk{n, run, nullptr, 0, encode_value};
     if constexpr (block_value<Out>) {
       const auto copy = [&](std::byte* block) {
         for (std::size_t i = 0; i < n; ++i) {
@@ -187,24 +208,28 @@ struct MapChunk {
       const FunctionRef<void(std::byte*)> copy_block = copy;
       chunk.copy_block = &copy_block;
       chunk.value_bytes = sizeof(Out);
-      run_chunk(out, mark, context, chunk);
+      run_chunk(out, mark, context, chunk, errors);
     } else {
-      run_chunk(out, mark, context, chunk);
+      run_chunk(out, mark, context, chunk, errors);
     }
   }
 };
 
-/// Reads a chunk's answer of `expected` items, handing each item's value to `items.decode(i,
-/// in)` (or, raw, the whole block to `items.copy_block`) and each failed item's error to
-/// `items.fail(i, error)`. Never throws: a malformed answer fails every item.
+/// Where read_chunk_answer() puts a chunk's results, without their type.
 struct ChunkResults {
   std::size_t expected = 0;
+  /// Decodes item i's value from `in` (may throw: the item gets that error).
   FunctionRef<void(std::size_t, Reader&)> decode;
   /// Null unless the values are raw: takes `expected` values from a block.
   const FunctionRef<void(const std::byte*)>* copy_block = nullptr;
   std::size_t value_bytes = 0;  ///< size of one value when copy_block is set
+  /// Item i gets `error` instead of a value.
   FunctionRef<void(std::size_t, const std::exception_ptr&)> fail;
 };
+
+/// Reads a chunk's answer of `results.expected` items: each item's value through
+/// `results.decode` (raw: the whole block through `results.copy_block`), each failed item's
+/// error through `results.fail`. Never throws: a malformed answer fails every item.
 MULTICORE_DECL void read_chunk_answer(Reader& in, const ChunkResults& results) noexcept;
 
 /// Reads a chunk's answer into one result per item. Never throws: a malformed answer becomes
@@ -251,25 +276,21 @@ MULTICORE_DECL void write_chunk_failure(Writer& out, std::size_t mark) noexcept 
   }
 }
 
+MULTICORE_DECL void ChunkErrors::add_current(std::size_t i) noexcept {
+  Writer error;
+  write_current_exception(error);
+  std::lock_guard lock(mutex_);
+  list.emplace_back(i, std::move(error));
+}
+
 MULTICORE_DECL void run_chunk(Writer& out, std::size_t mark, const CallContext& context,
-                              const ChunkItems& items) noexcept {
+                              const ChunkItems& items, ChunkErrors& chunk_errors) noexcept {
   const std::size_t n = items.n;
-  std::vector<std::pair<std::size_t, Writer>> errors;
-  std::mutex errors_mutex;
-  auto body = [&](std::size_t i) noexcept {
-    try {
-      items.call(i);
-    } catch (...) {
-      Writer error;
-      write_current_exception(error);
-      std::lock_guard lock(errors_mutex);
-      errors.emplace_back(i, std::move(error));
-    }
-  };
   // The worker's team; an inline run (no worker) makes its own, joined before it returns.
   std::optional<ThreadTeam> own_team;
   ThreadTeam& team = context.team != nullptr ? *context.team : own_team.emplace();
-  team.run(n, context.threads, body);
+  team.run(n, context.threads, items.run);
+  std::vector<std::pair<std::size_t, Writer>>& errors = chunk_errors.list;
   try {
     const std::uint64_t count = n;
     out.write(&count, sizeof count);

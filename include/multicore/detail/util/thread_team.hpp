@@ -33,9 +33,12 @@ class ThreadTeam {
 
   MULTICORE_DECL ~ThreadTeam();
 
-  /// `body` must not throw. Not a template (the body is borrowed, see FunctionRef): the team's
-  /// threads are compiled once, in the compiled part (util/linkage.hpp).
-  MULTICORE_DECL void run(std::size_t n, unsigned threads, FunctionRef<void(std::size_t)> body);
+  /// `body(begin, end)` runs the items [begin, end) and must not throw: on one thread it is
+  /// called once for all `n`, on several once per item, so that a fast item costs no call of
+  /// its own. Not a template (the body is borrowed, see FunctionRef): the team's threads are
+  /// compiled once, in the compiled part (util/linkage.hpp).
+  MULTICORE_DECL void run(std::size_t n, unsigned threads,
+                          FunctionRef<void(std::size_t, std::size_t)> body);
 
  private:
   MULTICORE_DECL void help(std::size_t index);
@@ -52,7 +55,7 @@ class ThreadTeam {
   std::condition_variable work_;
   std::condition_variable done_;
   std::vector<std::thread> helpers_;
-  const FunctionRef<void(std::size_t)>* body_ = nullptr;
+  const FunctionRef<void(std::size_t, std::size_t)>* body_ = nullptr;
   std::size_t n_ = 0;
   std::atomic<std::size_t> next_{0};
   std::size_t wanted_ = 0;
@@ -74,10 +77,10 @@ MULTICORE_DECL ThreadTeam::~ThreadTeam() {
 }
 
 MULTICORE_DECL void ThreadTeam::run(std::size_t n, unsigned threads,
-                                    FunctionRef<void(std::size_t)> body) {
+                                    FunctionRef<void(std::size_t, std::size_t)> body) {
   const std::size_t helpers = threads > 1 && n > 1 ? std::min<std::size_t>(threads, n) - 1 : 0;
   if (helpers == 0) {
-    for (std::size_t i = 0; i < n; ++i) body(i);
+    body(0, n);
     return;
   }
   {
@@ -119,7 +122,7 @@ MULTICORE_DECL void ThreadTeam::take_items() {
   for (;;) {
     const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
     if (i >= n_) return;
-    (*body_)(i);
+    (*body_)(i, i + 1);
   }
 }
 
