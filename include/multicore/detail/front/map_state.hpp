@@ -166,6 +166,14 @@ class MapState : private MapWindow {
     item_.reset();
     if constexpr (!Ordered) yielded_.reset();
     if (current_ != nullptr && ++position_ < current_->results.size()) return;
+    next_chunk();
+  }
+
+ private:
+  /// next_item() at the end of the current chunk. Kept out of line (g++ would otherwise take
+  /// it into next_item(), then find next_item() too large to inline into the caller's loop),
+  /// so that the step from one result to the next stays a few inlined instructions.
+  [[gnu::noinline]] void next_chunk() {
     if (current_ != nullptr) {
       erase_chunk(current_key_);
       current_ = nullptr;
@@ -181,7 +189,6 @@ class MapState : private MapWindow {
     }
   }
 
- private:
   /// Makes the next ready chunk current (for map: only the one next in input order).
   bool take_done_chunk() {
     std::size_t first = 0;
