@@ -120,7 +120,8 @@ class MapResults {
   }
 
   template <class F>
-  MapResults(std::weak_ptr<detail::PoolCore> core, F&& fn, Source&& source, MapOptions options)
+  MapResults(std::weak_ptr<detail::PoolCore> core, F&& fn, Source&& source,
+             const MapOptions& options)
       : state_(std::make_unique<State>(std::move(core), std::forward<F>(fn),
                                        std::forward<Source>(source), options)) {}
 

@@ -201,7 +201,7 @@ class Pool {
       const std::weak_ptr<detail::PoolCore>& core, std::uint64_t generation);
 
   template <bool Ordered, class F, class R>
-  auto make_map(F&& f, R&& inputs, MapOptions options) {
+  auto make_map(F&& f, R&& inputs, const MapOptions& options) {
     using Fn = std::decay_t<F>;
     // An lvalue input is held by reference (the caller keeps it alive), an rvalue by value.
     using Source = std::conditional_t<std::is_lvalue_reference_v<R>, R, std::remove_cvref_t<R>>;

@@ -124,7 +124,7 @@ class MapState : private MapWindow {
   // The callable goes straight to its one copy, here: a lambda capturing a large value is
   // large, and must not be copied through the stack.
   template <class F>
-  MapState(std::weak_ptr<PoolCore> core, F&& fn, Source&& source, MapOptions options)
+  MapState(std::weak_ptr<PoolCore> core, F&& fn, Source&& source, const MapOptions& options)
       : MapWindow(std::move(core), options, std::make_shared<MapInbox<Out>>(), std::nullopt),
         fn_(std::forward<F>(fn)),
         view_(std::forward<Source>(source)) {
