@@ -617,29 +617,37 @@ TEST(Crash, ReplacementSeesThePoolConstructionSnapshotAndRunsOnWorkerStart) {
   EXPECT_EQ(g_started_in, 0);
 }
 
+/// Reads every result of a map of x -> x * 10 over [0, n) whose item `bad` killed its worker:
+/// that item must throw WorkerLost with `signal` and `exit_code`, every other one its value.
+template <class Results>
+void expect_only_the_bad_item_lost(Results& results, int n, int bad, int signal, int exit_code) {
+  int index = 0;
+  for (auto it = results.begin(); it != results.end(); ++it, ++index) {
+    if (index == bad) {
+      const auto lost = multicore_test::thrown_exactly<WorkerLost>([&] { (void)*it; });
+      ASSERT_TRUE(lost);
+      EXPECT_EQ(lost->signal(), signal) << lost->what();
+      EXPECT_EQ(lost->exit_code(), exit_code) << lost->what();
+      continue;
+    }
+    EXPECT_EQ(*it, index * 10);
+  }
+  EXPECT_EQ(index, n);
+}
+
 // Pool::map with one input per chunk: the item whose function crashes throws WorkerLost when its
 // result is read, every other item has its value.
 TEST(Crash, MapItemThatCrashesFailsAlone) {
   Pool pool(PoolOptions{.workers = 2});
   constexpr int n = 40;
   constexpr int bad = 17;
-  int index = 0;
   auto results = pool.map(
       [](int x) {
         if (x == bad) multicore_test::segfault_by_raise();
         return x * 10;
       },
       multicore_test::numbers(0, n), multicore::MapOptions{.chunk_size = 1});
-  for (auto it = results.begin(); it != results.end(); ++it, ++index) {
-    if (index == bad) {
-      const auto lost = multicore_test::thrown_exactly<WorkerLost>([&] { (void)*it; });
-      ASSERT_TRUE(lost);
-      EXPECT_EQ(lost->signal(), SIGSEGV);
-      continue;
-    }
-    EXPECT_EQ(*it, index * 10);
-  }
-  EXPECT_EQ(index, n);
+  expect_only_the_bad_item_lost(results, n, bad, SIGSEGV, -1);
 }
 
 // An item that ends its thread (pthread_exit) on one of a worker's team threads ends that
@@ -650,7 +658,6 @@ TEST(Crash, MapItemThatEndsItsThreadFailsAloneOnAWorkersTeam) {
   Pool pool(PoolOptions{.workers = 2});
   constexpr int n = 40;
   constexpr int bad = 17;
-  int index = 0;
   auto results = pool.map(
       [](int x) {
         if (x == bad) pthread_exit(nullptr);
@@ -658,17 +665,7 @@ TEST(Crash, MapItemThatEndsItsThreadFailsAloneOnAWorkersTeam) {
       },
       multicore_test::numbers(0, n),
       multicore::MapOptions{.chunk_size = 4, .threads_per_worker = 2});
-  for (auto it = results.begin(); it != results.end(); ++it, ++index) {
-    if (index == bad) {
-      const auto lost = multicore_test::thrown_exactly<WorkerLost>([&] { (void)*it; });
-      ASSERT_TRUE(lost);
-      EXPECT_EQ(lost->signal(), 0) << lost->what();
-      EXPECT_EQ(lost->exit_code(), 0) << lost->what();
-      continue;
-    }
-    EXPECT_EQ(*it, index * 10);
-  }
-  EXPECT_EQ(index, n);
+  expect_only_the_bad_item_lost(results, n, bad, 0, 0);
 }
 
 }  // namespace

@@ -126,7 +126,7 @@ decltype(auto) call_item(Fn& fn, In&& item) {
 template <class Fn, class In>
 using item_result_t = decltype(call_item(std::declval<Fn&>(), std::declval<In>()));
 
-/// Writes the answer of a chunk whose `n` items failed to decode: no items, one serialization
+/// Writes the answer of a chunk whose items failed to decode: no items, one serialization
 /// error, after cutting `out` back to `mark`. Call only inside a catch block.
 MULTICORE_DECL void write_chunk_failure(Writer& out, std::size_t mark) noexcept;
 
