@@ -4,6 +4,7 @@
 // shutdown, terminate and a broken transport, each step decided by the test, with no process
 // and no sleep. Every job must be resolved exactly once (or, abandoned, never).
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <cerrno>
@@ -205,6 +206,33 @@ class Recording final : public detail::Completion, private detail::AnswerTail {
   std::shared_ptr<std::atomic<bool>> abandoned_;
   Bytes assembled_;
   std::uint64_t tail_left_ = 0;
+};
+
+std::string this_thread_name() {
+  char name[16] = {};
+  pthread_getname_np(pthread_self(), name, sizeof name);
+  return name;
+}
+
+/// A completion made visible after it is decoded, as a small future's is (see Publisher): says
+/// which thread published it.
+class PublishedLater final : public detail::Completion {
+ public:
+  explicit PublishedLater(std::promise<std::string>& by) : by_(by) {}
+
+  void deliver(multicore::Reader& /*payload*/, std::uint64_t /*run_nanos*/) noexcept override {
+    unpublished_ = true;
+  }
+  void fail(std::exception_ptr error) noexcept override { by_.set_exception(std::move(error)); }
+  bool unpublished() const noexcept override { return unpublished_; }
+  void publish() noexcept override {
+    unpublished_ = false;
+    by_.set_value(this_thread_name());
+  }
+
+ private:
+  std::promise<std::string>& by_;
+  bool unpublished_ = false;
 };
 
 /// How the test submits a job.
@@ -659,6 +687,44 @@ TEST_F(SchedulerTest, RealCompletionsDecodeScriptedAnswers) {
   ASSERT_TRUE(error);
   EXPECT_EQ(error->type_name(), "std::domain_error");
   EXPECT_EQ(error->message(), "no");
+}
+
+void submit_published_later(Scheduler& scheduler, std::promise<std::string>& by) {
+  std::unique_ptr<detail::Job> job = scheduler.new_job();
+  detail::begin_request(job->request);
+  detail::finish_request(job->request, 0, 1);
+  job->emplace_completion<PublishedLater>(by);
+  scheduler.submit(std::move(job));
+}
+
+TEST_F(SchedulerTest, ALoneAnswerIsPublishedByTheThreadThatReadItWithoutAHop) {
+  FakeTransport& fake = workers(1);
+  start();
+  std::promise<std::string> by;
+  submit_published_later(*scheduler_, by);
+  await_sent(0, 1);
+  fake.answer(0, {fake.sent_to(0)[0], value_payload(1), 0, long_run_ns});
+  std::future<std::string> publisher = by.get_future();
+  ASSERT_TRUE(multicore_test::ready_within(publisher, liveness));
+  EXPECT_EQ(publisher.get(), "multicore-coll");
+}
+
+TEST_F(SchedulerTest, WhileManyJobsWaitEveryAnswerIsPublishedBeforeShutdownReturns) {
+  workers(2);
+  start();
+  warm_up(64);  // a deep in-flight bound
+  fake_->respond([](const multicore_test::fake::Sent& sent) {
+    return std::optional<Answer>(Answer{sent.task_id, value_payload(0), 0, 0});
+  });
+  std::deque<std::promise<std::string>> by(400);
+  for (auto& promise : by) submit_published_later(*scheduler_, promise);
+  shutdown_bounded();
+  for (auto& promise : by) {
+    std::future<std::string> publisher = promise.get_future();
+    ASSERT_EQ(publisher.wait_for(0s), std::future_status::ready);
+    const std::string name = publisher.get();
+    EXPECT_TRUE(name == "multicore-coll" || name == "multicore-pub") << name;
+  }
 }
 
 // ---- start failures -------------------------------------------------------------------------

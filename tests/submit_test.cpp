@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -351,6 +352,50 @@ TEST_P(SubmitTest, VoidResults) {
   const RemoteError e = remote_error_of(bad);
   EXPECT_EQ(e.type_name(), "std::out_of_range");
   EXPECT_EQ(e.message(), "index 9");
+}
+
+// Thousands of small futures at once: their answers are made visible on the collector, on the
+// publisher's thread, or both (see core/publisher.hpp); each gets exactly its own outcome,
+// whichever order they are waited for in.
+TEST_P(SubmitTest, AFloodOfSmallFuturesEachGetsItsOwnOutcome) {
+  Pool pool(options());
+  constexpr std::size_t n = 3000;
+  const auto thrown = [](std::size_t i) { return i % 100 == 7; };
+  std::vector<std::future<std::size_t>> sizes;
+  std::vector<std::future<std::string>> strings;
+  std::vector<std::future<void>> voids;
+  for (std::size_t i = 0; i < n; ++i) {
+    sizes.push_back(pool.submit([](std::size_t x) { return 3 * x; }, i));
+    strings.push_back(pool.submit([](std::size_t x) { return std::to_string(x); }, i));
+    const int x = static_cast<int>(i);
+    voids.push_back(thrown(i) ? pool.submit(throw_in_void, x) : pool.submit(do_nothing, x));
+  }
+  for (std::size_t i = n; i-- > 0;) EXPECT_EQ(sizes[i].get(), 3 * i);
+  for (std::size_t i = 0; i < n; ++i) EXPECT_EQ(strings[i].get(), std::to_string(i));
+  for (std::size_t i = 0; i < n; ++i) {
+    if (thrown(i)) {
+      EXPECT_EQ(remote_error_of(voids[i]).message(), "index " + std::to_string(i));
+    } else {
+      EXPECT_NO_THROW(voids[i].get());
+    }
+  }
+}
+
+// The pool's end waits until every future of a flood is ready: none is left to a thread that
+// is gone.
+TEST_P(SubmitTest, EveryFutureOfAFloodIsReadyWhenThePoolIsGone) {
+  constexpr std::size_t n = 3000;
+  std::vector<std::future<std::size_t>> sizes;
+  {
+    Pool pool(options());
+    for (std::size_t i = 0; i < n; ++i) {
+      sizes.push_back(pool.submit([](std::size_t x) { return x + 1; }, i));
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    ASSERT_EQ(sizes[i].wait_for(std::chrono::seconds(0)), std::future_status::ready) << i;
+    EXPECT_EQ(sizes[i].get(), i + 1);
+  }
 }
 
 TEST_P(SubmitTest, ManyArguments) {

@@ -37,6 +37,10 @@ class Completion {
   virtual void fail(std::exception_ptr error) noexcept = 0;
   /// Nobody wants the answer any more (an abandoned map): a job not yet sent is dropped.
   virtual bool abandoned() const noexcept { return false; }
+  /// After deliver() or deliver_tail(): whether the outcome is decoded but not yet visible to
+  /// the caller, which publish() (on any thread, once) then does.
+  virtual bool unpublished() const noexcept { return false; }
+  virtual void publish() noexcept {}
   /// Whether `payload` (an answer about to be delivered; untrusted) says that the task threw,
   /// for the pool's statistics. Completions of one call can tell; others say no.
   virtual bool reports_exception(std::span<const std::byte> /*payload*/) const noexcept {
@@ -108,9 +112,10 @@ class Job {
   MULTICORE_DECL void recycle() noexcept;
 
  private:
-  // Room for the library's completions (120 bytes for a std::vector result, which carries the
-  // state to receive a tail), so steady traffic allocates none.
-  static constexpr std::size_t inline_bytes = 128;
+  // Room for the library's completions (160 bytes for a future's std::string result, which it
+  // holds until published; 144 for a std::vector, which also carries the state to receive a
+  // tail), so steady traffic allocates none.
+  static constexpr std::size_t inline_bytes = 192;
 
   void reset_completion() noexcept {
     if (completion_ == nullptr) return;

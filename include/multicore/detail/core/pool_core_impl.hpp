@@ -190,6 +190,7 @@ MULTICORE_DECL bool PoolCore::run_here(std::span<const std::byte> request, Compl
   const bool threw = completion.reports_exception(answer.bytes());
   Reader reader(std::span<const std::byte>(answer.bytes()));
   completion.deliver(reader, static_cast<std::uint64_t>(steady_now_ns() - began));
+  if (completion.unpublished()) completion.publish();
   return threw;
 }
 

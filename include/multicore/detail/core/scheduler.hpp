@@ -30,6 +30,7 @@
 #include "dispatch.hpp"
 #include "job.hpp"
 #include "job_pool.hpp"
+#include "publisher.hpp"
 #include "supervisor.hpp"
 
 namespace multicore::detail {
@@ -172,6 +173,12 @@ class Scheduler final : private TailRouter, private StopListener {
     return budget;
   }
 
+  /// finish() hands answers to the publisher while more than this many jobs per worker are
+  /// outstanding (throughput, not latency, counts then).
+  static constexpr std::size_t publish_elsewhere_above = 4;
+  /// How many answers an idle collector publishes before it looks for events again.
+  static constexpr std::size_t publish_batch = 64;
+
   std::unique_ptr<Transport> transport_;
   SchedulerOptions options_;
   JobPool jobs_;
@@ -199,6 +206,12 @@ class Scheduler final : private TailRouter, private StopListener {
   std::atomic<bool> closing_{false};         // closed_
   std::atomic<bool> stop_{false};            // the collector must exit
   std::atomic<unsigned> sync_callers_{0};    // threads polling in help_until
+
+  // After jobs_ and the atomics, which its thread uses until stop() joins it.
+  Publisher publisher_{[this](std::vector<std::unique_ptr<Job>>& jobs) {
+    for (auto& job : jobs) jobs_.give_back(std::move(job));
+    resolved(jobs.size());
+  }};
 
   std::mutex collect_mutex_;
   std::thread collector_;
@@ -471,6 +484,8 @@ inline void Scheduler::collect() noexcept {
       // Only allocation failures can land here; keep going rather than lose every job.
       std::fputs("multicore: collector: unexpected error, retrying\n", stderr);
     }
+    // Nothing to read: help the publisher (its queue grows when it is the slower one).
+    if (!progressed) progressed = publisher_.publish_some(publish_batch);
     if (!progressed && !stop_.load(std::memory_order_acquire)) {
       // While a call() polls for answers itself, a spinning collector would only take a core
       // from it (or from a worker): sleep instead, and let it collect.
@@ -654,8 +669,16 @@ inline void Scheduler::mark_closed_locked(const std::string& reason) {
   closing_.store(true, std::memory_order_seq_cst);
 }
 
-/// Recycles an answered job and counts it resolved.
+/// Publishes an answered job (or has the publisher do it), recycles it and counts it resolved.
 inline void Scheduler::finish(std::unique_ptr<Job> job) noexcept {
+  if (job->completion().unpublished()) {
+    // Only while many jobs wait: a lone call's answer would pay a thread hop.
+    if (outstanding_.load(std::memory_order_relaxed) > publish_elsewhere_above * size()) {
+      job = publisher_.take(std::move(job));
+      if (!job) return;
+    }
+    job->completion().publish();
+  }
   jobs_.give_back(std::move(job));
   resolved(1);
 }
@@ -790,6 +813,7 @@ inline void Scheduler::close(bool hard) noexcept {
     transport_->close();
   }
   fail_all(failures);
+  publisher_.stop();  // no answer comes any more: what it holds is all it will get
   finished_ = true;
 }
 

@@ -135,21 +135,37 @@ class ValueCompletion : public Completion, private AnswerTail {
   TailReceiver<V> tail_;
 };
 
-/// Resolves a std::promise<R> with the outcome of one call, answered in format F.
+/// Resolves a std::promise<R> with the outcome of one call, answered in format F. A small value
+/// (and void) is decoded into the completion and set in the promise by publish(), which the
+/// scheduler may leave to its publisher thread (see Publisher); other values are set at once.
 template <class R, Format F>
 class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R, F>, R, F> {
+  static constexpr bool publishes_later = [] {
+    if constexpr (std::is_void_v<R>) {
+      return true;
+    } else {
+      return sizeof(R) <= 64 && std::is_nothrow_move_constructible_v<R>;
+    }
+  }();
+  struct Nothing {};
+
  public:
   std::future<R> future() { return promise_.get_future(); }
 
-  // A promise cannot make its value in place: it is decoded into `scratch`, then moved in.
   template <class V>
   Stored<V>& place(Stored<V>& scratch) noexcept {
-    return scratch;
+    if constexpr (publishes_later) {
+      return value_;
+    } else {
+      return scratch;  // a promise cannot make its value in place: moved in below
+    }
   }
-  void resolve() { promise_.set_value(); }
+  void resolve() noexcept { unpublished_ = true; }
   template <class V>
   void resolve(Stored<V>& value) {
-    if constexpr (std::is_nothrow_move_constructible_v<V>) {
+    if constexpr (publishes_later) {
+      unpublished_ = true;  // decoded into value_ (see place)
+    } else if constexpr (std::is_nothrow_move_constructible_v<V>) {
       promise_.set_value(std::move(*value));
     } else {
       // set_value moves the value inside std::call_once. Where a throw out of call_once leaves
@@ -163,6 +179,23 @@ class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R, F>, 
     }
   }
 
+  bool unpublished() const noexcept override { return unpublished_; }
+  void publish() noexcept override {
+    if constexpr (publishes_later) {
+      unpublished_ = false;
+      try {
+        if constexpr (std::is_void_v<R>) {
+          promise_.set_value();
+        } else {
+          promise_.set_value(std::move(*value_));
+        }
+      } catch (...) {
+        // Only std::future_error for a promise already satisfied, which a job's single outcome
+        // rules out; the value's move is noexcept.
+      }
+    }
+  }
+
   void fail(std::exception_ptr error) noexcept override {
     try {
       promise_.set_exception(std::move(error));
@@ -173,6 +206,11 @@ class PromiseCompletion final : public ValueCompletion<PromiseCompletion<R, F>, 
 
  private:
   std::promise<R> promise_;
+  // The value, decoded and waiting for publish().
+  [[no_unique_address]] std::conditional_t<publishes_later && !std::is_void_v<R>, Stored<R>,
+                                           Nothing>
+      value_;
+  bool unpublished_ = false;
 };
 
 /// Where Pool::call()'s answer lands: on the caller's stack (a large value in a Stored, on the
