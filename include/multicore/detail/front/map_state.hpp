@@ -49,6 +49,30 @@ struct MapInbox : MapInboxBase {
     std::size_t bytes = 0;  // of the answer
   };
   std::vector<Arrival> arrived;
+  /// Results storage of chunks the consumer is done with, for the next answers: a chunk's
+  /// results freshly allocated each time cost page faults (malloc gives large blocks back to
+  /// the system as they are freed), which on some VMs made a map of trivial items several
+  /// times slower, and its speed erratic.
+  std::vector<std::vector<ItemResult<Out>>> spare_results;
+  static constexpr std::size_t max_spares = 16;
+
+  std::vector<ItemResult<Out>> take_spare() noexcept {
+    std::lock_guard lock(mutex);
+    if (spare_results.empty()) return {};
+    std::vector<ItemResult<Out>> spare = std::move(spare_results.back());
+    spare_results.pop_back();
+    return spare;
+  }
+  /// Keeps `used` (emptied here, its values and errors destroyed) for a later chunk.
+  void give_back(std::vector<ItemResult<Out>>& used) noexcept {
+    used.clear();
+    std::lock_guard lock(mutex);
+    if (spare_results.size() >= max_spares) return;
+    try {
+      spare_results.push_back(std::move(used));
+    } catch (...) {  // no memory to keep it: it is freed
+    }
+  }
 };
 
 template <class Out>
@@ -61,7 +85,7 @@ class ChunkCompletion final : public Completion {
     if (abandoned()) return;
     std::exception_ptr error = error_of([&] {
       const std::size_t bytes = payload.remaining();
-      auto results = read_chunk<Out>(payload, count_);
+      auto results = read_chunk<Out>(payload, count_, inbox_->take_spare());
       post({first_, std::move(results), nullptr, run_nanos, bytes});
     });
     if (error) fail(std::move(error));
@@ -175,6 +199,7 @@ class MapState : private MapWindow {
   /// so that the step from one result to the next stays a few inlined instructions.
   [[gnu::noinline]] void next_chunk() {
     if (current_ != nullptr) {
+      inbox().give_back(current_->results);
       erase_chunk(current_key_);
       current_ = nullptr;
     }
@@ -223,7 +248,7 @@ class MapState : private MapWindow {
       done_items_ += n;
       chunk.results = std::move(a.results);
       chunk.done = true;
-      chunk.inputs.clear();
+      keep_inputs(chunk.inputs);
       return;
     }
     if (n > 1 && is_worker_failure(a.failure)) {
@@ -263,6 +288,10 @@ class MapState : private MapWindow {
       if (chunk_count() >= window()) return;
       const std::size_t want = chunk_size(left());
       std::vector<In> inputs;
+      if (!spare_inputs_.empty()) {
+        inputs = std::move(spare_inputs_.back());
+        spare_inputs_.pop_back();
+      }
       inputs.reserve(std::min<std::size_t>(want, 65536));  // chunk_size may be huge
       std::exception_ptr input_error;
       try {
@@ -283,6 +312,17 @@ class MapState : private MapWindow {
       consumed_ += inputs.size();
       if (!inputs.empty()) send(first, std::move(inputs));
       if (input_error) fail(chunk_at(consumed_++), 1, input_error);
+    }
+  }
+
+  /// Keeps an answered chunk's inputs vector (emptied) for the next chunk's inputs, as
+  /// MapInbox keeps results storage.
+  void keep_inputs(std::vector<In>& inputs) noexcept {
+    inputs.clear();
+    if (spare_inputs_.size() >= MapInbox<Out>::max_spares) return;
+    try {
+      spare_inputs_.push_back(std::move(inputs));
+    } catch (...) {  // no memory to keep it: it is freed
     }
   }
 
@@ -322,8 +362,9 @@ class MapState : private MapWindow {
   Chunk* current_ = nullptr;
   std::size_t current_key_ = 0;
   std::size_t position_ = 0;
-  std::optional<value_type> yielded_;  // map_unordered's current (index, value)
-  std::optional<MapItem<Out>> item_;   // items()' current item
+  std::optional<value_type> yielded_;          // map_unordered's current (index, value)
+  std::optional<MapItem<Out>> item_;           // items()' current item
+  std::vector<std::vector<In>> spare_inputs_;  // see keep_inputs()
 };
 
 }  // namespace multicore::detail

@@ -232,11 +232,14 @@ struct ChunkResults {
 /// error through `results.fail`. Never throws: a malformed answer fails every item.
 MULTICORE_DECL void read_chunk_answer(Reader& in, const ChunkResults& results) noexcept;
 
-/// Reads a chunk's answer into one result per item. Never throws: a malformed answer becomes
-/// an error on every item.
+/// Reads a chunk's answer into one result per item, in `results` (emptied first: storage to
+/// reuse, whose pages are already there). Throws only std::bad_alloc, making the results; a
+/// malformed answer becomes an error on every item.
 template <class Out>
-std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected) {
-  std::vector<ItemResult<Out>> results(expected);
+std::vector<ItemResult<Out>> read_chunk(Reader& in, std::size_t expected,
+                                        std::vector<ItemResult<Out>> results = {}) {
+  results.clear();
+  results.resize(expected);
   const auto decode = [&](std::size_t i, Reader& from) { results[i].value.decode(from); };
   const auto fail = [&](std::size_t i, const std::exception_ptr& e) {
     results[i].value.reset();
