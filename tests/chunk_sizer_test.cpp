@@ -103,17 +103,35 @@ TEST(ChunkSizer, FollowsItemsThatGetCheaper) {
 
 TEST(ChunkSizer, ShrinksAsTheSizedInputRunsOut) {
   ChunkSizer sizer(2, 1);
-  feed(sizer, 8192, 2, 8, 4);
-  EXPECT_EQ(sizer.next(std::size_t{1} << 20), 8192u);
-  EXPECT_EQ(sizer.next(20'000), 5'000u) << "a quarter of what is left, with 2 workers";
-  EXPECT_EQ(sizer.next(100), 25u);
+  feed(sizer, 500, 1'000, 8, 4);  // 1 us items: 500 to a chunk, 50 at the least
+  EXPECT_EQ(sizer.next(std::size_t{1} << 20), 500u);
+  EXPECT_EQ(sizer.next(1'000), 250u) << "a quarter of what is left, with 2 workers";
+  EXPECT_EQ(sizer.next(400), 100u);
+  EXPECT_EQ(sizer.next(100), 50u) << "no chunk of less than 50 us of work";
+  EXPECT_EQ(sizer.next(3), 50u) << "the input ends first";
+}
+
+TEST(ChunkSizer, SlowItemsShrinkToOneAtTheEnd) {
+  ChunkSizer sizer(2, 1);
+  feed(sizer, 10, 100'000, 8, 4);  // 100 us items: 5 to a chunk
+  EXPECT_EQ(sizer.next(40), 5u);
+  EXPECT_EQ(sizer.next(8), 2u);
   EXPECT_EQ(sizer.next(3), 1u);
-  EXPECT_EQ(sizer.next(0), 1u);
+}
+
+// Trivial items do not shrink at all: a whole chunk of them runs in microseconds, and chunks
+// shrinking to one item each would pay a chunk's overhead apiece.
+TEST(ChunkSizer, TrivialItemsDoNotShrinkAtTheEnd) {
+  ChunkSizer sizer(2, 1);
+  feed(sizer, 8192, 2, 8, 4);
+  EXPECT_EQ(sizer.next(20'000), 8192u);
+  EXPECT_EQ(sizer.next(100), 8192u);
 }
 
 TEST(ChunkSizer, NeverBelowOneItemPerThread) {
   ChunkSizer sizer(2, 8);
-  feed(sizer, 8, 2, 8, 4);
+  feed(sizer, 8, 100'000, 8, 4);  // 100 us items: 5 to a chunk, but 8 threads
+  EXPECT_EQ(sizer.next(endless), 8u);
   EXPECT_EQ(sizer.next(3), 8u);
 }
 

@@ -25,11 +25,15 @@ namespace multicore::detail {
 /// - a chunk is at most `growth` times the largest chunk measured so far, so that a few cheap
 ///   first items cannot make one huge chunk of items that turn out slow;
 /// - with a sized input, a chunk is at most a 1/(2 x workers) share of what is left (guided
-///   scheduling), so chunks shrink as the input runs out and the workers finish together.
+///   scheduling), so chunks shrink as the input runs out and the workers finish together; but
+///   not below tail_floor_ns of work: a chunk that short cannot hold the end of a map up, and
+///   cheap items shrinking to chunks of one item each would pay a chunk's overhead apiece (a
+///   map of 2^20 trivial items ended with some 40 such chunks).
 /// Before the first answer, chunks hold one item per worker thread.
 class ChunkSizer {
  public:
   static constexpr double worker_target_ns = 500'000;
+  static constexpr double tail_floor_ns = 50'000;
   static constexpr double target_bytes = 64 << 10;
   static constexpr std::size_t growth = 8;
   static constexpr std::size_t max_size = std::size_t{1} << 18;
@@ -60,13 +64,11 @@ class ChunkSizer {
     // first page faults): the least of the last few chunks' is the least noisy, and lags only
     // a few chunks behind items that get dearer along the input. Bytes are not noisy: the
     // most of the last few keeps chunks of items that grow within the target.
-    double run_ns = worker_target_ns;  // a chunk's run takes at least 1 ns an item
     double bytes = 1;
     for (std::size_t i = 0; i < std::min(observed_, recent_.size()); ++i) {
-      run_ns = std::min(run_ns, recent_[i].run_ns);
       bytes = std::max(bytes, recent_[i].bytes);
     }
-    const double fit = std::min(worker_target_ns / std::max(1.0, run_ns), target_bytes / bytes);
+    const double fit = std::min(worker_target_ns / item_run_ns(), target_bytes / bytes);
     const auto size = static_cast<std::size_t>(std::clamp(fit, 1.0, double{max_size}));
     return std::max(size, threads_);
   }
@@ -79,11 +81,28 @@ class ChunkSizer {
   std::size_t next(std::optional<std::size_t> left) const noexcept {
     std::size_t size = goal();
     if (measured()) size = std::min(size, largest_ * growth);
-    if (left) size = std::min(size, *left / (2 * workers_));
+    if (left) size = std::min(size, std::max(*left / (2 * workers_), tail_floor()));
     return std::max(size, threads_);
   }
 
  private:
+  /// An item's run in its worker: the least of the last few chunks' (noise only ever
+  /// lengthens a run), at least 1 ns, at most worker_target_ns.
+  double item_run_ns() const noexcept {
+    double run_ns = worker_target_ns;
+    for (std::size_t i = 0; i < std::min(observed_, recent_.size()); ++i) {
+      run_ns = std::min(run_ns, recent_[i].run_ns);
+    }
+    return std::max(1.0, run_ns);
+  }
+
+  /// Items below which the end of a sized input shrinks chunks no further (see the class).
+  std::size_t tail_floor() const noexcept {
+    if (!measured()) return 1;
+    return static_cast<std::size_t>(
+        std::clamp(tail_floor_ns / item_run_ns(), 1.0, double{max_size}));
+  }
+
   struct Cost {
     double run_ns = 0;  // per item, in the worker
     double bytes = 0;   // per item, request and answer
