@@ -3,9 +3,11 @@
 // many are waiting, so that the collector is not the only thread that does it.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstddef>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <thread>
