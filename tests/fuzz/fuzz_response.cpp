@@ -385,6 +385,8 @@ class Counted final : public detail::Completion, private detail::AnswerTail {
     inner_->fail(std::move(error));
   }
   bool abandoned() const noexcept override { return inner_->abandoned(); }
+  bool unpublished() const noexcept override { return inner_->unpublished(); }
+  void publish() noexcept override { inner_->publish(); }
 
  private:
   void append(std::span<const std::byte> bytes) noexcept override {

@@ -38,7 +38,8 @@ class Completion {
   /// Nobody wants the answer any more (an abandoned map): a job not yet sent is dropped.
   virtual bool abandoned() const noexcept { return false; }
   /// After deliver() or deliver_tail(): whether the outcome is decoded but not yet visible to
-  /// the caller, which publish() (on any thread, once) then does.
+  /// the caller, which publish() (on any thread, once) then does. (A completion that wraps
+  /// another forwards both, or the inner one's caller never hears of its answer.)
   virtual bool unpublished() const noexcept { return false; }
   virtual void publish() noexcept {}
   /// Whether `payload` (an answer about to be delivered; untrusted) says that the task threw,
