@@ -98,7 +98,6 @@ class ChunkSizer {
 
   /// Items below which the end of a sized input shrinks chunks no further (see the class).
   std::size_t tail_floor() const noexcept {
-    if (!measured()) return 1;
     return static_cast<std::size_t>(
         std::clamp(tail_floor_ns / item_run_ns(), 1.0, double{max_size}));
   }

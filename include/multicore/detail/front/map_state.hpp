@@ -37,6 +37,36 @@
 
 namespace multicore::detail {
 
+/// Emptied vectors kept for reuse: a map's chunks' inputs and results freshly allocated each
+/// time cost page faults (malloc gives large blocks back to the system as they are freed),
+/// which on some VMs made a map of trivial items several times slower, and its speed erratic.
+/// At most max_spares, so no more than a map's window held at once. Not thread-safe.
+template <class T>
+class SpareVectors {
+ public:
+  static constexpr std::size_t max_spares = 16;
+
+  /// A kept vector (empty), or a new one.
+  std::vector<T> take() noexcept {
+    if (spares_.empty()) return {};
+    std::vector<T> spare = std::move(spares_.back());
+    spares_.pop_back();
+    return spare;
+  }
+  /// Keeps `used`, emptied here, unless enough are kept already.
+  void keep(std::vector<T>& used) noexcept {
+    used.clear();
+    if (spares_.size() >= max_spares) return;
+    try {
+      spares_.push_back(std::move(used));
+    } catch (...) {  // no memory to keep it: it is freed
+    }
+  }
+
+ private:
+  std::vector<std::vector<T>> spares_;
+};
+
 /// Where chunk completions put their results for the consuming thread. Shared with the
 /// completions, which can outlive an abandoned stream.
 template <class Out>
@@ -49,29 +79,18 @@ struct MapInbox : MapInboxBase {
     std::size_t bytes = 0;  // of the answer
   };
   std::vector<Arrival> arrived;
-  /// Results storage of chunks the consumer is done with, for the next answers: a chunk's
-  /// results freshly allocated each time cost page faults (malloc gives large blocks back to
-  /// the system as they are freed), which on some VMs made a map of trivial items several
-  /// times slower, and its speed erratic.
-  std::vector<std::vector<ItemResult<Out>>> spare_results;
-  static constexpr std::size_t max_spares = 16;
+  /// Results storage of chunks the consumer is done with, for the next answers (see
+  /// SpareVectors). Under `mutex`: answers are decoded on the thread that receives them.
+  SpareVectors<ItemResult<Out>> spare_results;
 
   std::vector<ItemResult<Out>> take_spare() noexcept {
     std::lock_guard lock(mutex);
-    if (spare_results.empty()) return {};
-    std::vector<ItemResult<Out>> spare = std::move(spare_results.back());
-    spare_results.pop_back();
-    return spare;
+    return spare_results.take();
   }
-  /// Keeps `used` (emptied here, its values and errors destroyed) for a later chunk.
   void give_back(std::vector<ItemResult<Out>>& used) noexcept {
-    used.clear();
+    used.clear();  // the values and errors are destroyed outside the lock
     std::lock_guard lock(mutex);
-    if (spare_results.size() >= max_spares) return;
-    try {
-      spare_results.push_back(std::move(used));
-    } catch (...) {  // no memory to keep it: it is freed
-    }
+    spare_results.keep(used);
   }
 };
 
@@ -248,7 +267,7 @@ class MapState : private MapWindow {
       done_items_ += n;
       chunk.results = std::move(a.results);
       chunk.done = true;
-      keep_inputs(chunk.inputs);
+      spare_inputs_.keep(chunk.inputs);
       return;
     }
     if (n > 1 && is_worker_failure(a.failure)) {
@@ -287,11 +306,7 @@ class MapState : private MapWindow {
       }
       if (chunk_count() >= window()) return;
       const std::size_t want = chunk_size(left());
-      std::vector<In> inputs;
-      if (!spare_inputs_.empty()) {
-        inputs = std::move(spare_inputs_.back());
-        spare_inputs_.pop_back();
-      }
+      std::vector<In> inputs = spare_inputs_.take();
       inputs.reserve(std::min<std::size_t>(want, 65536));  // chunk_size may be huge
       std::exception_ptr input_error;
       try {
@@ -312,17 +327,6 @@ class MapState : private MapWindow {
       consumed_ += inputs.size();
       if (!inputs.empty()) send(first, std::move(inputs));
       if (input_error) fail(chunk_at(consumed_++), 1, input_error);
-    }
-  }
-
-  /// Keeps an answered chunk's inputs vector (emptied) for the next chunk's inputs, as
-  /// MapInbox keeps results storage.
-  void keep_inputs(std::vector<In>& inputs) noexcept {
-    inputs.clear();
-    if (spare_inputs_.size() >= MapInbox<Out>::max_spares) return;
-    try {
-      spare_inputs_.push_back(std::move(inputs));
-    } catch (...) {  // no memory to keep it: it is freed
     }
   }
 
@@ -362,9 +366,9 @@ class MapState : private MapWindow {
   Chunk* current_ = nullptr;
   std::size_t current_key_ = 0;
   std::size_t position_ = 0;
-  std::optional<value_type> yielded_;          // map_unordered's current (index, value)
-  std::optional<MapItem<Out>> item_;           // items()' current item
-  std::vector<std::vector<In>> spare_inputs_;  // see keep_inputs()
+  std::optional<value_type> yielded_;  // map_unordered's current (index, value)
+  std::optional<MapItem<Out>> item_;   // items()' current item
+  SpareVectors<In> spare_inputs_;      // answered chunks' inputs vectors, for the next chunks
 };
 
 }  // namespace multicore::detail
