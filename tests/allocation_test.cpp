@@ -87,6 +87,19 @@ TEST(Allocation, CallWithA4KiBValueAllocatesNothing) {
   EXPECT_EQ(page.bytes[0], 200);
 }
 
+/// Maps `chunks` chunks of `chunk` ints through `pool`, checks the results, and returns how
+/// many large blocks this process allocated meanwhile.
+std::uint64_t large_allocations_of_a_map(Pool& pool, std::size_t chunk, std::size_t chunks) {
+  const std::vector<int> inputs(chunk * chunks, 1);
+  multicore::MapOptions options;
+  options.chunk_size = chunk;
+  const std::uint64_t before = large_allocations.load();
+  std::size_t sum = 0;
+  for (int r : pool.map(plus_one, inputs, options)) sum += static_cast<std::size_t>(r);
+  EXPECT_EQ(sum, 2 * inputs.size());
+  return large_allocations.load() - before;
+}
+
 // Storage allocated afresh for each chunk's inputs and results (then freed, and given back to
 // the system by malloc) cost page faults that made maps of trivial items several times slower
 // on some VMs. Regression test: a map of many chunks allocates large blocks for a window's
@@ -96,15 +109,17 @@ TEST(Allocation, AMapOfManyChunksReusesTheirStorage) {
   constexpr std::size_t chunk = 1000;  // inputs 4000 bytes, results more: both counted
   static_assert(chunk * sizeof(int) >= large_bytes);
   constexpr std::size_t chunks = 256;
-  const std::vector<int> inputs(chunk * chunks, 1);
-  multicore::MapOptions options;
-  options.chunk_size = chunk;
-  const std::uint64_t before = large_allocations.load();
-  std::size_t sum = 0;
-  for (int r : pool.map(plus_one, inputs, options)) sum += static_cast<std::size_t>(r);
-  const std::uint64_t large = large_allocations.load() - before;
-  EXPECT_EQ(sum, 2 * inputs.size());
-  EXPECT_LT(large, chunks / 2) << "large blocks allocated";
+  EXPECT_LT(large_allocations_of_a_map(pool, chunk, chunks), chunks / 2)
+      << "large blocks allocated";
+}
+
+// With large chunks (400 KB requests here) every chunk's request buffer but one was allocated
+// afresh: only one large buffer was kept (see JobPool.AWindowOfLargeRequestBuffersIsKeptWarm).
+TEST(Allocation, AMapOfLargeChunksReusesTheirRequestBuffers) {
+  Pool pool(PoolOptions{.workers = 2});
+  constexpr std::size_t chunks = 64;
+  EXPECT_LT(large_allocations_of_a_map(pool, 100'000, chunks), chunks / 2)
+      << "large blocks allocated";
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // Jobs recycled with their buffers, so that steady traffic allocates nothing.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -18,20 +19,33 @@ namespace multicore::detail {
 /// storage. Each thread that takes jobs keeps one of its own (a call() that received its own
 /// answer reuses it for its next call without any lock); the rest wait in a shared free list,
 /// also every job given back by a thread that never takes one (the collector: a job cached
-/// there would never be used again, and the caller that lost it would make a new one). One large
-/// request buffer is kept warm (see WarmBuffer) for the next large request, since faulting in a
-/// fresh one costs more than copying into it. Thread-safe.
+/// there would never be used again, and the caller that lost it would make a new one). Large
+/// request buffers are kept warm (see WarmBuffer) for the next large requests, since faulting in
+/// a fresh one costs more than copying into it: up to max_warm_requests of them, a map's window
+/// of large chunks, within `max_warm_bytes` in all, until none was used for WarmBuffer::warm_for.
+/// Thread-safe.
 class JobPool {
  public:
+  static constexpr std::size_t max_warm_requests = 8;
+
+  explicit JobPool(std::size_t max_warm_bytes = WarmBuffer::max_warm_bytes) noexcept
+      : max_warm_bytes_(max_warm_bytes) {}
+
   /// A job to fill in: a recycled one when there is one. A request expected to be large
-  /// (`size_hint` bytes) gets the warm large buffer if it is big enough.
+  /// (`size_hint` bytes) gets the smallest warm large buffer that holds it, if one does.
   std::unique_ptr<Job> take(std::size_t size_hint = 0);
 
   /// Takes back a job whose completion has been resolved.
   void give_back(std::unique_ptr<Job> job) noexcept;
 
-  /// Gives back a large request buffer that went unused for a while.
+  /// Gives back the large request buffers once none was used for a while.
   void release_cold_buffers() noexcept;
+
+  /// Large request buffers kept warm (for tests).
+  std::size_t warm_requests() {
+    std::lock_guard lock(mutex_);
+    return warm_requests_.size();
+  }
 
  private:
   static constexpr std::size_t max_spare_jobs = 1024;
@@ -49,10 +63,16 @@ class JobPool {
     return takes;
   }
 
+  /// Keeps `buffer` warm, emptied, if the bounds allow (making room by freeing smaller ones);
+  /// else leaves it, to be freed with the job's recycling.
+  void keep_warm(Writer& buffer) noexcept;
+
+  std::size_t max_warm_bytes_;
   std::mutex mutex_;  // guards everything below
   std::vector<std::unique_ptr<Job>> spare_jobs_;
-  Writer large_request_;  // a large request buffer kept warm for the next large request
-  Clock::time_point large_used_{};
+  std::vector<Writer> warm_requests_;  // large request buffers, emptied, for the next ones
+  std::size_t warm_bytes_ = 0;         // their capacities, summed
+  Clock::time_point warm_used_{};      // when one was last given back
 };
 
 // ---- definitions ------------------------------------------------------------------------------
@@ -78,8 +98,20 @@ inline std::unique_ptr<Job> JobPool::take(std::size_t size_hint) {
       spare_jobs_.push_back(std::move(spare));
     }
   }
-  if (size_hint > Job::max_kept_bytes && large_request_.capacity() >= size_hint) {
-    job->request = std::move(large_request_);
+  if (size_hint > Job::max_kept_bytes) {
+    // The smallest warm buffer that holds the request: the larger ones stay for larger ones.
+    auto best = warm_requests_.end();
+    for (auto it = warm_requests_.begin(); it != warm_requests_.end(); ++it) {
+      if (it->capacity() >= size_hint &&
+          (best == warm_requests_.end() || it->capacity() < best->capacity())) {
+        best = it;
+      }
+    }
+    if (best != warm_requests_.end()) {
+      warm_bytes_ -= best->capacity();
+      job->request = std::move(*best);
+      warm_requests_.erase(best);
+    }
   }
   return job;
 }
@@ -94,19 +126,45 @@ inline void JobPool::give_back(std::unique_ptr<Job> job) noexcept {
     }
   }
   std::lock_guard lock(mutex_);
-  if (large && job->request.capacity() > large_request_.capacity()) {
-    large_request_ = std::move(job->request);
-    large_request_.clear(WarmBuffer::max_warm_bytes);
-    large_used_ = Clock::now();
-  }
+  if (large) keep_warm(job->request);
   job->recycle();
   if (spare_jobs_.size() < max_spare_jobs) spare_jobs_.push_back(std::move(job));
 }
 
+inline void JobPool::keep_warm(Writer& buffer) noexcept {
+  buffer.clear(max_warm_bytes_);  // one larger than the bound is freed here
+  const std::size_t bytes = buffer.capacity();
+  if (bytes == 0) return;
+  warm_used_ = Clock::now();
+  // Room is made by freeing smaller ones (the largest requests are the dearest to fault in),
+  // if that makes enough: otherwise `buffer` is the one left out.
+  std::size_t larger = 0;
+  std::size_t larger_bytes = 0;
+  for (const Writer& kept : warm_requests_) {
+    if (kept.capacity() < bytes) continue;
+    ++larger;
+    larger_bytes += kept.capacity();
+  }
+  if (larger >= max_warm_requests || larger_bytes + bytes > max_warm_bytes_) return;
+  while (warm_requests_.size() >= max_warm_requests || warm_bytes_ + bytes > max_warm_bytes_) {
+    auto smallest = std::min_element(
+        warm_requests_.begin(), warm_requests_.end(),
+        [](const Writer& a, const Writer& b) { return a.capacity() < b.capacity(); });
+    warm_bytes_ -= smallest->capacity();
+    warm_requests_.erase(smallest);
+  }
+  try {
+    warm_requests_.push_back(std::move(buffer));
+    warm_bytes_ += bytes;
+  } catch (...) {  // no memory to note it: it is freed
+  }
+}
+
 inline void JobPool::release_cold_buffers() noexcept {
   std::lock_guard lock(mutex_);
-  if (large_request_.capacity() > 0 && Clock::now() - large_used_ >= WarmBuffer::warm_for) {
-    large_request_ = Writer();
+  if (!warm_requests_.empty() && Clock::now() - warm_used_ >= WarmBuffer::warm_for) {
+    warm_requests_.clear();
+    warm_bytes_ = 0;
   }
 }
 

@@ -347,7 +347,7 @@ class MapState : private MapWindow {
     chunk.inputs = std::move(inputs);
     const std::uint64_t n = chunk.inputs.size();
     try {
-      chunk.bytes = submit_chunk(entry_id<MapChunk<Fn, In>>(), [&](Job& job) {
+      chunk.bytes = submit_chunk(entry_id<MapChunk<Fn, In>>(), n, [&](Job& job) {
         job.emplace_completion<ChunkCompletion<Out>>(
             std::static_pointer_cast<MapInbox<Out>>(inbox_), first, n);
         Writer& msg = job.request;

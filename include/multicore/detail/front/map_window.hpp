@@ -87,10 +87,11 @@ class MapWindow {
   /// inputs not read yet, when the range knows it.
   MULTICORE_DECL std::size_t chunk_size(std::optional<std::size_t> left) const;
 
-  /// Sends a chunk: a job for the chunk entry named `entry`, whose completion and payload
-  /// (callable, item count, items) `fill(job)` makes. Returns the request's size. Throws what
-  /// fill throws, PoolClosed when the pool is closed or gone.
-  MULTICORE_DECL std::size_t submit_chunk(std::uint64_t entry, FunctionRef<void(Job&)> fill);
+  /// Sends a chunk of `items` items: a job for the chunk entry named `entry`, whose completion
+  /// and payload (callable, item count, items) `fill(job)` makes. Returns the request's size.
+  /// Throws what fill throws, PoolClosed when the pool is closed or gone.
+  MULTICORE_DECL std::size_t submit_chunk(std::uint64_t entry, std::size_t items,
+                                          FunctionRef<void(Job&)> fill);
 
   // The chunks in flight or ready, keyed by their first input's index. Behind functions, not
   // a template's std::map: one map of slots serves every map type, compiled once.
@@ -112,6 +113,7 @@ class MapWindow {
   std::shared_ptr<MapInboxBase> inbox_;  // a MapInbox<Out>: see MapState::inbox()
   std::size_t settled_ = 0;              // arrivals taken from the inbox so far
   std::size_t sent_ = 0;  // chunks submitted (each posts one arrival, unless abandoned)
+  double request_bytes_per_item_ = 0;  // the last chunk's request's (see submit_chunk)
   bool input_done_ = false;
   std::size_t consumed_ = 0;
   static constexpr std::size_t window_items = 16384;
@@ -209,12 +211,18 @@ MULTICORE_DECL std::size_t MapWindow::chunk_size(std::optional<std::size_t> left
   return sizer_.next(left);
 }
 
-MULTICORE_DECL std::size_t MapWindow::submit_chunk(std::uint64_t entry,
+MULTICORE_DECL std::size_t MapWindow::submit_chunk(std::uint64_t entry, std::size_t items,
                                                    FunctionRef<void(Job&)> fill) {
   std::shared_ptr<PoolCore> core = lock_core(core_);
-  std::unique_ptr<Job> job = core->new_job();
+  // The request's size, guessed from the last one's with room for slightly larger items: a
+  // large chunk then gets one of the large buffers kept warm (see JobPool) instead of a fresh
+  // one that its encoding grows, twice over, each growth faulting in new pages.
+  const auto hint =
+      static_cast<std::size_t>(request_bytes_per_item_ * static_cast<double>(items) * 1.125);
+  std::unique_ptr<Job> job = core->new_job(hint);
   job->stop = options_.stop;
   Writer& msg = job->request;
+  msg.reserve(hint);
   const CollectKeepAlive collect(job->keep_alive);
   begin_request(msg);
   fill(*job);
@@ -222,6 +230,7 @@ MULTICORE_DECL std::size_t MapWindow::submit_chunk(std::uint64_t entry,
   const std::size_t bytes = msg.size();
   core->submit(std::move(job));
   ++sent_;
+  if (items != 0) request_bytes_per_item_ = static_cast<double>(bytes) / static_cast<double>(items);
   return bytes;
 }
 
