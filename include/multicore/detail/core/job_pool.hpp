@@ -71,7 +71,6 @@ class JobPool {
   std::mutex mutex_;  // guards everything below
   std::vector<std::unique_ptr<Job>> spare_jobs_;
   std::vector<Writer> warm_requests_;  // large request buffers, emptied, for the next ones
-  std::size_t warm_bytes_ = 0;         // their capacities, summed
   Clock::time_point warm_used_{};      // when one was last given back
 };
 
@@ -108,7 +107,6 @@ inline std::unique_ptr<Job> JobPool::take(std::size_t size_hint) {
       }
     }
     if (best != warm_requests_.end()) {
-      warm_bytes_ -= best->capacity();
       job->request = std::move(*best);
       warm_requests_.erase(best);
     }
@@ -140,22 +138,23 @@ inline void JobPool::keep_warm(Writer& buffer) noexcept {
   // if that makes enough: otherwise `buffer` is the one left out.
   std::size_t larger = 0;
   std::size_t larger_bytes = 0;
+  std::size_t kept_bytes = 0;
   for (const Writer& kept : warm_requests_) {
+    kept_bytes += kept.capacity();
     if (kept.capacity() < bytes) continue;
     ++larger;
     larger_bytes += kept.capacity();
   }
   if (larger >= max_warm_requests || larger_bytes + bytes > max_warm_bytes_) return;
-  while (warm_requests_.size() >= max_warm_requests || warm_bytes_ + bytes > max_warm_bytes_) {
+  while (warm_requests_.size() >= max_warm_requests || kept_bytes + bytes > max_warm_bytes_) {
     auto smallest = std::min_element(
         warm_requests_.begin(), warm_requests_.end(),
         [](const Writer& a, const Writer& b) { return a.capacity() < b.capacity(); });
-    warm_bytes_ -= smallest->capacity();
+    kept_bytes -= smallest->capacity();
     warm_requests_.erase(smallest);
   }
   try {
     warm_requests_.push_back(std::move(buffer));
-    warm_bytes_ += bytes;
   } catch (...) {  // no memory to note it: it is freed
   }
 }
@@ -164,7 +163,6 @@ inline void JobPool::release_cold_buffers() noexcept {
   std::lock_guard lock(mutex_);
   if (!warm_requests_.empty() && Clock::now() - warm_used_ >= WarmBuffer::warm_for) {
     warm_requests_.clear();
-    warm_bytes_ = 0;
   }
 }
 
