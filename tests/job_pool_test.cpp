@@ -33,6 +33,27 @@ TEST(JobPool, TheSpareMadeWithAThreadsFirstJobHasARequestBuffer) {
   caller.join();
 }
 
+// The same holds for a thread that brings a cached job along from another pool (jobs belong to
+// no pool): its first job from this pool is the cached one, and no spare was made, so its next
+// call, while the first job was still with the collector, allocated two jobs after the warm-up
+// (Allocation.CallWithA4KiBValueAllocatesNothing failed so when run after another test's pool
+// in the same process).
+TEST(JobPool, AThreadsFirstJobFromAPoolLeavesASpareAlsoWhenItBringsOneAlong) {
+  JobPool earlier;
+  JobPool later;
+  std::thread caller([&] {
+    earlier.give_back(earlier.take(100));  // now cached by this thread
+    std::unique_ptr<Job> first = later.take(100);
+    EXPECT_EQ(later.spare_jobs(), 1u);
+    std::unique_ptr<Job> second = later.take(100);
+    EXPECT_GE(second->request.capacity(), 100u);
+    EXPECT_EQ(later.spare_jobs(), 0u);
+    later.give_back(std::move(first));
+    later.give_back(std::move(second));
+  });
+  caller.join();
+}
+
 // A map keeps a window of chunks in flight; with large chunks (a fixed chunk_size of 100000
 // ints: 400 KB requests) every chunk's request buffer was allocated afresh but one, since only
 // one large buffer was kept, and faulting them in made such maps 3 to 4 times slower than maps

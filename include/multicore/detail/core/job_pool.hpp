@@ -3,8 +3,10 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -41,6 +43,12 @@ class JobPool {
   /// Gives back the large request buffers once none was used for a while.
   void release_cold_buffers() noexcept;
 
+  /// Jobs in the shared free list (for tests).
+  std::size_t spare_jobs() {
+    std::lock_guard lock(mutex_);
+    return spare_jobs_.size();
+  }
+
   /// Large request buffers kept warm (for tests).
   std::size_t warm_requests() {
     std::lock_guard lock(mutex_);
@@ -57,16 +65,24 @@ class JobPool {
     return job;
   }
 
-  /// Whether this thread has taken a job: only such threads cache one.
-  static bool& takes_jobs() noexcept {
-    thread_local bool takes = false;
-    return takes;
+  /// The pool this thread last took a job from (0: none yet): only threads that take jobs
+  /// cache one, and a thread's first take from a pool leaves a spare behind (see take).
+  static std::uint64_t& last_taken_from() noexcept {
+    thread_local std::uint64_t pool = 0;
+    return pool;
+  }
+
+  /// A number no other JobPool of this process had: an address may be reused by a later pool.
+  static std::uint64_t new_id() noexcept {
+    static std::atomic<std::uint64_t> last{0};
+    return last.fetch_add(1, std::memory_order_relaxed) + 1;
   }
 
   /// Keeps `buffer` warm, emptied, if the bounds allow (making room by freeing smaller ones);
   /// else leaves it, to be freed with the job's recycling.
   void keep_warm(Writer& buffer) noexcept;
 
+  const std::uint64_t id_ = new_id();
   std::size_t max_warm_bytes_;
   std::mutex mutex_;  // guards everything below
   std::vector<std::unique_ptr<Job>> spare_jobs_;
@@ -77,25 +93,26 @@ class JobPool {
 // ---- definitions ------------------------------------------------------------------------------
 
 inline std::unique_ptr<Job> JobPool::take(std::size_t size_hint) {
-  takes_jobs() = true;
+  const bool first_here = std::exchange(last_taken_from(), id_) != id_;
   std::unique_ptr<Job> job = std::move(cached_job());
-  if (job && size_hint <= Job::max_kept_bytes) return job;  // the common case: no lock
+  if (job && !first_here && size_hint <= Job::max_kept_bytes) return job;  // no lock
   std::lock_guard lock(mutex_);
-  if (!job && !spare_jobs_.empty()) {
+  const bool made = !job && spare_jobs_.empty();
+  if (made) {
+    job = std::make_unique<Job>();
+  } else if (!job) {
     job = std::move(spare_jobs_.back());
     spare_jobs_.pop_back();
   }
-  if (!job) {
-    job = std::make_unique<Job>();
-    // And a spare: a job whose answer another thread delivered goes back only after its
-    // caller was told, so a caller that moves on at once finds no job; without the spare, its
-    // next call would make one more (once, under load, unlike in any warm-up). With a request
-    // buffer like this one's, for the same reason.
-    if (spare_jobs_.empty()) {
-      auto spare = std::make_unique<Job>();
-      if (size_hint <= Job::max_kept_bytes) spare->request.reserve(size_hint);
-      spare_jobs_.push_back(std::move(spare));
-    }
+  // And a spare, with a thread's first job from this pool (also when it brought one along from
+  // another pool): a job whose answer another thread delivered goes back only after its caller
+  // was told, so a caller that moves on at once finds no job; without the spare, its next call
+  // would make one more (once, under load, unlike in any warm-up). With a request buffer like
+  // this one's, for the same reason.
+  if ((made || first_here) && spare_jobs_.empty()) {
+    auto spare = std::make_unique<Job>();
+    if (size_hint <= Job::max_kept_bytes) spare->request.reserve(size_hint);
+    spare_jobs_.push_back(std::move(spare));
   }
   if (size_hint > Job::max_kept_bytes) {
     // The smallest warm buffer that holds the request: the larger ones stay for larger ones.
@@ -118,7 +135,7 @@ inline void JobPool::give_back(std::unique_ptr<Job> job) noexcept {
   const bool large = job->request.capacity() > Job::max_kept_bytes;
   if (!large) {
     job->recycle();
-    if (std::unique_ptr<Job>& cached = cached_job(); !cached && takes_jobs()) {
+    if (std::unique_ptr<Job>& cached = cached_job(); !cached && last_taken_from() != 0) {
       cached = std::move(job);
       return;
     }
