@@ -463,6 +463,7 @@ void add_promise_job(detail::Scheduler& scheduler, JobCheck& job) {
 template <class T>
 void add_chunk_job(detail::Scheduler& scheduler, std::size_t items, JobCheck& job) {
   auto inbox = std::make_shared<detail::MapInbox<T>>();
+  inbox->vectors = scheduler.vectors();  // as a map's (see MapWindow)
   submit(scheduler, std::make_unique<detail::ChunkCompletion<T>>(inbox, 0, items), job);
   job.check = [inbox, items] {
     std::lock_guard lock(inbox->mutex);

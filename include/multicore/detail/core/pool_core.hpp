@@ -37,6 +37,7 @@ inline constexpr std::size_t max_ring_bytes = std::size_t{1} << 30;
 MULTICORE_DECL PoolOptions validated(PoolOptions o);
 
 class Scheduler;
+class VectorCache;
 
 /// The machinery shared by Pool, Pool::map and Task: accepts encoded jobs and resolves their
 /// completions, in worker processes or, in inline mode, right here.
@@ -57,6 +58,10 @@ class PoolCore {
   /// A job to fill in (request and completion) and submit(); `size_hint`: see
   /// Scheduler::new_job.
   std::unique_ptr<Job> new_job(std::size_t size_hint = 0);
+
+  /// Storage kept for maps' chunks, shared by the pool's maps (see VectorCache); nullptr in
+  /// inline mode.
+  std::shared_ptr<VectorCache> vectors() const noexcept;
 
   /// Queues a filled-in job. Throws PoolClosed after shutdown()/terminate(), and Error when
   /// called from inside one of this pool's workers.

@@ -134,6 +134,10 @@ MULTICORE_DECL std::unique_ptr<Job> PoolCore::new_job(std::size_t size_hint) {
   return scheduler_ ? scheduler_->new_job(size_hint) : std::make_unique<Job>();
 }
 
+MULTICORE_DECL std::shared_ptr<VectorCache> PoolCore::vectors() const noexcept {
+  return scheduler_ ? scheduler_->vectors() : nullptr;
+}
+
 MULTICORE_DECL void PoolCore::submit(std::unique_ptr<Job> job) {
   if (scheduler_) {
     scheduler_->submit(std::move(job));

@@ -27,6 +27,7 @@
 #include "../util/process.hpp"
 #include "../util/spin.hpp"
 #include "../util/threads.hpp"
+#include "../util/vector_cache.hpp"
 #include "dispatch.hpp"
 #include "job.hpp"
 #include "job_pool.hpp"
@@ -72,6 +73,9 @@ class Scheduler final : private TailRouter, private StopListener {
 
   /// A job to fill in and submit() (see JobPool::take). Thread-safe.
   std::unique_ptr<Job> new_job(std::size_t size_hint = 0) { return jobs_.take(size_hint); }
+
+  /// Storage kept for maps' chunks, from one map to the next (see VectorCache).
+  std::shared_ptr<VectorCache> vectors() const noexcept { return vectors_; }
 
   /// Queues a job (request encoded, completion set) and sends it if a worker has room.
   /// Thread-safe. Throws PoolClosed once the pool is closing (the job is then destroyed
@@ -182,6 +186,7 @@ class Scheduler final : private TailRouter, private StopListener {
   std::unique_ptr<Transport> transport_;
   SchedulerOptions options_;
   JobPool jobs_;
+  const std::shared_ptr<VectorCache> vectors_ = std::make_shared<VectorCache>();
 
   // Under mutex_:
   std::mutex mutex_;
@@ -476,6 +481,7 @@ inline void Scheduler::collect() noexcept {
           }
           transport_->release_cold_buffers();
           jobs_.release_cold_buffers();
+          vectors_->release_if_cold(Clock::now());
         }
       }
       progressed |= !failures.empty();

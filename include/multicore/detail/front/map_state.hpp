@@ -37,36 +37,6 @@
 
 namespace multicore::detail {
 
-/// Emptied vectors kept for reuse: a map's chunks' inputs and results freshly allocated each
-/// time cost page faults (malloc gives large blocks back to the system as they are freed),
-/// which on some VMs made a map of trivial items several times slower, and its speed erratic.
-/// At most max_spares, so no more than a map's window held at once. Not thread-safe.
-template <class T>
-class SpareVectors {
- public:
-  static constexpr std::size_t max_spares = 16;
-
-  /// A kept vector (empty), or a new one.
-  std::vector<T> take() noexcept {
-    if (spares_.empty()) return {};
-    std::vector<T> spare = std::move(spares_.back());
-    spares_.pop_back();
-    return spare;
-  }
-  /// Keeps `used`, emptied here, unless enough are kept already.
-  void keep(std::vector<T>& used) noexcept {
-    used.clear();
-    if (spares_.size() >= max_spares) return;
-    try {
-      spares_.push_back(std::move(used));
-    } catch (...) {  // no memory to keep it: it is freed
-    }
-  }
-
- private:
-  std::vector<std::vector<T>> spares_;
-};
-
 /// Where chunk completions put their results for the consuming thread. Shared with the
 /// completions, which can outlive an abandoned stream.
 template <class Out>
@@ -79,19 +49,6 @@ struct MapInbox : MapInboxBase {
     std::size_t bytes = 0;  // of the answer
   };
   std::vector<Arrival> arrived;
-  /// Results storage of chunks the consumer is done with, for the next answers (see
-  /// SpareVectors). Under `mutex`: answers are decoded on the thread that receives them.
-  SpareVectors<ItemResult<Out>> spare_results;
-
-  std::vector<ItemResult<Out>> take_spare() noexcept {
-    std::lock_guard lock(mutex);
-    return spare_results.take();
-  }
-  void give_back(std::vector<ItemResult<Out>>& used) noexcept {
-    used.clear();  // the values and errors are destroyed outside the lock
-    std::lock_guard lock(mutex);
-    spare_results.keep(used);
-  }
 };
 
 template <class Out>
@@ -104,7 +61,8 @@ class ChunkCompletion final : public Completion {
     if (abandoned()) return;
     std::exception_ptr error = error_of([&] {
       const std::size_t bytes = payload.remaining();
-      auto results = read_chunk<Out>(payload, count_, inbox_->take_spare());
+      auto results =
+          read_chunk<Out>(payload, count_, inbox_->vectors->template take<ItemResult<Out>>(count_));
       post({first_, std::move(results), nullptr, run_nanos, bytes});
     });
     if (error) fail(std::move(error));
@@ -218,7 +176,7 @@ class MapState : private MapWindow {
   /// so that the step from one result to the next stays a few inlined instructions.
   [[gnu::noinline]] void next_chunk() {
     if (current_ != nullptr) {
-      inbox().give_back(current_->results);
+      inbox_->vectors->keep(current_->results);
       erase_chunk(current_key_);
       current_ = nullptr;
     }
@@ -267,7 +225,7 @@ class MapState : private MapWindow {
       done_items_ += n;
       chunk.results = std::move(a.results);
       chunk.done = true;
-      spare_inputs_.keep(chunk.inputs);
+      inbox_->vectors->keep(chunk.inputs);
       return;
     }
     if (n > 1 && is_worker_failure(a.failure)) {
@@ -306,8 +264,9 @@ class MapState : private MapWindow {
       }
       if (chunk_count() >= window()) return;
       const std::size_t want = chunk_size(left());
-      std::vector<In> inputs = spare_inputs_.take();
-      inputs.reserve(std::min<std::size_t>(want, 65536));  // chunk_size may be huge
+      const std::size_t reserved = std::min<std::size_t>(want, 65536);  // chunk_size may be huge
+      std::vector<In> inputs = inbox_->vectors->take<In>(reserved);
+      inputs.reserve(reserved);
       std::exception_ptr input_error;
       try {
         auto& it = *it_;
@@ -368,7 +327,6 @@ class MapState : private MapWindow {
   std::size_t position_ = 0;
   std::optional<value_type> yielded_;  // map_unordered's current (index, value)
   std::optional<MapItem<Out>> item_;   // items()' current item
-  SpareVectors<In> spare_inputs_;      // answered chunks' inputs vectors, for the next chunks
 };
 
 }  // namespace multicore::detail

@@ -25,6 +25,7 @@
 #include "../util/function_ref.hpp"
 #include "../util/keep_alive.hpp"
 #include "../util/linkage.hpp"
+#include "../util/vector_cache.hpp"
 #include "chunk_sizer.hpp"
 
 namespace multicore::detail {
@@ -37,6 +38,9 @@ struct MapInboxBase {
   std::condition_variable arrived_cv;
   std::atomic<std::size_t> arrivals{0};  // ever posted: lets the consumer poll without the lock
   std::atomic<bool> abandoned{false};
+  /// Where chunks' inputs and results vectors come from and go back to: the pool's, or in
+  /// inline mode the map's own.
+  std::shared_ptr<VectorCache> vectors;
 };
 
 /// A chunk of a map, in flight or ready: MapState's chunks add its inputs and results.
@@ -150,6 +154,8 @@ MULTICORE_DECL MapWindow::MapWindow(std::weak_ptr<PoolCore> core, const MapOptio
       sizer_(workers_, options_.threads_per_worker),
       total_(total) {
   check_map_options(options_);
+  inbox_->vectors = lock_core(core_)->vectors();
+  if (!inbox_->vectors) inbox_->vectors = std::make_shared<VectorCache>();
   min_window_ = std::max<std::size_t>(2, 2 * workers_);
   max_window_ = std::max<std::size_t>(2, 32 * workers_);
 }
