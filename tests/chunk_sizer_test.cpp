@@ -19,6 +19,11 @@ void feed(ChunkSizer& sizer, std::size_t items, std::uint64_t item_ns, std::size
   for (int i = 0; i < times; ++i) sizer.observe(items, items * item_ns, items * item_bytes);
 }
 
+/// Items of `item_bytes` (request and answer) that fill a chunk's bytes target.
+std::size_t target_items(std::size_t item_bytes) {
+  return static_cast<std::size_t>(ChunkSizer::target_bytes) / item_bytes;
+}
+
 TEST(ChunkSizer, StartsWithOneItemPerThread) {
   EXPECT_EQ(ChunkSizer(2, 1).next(endless), 1u);
   EXPECT_EQ(ChunkSizer(2, 8).next(endless), 8u);
@@ -50,10 +55,10 @@ TEST(ChunkSizer, MicrosecondItemsRunHalfAMillisecondAChunk) {
 TEST(ChunkSizer, TrivialItemsAreBoundByBytes) {
   ChunkSizer sizer(2, 1);
   feed(sizer, 8192, 2, 8, 4);  // 2 ns and 8 bytes (request and answer) an item
-  EXPECT_EQ(sizer.goal(), std::size_t{64 << 10} / 8);
+  EXPECT_EQ(sizer.goal(), target_items(8));
   ChunkSizer large(2, 1);
-  feed(large, 100, 2, 4096, 4);  // 4 KiB items: 16 to a chunk
-  EXPECT_EQ(large.goal(), 16u);
+  feed(large, 100, 2, 4096, 4);  // 4 KiB items
+  EXPECT_EQ(large.goal(), target_items(4096));
 }
 
 TEST(ChunkSizer, GrowsAtMostEightfoldOverTheLargestChunkMeasured) {
@@ -67,7 +72,7 @@ TEST(ChunkSizer, GrowsAtMostEightfoldOverTheLargestChunkMeasured) {
   feed(sizer, 512, 2, 8);
   EXPECT_EQ(sizer.next(endless), 4096u);
   feed(sizer, 4096, 2, 8);
-  EXPECT_EQ(sizer.next(endless), 8192u);
+  EXPECT_EQ(sizer.next(endless), target_items(8));
   EXPECT_FALSE(sizer.growing());
 }
 
@@ -124,8 +129,8 @@ TEST(ChunkSizer, SlowItemsShrinkToOneAtTheEnd) {
 TEST(ChunkSizer, TrivialItemsDoNotShrinkAtTheEnd) {
   ChunkSizer sizer(2, 1);
   feed(sizer, 8192, 2, 8, 4);
-  EXPECT_EQ(sizer.next(20'000), 8192u);
-  EXPECT_EQ(sizer.next(100), 8192u);
+  EXPECT_EQ(sizer.next(20'000), target_items(8));
+  EXPECT_EQ(sizer.next(100), target_items(8));
 }
 
 TEST(ChunkSizer, NeverBelowOneItemPerThread) {
@@ -141,7 +146,7 @@ TEST(ChunkSizer, FreeItemsAreBounded) {
     sizer.observe(n, 0, 0);
   }
   // Counted as 1 ns and 1 byte an item: the bytes bound it.
-  EXPECT_EQ(sizer.next(endless), std::size_t{64 << 10});
+  EXPECT_EQ(sizer.next(endless), target_items(1));
 }
 
 TEST(ChunkSizer, EmptyChunksAreIgnored) {
