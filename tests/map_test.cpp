@@ -752,6 +752,27 @@ TEST_P(MapTest, ConcurrentMapsFromSeveralThreads) {
   }
 }
 
+// Maps of different types at once on one pool share its kept chunk storage: their inputs
+// (ints) one kind of vector, their results two others. Each still gets its own results, in
+// order, round after round.
+TEST_P(MapTest, ConcurrentMapsOfDifferentTypesShareThePoolsChunkStorage) {
+  Pool pool(options());
+  const auto inputs = multicore_test::numbers(0, 3000);
+  std::latch start(2);
+  std::vector<std::vector<std::int64_t>> squares;
+  std::thread other([&] {
+    start.arrive_and_wait();
+    for (int round = 0; round < 3; ++round) squares.push_back(collect(pool.map(square, inputs)));
+  });
+  start.arrive_and_wait();
+  std::vector<std::vector<std::string>> strings;
+  for (int round = 0; round < 3; ++round) strings.push_back(collect(pool.map(as_string, inputs)));
+  other.join();
+  for (const auto& got : squares) EXPECT_EQ(got, sequential(inputs, square));
+  for (const auto& got : strings) EXPECT_EQ(got, sequential(inputs, as_string));
+  EXPECT_EQ(squares.size(), 3u);
+}
+
 // ----- Not parameterised ------------------------------------------------------------------------
 
 // Tasks submitted while the map was alive are not abandoned with it: they run and get their
