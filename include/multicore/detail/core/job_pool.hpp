@@ -2,7 +2,6 @@
 // Jobs recycled with their buffers, so that steady traffic allocates nothing.
 #pragma once
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "../util/warm_buffer.hpp"
+#include "../util/warm_shelf.hpp"
 #include "job.hpp"
 
 namespace multicore::detail {
@@ -78,16 +78,16 @@ class JobPool {
     return last.fetch_add(1, std::memory_order_relaxed) + 1;
   }
 
-  /// Keeps `buffer` warm, emptied, if the bounds allow (making room by freeing smaller ones);
-  /// else leaves it, to be freed with the job's recycling.
+  /// Keeps `buffer` warm, emptied, if the bounds allow (see WarmShelf::keep); else leaves it,
+  /// to be freed with the job's recycling.
   void keep_warm(Writer& buffer) noexcept;
 
   const std::uint64_t id_ = new_id();
   std::size_t max_warm_bytes_;
   std::mutex mutex_;  // guards everything below
   std::vector<std::unique_ptr<Job>> spare_jobs_;
-  std::vector<Writer> warm_requests_;  // large request buffers, emptied, for the next ones
-  Clock::time_point warm_used_{};      // when one was last given back
+  WarmShelf<Writer> warm_requests_{max_warm_requests};  // large request buffers, emptied
+  Clock::time_point warm_used_{};                       // when one was last given back
 };
 
 // ---- definitions ------------------------------------------------------------------------------
@@ -116,16 +116,8 @@ inline std::unique_ptr<Job> JobPool::take(std::size_t size_hint) {
   }
   if (size_hint > Job::max_kept_bytes) {
     // The smallest warm buffer that holds the request: the larger ones stay for larger ones.
-    auto best = warm_requests_.end();
-    for (auto it = warm_requests_.begin(); it != warm_requests_.end(); ++it) {
-      if (it->capacity() >= size_hint &&
-          (best == warm_requests_.end() || it->capacity() < best->capacity())) {
-        best = it;
-      }
-    }
-    if (best != warm_requests_.end()) {
-      job->request = std::move(*best);
-      warm_requests_.erase(best);
+    if (Writer warm = warm_requests_.take(size_hint); warm.capacity() != 0) {
+      job->request = std::move(warm);
     }
   }
   return job;
@@ -148,32 +140,9 @@ inline void JobPool::give_back(std::unique_ptr<Job> job) noexcept {
 
 inline void JobPool::keep_warm(Writer& buffer) noexcept {
   buffer.clear(max_warm_bytes_);  // one larger than the bound is freed here
-  const std::size_t bytes = buffer.capacity();
-  if (bytes == 0) return;
+  if (buffer.capacity() == 0) return;
   warm_used_ = Clock::now();
-  // Room is made by freeing smaller ones (the largest requests are the dearest to fault in),
-  // if that makes enough: otherwise `buffer` is the one left out.
-  std::size_t larger = 0;
-  std::size_t larger_bytes = 0;
-  std::size_t kept_bytes = 0;
-  for (const Writer& kept : warm_requests_) {
-    kept_bytes += kept.capacity();
-    if (kept.capacity() < bytes) continue;
-    ++larger;
-    larger_bytes += kept.capacity();
-  }
-  if (larger >= max_warm_requests || larger_bytes + bytes > max_warm_bytes_) return;
-  while (warm_requests_.size() >= max_warm_requests || kept_bytes + bytes > max_warm_bytes_) {
-    auto smallest = std::min_element(
-        warm_requests_.begin(), warm_requests_.end(),
-        [](const Writer& a, const Writer& b) { return a.capacity() < b.capacity(); });
-    kept_bytes -= smallest->capacity();
-    warm_requests_.erase(smallest);
-  }
-  try {
-    warm_requests_.push_back(std::move(buffer));
-  } catch (...) {  // no memory to note it: it is freed
-  }
+  warm_requests_.keep(buffer, max_warm_bytes_);
 }
 
 inline void JobPool::release_cold_buffers() noexcept {
