@@ -14,8 +14,9 @@ namespace {
 using multicore::detail::VectorCache;
 using multicore::detail::WarmBuffer;
 
-std::vector<int> with_capacity(std::size_t n) {
-  std::vector<int> v;
+template <class T = int>
+std::vector<T> with_capacity(std::size_t n) {
+  std::vector<T> v;
   v.reserve(n);
   return v;
 }
@@ -82,6 +83,36 @@ TEST(VectorCache, WhatIsKeptStaysWithinItsBytes) {
   EXPECT_EQ(cache.kept_bytes(), 1000 * sizeof(int));
   EXPECT_EQ(cache.take<int>(500).capacity(), 600u);
   EXPECT_EQ(cache.take<int>(500).capacity(), 0u);
+}
+
+// The same rule as the warm request buffers (WarmShelf): at the byte bound, a larger vector takes
+// the place of as many smaller ones of its type as it needs; it was the one freed before.
+TEST(VectorCache, ALargerVectorDisplacesSmallerOnesAtTheByteBound) {
+  VectorCache cache(1000 * sizeof(int));
+  for (int i = 0; i < 3; ++i) {
+    std::vector<int> v = with_capacity(300);
+    cache.keep(v);
+  }
+  std::vector<int> larger = with_capacity(600);
+  cache.keep(larger);
+  EXPECT_EQ(cache.kept_bytes(), 900 * sizeof(int));
+  EXPECT_EQ(cache.take<int>(500).capacity(), 600u);
+  EXPECT_EQ(cache.take<int>(1).capacity(), 300u);
+  EXPECT_EQ(cache.take<int>(1).capacity(), 0u);
+}
+
+// Other types' vectors count against the bound, and are not displaced.
+TEST(VectorCache, TheByteBoundIsSharedByAllTypes) {
+  VectorCache cache(1000 * sizeof(int));
+  std::vector<int> ints = with_capacity(600);
+  cache.keep(ints);
+  std::vector<unsigned> too_many = with_capacity<unsigned>(500);
+  cache.keep(too_many);  // freed: 1100 in all
+  std::vector<unsigned> fits = with_capacity<unsigned>(400);
+  cache.keep(fits);
+  EXPECT_EQ(cache.kept_bytes(), 1000 * sizeof(int));
+  EXPECT_EQ(cache.take<unsigned>(1).capacity(), 400u);
+  EXPECT_EQ(cache.take<int>(1).capacity(), 600u);
 }
 
 TEST(VectorCache, EverythingIsGivenBackOnceNothingWasKeptForAWhile) {

@@ -2,7 +2,6 @@
 // Emptied vectors of any element type, kept between uses, and given back once they stay unused.
 #pragma once
 
-#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -11,6 +10,7 @@
 #include <vector>
 
 #include "warm_buffer.hpp"
+#include "warm_shelf.hpp"
 
 namespace multicore::detail {
 
@@ -18,8 +18,8 @@ namespace multicore::detail {
 /// the next and from one map to the next: vectors allocated afresh fault their pages in again
 /// (malloc gives large blocks back to the system as they are freed), which on some VMs made a
 /// map of trivial items several times slower. The same policy as large transfer buffers (see
-/// WarmBuffer): up to max_per_type vectors of each element type, `max_bytes` in all, all given
-/// back once none was kept for WarmBuffer::warm_for. Thread-safe.
+/// WarmBuffer and WarmShelf): up to max_per_type vectors of each element type, `max_bytes` in
+/// all, all given back once none was kept for WarmBuffer::warm_for. Thread-safe.
 class VectorCache {
  public:
   using Clock = WarmBuffer::Clock;
@@ -28,69 +28,44 @@ class VectorCache {
   explicit VectorCache(std::size_t max_bytes = WarmBuffer::max_warm_bytes) noexcept
       : max_bytes_(max_bytes) {}
 
-  /// The smallest kept vector (empty) with room for `n` elements; else a new one, since
-  /// growing a smaller one would allocate anyway, and it is kept for smaller requests.
+  /// The smallest kept vector (empty) with room for `n` elements; else a new one (see
+  /// WarmShelf::take).
   template <class T>
   std::vector<T> take(std::size_t n) noexcept {
     std::lock_guard lock(mutex_);
     Shelf<T>* shelf = find<T>();
     if (shelf == nullptr) return {};
-    auto& kept = shelf->vectors;
-    auto best = kept.end();
-    for (auto it = kept.begin(); it != kept.end(); ++it) {
-      if (it->capacity() >= n && (best == kept.end() || it->capacity() < best->capacity())) {
-        best = it;
-      }
-    }
-    if (best == kept.end()) return {};
-    std::vector<T> out = std::move(*best);
-    kept.erase(best);
-    bytes_ -= bytes_of(out);
+    const std::size_t before = shelf->vectors.bytes();
+    std::vector<T> out = shelf->vectors.take(n);
+    bytes_ -= before - shelf->vectors.bytes();
     return out;
   }
 
-  /// Keeps `used`'s storage if the bounds allow (a larger vector displaces the smallest kept
-  /// one of its type); `used` is left empty either way. Destroys its elements first, outside
-  /// the lock.
+  /// Keeps `used`'s storage if the bounds allow (see WarmShelf::keep: a larger vector displaces
+  /// smaller ones of its type); `used` is left empty either way. Destroys its elements first,
+  /// outside the lock.
   template <class T>
   void keep(std::vector<T>& used) noexcept {
     used.clear();
-    const std::size_t bytes = bytes_of(used);
-    if (bytes == 0) return;
-    std::vector<T> dropped;  // freed after the lock is released
+    if (used.capacity() == 0) return;
+    std::vector<T> left_out;  // freed after the lock is released
     std::lock_guard lock(mutex_);
     used_ = Clock::now();
-    try {
-      Shelf<T>* shelf = find<T>();
-      if (shelf == nullptr) {
+    Shelf<T>* shelf = find<T>();
+    if (shelf == nullptr) {
+      try {
         shelves_.push_back(std::make_unique<Shelf<T>>());
-        shelf = static_cast<Shelf<T>*>(shelves_.back().get());
-      }
-      auto& kept = shelf->vectors;
-      auto smallest = kept.end();
-      if (kept.size() >= max_per_type) {
-        smallest = std::min_element(kept.begin(), kept.end(),
-                                    [](auto& a, auto& b) { return a.capacity() < b.capacity(); });
-        if (smallest->capacity() >= used.capacity()) {
-          dropped = std::move(used);
-          return;
-        }
-      }
-      const std::size_t displaced = smallest == kept.end() ? 0 : bytes_of(*smallest);
-      if (bytes_ - displaced + bytes > max_bytes_) {
-        dropped = std::move(used);
+      } catch (...) {  // no memory to note it: it is freed
+        left_out = std::move(used);
         return;
       }
-      if (smallest == kept.end()) {
-        kept.push_back(std::move(used));
-      } else {
-        dropped = std::move(*smallest);
-        *smallest = std::move(used);
-      }
-      bytes_ += bytes - displaced;
-    } catch (...) {  // no memory to note it: it is freed
-      dropped = std::move(used);
+      shelf = static_cast<Shelf<T>*>(shelves_.back().get());
     }
+    const std::size_t others = bytes_ - shelf->vectors.bytes();
+    if (others > max_bytes_ || !shelf->vectors.keep(used, max_bytes_ - others)) {
+      left_out = std::move(used);
+    }
+    bytes_ = others + shelf->vectors.bytes();
   }
 
   /// Gives back every kept vector if none was kept for WarmBuffer::warm_for before `now`.
@@ -118,16 +93,11 @@ class VectorCache {
   template <class T>
   struct Shelf final : ShelfBase {
     Shelf() noexcept { type = &type_tag<T>; }
-    std::vector<std::vector<T>> vectors;
+    WarmShelf<std::vector<T>> vectors{max_per_type};
   };
   /// One address per element type: what tells shelves apart.
   template <class T>
   static constexpr char type_tag = 0;
-
-  template <class T>
-  static std::size_t bytes_of(const std::vector<T>& v) noexcept {
-    return v.capacity() * sizeof(T);
-  }
 
   template <class T>
   Shelf<T>* find() noexcept {
