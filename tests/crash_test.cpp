@@ -3,6 +3,7 @@
 // and the pool keeps its size with replacements indistinguishable from the originals.
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -230,6 +231,40 @@ TEST(Crash, TaskThatReplacesItsWorkersProgramFailsAtOnce) {
   const auto lost = error_of<WorkerLost>(replaced);
   ASSERT_TRUE(lost);
   EXPECT_EQ(lost->signal(), SIGKILL);
+  EXPECT_NE(std::string(lost->what()).find("replaced the worker's program (exec"),
+            std::string::npos)
+      << lost->what();
+  EXPECT_GT(pool.call(own_pid), 0) << "the pool goes on";
+}
+
+/// Forks a child that lives as long as this worker (it inherits every descriptor, the fork
+/// server's watch on this worker included), then replaces the worker's program.
+int replace_the_program_after_forking_a_child(int seconds) {
+  const pid_t worker = getpid();
+  const pid_t child = fork();
+  if (child == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() == worker) pause();
+    _exit(0);
+  }
+  if (child < 0) return -1;
+  return replace_the_program(seconds);
+}
+
+// The same when the task forked a child first, which keeps every descriptor it inherited.
+// Regression test: the child held the worker's exec watch open, and the future waited as long
+// as the program ran.
+TEST(Crash, TaskThatReplacesItsWorkersProgramAfterForkingAChildFailsAtOnce) {
+  using namespace std::chrono_literals;
+  Pool pool(PoolOptions{.workers = 1});
+  auto replaced = pool.submit(replace_the_program_after_forking_a_child, 3600);
+  // A liveness bound, not a timing assertion: before, this waited the hour.
+  if (replaced.wait_for(30s) != std::future_status::ready) {
+    pool.terminate();
+    FAIL() << "the future waited for the program its task started";
+  }
+  const auto lost = error_of<WorkerLost>(replaced);
+  ASSERT_TRUE(lost);
   EXPECT_NE(std::string(lost->what()).find("replaced the worker's program (exec"),
             std::string::npos)
       << lost->what();

@@ -148,6 +148,7 @@ inline Cluster::Cluster(int& argc, char**& argv, ClusterOptions options)
         "multicore: make the mpi::Cluster before MPI is initialised: its fork server must be "
         "made first, so that workers carry no MPI state");
   }
+  detail::watch_forks();  // as a Pool does, before its fork server: workers run it too
   const PoolOptions checked = detail::validated(detail_cluster::pool_options(options_));
   detail::check_other_threads(options_.other_threads, "a Cluster", "ClusterOptions::other_threads");
   options_.ring_bytes = checked.ring_bytes;

@@ -4,6 +4,7 @@
 // than 0 serve there and never run a test, so every test below runs on rank 0 only.
 #include <gtest/gtest.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -81,6 +82,16 @@ int misbehave(int how) {
     case 5:
       std::fprintf(stderr, "dying on rank %d\n", launched_rank);
       std::abort();
+    case 6: {  // replaces the worker's program while a child of it holds every descriptor
+      const pid_t worker = getpid();
+      if (fork() == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() == worker) pause();
+        _exit(0);
+      }
+      execlp("sleep", "sleep", "3600", static_cast<char*>(nullptr));
+      break;
+    }
     default:
       break;
   }
@@ -273,6 +284,17 @@ TEST(Cluster, AnExitingTaskGivesWorkerLost) {
   every_worker_fails<WorkerLost>(3, [](const WorkerLost& e) {
     EXPECT_EQ(e.signal(), 0);
     EXPECT_EQ(e.exit_code(), 3);
+  });
+}
+
+// On every rank, as on one machine: the worker is killed at once (not at the task's timeout),
+// also when a child the task forked keeps the descriptors the worker inherited. Regression test:
+// a Cluster's workers did not run the library's fork handler, and the child kept the fork
+// server's watch on the worker open.
+TEST(Cluster, ATaskThatReplacesItsWorkersProgramAfterForkingGivesWorkerLost) {
+  every_worker_fails<WorkerLost>(6, [](const WorkerLost& e) {
+    EXPECT_NE(std::string(e.what()).find("replaced the worker's program (exec"), std::string::npos)
+        << e.what();
   });
 }
 

@@ -36,6 +36,11 @@ inline constexpr std::size_t max_ring_bytes = std::size_t{1} << 30;
 /// naming the field and the offending value.
 MULTICORE_DECL PoolOptions validated(PoolOptions o);
 
+/// Registers, once, what the child of every fork of this process runs (see
+/// after_fork_in_child): before the first fork server is made, so that its workers run it too.
+/// Throws SystemError if it cannot be registered.
+MULTICORE_DECL void watch_forks();
+
 class Scheduler;
 class VectorCache;
 

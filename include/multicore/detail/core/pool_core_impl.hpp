@@ -53,8 +53,7 @@ inline void after_fork_in_child() noexcept {
   OwnedDescriptors::instance().after_fork();
 }
 
-/// Registers after_fork_in_child() once. Throws SystemError if it cannot be registered.
-inline void watch_forks() {
+MULTICORE_DECL void watch_forks() {
   static const int error = [] {
     // Made now, before any fork can run the handler: a child that inherited one of them
     // half-constructed (by another thread) would wait for it for ever. The same goes for

@@ -2,6 +2,8 @@
 // The descriptors this process's pools own, which a new fork server must close.
 #pragma once
 
+#include <unistd.h>
+
 #include <mutex>
 #include <new>
 #include <vector>
@@ -16,6 +18,10 @@ namespace multicore::detail {
 struct OwnedDescriptors {
   std::mutex mutex;
   std::vector<int> fds;
+  /// In a worker, the write end of its exec watch (see Zygote::watch_closed), which only the
+  /// worker may hold: the child of any fork closes it, a task's child as well as a fork server
+  /// made in the worker, or its exec would go unnoticed while that child lives. Else -1.
+  int exec_watch = -1;
 
   static OwnedDescriptors& instance() {
     static OwnedDescriptors registry;
@@ -36,7 +42,11 @@ struct OwnedDescriptors {
   /// In the child of a fork, while it has one thread. The holder of the old mutex, if any,
   /// stayed in the parent. The list stays: those descriptors are open in the child too, and
   /// a fork server the child makes must close them as well.
-  void after_fork() noexcept { new (&mutex) std::mutex; }
+  void after_fork() noexcept {
+    new (&mutex) std::mutex;
+    if (exec_watch >= 0) ::close(exec_watch);
+    exec_watch = -1;
+  }
 };
 
 }  // namespace multicore::detail

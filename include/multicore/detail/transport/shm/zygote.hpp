@@ -333,13 +333,7 @@ class Zygote {
     close(signal_fd_);
     close(s_.command_fd);
     for (std::size_t j = 0; j < s_.exec_watches.size(); ++j) close_exec_watch(j);
-    // A fork server made in this worker must not hold the watch open past an exec.
-    if (exec_watch >= 0) {
-      try {
-        OwnedDescriptors::instance().add(exec_watch);
-      } catch (...) {  // no memory: that fork server, if any, keeps it
-      }
-    }
+    OwnedDescriptors::instance().exec_watch = exec_watch;  // no child of the worker holds it
     sigaction(SIGCHLD, &saved_child_action_, nullptr);
     sigset_t none;
     sigemptyset(&none);
