@@ -13,6 +13,7 @@ namespace {
 
 using namespace multicore::detail;
 using namespace multicore::detail::mpi;
+using multicore::Writer;
 using namespace std::chrono_literals;
 
 /// Answers here carry no tails.
@@ -65,6 +66,49 @@ TEST(RemoteTransport, EventsAlreadyReceivedForAnotherSlotEndAWait) {
   // (the collector sleeps in wait() and polls only when it returns true).
   EXPECT_TRUE(transport.wait(std::chrono::steady_clock::now() + 30s, false));
   EXPECT_EQ(transport.poll(1, router).kind, Event::Kind::ready);
+}
+
+/// A buffer whose memory holds `bytes` (reserved, not touched).
+Writer with_capacity(std::size_t bytes) {
+  Writer w;
+  w.reserve(bytes);
+  return w;
+}
+
+// Relaying one large message after another reuses the memory of the one before.
+TEST(SpareBuffers, ALargeBufferGivenBackCarriesTheNextLargeMessage) {
+  SpareBuffers spares;
+  Writer used = with_capacity(std::size_t{4} << 20);
+  const std::byte* memory = used.data();
+  spares.give(std::move(used));
+  Writer next = spares.take(std::size_t{3} << 20);
+  EXPECT_EQ(next.data(), memory);
+  EXPECT_EQ(next.size(), std::size_t{3} << 20);
+}
+
+// Two are kept, the largest, and a message takes the smallest that holds it.
+TEST(SpareBuffers, TheTwoLargestAreKeptAndBestFitsTaken) {
+  SpareBuffers spares;
+  const std::byte* memory[3] = {};
+  for (std::size_t i = 0; i < 3; ++i) {
+    Writer w = with_capacity((std::size_t{2} << 20) << i);  // 2, 4 and 8 MiB
+    memory[i] = w.data();
+    spares.give(std::move(w));
+  }
+  // 1.5 MiB would take the 2 MiB buffer, had it been kept.
+  EXPECT_EQ(spares.take(std::size_t{3} << 19).data(), memory[1]);
+  EXPECT_EQ(spares.take(std::size_t{3} << 19).data(), memory[2]);
+}
+
+// What is kept stays within WarmBuffer::max_warm_bytes in all, as other warm buffers do; two
+// buffers of 200 and 150 MiB were both kept before.
+TEST(SpareBuffers, WhatIsKeptStaysWithinTheWarmBytesInAll) {
+  SpareBuffers spares;
+  Writer larger = with_capacity(std::size_t{200} << 20);
+  const std::byte* memory = larger.data();
+  spares.give(std::move(larger));
+  spares.give(with_capacity(std::size_t{150} << 20));  // 350 MiB in all: left out
+  EXPECT_EQ(spares.take(std::size_t{100} << 20).data(), memory);
 }
 
 }  // namespace

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
@@ -19,6 +18,7 @@
 #include "../../../codec.hpp"
 #include "../../../errors.hpp"
 #include "../../util/warm_buffer.hpp"
+#include "../../util/warm_shelf.hpp"
 #include "../transport.hpp"
 #include "mpi_api.hpp"
 
@@ -154,7 +154,8 @@ inline void check(int code, const char* what) {
 
 /// Large buffers kept between messages, on WarmBuffer's policy: relaying one large message
 /// after another, fresh memory for each costs more than copying it (the kernel faults every
-/// page in and zeroes it). Keeps two: one message arriving while the last one's answer leaves.
+/// page in and zeroes it). Keeps two (see WarmShelf): one message arriving while the last one's
+/// answer leaves.
 class SpareBuffers {
  public:
   using Clock = WarmBuffer::Clock;
@@ -163,11 +164,7 @@ class SpareBuffers {
   Writer take(std::size_t n) {
     Writer out;
     if (n > min_kept) {  // a small one would waste a large buffer
-      for (Writer& kept : kept_) {
-        if (kept.capacity() >= n && (out.capacity() == 0 || kept.capacity() < out.capacity())) {
-          std::swap(out, kept);
-        }
-      }
+      out = kept_.take(n);
       used_ = Clock::now();
     }
     out.clear();
@@ -175,21 +172,22 @@ class SpareBuffers {
     return out;
   }
 
-  /// Keeps `w`'s memory in place of a smaller kept buffer, if it is worth keeping.
+  /// Keeps `w`'s memory (in place of a smaller kept buffer when two are), if it is worth
+  /// keeping.
   void give(Writer w) noexcept {
-    if (w.capacity() <= min_kept || w.capacity() > WarmBuffer::max_warm_bytes) return;
-    Writer& smallest = kept_[0].capacity() <= kept_[1].capacity() ? kept_[0] : kept_[1];
-    if (w.capacity() > smallest.capacity()) smallest = std::move(w);
+    if (w.capacity() <= min_kept) return;
+    w.clear(WarmBuffer::max_warm_bytes);  // one larger than the bound is freed here
+    kept_.keep(w, WarmBuffer::max_warm_bytes);
   }
 
   /// Gives back what went unused for WarmBuffer::warm_for.
   void release_if_cold(Clock::time_point now) noexcept {
-    if (now - used_ >= WarmBuffer::warm_for) kept_ = {};
+    if (now - used_ >= WarmBuffer::warm_for) kept_.clear();
   }
 
  private:
   static constexpr std::size_t min_kept = std::size_t{1} << 20;  // smaller ones are cheap
-  std::array<Writer, 2> kept_;
+  WarmShelf<Writer> kept_{2};
   Clock::time_point used_{};
 };
 
