@@ -61,8 +61,8 @@ class VectorCache {
       }
       shelf = static_cast<Shelf<T>*>(shelves_.back().get());
     }
-    const std::size_t others = bytes_ - shelf->vectors.bytes();
-    if (others > max_bytes_ || !shelf->vectors.keep(used, max_bytes_ - others)) {
+    const std::size_t others = bytes_ - shelf->vectors.bytes();  // bytes_ <= max_bytes_ always
+    if (!shelf->vectors.keep(used, max_bytes_ - others)) {
       left_out = std::move(used);
     }
     bytes_ = others + shelf->vectors.bytes();

@@ -175,9 +175,7 @@ class SpareBuffers {
   /// Keeps `w`'s memory (in place of a smaller kept buffer when two are), if it is worth
   /// keeping.
   void give(Writer w) noexcept {
-    if (w.capacity() <= min_kept) return;
-    w.clear(WarmBuffer::max_warm_bytes);  // one larger than the bound is freed here
-    kept_.keep(w, WarmBuffer::max_warm_bytes);
+    if (w.capacity() > min_kept) kept_.keep(w, WarmBuffer::max_warm_bytes);  // else freed here
   }
 
   /// Gives back what went unused for WarmBuffer::warm_for.
