@@ -4,6 +4,7 @@
 // than 0 serve there and never run a test, so every test below runs on rank 0 only.
 #include <gtest/gtest.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <future>
@@ -296,6 +298,50 @@ TEST(Cluster, ATaskThatReplacesItsWorkersProgramAfterForkingGivesWorkerLost) {
     EXPECT_NE(std::string(e.what()).find("replaced the worker's program (exec"), std::string::npos)
         << e.what();
   });
+}
+
+/// A 32 MiB answer whose second half cannot be read: its worker dies (SIGSEGV) halfway through
+/// sending it, once `gate` is open.
+std::vector<char> torn_answer(const std::string& gate) {
+  at_gate(gate, 0);
+  std::vector<char> bytes(32u << 20, 'x');
+  const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto half = reinterpret_cast<std::uintptr_t>(bytes.data() + bytes.size() / 2);
+  const auto end = reinterpret_cast<std::uintptr_t>(bytes.data() + bytes.size());
+  const std::uintptr_t from = (half + page - 1) / page * page;
+  mprotect(reinterpret_cast<void*>(from), end / page * page - from, PROT_NONE);
+  std::signal(SIGSEGV, SIG_DFL);
+  return bytes;
+}
+
+// An agent sends a large answer's first pieces while its worker still writes the rest; a worker
+// that dies in the middle must give WorkerLost, not a torn answer, nor a wait for the rest.
+TEST(Cluster, AWorkerDyingHalfwayThroughALargeAnswerGivesWorkerLost) {
+  Pool pool(*the_cluster);
+  int remote = 0;
+  {
+    Gate gate;
+    std::vector<std::future<std::vector<char>>> answers;
+    for (unsigned k = 0; k < pool.size(); ++k)
+      answers.push_back(pool.submit(torn_answer, gate.path()));
+    gate.open();
+    for (auto& a : answers) {
+      ASSERT_EQ(a.wait_for(60s), std::future_status::ready) << "a hang: the answer never ended";
+      try {
+        a.get();
+        ADD_FAILURE() << "no error";
+      } catch (const WorkerLost& e) {
+        EXPECT_EQ(e.signal(), SIGSEGV);
+        if (std::string(e.what()).find(" on rank ") != std::string::npos) ++remote;
+      }
+    }
+  }
+  EXPECT_EQ(remote, ranks() - 1);
+  std::vector<char> big(24u << 20);
+  for (std::size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>(i / 4096);
+  std::vector<std::future<std::vector<char>>> echoes;
+  for (unsigned k = 0; k < pool.size(); ++k) echoes.push_back(pool.submit(echo, big));
+  for (auto& e : echoes) EXPECT_TRUE(e.get() == big);
 }
 
 TEST(Cluster, ATaskPastItsTimeoutGivesTaskTimeout) {

@@ -24,6 +24,31 @@ struct NoTails final : TailRouter {
   }
 };
 
+/// Byte i of the streamed message below.
+std::byte streamed_byte(std::size_t i) { return static_cast<std::byte>(i * 7 + i / 4096); }
+constexpr std::size_t streamed_bytes = max_piece + 64;
+
+/// Streams a message of two pieces, and posts another after the first piece went.
+void stream_with_a_message_posted_meanwhile(Outbox& outbox) {
+  Header h;
+  h.kind = Kind::answer_streamed;
+  h.bytes = streamed_bytes;
+  Writer buffer;
+  buffer.reserve(streamed_bytes);
+  Writer& out = outbox.open_stream(0, h, std::move(buffer));
+  const auto write = [&](std::size_t from, std::size_t to) {
+    for (std::size_t i = from; i < to; ++i) *out.extend(1) = streamed_byte(i);
+  };
+  write(0, max_piece);
+  outbox.send_written();  // the first piece goes
+  Header meanwhile;
+  meanwhile.kind = Kind::ready;
+  meanwhile.slot = 1;
+  outbox.post(0, meanwhile, {});
+  write(max_piece, streamed_bytes);
+  outbox.close_stream();
+}
+
 /// The scripted agent (rank 1, two workers): once both slots are started, says that worker 1 is
 /// ready, then worker 0, in that order; then takes whatever comes until rank 0 says exit.
 void scripted_agent() {
@@ -46,7 +71,9 @@ void scripted_agent() {
   }
   for (;;) {
     outbox.progress();
-    if (std::optional<Message> m = inbox.poll(); m && m->header.kind == Kind::exit) break;
+    std::optional<Message> m = inbox.poll();
+    if (m && m->header.kind == Kind::exit) break;
+    if (m && m->header.kind == Kind::resume) stream_with_a_message_posted_meanwhile(outbox);
   }
   while (!outbox.empty()) outbox.progress();
 }
@@ -66,6 +93,32 @@ TEST(RemoteTransport, EventsAlreadyReceivedForAnotherSlotEndAWait) {
   // (the collector sleeps in wait() and polls only when it returns true).
   EXPECT_TRUE(transport.wait(std::chrono::steady_clock::now() + 30s, false));
   EXPECT_EQ(transport.poll(1, router).kind, Event::Kind::ready);
+}
+
+// A message posted while a stream is open goes after the stream's last piece: the peer reads
+// a message's pieces right after its header (the scripted agent streams when it gets resume).
+TEST(Outbox, AMessagePostedWhileAStreamIsOpenFollowsItsLastPiece) {
+  Outbox outbox(tag_down);
+  Header go;
+  go.kind = Kind::resume;
+  outbox.post(1, go, {});
+  while (!outbox.empty()) outbox.progress();
+  Inbox inbox(1, tag_up);
+  const auto next = [&] {
+    for (;;) {
+      if (std::optional<Message> m = inbox.poll()) return std::move(*m);
+    }
+  };
+  Message streamed = next();
+  EXPECT_EQ(streamed.header.kind, Kind::answer_streamed);
+  ASSERT_EQ(streamed.bytes.size(), streamed_bytes);
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < streamed_bytes; ++i)
+    wrong += streamed.bytes.data()[i] != streamed_byte(i);
+  EXPECT_EQ(wrong, 0u);
+  Message meanwhile = next();
+  EXPECT_EQ(meanwhile.header.kind, Kind::ready);
+  EXPECT_EQ(meanwhile.header.slot, 1u);
 }
 
 /// A buffer whose memory holds `bytes` (reserved, not touched).

@@ -67,6 +67,7 @@ class Agent final : private TailRouter {
           progressed = true;
         }
       }
+      progressed |= outbox_.send_written();
       progressed |= send_lines();
       progressed |= outbox_.progress(&spares_);
       const auto now = std::chrono::steady_clock::now();
@@ -98,6 +99,8 @@ class Agent final : private TailRouter {
       nap = std::min<std::chrono::microseconds>(nap * 2, limit);
     }
     local_.close();  // its last lines come here first
+    // An answer still streaming is cut: its worker is gone.
+    if (streaming_ != no_stream) end_stream(false, 0);
     send_lines();
     Header bye;
     bye.kind = Kind::bye;
@@ -111,9 +114,10 @@ class Agent final : private TailRouter {
   static constexpr std::chrono::microseconds max_nap{1000};
   static constexpr std::chrono::microseconds max_idle_nap{20000};
 
-  /// A tail goes into the slot's answer buffer, after its head: the answer then goes up whole.
-  /// Appending never allocates: open_tail() made room for the head and the whole announced
-  /// tail, and a tail is never longer than announced (AnswerTail's contract).
+  /// A tail goes into the slot's answer buffer, after its head: the answer then goes up whole,
+  /// or as it is written when it streams. Appending never allocates: open_tail() made room for
+  /// the head and the whole announced tail, and a tail is never longer than announced
+  /// (AnswerTail's contract).
   class TailSink final : public AnswerTail {
    public:
     Writer* out = nullptr;
@@ -287,11 +291,29 @@ class Agent final : private TailRouter {
     return true;
   }
 
-  AnswerTail* open_tail(unsigned j, std::uint64_t /*task_id*/, std::span<const std::byte> head,
+  AnswerTail* open_tail(unsigned j, std::uint64_t task_id, std::span<const std::byte> head,
                         std::uint64_t tail_bytes) noexcept override {
     Slot& s = slots_[j];
+    const std::size_t bytes = head.size() + static_cast<std::size_t>(tail_bytes);
     try {
-      s.answer = spares_.take(head.size() + static_cast<std::size_t>(tail_bytes));
+      if (bytes > max_piece && !outbox_.streaming()) {
+        // Its first pieces go up while the worker writes the rest: rank 0's side of MPI moves
+        // them meanwhile, where a whole answer would leave only once the worker is done.
+        Writer buffer = spares_.take(bytes + sizeof(StreamEnd));
+        buffer.clear();
+        buffer.write(head.data(), head.size());
+        Header h;
+        h.kind = Kind::answer_streamed;
+        h.slot = j;
+        h.life = s.worker_life;
+        h.task_id = task_id;
+        h.bytes = bytes + sizeof(StreamEnd);
+        s.sink.out = &outbox_.open_stream(0, h, std::move(buffer));
+        streaming_ = j;
+        stream_bytes_ = h.bytes;
+        return &s.sink;
+      }
+      s.answer = spares_.take(bytes);
       s.answer.clear();
       s.answer.write(head.data(), head.size());
     } catch (...) {
@@ -299,6 +321,19 @@ class Agent final : private TailRouter {
     }
     s.sink.out = &s.answer;
     return &s.sink;
+  }
+
+  /// Ends the answer that streams: `whole`, or cut by its worker's death (its bytes are then
+  /// made up to the size announced, and rank 0 drops them).
+  void end_stream(bool whole, std::uint64_t run_nanos) {
+    Writer& out = *slots_[streaming_].sink.out;
+    StreamEnd end;
+    end.run_nanos = run_nanos;
+    end.whole = whole ? 1 : 0;
+    if (!whole) out.resize(stream_bytes_ - sizeof end);  // never grows: reserved in open_tail
+    out.write(&end, sizeof end);
+    streaming_ = no_stream;
+    outbox_.close_stream();
   }
 
   /// Tells rank 0 what happened to slot j's worker.
@@ -331,6 +366,10 @@ class Agent final : private TailRouter {
           spares_.give(std::move(s.sent.front()));
           s.sent.pop_front();
         }
+        if (e.tail != nullptr && streaming_ == j) {
+          end_stream(true, e.run_nanos);
+          return;
+        }
         Writer answer;
         if (e.tail != nullptr) {
           answer = std::move(s.answer);
@@ -342,6 +381,7 @@ class Agent final : private TailRouter {
         return;
       }
       case Event::Kind::died: {
+        if (streaming_ == j) end_stream(false, 0);  // before the death it explains
         h.kind = Kind::died;
         s.alive = false;
         s.sent.clear();
@@ -377,6 +417,9 @@ class Agent final : private TailRouter {
   SpareBuffers spares_;  // before the boxes, which may hold its buffers
   Inbox inbox_{0, tag_down};
   Outbox outbox_{tag_up};
+  static constexpr unsigned no_stream = ~0u;
+  unsigned streaming_ = no_stream;  // the slot whose answer streams (see open_tail)
+  std::size_t stream_bytes_ = 0;    // its bytes, StreamEnd included
   bool exiting_ = false;
 };
 

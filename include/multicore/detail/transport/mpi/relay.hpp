@@ -31,12 +31,14 @@ namespace multicore::detail::mpi {
 //   down (rank 0 -> agent):  start j | kill j | stop j | request j (+ the request's bytes) |
 //                            cancel j task | stop_flag slot word | resume | exit
 //   up (agent -> rank 0):    ready j | running j task elapsed | stopped j elapsed |
-//                            answer j task (+ its bytes) | died j (+ a DeathRecord and its text)
+//                            answer j task (+ its bytes) | answer_streamed j task (+ its bytes
+//                            and a StreamEnd) | died j (+ a DeathRecord and its text)
 //                            | output j stream pid (+ a line) | bye
 //
 // A message is a Header, then its `bytes` in pieces of at most max_piece (MPI counts are ints;
 // pieces also let a large payload start moving before it is all sent). MPI never lets messages
-// of one sender with one tag overtake each other, so the pieces follow their header.
+// of one sender with one tag overtake each other, so the pieces follow their header; a message
+// whose pieces go as they are written (Outbox::open_stream) holds back the messages after it.
 //
 // Slot numbers in messages are the agent's own (0..its workers-1). Each start of a slot begins a
 // new life, numbered by rank 0, and every message names the life it is about. A request that
@@ -70,6 +72,9 @@ enum class Kind : std::uint32_t {
   /// A line worker j printed (tagged output): task_id 0 stdout, 1 stderr; value its pid.
   /// About whatever life: the line was printed.
   output = 22,
+  /// A large answer sent up while its worker still writes it: its bytes end with a StreamEnd,
+  /// which says whether it came whole (and its run time, unknown when the header left).
+  answer_streamed = 23,
 };
 
 struct Header {
@@ -99,6 +104,14 @@ struct DeathRecord {
   std::uint64_t running = 0;
 };
 static_assert(std::is_trivially_copyable_v<DeathRecord> && sizeof(DeathRecord) == 32);
+
+/// Ends the bytes of an answer_streamed message.
+struct StreamEnd {
+  std::uint64_t run_nanos = 0;
+  std::uint8_t whole = 0;  ///< 0: its worker died while writing it (its death follows)
+  std::uint8_t reserved[7]{};
+};
+static_assert(std::is_trivially_copyable_v<StreamEnd> && sizeof(StreamEnd) == 16);
 
 inline Writer encode_death(const Death& d) {
   DeathRecord r;
@@ -199,9 +212,14 @@ class Outbox {
   Outbox& operator=(const Outbox&) = delete;
 
   /// Starts sending `header` and `bytes` (header.bytes is set from them) to `rank`; `owned`,
-  /// if given, holds the bytes and is kept until they are sent.
+  /// if given, holds the bytes and is kept until they are sent. While a stream is open, the
+  /// message waits behind it (its borrowed bytes too).
   void post(int rank, Header header, std::span<const std::byte> bytes, Writer owned = {}) {
     header.bytes = bytes.size();
+    if (stream_ != nullptr) {
+      held_.push_back({rank, header, bytes, std::move(owned)});
+      return;
+    }
     Sending& s = sending_.emplace_back();
     s.header = header;
     s.owned = std::move(owned);
@@ -210,6 +228,53 @@ class Outbox {
     for (std::size_t at = 0; at < bytes.size(); at += max_piece) {
       isend(rank, bytes.subspan(at, std::min(max_piece, bytes.size() - at)), s);
     }
+  }
+
+  /// Starts sending a message whose `header.bytes` bytes are still being written into `buffer`,
+  /// which must be reserved for them all (it never moves): each piece goes as soon as
+  /// send_written() finds it written, so a large message moves while it is made. The peer reads
+  /// a message's pieces right after its header: messages posted before close_stream() wait
+  /// behind it. One stream at a time. Returns the buffer to write to.
+  Writer& open_stream(int rank, Header header, Writer buffer) {
+    Sending& s = sending_.emplace_back();
+    s.header = header;
+    s.owned = std::move(buffer);
+    s.rank = rank;
+    s.open = true;
+    stream_ = &s;  // a deque's elements stay where they are while others come and go
+    s.requests.reserve(1 + (header.bytes + max_piece - 1) / max_piece);
+    isend(rank, {reinterpret_cast<const std::byte*>(&s.header), sizeof s.header}, s);
+    return s.owned;
+  }
+
+  bool streaming() const noexcept { return stream_ != nullptr; }
+
+  /// Sends the open stream's pieces that are written whole (the last one: once it is all
+  /// written). True if any went.
+  bool send_written() {
+    if (stream_ == nullptr) return false;
+    Sending& s = *stream_;
+    const std::span<const std::byte> written = s.owned.bytes();
+    bool sent = false;
+    while (s.streamed < written.size()) {
+      const std::size_t n = std::min<std::size_t>(max_piece, s.header.bytes - s.streamed);
+      if (written.size() - s.streamed < n) break;
+      isend(s.rank, written.subspan(s.streamed, n), s);
+      s.streamed += n;
+      sent = true;
+    }
+    return sent;
+  }
+
+  /// The open stream is written (all its header.bytes): sends the rest, then what waited.
+  void close_stream() {
+    if (stream_ == nullptr) return;
+    send_written();
+    stream_->open = false;
+    stream_ = nullptr;
+    std::deque<Held> held = std::move(held_);
+    held_.clear();
+    for (Held& h : held) post(h.rank, h.header, h.bytes, std::move(h.owned));
   }
 
   /// Lets MPI move what is being sent; forgets what is done (its owned bytes go to `spares`,
@@ -222,7 +287,7 @@ class Outbox {
       check(MPI_Testall(static_cast<int>(s.requests.size()), s.requests.data(), &done,
                         MPI_STATUSES_IGNORE),
             "MPI_Testall");
-      if (done == 0) break;
+      if (done == 0 || s.open) break;  // an open stream has pieces to come
       if (spares != nullptr) spares->give(std::move(s.owned));
       sending_.pop_front();
       finished = true;
@@ -237,6 +302,17 @@ class Outbox {
     Header header;
     Writer owned;
     std::vector<MPI_Request> requests;
+    int rank = 0;
+    bool open = false;         // a stream: pieces still to go
+    std::size_t streamed = 0;  // of a stream: bytes whose pieces went
+  };
+
+  /// A message posted while a stream was open.
+  struct Held {
+    int rank = 0;
+    Header header;
+    std::span<const std::byte> bytes;
+    Writer owned;
   };
 
   void isend(int rank, std::span<const std::byte> bytes, Sending& s) {
@@ -257,10 +333,14 @@ class Outbox {
       }
     }
     sending_.clear();
+    held_.clear();
+    stream_ = nullptr;
   }
 
   int tag_;
   std::deque<Sending> sending_;  // oldest first; MPI completes them in order per peer
+  Sending* stream_ = nullptr;    // the open stream, in sending_
+  std::deque<Held> held_;        // posted while it is open, oldest first
 };
 
 /// A message that arrived whole.

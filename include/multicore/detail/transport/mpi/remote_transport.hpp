@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <functional>
 #include <mutex>
@@ -333,6 +334,18 @@ class RemoteTransport final : public Transport {
           p.event.run_nanos = static_cast<std::uint64_t>(m->header.value);
           p.bytes = std::move(m->bytes);
           break;
+        case Kind::answer_streamed: {
+          StreamEnd end;
+          const std::size_t n = m->bytes.size();
+          if (n < sizeof end) continue;  // malformed: ignore
+          std::memcpy(&end, m->bytes.data() + (n - sizeof end), sizeof end);
+          if (end.whole == 0) continue;  // its worker died while writing it: the death follows
+          p.event.kind = Event::Kind::answer;
+          p.event.run_nanos = end.run_nanos;
+          p.bytes = std::move(m->bytes);
+          p.bytes.resize(n - sizeof end);
+          break;
+        }
         case Kind::died:
           p.event.kind = Event::Kind::died;
           p.death = decode_death(m->bytes.bytes(), " on " + location(k));
