@@ -121,6 +121,30 @@ TEST(Outbox, AMessagePostedWhileAStreamIsOpenFollowsItsLastPiece) {
   EXPECT_EQ(meanwhile.header.slot, 1u);
 }
 
+// An agent keeps calling MPI without a nap while something it sent is on its way; not while an
+// answer that streams waits for its worker to write more (a worker stopped from outside, say).
+TEST(Outbox, AStreamWaitingForItsNextPieceIsNotMoving) {
+  Outbox outbox(tag_down);
+  Header h;
+  h.kind = Kind::kill;  // about no life: the scripted agent takes it and ignores it
+  h.bytes = 2 * max_piece;
+  Writer buffer;
+  buffer.reserve(h.bytes);
+  Writer& out = outbox.open_stream(1, h, std::move(buffer));
+  out.resize(max_piece);
+  outbox.send_written();
+  EXPECT_TRUE(outbox.moving());
+  const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard
+  while (outbox.moving() && std::chrono::steady_clock::now() < give_up) outbox.progress();
+  EXPECT_FALSE(outbox.moving());
+  EXPECT_FALSE(outbox.empty());
+  out.resize(2 * max_piece);
+  outbox.close_stream();
+  EXPECT_TRUE(outbox.moving());
+  while (!outbox.empty() && std::chrono::steady_clock::now() < give_up) outbox.progress();
+  EXPECT_TRUE(outbox.empty());
+}
+
 /// A buffer whose memory holds `bytes` (reserved, not touched).
 Writer with_capacity(std::size_t bytes) {
   Writer w;

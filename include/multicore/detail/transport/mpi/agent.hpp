@@ -83,7 +83,7 @@ class Agent final : private TailRouter {
       // microseconds) each way, and the request rank 0 sends next would wait for them.
       // A message moving over MPI moves only while we call MPI (several calls on both sides for
       // a large or TCP message): no nap until it has gone or arrived.
-      const bool transferring = inbox_.receiving() || !outbox_.empty();
+      const bool transferring = inbox_.receiving() || outbox_.moving();
       if (transferring || now - idle_since < spin_window) {
         if (workers_busy || transferring) {  // the other side of a transfer may share the core
           sched_yield();

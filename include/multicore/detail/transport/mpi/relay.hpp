@@ -262,6 +262,7 @@ class Outbox {
       isend(s.rank, written.subspan(s.streamed, n), s);
       s.streamed += n;
       sent = true;
+      stream_waits_ = false;
     }
     return sent;
   }
@@ -272,6 +273,7 @@ class Outbox {
     send_written();
     stream_->open = false;
     stream_ = nullptr;
+    stream_waits_ = false;
     std::deque<Held> held = std::move(held_);
     held_.clear();
     for (Held& h : held) post(h.rank, h.header, h.bytes, std::move(h.owned));
@@ -287,7 +289,11 @@ class Outbox {
       check(MPI_Testall(static_cast<int>(s.requests.size()), s.requests.data(), &done,
                         MPI_STATUSES_IGNORE),
             "MPI_Testall");
-      if (done == 0 || s.open) break;  // an open stream has pieces to come
+      if (done == 0) break;
+      if (s.open) {  // all it sent went: the rest is not written yet
+        stream_waits_ = true;
+        break;
+      }
       if (spares != nullptr) spares->give(std::move(s.owned));
       sending_.pop_front();
       finished = true;
@@ -296,6 +302,11 @@ class Outbox {
   }
 
   bool empty() const noexcept { return sending_.empty(); }
+
+  /// Something sent is still on its way (MPI moves it only while it is called), as progress()
+  /// last saw: false when all there is is an open stream whose pieces sent so far have gone
+  /// (its worker may be slow, or stopped, writing the rest).
+  bool moving() const noexcept { return !sending_.empty() && !stream_waits_; }
 
  private:
   struct Sending {
@@ -335,11 +346,13 @@ class Outbox {
     sending_.clear();
     held_.clear();
     stream_ = nullptr;
+    stream_waits_ = false;
   }
 
   int tag_;
   std::deque<Sending> sending_;  // oldest first; MPI completes them in order per peer
   Sending* stream_ = nullptr;    // the open stream, in sending_
+  bool stream_waits_ = false;    // all it sent went (see moving())
   std::deque<Held> held_;        // posted while it is open, oldest first
 };
 
