@@ -2,6 +2,7 @@
 // The same Pool over MPI ranks: run under mpirun by CTest (tests/mpi/CMakeLists.txt) with 1, 2
 // and 4 ranks, and once over TCP only. The Cluster is made in main() on every rank; ranks other
 // than 0 serve there and never run a test, so every test below runs on rank 0 only.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -342,6 +343,63 @@ TEST(Cluster, AWorkerDyingHalfwayThroughALargeAnswerGivesWorkerLost) {
   std::vector<std::future<std::vector<char>>> echoes;
   for (unsigned k = 0; k < pool.size(); ++k) echoes.push_back(pool.submit(echo, big));
   for (auto& e : echoes) EXPECT_TRUE(e.get() == big);
+}
+
+/// Where half_sent_answer's worker says it stopped.
+char stopped_mark[256];
+
+void create_mark_and_stop(int /*signal*/) {
+  close(open(stopped_mark, O_CREAT | O_WRONLY, 0600));  // both async-signal-safe
+  raise(SIGSTOP);
+}
+
+/// Once `gate` is open, on an agent's worker: a 32 MiB answer whose worker stops itself
+/// (SIGSTOP) halfway through sending it, once it created the file `mark`. On rank 0's node:
+/// nothing.
+std::vector<char> half_sent_answer(const std::string& gate, const std::string& mark) {
+  if (at_gate(gate, 0) == 0) return {};
+  std::snprintf(stopped_mark, sizeof stopped_mark, "%s", mark.c_str());
+  std::vector<char> bytes(32u << 20, 'x');
+  const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto half = reinterpret_cast<std::uintptr_t>(bytes.data() + bytes.size() / 2);
+  const auto end = reinterpret_cast<std::uintptr_t>(bytes.data() + bytes.size());
+  const std::uintptr_t from = (half + page - 1) / page * page;
+  mprotect(reinterpret_cast<void*>(from), end / page * page - from, PROT_NONE);
+  struct sigaction stop = {};
+  stop.sa_handler = create_mark_and_stop;
+  sigaction(SIGSEGV, &stop, nullptr);
+  return bytes;
+}
+
+// A Pool terminated while an agent's worker is halfway through sending a large answer (stopped
+// there): what was still to come of it must not reach the next Pool as messages of its own.
+TEST(Cluster, APoolTerminatedWhileAnAnswerIsHalfSentLeavesTheNextPoolWhole) {
+  if (ranks() == 1) GTEST_SKIP() << "no agent";
+  {
+    Pool first(*the_cluster);
+    Gate stopped;  // the file the stopped worker creates
+    Gate gate;     // one task per worker: none ends before all are submitted
+    std::vector<std::future<std::vector<char>>> answers;
+    for (unsigned k = 0; k < first.size(); ++k) {
+      answers.push_back(first.submit(half_sent_answer, gate.path(), stopped.path()));
+    }
+    gate.open();
+    const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard
+    while (access(stopped.path().c_str(), F_OK) != 0) {
+      ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "no worker stopped";
+      sched_yield();
+    }
+    first.terminate();  // kills the stopped worker: its agent ends the answer it was sending
+  }
+  Pool second(*the_cluster);
+  std::vector<char> big(24u << 20);
+  for (std::size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>(i / 4096);
+  std::vector<std::future<std::vector<char>>> echoes;
+  for (unsigned k = 0; k < second.size(); ++k) echoes.push_back(second.submit(echo, big));
+  for (auto& e : echoes) {
+    ASSERT_EQ(e.wait_for(60s), std::future_status::ready) << "a hang";
+    EXPECT_TRUE(e.get() == big);
+  }
 }
 
 TEST(Cluster, ATaskPastItsTimeoutGivesTaskTimeout) {

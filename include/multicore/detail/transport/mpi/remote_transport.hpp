@@ -217,6 +217,14 @@ class RemoteTransport final : public Transport {
         if (!slots_[k].died) control(k, Kind::kill);
       }
       while (!outbox_.empty()) outbox_.progress();
+      // A message half received is received to its end: its other pieces would reach the next
+      // Pool's inboxes as messages of their own. One that streams ends once its agent has
+      // killed its worker, as it was just told to.
+      for (Inbox& in : inboxes_) {
+        while (in.receiving()) {
+          if (!in.poll(&spares_)) sched_yield();
+        }
+      }
     } catch (...) {
     }
   }
