@@ -301,18 +301,34 @@ TEST(Cluster, ATaskThatReplacesItsWorkersProgramAfterForkingGivesWorkerLost) {
   });
 }
 
-/// A 32 MiB answer whose second half cannot be read: its worker dies (SIGSEGV) halfway through
-/// sending it, once `gate` is open.
-std::vector<char> torn_answer(const std::string& gate) {
-  at_gate(gate, 0);
+/// 32 MiB whose second half cannot be read: a worker sending it faults (SIGSEGV) halfway.
+std::vector<char> half_unreadable() {
   std::vector<char> bytes(32u << 20, 'x');
   const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
   const auto half = reinterpret_cast<std::uintptr_t>(bytes.data() + bytes.size() / 2);
   const auto end = reinterpret_cast<std::uintptr_t>(bytes.data() + bytes.size());
   const std::uintptr_t from = (half + page - 1) / page * page;
   mprotect(reinterpret_cast<void*>(from), end / page * page - from, PROT_NONE);
-  std::signal(SIGSEGV, SIG_DFL);
   return bytes;
+}
+
+/// Once `gate` is open: an answer whose worker dies (SIGSEGV) halfway through sending it.
+std::vector<char> torn_answer(const std::string& gate) {
+  at_gate(gate, 0);
+  std::signal(SIGSEGV, SIG_DFL);
+  return half_unreadable();
+}
+
+/// Every worker of `pool` echoes 24 MiB.
+void expect_large_echoes(Pool& pool) {
+  std::vector<char> big(24u << 20);
+  for (std::size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>(i / 4096);
+  std::vector<std::future<std::vector<char>>> echoes;
+  for (unsigned k = 0; k < pool.size(); ++k) echoes.push_back(pool.submit(echo, big));
+  for (auto& e : echoes) {
+    ASSERT_EQ(e.wait_for(60s), std::future_status::ready) << "a hang";
+    EXPECT_TRUE(e.get() == big);
+  }
 }
 
 // An agent sends a large answer's first pieces while its worker still writes the rest; a worker
@@ -338,11 +354,7 @@ TEST(Cluster, AWorkerDyingHalfwayThroughALargeAnswerGivesWorkerLost) {
     }
   }
   EXPECT_EQ(remote, ranks() - 1);
-  std::vector<char> big(24u << 20);
-  for (std::size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>(i / 4096);
-  std::vector<std::future<std::vector<char>>> echoes;
-  for (unsigned k = 0; k < pool.size(); ++k) echoes.push_back(pool.submit(echo, big));
-  for (auto& e : echoes) EXPECT_TRUE(e.get() == big);
+  expect_large_echoes(pool);
 }
 
 /// Where half_sent_answer's worker says it stopped.
@@ -359,16 +371,10 @@ void create_mark_and_stop(int /*signal*/) {
 std::vector<char> half_sent_answer(const std::string& gate, const std::string& mark) {
   if (at_gate(gate, 0) == 0) return {};
   std::snprintf(stopped_mark, sizeof stopped_mark, "%s", mark.c_str());
-  std::vector<char> bytes(32u << 20, 'x');
-  const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
-  const auto half = reinterpret_cast<std::uintptr_t>(bytes.data() + bytes.size() / 2);
-  const auto end = reinterpret_cast<std::uintptr_t>(bytes.data() + bytes.size());
-  const std::uintptr_t from = (half + page - 1) / page * page;
-  mprotect(reinterpret_cast<void*>(from), end / page * page - from, PROT_NONE);
   struct sigaction stop = {};
   stop.sa_handler = create_mark_and_stop;
   sigaction(SIGSEGV, &stop, nullptr);
-  return bytes;
+  return half_unreadable();
 }
 
 // A Pool terminated while an agent's worker is halfway through sending a large answer (stopped
@@ -392,14 +398,7 @@ TEST(Cluster, APoolTerminatedWhileAnAnswerIsHalfSentLeavesTheNextPoolWhole) {
     first.terminate();  // kills the stopped worker: its agent ends the answer it was sending
   }
   Pool second(*the_cluster);
-  std::vector<char> big(24u << 20);
-  for (std::size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>(i / 4096);
-  std::vector<std::future<std::vector<char>>> echoes;
-  for (unsigned k = 0; k < second.size(); ++k) echoes.push_back(second.submit(echo, big));
-  for (auto& e : echoes) {
-    ASSERT_EQ(e.wait_for(60s), std::future_status::ready) << "a hang";
-    EXPECT_TRUE(e.get() == big);
-  }
+  expect_large_echoes(second);
 }
 
 TEST(Cluster, ATaskPastItsTimeoutGivesTaskTimeout) {
