@@ -52,6 +52,9 @@ void record_line(unsigned worker, multicore::WorkerStream stream, std::string_vi
   printed.push_back({worker, stream, std::string(text)});
 }
 
+/// ClusterOptions::task_timeout is set: 2 s, unless MULTICORE_TEST_NO_TASK_TIMEOUT is.
+bool tasks_time_out = true;
+
 /// This process's MPI rank, as mpirun announces it, read before the Cluster is made: workers see
 /// the program as it was then, so a task can tell which rank's node it runs on.
 int launched_rank = -1;
@@ -377,6 +380,74 @@ std::vector<char> half_sent_answer(const std::string& gate, const std::string& m
   return half_unreadable();
 }
 
+/// Once `gate` is open: 32 MiB. On an agent's worker, the first to create the file `mark`
+/// stops itself halfway through sending them, and then creates `mark` + ".stopped"; the others
+/// answer after that, behind it.
+std::vector<char> answer_or_stall(const std::string& gate, const std::string& mark) {
+  const std::string stopped = mark + ".stopped";
+  if (at_gate(gate, 0) != 0 && close(open(mark.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600)) == 0) {
+    std::snprintf(stopped_mark, sizeof stopped_mark, "%s", stopped.c_str());
+    struct sigaction stop = {};
+    stop.sa_handler = create_mark_and_stop;
+    sigaction(SIGSEGV, &stop, nullptr);
+    return half_unreadable();
+  }
+  const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard, never reached
+  while (access(stopped.c_str(), F_OK) != 0) {
+    if (std::chrono::steady_clock::now() > give_up) throw std::runtime_error("none stopped");
+    sched_yield();
+  }
+  return std::vector<char>(32u << 20, 'y');
+}
+
+// A worker stopped from outside (a debugger, SIGSTOP) halfway through a large answer that its
+// agent streams must not hold up what the agent's other workers answer (run with 2 workers per
+// rank by mpi.two_workers_per_rank).
+TEST(Cluster, LargeAnswerOfAStoppedWorkerHoldsUpNoOtherWorker) {
+  Pool pool(*the_cluster);
+  if (ranks() == 1 || pool.size() < 2 * static_cast<unsigned>(ranks()) || tasks_time_out) {
+    GTEST_SKIP() << "needs an agent with two workers, and no task_timeout (which would end the "
+                    "stopped worker)";
+  }
+  Gate mark;  // created by the worker that stalls; mark + ".stopped" once it has
+  const std::string stopped = mark.path() + ".stopped";
+  // However the test ends: the stopped worker's answer never comes, and its mark goes.
+  struct End {
+    Pool& pool;
+    const std::string& stopped;
+    ~End() {
+      pool.terminate();
+      std::remove(stopped.c_str());
+    }
+  } end{pool, stopped};
+  {
+    Gate gate;
+    std::vector<std::future<std::vector<char>>> answers;
+    for (unsigned k = 0; k < pool.size(); ++k) {
+      answers.push_back(pool.submit(answer_or_stall, gate.path(), mark.path()));
+    }
+    gate.open();
+    const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard
+    while (access(stopped.c_str(), F_OK) != 0) {
+      ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "no worker stopped";
+      sched_yield();
+    }
+    const auto answered = [&] {
+      return std::count_if(answers.begin(), answers.end(),
+                           [](auto& a) { return a.wait_for(0s) == std::future_status::ready; });
+    };
+    while (answered() < pool.size() - 1 && std::chrono::steady_clock::now() < give_up) {
+      sched_yield();
+    }
+    ASSERT_EQ(answered(), pool.size() - 1) << "answers held up by the stopped worker's";
+    for (auto& a : answers) {
+      if (a.wait_for(0s) == std::future_status::ready) {
+        EXPECT_EQ(a.get().size(), 32u << 20);
+      }
+    }
+  }
+}
+
 // A Pool terminated while an agent's worker is halfway through sending a large answer (stopped
 // there): what was still to come of it must not reach the next Pool as messages of its own.
 TEST(Cluster, APoolTerminatedWhileAnAnswerIsHalfSentLeavesTheNextPoolWhole) {
@@ -637,10 +708,12 @@ int main(int argc, char** argv) {
   // One worker per rank unless told (mpi.two_workers_per_rank): some tests count on it.
   const char* workers = std::getenv("MULTICORE_TEST_WORKERS_PER_RANK");
   const unsigned per_rank = workers != nullptr ? static_cast<unsigned>(std::atoi(workers)) : 1;
-  multicore::mpi::Cluster cluster(argc, argv,
-                                  {.workers_per_rank = per_rank,
-                                   .task_timeout = std::chrono::seconds(2),
-                                   .on_worker_output = record_line});
+  tasks_time_out = std::getenv("MULTICORE_TEST_NO_TASK_TIMEOUT") == nullptr;
+  multicore::mpi::Cluster cluster(
+      argc, argv,
+      {.workers_per_rank = per_rank,
+       .task_timeout = tasks_time_out ? std::chrono::seconds(2) : std::chrono::seconds(0),
+       .on_worker_output = record_line});
   the_cluster = &cluster;  // ranks other than 0 never get here
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();

@@ -71,6 +71,7 @@ class Agent final : private TailRouter {
       progressed |= send_lines();
       progressed |= outbox_.progress(&spares_);
       const auto now = std::chrono::steady_clock::now();
+      if (streaming_ != no_stream) unstall_stream(now);
       if (progressed) {
         nap = min_nap;
         idle_since = now;
@@ -113,6 +114,8 @@ class Agent final : private TailRouter {
   static constexpr std::chrono::microseconds min_nap{2};
   static constexpr std::chrono::microseconds max_nap{1000};
   static constexpr std::chrono::microseconds max_idle_nap{20000};
+  /// An answer that streams and gets no byte for this long is cut (see unstall_stream).
+  static constexpr std::chrono::milliseconds max_stream_stall{100};
 
   /// A tail goes into the slot's answer buffer, after its head: the answer then goes up whole,
   /// or as it is written when it streams. Appending never allocates: open_tail() made room for
@@ -311,6 +314,8 @@ class Agent final : private TailRouter {
         s.sink.out = &outbox_.open_stream(0, h, std::move(buffer));
         streaming_ = j;
         stream_bytes_ = h.bytes;
+        stream_written_ = head.size();
+        stream_moved_ = std::chrono::steady_clock::now();
         return &s.sink;
       }
       s.answer = spares_.take(bytes);
@@ -334,6 +339,30 @@ class Agent final : private TailRouter {
     out.write(&end, sizeof end);
     streaming_ = no_stream;
     outbox_.close_stream();
+  }
+
+  /// Messages behind an answer that streams wait for its end: if its worker stops writing it
+  /// (stopped from outside, by a debugger, say), the answers of the agent's other workers would
+  /// wait as long. Past max_stream_stall without a byte, the stream is cut (rank 0 drops it)
+  /// and the answer is assembled here, to go up whole once its worker is done.
+  void unstall_stream(std::chrono::steady_clock::time_point now) noexcept {
+    Slot& s = slots_[streaming_];
+    const Writer& out = *s.sink.out;
+    if (out.size() != stream_written_) {
+      stream_written_ = out.size();
+      stream_moved_ = now;
+      return;
+    }
+    if (now - stream_moved_ < max_stream_stall) return;
+    try {
+      s.answer = spares_.take(stream_bytes_ - sizeof(StreamEnd));
+      s.answer.clear();
+      s.answer.write(out.data(), out.size());
+      end_stream(false, 0);
+    } catch (...) {  // no memory (or MPI failed): it streams on
+      return;
+    }
+    s.sink.out = &s.answer;
   }
 
   /// Tells rank 0 what happened to slot j's worker.
@@ -420,6 +449,8 @@ class Agent final : private TailRouter {
   static constexpr unsigned no_stream = ~0u;
   unsigned streaming_ = no_stream;  // the slot whose answer streams (see open_tail)
   std::size_t stream_bytes_ = 0;    // its bytes, StreamEnd included
+  std::size_t stream_written_ = 0;  // of them, written when last looked (see unstall_stream)
+  std::chrono::steady_clock::time_point stream_moved_{};  // when that changed
   bool exiting_ = false;
 };
 

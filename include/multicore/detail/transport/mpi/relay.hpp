@@ -108,7 +108,9 @@ static_assert(std::is_trivially_copyable_v<DeathRecord> && sizeof(DeathRecord) =
 /// Ends the bytes of an answer_streamed message.
 struct StreamEnd {
   std::uint64_t run_nanos = 0;
-  std::uint8_t whole = 0;  ///< 0: its worker died while writing it (its death follows)
+  /// 0: cut, and dropped by rank 0: its worker died while writing it (its death follows), or
+  /// stopped writing it (it follows whole, as an `answer`)
+  std::uint8_t whole = 0;
   std::uint8_t reserved[7]{};
 };
 static_assert(std::is_trivially_copyable_v<StreamEnd> && sizeof(StreamEnd) == 16);

@@ -347,7 +347,7 @@ class RemoteTransport final : public Transport {
           const std::size_t n = m->bytes.size();
           if (n < sizeof end) continue;  // malformed: ignore
           std::memcpy(&end, m->bytes.data() + (n - sizeof end), sizeof end);
-          if (end.whole == 0) continue;  // its worker died while writing it: the death follows
+          if (end.whole == 0) continue;  // cut: its worker's death, or the answer whole, follows
           p.event.kind = Event::Kind::answer;
           p.event.run_nanos = end.run_nanos;
           p.bytes = std::move(m->bytes);
