@@ -328,8 +328,8 @@ class Agent final : private TailRouter {
     return &s.sink;
   }
 
-  /// Ends the answer that streams: `whole`, or cut by its worker's death (its bytes are then
-  /// made up to the size announced, and rank 0 drops them).
+  /// Ends the answer that streams: `whole`, or cut (its worker died, or stalled: see
+  /// unstall_stream); a cut one's bytes are made up to the size announced, and rank 0 drops it.
   void end_stream(bool whole, std::uint64_t run_nanos) {
     Writer& out = *slots_[streaming_].sink.out;
     StreamEnd end;
@@ -345,7 +345,7 @@ class Agent final : private TailRouter {
   /// (stopped from outside, by a debugger, say), the answers of the agent's other workers would
   /// wait as long. Past max_stream_stall without a byte, the stream is cut (rank 0 drops it)
   /// and the answer is assembled here, to go up whole once its worker is done.
-  void unstall_stream(std::chrono::steady_clock::time_point now) noexcept {
+  void unstall_stream(std::chrono::steady_clock::time_point now) {
     Slot& s = slots_[streaming_];
     const Writer& out = *s.sink.out;
     if (out.size() != stream_written_) {
@@ -358,10 +358,10 @@ class Agent final : private TailRouter {
       s.answer = spares_.take(stream_bytes_ - sizeof(StreamEnd));
       s.answer.clear();
       s.answer.write(out.data(), out.size());
-      end_stream(false, 0);
-    } catch (...) {  // no memory (or MPI failed): it streams on
+    } catch (...) {  // no memory for it: it streams on
       return;
     }
+    end_stream(false, 0);
     s.sink.out = &s.answer;
   }
 
