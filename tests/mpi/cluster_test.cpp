@@ -125,15 +125,19 @@ class Gate {
   std::string path_;
 };
 
+/// Returns once the file at `path` exists (every rank of these tests runs on this machine).
+void wait_for_file(const std::string& path) {
+  const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard, never reached
+  while (access(path.c_str(), F_OK) != 0) {
+    if (std::chrono::steady_clock::now() > give_up) throw std::runtime_error("no " + path);
+    sched_yield();
+  }
+}
+
 /// What one_per_worker's tasks run once `gate` is open: misbehave(how), or for how = 0 the rank
 /// of the worker's node.
 int at_gate(const std::string& gate, int how) {
-  const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard, never reached
-  while (access(gate.c_str(), F_OK) != 0) {
-    if (std::chrono::steady_clock::now() > give_up)
-      throw std::runtime_error("the gate never opened");
-    sched_yield();
-  }
+  wait_for_file(gate);
   return how == 0 ? launched_rank : misbehave(how);
 }
 
@@ -360,7 +364,7 @@ TEST(Cluster, AWorkerDyingHalfwayThroughALargeAnswerGivesWorkerLost) {
   expect_large_echoes(pool);
 }
 
-/// Where half_sent_answer's worker says it stopped.
+/// Where stall_halfway's worker says it stopped.
 char stopped_mark[256];
 
 void create_mark_and_stop(int /*signal*/) {
@@ -368,16 +372,19 @@ void create_mark_and_stop(int /*signal*/) {
   raise(SIGSTOP);
 }
 
-/// Once `gate` is open, on an agent's worker: a 32 MiB answer whose worker stops itself
-/// (SIGSTOP) halfway through sending it, once it created the file `mark`. On rank 0's node:
-/// nothing.
-std::vector<char> half_sent_answer(const std::string& gate, const std::string& mark) {
-  if (at_gate(gate, 0) == 0) return {};
-  std::snprintf(stopped_mark, sizeof stopped_mark, "%s", mark.c_str());
+/// A 32 MiB answer whose worker stops itself (SIGSTOP) halfway through sending it, once it
+/// created the file `stopped`.
+std::vector<char> stall_halfway(const std::string& stopped) {
+  std::snprintf(stopped_mark, sizeof stopped_mark, "%s", stopped.c_str());
   struct sigaction stop = {};
   stop.sa_handler = create_mark_and_stop;
   sigaction(SIGSEGV, &stop, nullptr);
   return half_unreadable();
+}
+
+/// Once `gate` is open: on an agent's worker, stall_halfway(stopped); on rank 0's node, nothing.
+std::vector<char> half_sent_answer(const std::string& gate, const std::string& stopped) {
+  return at_gate(gate, 0) == 0 ? std::vector<char>() : stall_halfway(stopped);
 }
 
 /// Once `gate` is open: 32 MiB. On an agent's worker, the first to create the file `mark`
@@ -386,17 +393,9 @@ std::vector<char> half_sent_answer(const std::string& gate, const std::string& m
 std::vector<char> answer_or_stall(const std::string& gate, const std::string& mark) {
   const std::string stopped = mark + ".stopped";
   if (at_gate(gate, 0) != 0 && close(open(mark.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600)) == 0) {
-    std::snprintf(stopped_mark, sizeof stopped_mark, "%s", stopped.c_str());
-    struct sigaction stop = {};
-    stop.sa_handler = create_mark_and_stop;
-    sigaction(SIGSEGV, &stop, nullptr);
-    return half_unreadable();
+    return stall_halfway(stopped);
   }
-  const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard, never reached
-  while (access(stopped.c_str(), F_OK) != 0) {
-    if (std::chrono::steady_clock::now() > give_up) throw std::runtime_error("none stopped");
-    sched_yield();
-  }
+  wait_for_file(stopped);
   return std::vector<char>(32u << 20, 'y');
 }
 
@@ -427,11 +426,8 @@ TEST(Cluster, LargeAnswerOfAStoppedWorkerHoldsUpNoOtherWorker) {
       answers.push_back(pool.submit(answer_or_stall, gate.path(), mark.path()));
     }
     gate.open();
+    ASSERT_NO_THROW(wait_for_file(stopped)) << "no worker stopped";
     const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard
-    while (access(stopped.c_str(), F_OK) != 0) {
-      ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "no worker stopped";
-      sched_yield();
-    }
     const auto answered = [&] {
       return std::count_if(answers.begin(), answers.end(),
                            [](auto& a) { return a.wait_for(0s) == std::future_status::ready; });
@@ -461,11 +457,7 @@ TEST(Cluster, APoolTerminatedWhileAnAnswerIsHalfSentLeavesTheNextPoolWhole) {
       answers.push_back(first.submit(half_sent_answer, gate.path(), stopped.path()));
     }
     gate.open();
-    const auto give_up = std::chrono::steady_clock::now() + 60s;  // a hang guard
-    while (access(stopped.path().c_str(), F_OK) != 0) {
-      ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "no worker stopped";
-      sched_yield();
-    }
+    ASSERT_NO_THROW(wait_for_file(stopped.path())) << "no worker stopped";
     first.terminate();  // kills the stopped worker: its agent ends the answer it was sending
   }
   Pool second(*the_cluster);
