@@ -134,11 +134,32 @@ void wait_for_file(const std::string& path) {
   }
 }
 
-/// What one_per_worker's tasks run once `gate` is open: misbehave(how), or for how = 0 the rank
-/// of the worker's node.
+/// How many variables of the MPI job's process manager (PMIX_*, PMI_*) this process sees.
+int process_manager_variables() {
+  int n = 0;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    const std::string_view e(*entry);
+    if (e.starts_with("PMIX_") || e.starts_with("PMI_")) ++n;
+  }
+  return n;
+}
+
+constexpr int rank_of_node = 0;
+constexpr int count_process_manager_variables = -1;
+constexpr int rank_in_environment = -2;
+
+/// What one_per_worker's tasks run once `gate` is open: the rank of the worker's node (as read
+/// before the Cluster, or as the worker's environment says now), how many process manager
+/// variables it sees, or misbehave(how).
 int at_gate(const std::string& gate, int how) {
   wait_for_file(gate);
-  return how == 0 ? launched_rank : misbehave(how);
+  if (how == rank_of_node) return launched_rank;
+  if (how == count_process_manager_variables) return process_manager_variables();
+  if (how == rank_in_environment) {
+    const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+    return rank != nullptr ? std::atoi(rank) : -1;
+  }
+  return misbehave(how);
 }
 
 /// One task per worker at once, each running at_gate(how): iterate over the futures; the gate
@@ -170,7 +191,21 @@ TEST(Cluster, PoolSizeIsEveryRanksWorkers) {
 TEST(Cluster, TasksRunOnEveryRank) {
   Pool pool(*the_cluster);
   std::set<int> seen;
-  for (auto& f : one_per_worker(pool, 0)) seen.insert(f.get());
+  for (auto& f : one_per_worker(pool, rank_of_node)) seen.insert(f.get());
+  std::set<int> all;
+  for (int r = 0; r < ranks(); ++r) all.insert(r);
+  EXPECT_EQ(seen, all);
+}
+
+// A worker is a fork of its rank, not a process of the MPI job: were the process manager's
+// variables left to it, MPI_Init in a task would join the job as that rank (and the job hung
+// at its end; tests/mpi/task_calls_mpi.cpp). OMPI_COMM_WORLD_RANK and the like stay.
+TEST(Cluster, WorkersOnEveryRankAreOutsideTheMpiJob) {
+  if (process_manager_variables() == 0) GTEST_SKIP() << "not started by a PMIx or PMI launcher";
+  Pool pool(*the_cluster);
+  for (auto& f : one_per_worker(pool, count_process_manager_variables)) EXPECT_EQ(f.get(), 0);
+  std::set<int> seen;
+  for (auto& f : one_per_worker(pool, rank_in_environment)) seen.insert(f.get());
   std::set<int> all;
   for (int r = 0; r < ranks(); ++r) all.insert(r);
   EXPECT_EQ(seen, all);
@@ -607,7 +642,7 @@ TEST(Cluster, AStopCancelsQueuedTasksAndItsGraceKillsOnEveryRank) {
   }
   EXPECT_EQ(pool.stats().replaced.cut_off, pool.size());
   std::set<int> seen;
-  for (auto& f : one_per_worker(pool, 0)) seen.insert(f.get());
+  for (auto& f : one_per_worker(pool, rank_of_node)) seen.insert(f.get());
   EXPECT_EQ(seen.size(), static_cast<std::size_t>(ranks()));
 }
 
