@@ -23,6 +23,7 @@
 #include "detail/transport/mpi/agent.hpp"
 #include "detail/transport/mpi/handshake.hpp"
 #include "detail/transport/mpi/mpi_api.hpp"
+#include "detail/transport/mpi/outside_the_job.hpp"
 #include "detail/transport/mpi/remote_transport.hpp"
 #include "detail/transport/shm/shm_transport.hpp"
 #include "detail/util/threads.hpp"
@@ -79,8 +80,11 @@ struct ClusterOptions {
 /// and never needs `if (rank == 0)`.
 ///
 /// Workers on each rank see their program as it was when that rank made its Cluster: set up
-/// what tasks read before making it. A rank that dies (its node fails, its agent is killed) ends
-/// the whole job: Open MPI 4.1 cannot go on without it.
+/// what tasks read before making it. Workers are not processes of the MPI job: a task cannot
+/// call MPI (MPI_Init in a task fails and loses its worker, with MPI's message, and the job goes
+/// on), and workers do not see the process manager's variables (`PMIX_*`, `PMI_*`). A rank
+/// that dies (its node fails, its agent is killed) ends the whole job: Open MPI 4.1 cannot go
+/// on without it.
 class Cluster {
  public:
   /// Throws Error when a rank runs another build, std::logic_error when MPI is already
@@ -118,7 +122,11 @@ inline detail::ShmOptions shm_options(const ClusterOptions& o, unsigned workers)
   detail::ShmOptions shm;
   shm.workers = workers;
   shm.ring_bytes = o.ring_bytes;
-  shm.on_start = o.on_worker_start;
+  // Every worker leaves the MPI job first (see leave_the_job_environment), then runs the user's.
+  shm.on_start = [user = o.on_worker_start] {
+    detail::mpi::leave_the_job_environment();
+    if (user) user();
+  };
   shm.max_tasks = o.max_tasks_per_worker;
   shm.output = o.worker_output;
   shm.on_output = o.on_worker_output;
