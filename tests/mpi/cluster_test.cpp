@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <future>
 #include <multicore/mpi.hpp>
 #include <multicore/multicore.hpp>
@@ -52,12 +53,26 @@ void record_line(unsigned worker, multicore::WorkerStream stream, std::string_vi
   printed.push_back({worker, stream, std::string(text)});
 }
 
-/// ClusterOptions::task_timeout is set: 2 s, unless MULTICORE_TEST_NO_TASK_TIMEOUT is.
-bool tasks_time_out = true;
-
 /// This process's MPI rank, as mpirun announces it, read before the Cluster is made: workers see
 /// the program as it was then, so a task can tell which rank's node it runs on.
 int launched_rank = -1;
+
+/// While this file exists, on_worker_start throws in the workers of the rank it names. One
+/// path for every rank of the job (all on this machine): it is named after the job's id.
+std::string start_fails_file;
+
+/// The tests' ClusterOptions::on_worker_start.
+void start_worker() {
+  int rank = -1;
+  if (std::FILE* f = std::fopen(start_fails_file.c_str(), "r")) {
+    if (std::fscanf(f, "%d", &rank) != 1) rank = -1;
+    std::fclose(f);
+  }
+  if (rank == launched_rank) throw std::runtime_error("no database here");
+}
+
+/// ClusterOptions::task_timeout is set: 2 s, unless MULTICORE_TEST_NO_TASK_TIMEOUT is.
+bool tasks_time_out = true;
 
 long square(long x) { return x * x; }
 
@@ -209,6 +224,27 @@ TEST(Cluster, WorkersOnEveryRankAreOutsideTheMpiJob) {
   std::set<int> all;
   for (int r = 0; r < ranks(); ++r) all.insert(r);
   EXPECT_EQ(seen, all);
+}
+
+// On one machine the Pool's constructor throws what on_worker_start threw; over ranks, the
+// error also says where.
+TEST(Cluster, OnWorkerStartThrowingOnARankGivesAnErrorNamingIt) {
+  if (ranks() < 2) GTEST_SKIP() << "needs a rank besides 0";
+  const int failing = ranks() - 1;
+  std::ofstream(start_fails_file) << failing << '\n';
+  std::string what;
+  try {
+    Pool pool(*the_cluster);
+  } catch (const multicore::Error& e) {
+    what = e.what();
+  }
+  std::remove(start_fails_file.c_str());
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  EXPECT_EQ(what, "multicore: on_worker_start threw on rank " + std::to_string(failing) + " (" +
+                      host + "): no database here");
+  Pool pool(*the_cluster);  // the next one starts
+  EXPECT_EQ(pool.size(), the_cluster->workers());
 }
 
 TEST(Cluster, MapGivesEveryResultInInputOrder) {
@@ -736,9 +772,13 @@ int main(int argc, char** argv) {
   const char* workers = std::getenv("MULTICORE_TEST_WORKERS_PER_RANK");
   const unsigned per_rank = workers != nullptr ? static_cast<unsigned>(std::atoi(workers)) : 1;
   tasks_time_out = std::getenv("MULTICORE_TEST_NO_TASK_TIMEOUT") == nullptr;
+  const char* job = std::getenv("OMPI_MCA_ess_base_jobid");
+  start_fails_file = std::string("/tmp/multicore-cluster-start-fails-") +
+                     (job != nullptr ? job : std::to_string(getpid()));
   multicore::mpi::Cluster cluster(
       argc, argv,
       {.workers_per_rank = per_rank,
+       .on_worker_start = start_worker,
        .task_timeout = tasks_time_out ? std::chrono::seconds(2) : std::chrono::seconds(0),
        .on_worker_output = record_line});
   the_cluster = &cluster;  // ranks other than 0 never get here
