@@ -43,12 +43,12 @@ inline std::exception_ptr start_error(const Death& d, bool replacement) {
   switch (d.cause) {
     case Death::Cause::spawn_failed:
       return std::make_exception_ptr(SystemError("fork", d.error));
-    case Death::Cause::start_failed:
+    case Death::Cause::start_failed:  // where: "" here, " on rank 3 (node07)" over MPI
       return std::make_exception_ptr(
           Error(std::string(replacement ? "multicore: on_worker_start threw in a replacement "
-                                          "worker: "
-                                        : "multicore: on_worker_start threw: ") +
-                d.text));
+                                          "worker"
+                                        : "multicore: on_worker_start threw") +
+                d.where + ": " + d.text));
     default:
       return std::make_exception_ptr(Error(describe(d) + " while starting (in on_worker_start)"));
   }
