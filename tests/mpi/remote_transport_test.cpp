@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <multicore/detail/transport/mpi/handshake.hpp>
 #include <multicore/detail/transport/mpi/relay.hpp>
 #include <multicore/detail/transport/mpi/remote_transport.hpp>
 #include <optional>
+#include <string>
 
 namespace {
 
@@ -189,6 +191,66 @@ TEST(SpareBuffers, WhatIsKeptStaysWithinTheWarmBytesInAll) {
 }
 
 }  // namespace
+
+/// A rank's card with these modules (build-id, name; "" names the executable).
+Card card_with(std::vector<std::pair<std::string, std::string>> modules) {
+  Card c;
+  c.version = relay_version;
+  c.host = "node7";
+  c.workers = 2;
+  c.modules = std::move(modules);
+  return c;
+}
+
+const std::pair<std::string, std::string> program{"aa01", ""};
+const std::pair<std::string, std::string> libc{"cc03", "/lib/x86_64-linux-gnu/libc.so.6"};
+const std::pair<std::string, std::string> libm{"dd04", "/lib/x86_64-linux-gnu/libm.so.6"};
+const std::pair<std::string, std::string> preloaded{
+    "ee05", "/usr/libexec/valgrind/vgpreload_core-amd64-linux.so"};
+const std::string same_modules =
+    ": every rank must load the same modules in the same order (preload a tool such as "
+    "valgrind on every rank or on none)";
+
+TEST(Handshake, TheSameModulesAreNoMismatch) {
+  EXPECT_EQ(mismatch(1, card_with({program, libm, libc}), card_with({program, libm, libc})), "");
+}
+
+// Build-ids decide: the same library found at another path on another machine is the same.
+TEST(Handshake, TheSameBuildAtAnotherPathIsNoMismatch) {
+  EXPECT_EQ(mismatch(1, card_with({program, libc}),
+                     card_with({program, {libc.first, "/usr/lib/x86_64-linux-gnu/libc.so.6"}})),
+            "");
+}
+
+TEST(Handshake, ADifferentBuildIsNamed) {
+  EXPECT_EQ(mismatch(1, card_with({program, libc}), card_with({{"ab02", ""}, libc})),
+            "multicore: rank 1 on node7 runs a different build of the executable (build-id ab02) "
+            "than rank 0 (aa01)");
+}
+
+// As under `mpirun -np 1 ./app : -np 1 valgrind ./app`: rank 1 loads one module more, early.
+TEST(Handshake, AModuleOnlyTheRankLoadsIsNamed) {
+  EXPECT_EQ(
+      mismatch(1, card_with({program, libm, libc}), card_with({program, preloaded, libm, libc})),
+      "multicore: rank 1 on node7 loads " + preloaded.second + ", which rank 0 does not" +
+          same_modules);
+}
+
+TEST(Handshake, AModuleTheRankLacksIsNamed) {
+  EXPECT_EQ(
+      mismatch(2, card_with({program, preloaded, libm, libc}), card_with({program, libm, libc})),
+      "multicore: rank 2 on node7 does not load " + preloaded.second + ", which rank 0 does" +
+          same_modules);
+  EXPECT_EQ(mismatch(2, card_with({program, libm, libc}), card_with({program, libm})),
+            "multicore: rank 2 on node7 does not load " + libc.second + ", which rank 0 does" +
+                same_modules);
+}
+
+TEST(Handshake, ModulesInAnotherOrderAreNamed) {
+  EXPECT_EQ(mismatch(1, card_with({program, libm, libc}), card_with({program, libc, libm})),
+            "multicore: rank 1 on node7 loads " + libc.second + " where rank 0 loads " +
+                libm.second + same_modules);
+}
 
 int main(int argc, char** argv) {
   int provided = 0;
