@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -94,15 +95,32 @@ inline std::string mismatch(int rank, const Card& ours, const Card& theirs) {
   for (const auto& m : theirs.modules) {
     if (!kernel_module(m.second)) b.push_back(m);
   }
+  // Code is named by its module's index in load order (see code_ref.hpp): the lists must match
+  // one for one. Two modules are the same when their build-ids are (wherever each was found),
+  // or, without build-ids, their paths.
+  const auto same = [](const auto& x, const auto& y) {
+    return x.first != "-" && y.first != "-" ? x.first == y.first : x.second == y.second;
+  };
+  const auto holds = [](const auto& list, const std::string& name) {
+    return std::any_of(list.begin(), list.end(), [&](const auto& m) { return m.second == name; });
+  };
+  const std::string same_modules =
+      ": every rank must load the same modules in the same order (preload a tool such as "
+      "valgrind on every rank or on none)";
   for (std::size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
-    if (i >= a.size()) return who + " loads a module rank 0 does not: " + b[i].second;
-    if (i >= b.size()) return who + " lacks a module rank 0 loads: " + a[i].second;
-    const bool ids = a[i].first != "-" && b[i].first != "-";
-    if (ids ? a[i].first != b[i].first : a[i].second != b[i].second) {
+    if (i < a.size() && i < b.size() && same(a[i], b[i])) continue;
+    if (i < a.size() && i < b.size() && a[i].second == b[i].second) {
       const std::string what = b[i].second.empty() ? "the executable" : b[i].second;
       return who + " runs a different build of " + what + " (build-id " + b[i].first +
              ") than rank 0 (" + a[i].first + ")";
     }
+    if (i < b.size() && !holds(a, b[i].second)) {
+      return who + " loads " + b[i].second + ", which rank 0 does not" + same_modules;
+    }
+    if (i < a.size() && !holds(b, a[i].second)) {
+      return who + " does not load " + a[i].second + ", which rank 0 does" + same_modules;
+    }
+    return who + " loads " + b[i].second + " where rank 0 loads " + a[i].second + same_modules;
   }
   return {};
 }
