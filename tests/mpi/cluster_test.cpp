@@ -203,13 +203,23 @@ TEST(Cluster, PoolSizeIsEveryRanksWorkers) {
   EXPECT_EQ(pool.size(), the_cluster->workers());
 }
 
-TEST(Cluster, TasksRunOnEveryRank) {
-  Pool pool(*the_cluster);
+/// The ranks that one task per worker, each running at_gate(how), returned.
+std::set<int> ranks_seen(Pool& pool, int how) {
   std::set<int> seen;
-  for (auto& f : one_per_worker(pool, rank_of_node)) seen.insert(f.get());
+  for (auto& f : one_per_worker(pool, how)) seen.insert(f.get());
+  return seen;
+}
+
+/// 0, 1, ... ranks() - 1.
+std::set<int> every_rank() {
   std::set<int> all;
   for (int r = 0; r < ranks(); ++r) all.insert(r);
-  EXPECT_EQ(seen, all);
+  return all;
+}
+
+TEST(Cluster, TasksRunOnEveryRank) {
+  Pool pool(*the_cluster);
+  EXPECT_EQ(ranks_seen(pool, rank_of_node), every_rank());
 }
 
 // A worker is a fork of its rank, not a process of the MPI job: were the process manager's
@@ -219,11 +229,7 @@ TEST(Cluster, WorkersOnEveryRankAreOutsideTheMpiJob) {
   if (process_manager_variables() == 0) GTEST_SKIP() << "not started by a PMIx or PMI launcher";
   Pool pool(*the_cluster);
   for (auto& f : one_per_worker(pool, count_process_manager_variables)) EXPECT_EQ(f.get(), 0);
-  std::set<int> seen;
-  for (auto& f : one_per_worker(pool, rank_in_environment)) seen.insert(f.get());
-  std::set<int> all;
-  for (int r = 0; r < ranks(); ++r) all.insert(r);
-  EXPECT_EQ(seen, all);
+  EXPECT_EQ(ranks_seen(pool, rank_in_environment), every_rank());
 }
 
 // On one machine the Pool's constructor throws what on_worker_start threw; over ranks, the
@@ -677,9 +683,7 @@ TEST(Cluster, AStopCancelsQueuedTasksAndItsGraceKillsOnEveryRank) {
     sched_yield();
   }
   EXPECT_EQ(pool.stats().replaced.cut_off, pool.size());
-  std::set<int> seen;
-  for (auto& f : one_per_worker(pool, rank_of_node)) seen.insert(f.get());
-  EXPECT_EQ(seen.size(), static_cast<std::size_t>(ranks()));
+  EXPECT_EQ(ranks_seen(pool, rank_of_node), every_rank());
 }
 
 // A token of a source made after the pool, reused slot and all: a stop of the first source does
