@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-extern "C" char** environ;  // POSIX: declared by no standard header
+extern "C" char** environ;  // POSIX; glibc declares it in <unistd.h> only with _GNU_SOURCE
 
 namespace multicore::detail::mpi {
 
