@@ -52,30 +52,30 @@ void stream_with_a_message_posted_meanwhile(Outbox& outbox) {
 }
 
 /// The scripted agent (rank 1, two workers): once both slots are started, says that worker 1 is
-/// ready, then worker 0, in that order; then takes whatever comes until rank 0 says exit.
+/// ready, then worker 0, in that order; streams on every resume; stops when rank 0 says exit.
+/// Each test's part stands alone, so that --gtest_filter may leave any test out.
 void scripted_agent() {
   Inbox inbox(0, tag_down);
   Outbox outbox(tag_up);
   std::uint64_t lives[2] = {0, 0};
   int started = 0;
-  while (started < 2) {
-    if (std::optional<Message> m = inbox.poll(); m && m->header.kind == Kind::start) {
-      lives[m->header.slot] = m->header.life;
-      ++started;
-    }
-  }
-  for (const std::uint32_t slot : {1u, 0u}) {
-    Header h;
-    h.kind = Kind::ready;
-    h.slot = slot;
-    h.life = lives[slot];
-    outbox.post(0, h, {});
-  }
   for (;;) {
     outbox.progress();
     std::optional<Message> m = inbox.poll();
-    if (m && m->header.kind == Kind::exit) break;
-    if (m && m->header.kind == Kind::resume) stream_with_a_message_posted_meanwhile(outbox);
+    if (!m) continue;
+    if (m->header.kind == Kind::exit) break;
+    if (m->header.kind == Kind::resume) stream_with_a_message_posted_meanwhile(outbox);
+    if (m->header.kind == Kind::start) {
+      lives[m->header.slot] = m->header.life;
+      if (++started != 2) continue;
+      for (const std::uint32_t slot : {1u, 0u}) {
+        Header h;
+        h.kind = Kind::ready;
+        h.slot = slot;
+        h.life = lives[slot];
+        outbox.post(0, h, {});
+      }
+    }
   }
   while (!outbox.empty()) outbox.progress();
 }
