@@ -374,6 +374,42 @@ TEST(WorkerOutput, PartialLineIsFlushedWhenTheTaskEnds) {
   EXPECT_TRUE(ready_within(arrived));  // the worker lives on: only the task's end flushes it
 }
 
+/// Writes 3 lines' worth of max_line_bytes and 5 bytes more without a newline, then waits for
+/// the file at `gate`.
+void print_without_newline_then_wait(const std::string& gate) {
+  const std::string y(3 * multicore::detail::max_line_bytes + 5, 'y');
+  multicore_test::write_all(STDOUT_FILENO, y.data(), y.size());
+  while (access(gate.c_str(), F_OK) != 0) sched_yield();
+}
+
+// A task printing without newlines: what it printed goes on in lines of max_line_bytes while
+// the task still runs, not all at its end (the parent held all of it until then: a task that
+// printed a progress bar with \r, or garbage, for hours filled the parent's memory).
+TEST(WorkerOutput, ALineWithoutEndGoesOnInBoundedPiecesWhileItsTaskRuns) {
+  const std::string piece(multicore::detail::max_line_bytes, 'y');
+  const std::string gate = "/tmp/multicore-output-gate-" + std::to_string(getpid());
+  Lines lines;
+  lines.awaited = piece;
+  auto arrived = lines.arrived.get_future();
+  {
+    Pool pool(lines.options(1));
+    auto task = pool.submit(print_without_newline_then_wait, gate);
+    EXPECT_TRUE(ready_within(arrived));  // while the task waits
+    std::fclose(std::fopen(gate.c_str(), "w"));
+    task.get();
+  }
+  std::remove(gate.c_str());
+  std::vector<std::size_t> lengths;  // compared as lengths: a failure prints no 64 KiB line
+  bool only_y = true;
+  for (const std::string& line : lines.of(WorkerStream::out)) {
+    lengths.push_back(line.size());
+    only_y = only_y && line.find_first_not_of('y') == std::string::npos;
+  }
+  const std::size_t n = multicore::detail::max_line_bytes;
+  EXPECT_EQ(lengths, (std::vector<std::size_t>{n, n, n, 5}));
+  EXPECT_TRUE(only_y);
+}
+
 }  // namespace
 
 namespace {
