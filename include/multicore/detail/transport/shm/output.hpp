@@ -39,6 +39,10 @@ namespace multicore::detail {
 /// Most bytes of a worker's stderr kept for WorkerLost::output_tail().
 inline constexpr std::size_t output_tail_bytes = 4096;
 
+/// Longest line a tagged worker's output is passed on in: a longer one goes on in pieces of
+/// this many bytes, each a line of its own.
+inline constexpr std::size_t max_line_bytes = std::size_t{64} << 10;
+
 /// The write ends of a new worker's pipes, for the fork server to hand to it (-1: none; then
 /// the worker keeps the fork server's descriptor, the parent's own).
 struct WorkerPipes {
@@ -309,9 +313,22 @@ class WorkerOutputs {
       return;
     }
     for (std::size_t end = 0; (end = bytes.find('\n')) != std::string_view::npos;) {
-      p.partial.append(bytes.substr(0, end));
+      extend_partial(p, bytes.substr(0, end));
       queue_line(p);
       bytes.remove_prefix(end + 1);
+    }
+    extend_partial(p, bytes);
+  }
+
+  /// Appends to p's line so far; a line longer than max_line_bytes goes on in pieces of that
+  /// many bytes. Without this bound a worker printing without newlines (a progress bar drawn
+  /// with \r, binary garbage) grew it, in this process, until its task ended.
+  void extend_partial(Pipe& p, std::string_view bytes) {
+    while (p.partial.size() + bytes.size() > max_line_bytes) {
+      const std::size_t n = max_line_bytes - p.partial.size();
+      p.partial.append(bytes.substr(0, n));
+      queue_line(p);
+      bytes.remove_prefix(n);
     }
     p.partial.append(bytes);
   }
