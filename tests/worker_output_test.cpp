@@ -86,8 +86,9 @@ struct Lines {
   };
   std::mutex mutex;
   std::vector<Line> lines;
-  std::string awaited;  // a line whose arrival sets `arrived`
+  std::string awaited;  // a line whose first arrival sets `arrived`
   std::promise<void> arrived;
+  bool awaited_seen = false;
 
   PoolOptions options(unsigned workers) {
     PoolOptions o;
@@ -95,7 +96,10 @@ struct Lines {
     o.on_worker_output = [this](unsigned worker, WorkerStream stream, std::string_view text) {
       std::lock_guard lock(mutex);
       lines.push_back({worker, stream, std::string(text)});
-      if (text == awaited) arrived.set_value();
+      if (text == awaited && !awaited_seen) {
+        awaited_seen = true;
+        arrived.set_value();
+      }
     };
     return o;
   }
