@@ -30,6 +30,7 @@
 
 #include "support/failure.hpp"
 #include "support/leak_check.hpp"
+#include "support/shared_counter.hpp"
 
 namespace {
 
@@ -378,31 +379,32 @@ TEST(WorkerOutput, PartialLineIsFlushedWhenTheTaskEnds) {
   EXPECT_TRUE(ready_within(arrived));  // the worker lives on: only the task's end flushes it
 }
 
-/// Writes 3 lines' worth of max_line_bytes and 5 bytes more without a newline, then waits for
-/// the file at `gate`.
-void print_without_newline_then_wait(const std::string& gate) {
-  const std::string y(3 * multicore::detail::max_line_bytes + 5, 'y');
-  multicore_test::write_all(STDOUT_FILENO, y.data(), y.size());
-  while (access(gate.c_str(), F_OK) != 0) sched_yield();
-}
+/// Writes 3 lines' worth of max_line_bytes and 5 bytes more without a newline, then waits
+/// until the test sets `*go`.
+struct PrintWithoutNewlineThenWait {
+  std::atomic<int>* go;
+  void operator()() const {
+    const std::string y(3 * multicore::detail::max_line_bytes + 5, 'y');
+    multicore_test::write_all(STDOUT_FILENO, y.data(), y.size());
+    while (go->load() == 0) sched_yield();
+  }
+};
 
 // A task printing without newlines: what it printed goes on in lines of max_line_bytes while
 // the task still runs, not all at its end (the parent held all of it until then: a task that
 // printed a progress bar with \r, or garbage, for hours filled the parent's memory).
 TEST(WorkerOutput, ALineWithoutEndGoesOnInBoundedPiecesWhileItsTaskRuns) {
-  const std::string piece(multicore::detail::max_line_bytes, 'y');
-  const std::string gate = "/tmp/multicore-output-gate-" + std::to_string(getpid());
+  const multicore_test::SharedCounter go;  // made before the pool, so the worker shares it
   Lines lines;
-  lines.awaited = piece;
+  lines.awaited = std::string(multicore::detail::max_line_bytes, 'y');
   auto arrived = lines.arrived.get_future();
   {
     Pool pool(lines.options(1));
-    auto task = pool.submit(print_without_newline_then_wait, gate);
+    auto task = pool.submit(PrintWithoutNewlineThenWait{go.get()});
     EXPECT_TRUE(ready_within(arrived));  // while the task waits
-    std::fclose(std::fopen(gate.c_str(), "w"));
+    (*go).store(1);
     task.get();
   }
-  std::remove(gate.c_str());
   std::vector<std::size_t> lengths;  // compared as lengths: a failure prints no 64 KiB line
   bool only_y = true;
   for (const std::string& line : lines.of(WorkerStream::out)) {

@@ -237,14 +237,19 @@ TEST(Cluster, WorkersOnEveryRankAreOutsideTheMpiJob) {
 TEST(Cluster, OnWorkerStartThrowingOnARankGivesAnErrorNamingIt) {
   if (ranks() < 2) GTEST_SKIP() << "needs a rank besides 0";
   const int failing = ranks() - 1;
-  std::ofstream(start_fails_file) << failing << '\n';
   std::string what;
-  try {
-    Pool pool(*the_cluster);
-  } catch (const multicore::Error& e) {
-    what = e.what();
+  {
+    // Removed however this block ends: left behind, it would fail every later test's Pool.
+    struct RemovedAtEnd {
+      ~RemovedAtEnd() { std::remove(start_fails_file.c_str()); }
+    } removed;
+    std::ofstream(start_fails_file) << failing << '\n';
+    try {
+      Pool pool(*the_cluster);
+    } catch (const multicore::Error& e) {
+      what = e.what();
+    }
   }
-  std::remove(start_fails_file.c_str());
   char host[256] = {};
   gethostname(host, sizeof host - 1);
   EXPECT_EQ(what, "multicore: on_worker_start threw on rank " + std::to_string(failing) + " (" +
