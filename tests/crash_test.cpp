@@ -26,6 +26,7 @@
 
 #include "support/failure.hpp"
 #include "support/leak_check.hpp"
+#include "support/memory_cgroup.hpp"
 #include "support/numbers.hpp"
 
 namespace crash_test_types {
@@ -164,11 +165,52 @@ TEST_P(WorkerDeath, FutureThrowsWorkerLostWithExactStatus) {
   EXPECT_NE(what.find(c.message), std::string::npos) << what;
   // Its exec watch closed as it died: that is no exec (see TaskThatReplacesItsWorkersProgram...).
   EXPECT_EQ(what.find("replaced the worker's program"), std::string::npos) << what;
+  // Whatever killed it, it was not the kernel's out-of-memory killer (OomKill only acts as it).
+  EXPECT_EQ(what.find("out-of-memory"), std::string::npos) << what;
 
   const pid_t after = pool.submit(own_pid).get();
   EXPECT_NE(after, before) << "the dead worker must have been replaced";
   EXPECT_EQ(pool.size(), 1u);
   EXPECT_EQ(pool.submit([](int x) { return x * 3; }, 14).get(), 42);
+}
+
+/// Moves the calling worker into the memory cgroup whose cgroup.procs is `procs`, then grows
+/// until the kernel's out-of-memory killer kills it. Returns how it failed, should it not die.
+int join_cgroup_then_outgrow_it(const std::string& procs) {
+  if (std::FILE* f = std::fopen(procs.c_str(), "w")) {
+    const bool joined = std::fprintf(f, "%d", static_cast<int>(getpid())) > 0;
+    if (std::fclose(f) != 0 || !joined) return -1;
+  } else {
+    return -1;
+  }
+  constexpr std::size_t piece = std::size_t{1} << 20;
+  for (int i = 0; i < 1024; ++i) {  // 1 GiB at most: far past the cgroup's limit
+    auto* memory = static_cast<char*>(std::malloc(piece));
+    if (memory == nullptr) return -2;
+    std::memset(memory, 1, piece);  // kept: the point is to grow
+  }
+  return -3;  // not killed
+}
+
+// A worker the kernel's out-of-memory killer killed (for real: in a memory cgroup with a small
+// limit) says so in its message; a SIGKILL from anyone
+// else does not (the OomKill case above). Regression test: a bare "killed by signal 9".
+TEST(Crash, WorkerKilledByTheOutOfMemoryKillerIsReportedSo) {
+  multicore_test::MemoryCgroup cgroup(std::size_t{64} << 20);
+  if (!cgroup.made()) GTEST_SKIP() << "no memory cgroup to fill: " << cgroup.why_not();
+  {
+    Pool pool(PoolOptions{.workers = 1});
+    auto killed = pool.submit(join_cgroup_then_outgrow_it, cgroup.procs());
+    const auto lost = error_of<WorkerLost>(killed);
+    ASSERT_TRUE(lost) << "the task did not die (it returned how it failed)";
+    EXPECT_EQ(lost->signal(), SIGKILL);
+    const std::string what = lost->what();
+    EXPECT_NE(what.find("was killed by signal 9 (Killed) while running this task, most likely by "
+                        "the kernel's out-of-memory killer"),
+              std::string::npos)
+        << what;
+    EXPECT_EQ(pool.submit([](int x) { return x * 3; }, 14).get(), 42);
+  }  // the replacement, in the application's cgroup, ends before the cgroup is removed
 }
 
 /// The process that set up exit_time_code(); in any other (a worker), its code says it ran.
