@@ -166,6 +166,7 @@ TEST_P(WorkerDeath, FutureThrowsWorkerLostWithExactStatus) {
   // Its exec watch closed as it died: that is no exec (see TaskThatReplacesItsWorkersProgram...).
   EXPECT_EQ(what.find("replaced the worker's program"), std::string::npos) << what;
   // Whatever killed it, it was not the kernel's out-of-memory killer (OomKill only acts as it).
+  EXPECT_FALSE(lost->out_of_memory());
   EXPECT_EQ(what.find("out-of-memory"), std::string::npos) << what;
 
   const pid_t after = pool.submit(own_pid).get();
@@ -174,36 +175,20 @@ TEST_P(WorkerDeath, FutureThrowsWorkerLostWithExactStatus) {
   EXPECT_EQ(pool.submit([](int x) { return x * 3; }, 14).get(), 42);
 }
 
-/// Moves the calling worker into the memory cgroup whose cgroup.procs is `procs`, then grows
-/// until the kernel's out-of-memory killer kills it. Returns how it failed, should it not die.
-int join_cgroup_then_outgrow_it(const std::string& procs) {
-  if (std::FILE* f = std::fopen(procs.c_str(), "w")) {
-    const bool joined = std::fprintf(f, "%d", static_cast<int>(getpid())) > 0;
-    if (std::fclose(f) != 0 || !joined) return -1;
-  } else {
-    return -1;
-  }
-  constexpr std::size_t piece = std::size_t{1} << 20;
-  for (int i = 0; i < 1024; ++i) {  // 1 GiB at most: far past the cgroup's limit
-    auto* memory = static_cast<char*>(std::malloc(piece));
-    if (memory == nullptr) return -2;
-    std::memset(memory, 1, piece);  // kept: the point is to grow
-  }
-  return -3;  // not killed
-}
-
 // A worker the kernel's out-of-memory killer killed (for real: in a memory cgroup with a small
-// limit) says so in its message; a SIGKILL from anyone
+// limit) says so, by WorkerLost::out_of_memory() and in its message; a SIGKILL from anyone
 // else does not (the OomKill case above). Regression test: a bare "killed by signal 9".
 TEST(Crash, WorkerKilledByTheOutOfMemoryKillerIsReportedSo) {
-  multicore_test::MemoryCgroup cgroup(std::size_t{64} << 20);
+  multicore_test::MemoryCgroup cgroup("multicore-test-" + std::to_string(getpid()),
+                                      std::size_t{64} << 20);
   if (!cgroup.made()) GTEST_SKIP() << "no memory cgroup to fill: " << cgroup.why_not();
   {
     Pool pool(PoolOptions{.workers = 1});
-    auto killed = pool.submit(join_cgroup_then_outgrow_it, cgroup.procs());
+    auto killed = pool.submit(multicore_test::join_then_outgrow, cgroup.procs());
     const auto lost = error_of<WorkerLost>(killed);
     ASSERT_TRUE(lost) << "the task did not die (it returned how it failed)";
     EXPECT_EQ(lost->signal(), SIGKILL);
+    EXPECT_TRUE(lost->out_of_memory());
     const std::string what = lost->what();
     EXPECT_NE(what.find("was killed by signal 9 (Killed) while running this task, most likely by "
                         "the kernel's out-of-memory killer"),

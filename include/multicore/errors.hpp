@@ -51,22 +51,31 @@ class RemoteError : public Error {
 /// ends with it too, when there is one.
 class WorkerLost : public Error {
  public:
-  WorkerLost(const std::string& what, int signal, int exit_code, std::string output_tail = {})
+  WorkerLost(const std::string& what, int signal, int exit_code, std::string output_tail = {},
+             bool out_of_memory = false)
       : Error(output_tail.empty() ? what
                                   : what + "; the end of its stderr:\n" + output_tail +
                                         (output_tail.back() == '\n' ? "" : "\n")),
         signal_(signal),
         exit_code_(exit_code),
-        output_tail_(std::move(output_tail)) {}
+        output_tail_(std::move(output_tail)),
+        out_of_memory_(out_of_memory) {}
   int signal() const noexcept { return signal_; }
   int exit_code() const noexcept { return exit_code_; }
   /// The last lines the worker wrote to stderr before it died ("" if none, or over MPI).
   const std::string& output_tail() const noexcept { return output_tail_; }
+  /// True when the kernel's out-of-memory killer most likely killed it: it died of a SIGKILL
+  /// the pool did not send, and the killer killed a process on its machine (for the machine's
+  /// memory or a memory cgroup's limit) since the worker started. (Who sent a SIGKILL is not
+  /// known for certain: one from elsewhere, just after the killer killed another process, reads
+  /// the same.)
+  bool out_of_memory() const noexcept { return out_of_memory_; }
 
  private:
   int signal_;
   int exit_code_;
   std::string output_tail_;
+  bool out_of_memory_;
 };
 
 /// The task ran longer than `PoolOptions::task_timeout`; its worker was killed and replaced.

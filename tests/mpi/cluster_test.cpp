@@ -28,6 +28,8 @@
 #include <string_view>
 #include <vector>
 
+#include "support/memory_cgroup.hpp"
+
 namespace {
 
 using multicore::Pool;
@@ -60,6 +62,10 @@ int launched_rank = -1;
 /// While this file exists, on_worker_start throws in the workers of the rank it names. One
 /// path for every rank of the job (all on this machine): it is named after the job's id.
 std::string start_fails_file;
+
+/// The memory cgroup whose limit case 7 of misbehave() outgrows (see MemoryCgroup): named
+/// after the job's id too, as every rank's workers must find it.
+std::string oom_cgroup;
 
 /// The tests' ClusterOptions::on_worker_start.
 void start_worker() {
@@ -103,6 +109,8 @@ int misbehave(int how) {
     case 5:
       std::fprintf(stderr, "dying on rank %d\n", launched_rank);
       std::abort();
+    case 7:  // killed by the kernel's out-of-memory killer
+      return multicore_test::join_then_outgrow(multicore_test::MemoryCgroup::procs_of(oom_cgroup));
     case 6: {  // replaces the worker's program while a child of it holds every descriptor
       const pid_t worker = getpid();
       if (fork() == 0) {
@@ -386,6 +394,20 @@ TEST(Cluster, AnExitingTaskGivesWorkerLost) {
 TEST(Cluster, ATaskThatReplacesItsWorkersProgramAfterForkingGivesWorkerLost) {
   every_worker_fails<WorkerLost>(6, [](const WorkerLost& e) {
     EXPECT_NE(std::string(e.what()).find("replaced the worker's program (exec"), std::string::npos)
+        << e.what();
+  });
+}
+
+// A worker the out-of-memory killer kills on another rank's node says so there too (its agent
+// reads the node's count of such kills), as on one machine.
+TEST(Cluster, AWorkerTheOutOfMemoryKillerKillsGivesWorkerLostSayingSo) {
+  const multicore_test::MemoryCgroup cgroup(oom_cgroup, std::size_t{64} << 20);
+  if (!cgroup.made()) GTEST_SKIP() << "no memory cgroup to fill: " << cgroup.why_not();
+  every_worker_fails<WorkerLost>(7, [](const WorkerLost& e) {
+    EXPECT_EQ(e.signal(), SIGKILL);
+    EXPECT_TRUE(e.out_of_memory()) << e.what();
+    EXPECT_NE(std::string(e.what()).find("most likely by the kernel's out-of-memory killer"),
+              std::string::npos)
         << e.what();
   });
 }
@@ -784,6 +806,8 @@ int main(int argc, char** argv) {
   const char* job = std::getenv("OMPI_MCA_ess_base_jobid");
   start_fails_file = std::string("/tmp/multicore-cluster-start-fails-") +
                      (job != nullptr ? job : std::to_string(getpid()));
+  oom_cgroup =
+      std::string("multicore-test-oom-") + (job != nullptr ? job : std::to_string(getpid()));
   multicore::mpi::Cluster cluster(
       argc, argv,
       {.workers_per_rank = per_rank,

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -15,14 +16,13 @@
 
 namespace multicore_test {
 
-/// Made under the cgroup of this process (cgroup v1's memory hierarchy, or v2 when its memory
-/// controller is enabled for children), removed when destroyed (once no process is left in
-/// it). Needs the right to make cgroups (root, usually): where it cannot be made, made() is
+/// Named `name`, made under the cgroup of this process (cgroup v1's memory hierarchy, or v2 when
+/// its memory controller is enabled for children), removed when destroyed (once no process is left
+/// in it). Needs the right to make cgroups (root, usually): where it cannot be made, made() is
 /// false and why_not() says why.
 class MemoryCgroup {
  public:
-  explicit MemoryCgroup(std::size_t limit_bytes) {
-    const std::string name = "multicore-test-" + std::to_string(getpid());
+  MemoryCgroup(const std::string& name, std::size_t limit_bytes) {
     if (const std::string v1 = own_path("memory"); !v1.empty()) {
       const std::string base = "/sys/fs/cgroup/memory" + v1;
       if (make(base, name) && write(dir_ + "/memory.limit_in_bytes", limit_bytes)) {
@@ -54,6 +54,13 @@ class MemoryCgroup {
   const std::string& why_not() const { return why_not_; }
   /// Where a process writes its pid to move itself in.
   std::string procs() const { return dir_ + "/cgroup.procs"; }
+  /// procs() of the cgroup `name` that a process in the same cgroup as this one made.
+  static std::string procs_of(const std::string& name) {
+    if (const std::string v1 = own_path("memory"); !v1.empty()) {
+      return "/sys/fs/cgroup/memory" + v1 + "/" + name + "/cgroup.procs";
+    }
+    return "/sys/fs/cgroup" + own_path("") + "/" + name + "/cgroup.procs";
+  }
 
  private:
   /// This process's cgroup in the v1 hierarchy of `controller` ("": the v2 one), or "".
@@ -116,5 +123,23 @@ class MemoryCgroup {
   std::string why_not_;
   bool made_ = false;
 };
+
+/// Moves the calling process into the memory cgroup whose cgroup.procs is `procs`, then grows
+/// until the kernel's out-of-memory killer kills it. Returns how it failed, should it not die.
+inline int join_then_outgrow(const std::string& procs) {
+  if (std::FILE* f = std::fopen(procs.c_str(), "w")) {
+    const bool joined = std::fprintf(f, "%d", static_cast<int>(getpid())) > 0;
+    if (std::fclose(f) != 0 || !joined) return -1;
+  } else {
+    return -1;
+  }
+  constexpr std::size_t piece = std::size_t{1} << 20;
+  for (int i = 0; i < 1024; ++i) {  // 1 GiB at most: far past any limit a test sets
+    auto* memory = static_cast<char*>(std::malloc(piece));
+    if (memory == nullptr) return -2;
+    std::memset(memory, 1, piece);  // kept: the point is to grow
+  }
+  return -3;  // not killed
+}
 
 }  // namespace multicore_test

@@ -34,8 +34,17 @@ inline std::string describe(const Death& d) {
   return who + " exited with code " + std::to_string(d.exit_code);
 }
 
+/// What a worker that was most likely killed for lack of memory adds to its message.
+inline std::string out_of_memory_note(const Death& d) {
+  if (!d.out_of_memory) return {};
+  return ", most likely by the kernel's out-of-memory killer (it killed a process on that machine "
+         "since the worker started): the work needed more memory than the machine, or its memory "
+         "limit, had left";
+}
+
 inline WorkerLost worker_lost(const Death& d, const std::string& what) {
-  return WorkerLost(describe(d) + " " + what, d.signal, d.signal != 0 ? -1 : d.exit_code, d.output);
+  return WorkerLost(describe(d) + " " + what, d.signal, d.signal != 0 ? -1 : d.exit_code, d.output,
+                    d.out_of_memory);
 }
 
 /// The error for a worker that could not be started, from how it ended.
@@ -50,7 +59,8 @@ inline std::exception_ptr start_error(const Death& d, bool replacement) {
                                         : "multicore: on_worker_start threw") +
                 d.where + ": " + d.text));
     default:
-      return std::make_exception_ptr(Error(describe(d) + " while starting (in on_worker_start)"));
+      return std::make_exception_ptr(
+          Error(describe(d) + " while starting (in on_worker_start)" + out_of_memory_note(d)));
   }
 }
 
@@ -296,7 +306,8 @@ inline void Supervisor::blame(unsigned k, const Death& death,
         "descriptors: start another program from a child process (posix_spawn, or fork then "
         "exec)"));
   } else if (s.timed_out_task == 0) {
-    error = std::make_exception_ptr(worker_lost(death, "while running this task"));
+    error = std::make_exception_ptr(
+        worker_lost(death, "while running this task" + out_of_memory_note(death)));
   }
   // Otherwise we killed it for a task that finished just before: this one did nothing wrong
   // and runs again.

@@ -59,6 +59,9 @@ struct Death {
   std::string text;           ///< start_failed, violation: what happened
   std::string where;          ///< where it ran, for messages: "" locally, " on rank 3 (node07)"
   std::string output;         ///< ended: the end of what it wrote to stderr ("" if unknown)
+  /// ended by SIGKILL that the transport did not send, while the kernel's out-of-memory killer
+  /// killed a process: most likely this one (waitpid() cannot tell who sent a SIGKILL)
+  bool out_of_memory = false;
 };
 
 /// Something that happened to worker k, as poll(k) reports it.

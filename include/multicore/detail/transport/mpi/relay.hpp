@@ -95,7 +95,8 @@ static_assert(std::is_trivially_copyable_v<Header> && sizeof(Header) == 40);
 /// How a remote worker ended; its text, then the end of its stderr, follow it in the payload.
 struct DeathRecord {
   std::uint8_t cause = 0;
-  std::uint8_t reserved[3]{};
+  std::uint8_t out_of_memory = 0;  ///< Death::out_of_memory
+  std::uint8_t reserved[2]{};
   std::int32_t pid = 0;
   std::int32_t signal = 0;
   std::int32_t exit_code = -1;
@@ -118,6 +119,7 @@ static_assert(std::is_trivially_copyable_v<StreamEnd> && sizeof(StreamEnd) == 16
 inline Writer encode_death(const Death& d) {
   DeathRecord r;
   r.cause = static_cast<std::uint8_t>(d.cause);
+  r.out_of_memory = d.out_of_memory ? 1 : 0;
   r.pid = d.pid;
   r.signal = d.signal;
   r.exit_code = d.exit_code;
@@ -142,6 +144,7 @@ inline Death decode_death(std::span<const std::byte> bytes, const std::string& w
     std::memcpy(&r, bytes.data(), sizeof r);
     d.cause = static_cast<Death::Cause>(
         std::min(r.cause, static_cast<std::uint8_t>(Death::Cause::replaced_program)));
+    d.out_of_memory = r.out_of_memory != 0;
     d.pid = r.pid;
     d.signal = r.signal;
     d.exit_code = r.exit_code;

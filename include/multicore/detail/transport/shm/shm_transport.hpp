@@ -27,6 +27,7 @@
 #include "../../../errors.hpp"
 #include "../../protocol/wire.hpp"
 #include "../../util/code_ref.hpp"
+#include "../../util/oom_kills.hpp"
 #include "../../util/process.hpp"
 #include "../transport.hpp"
 #include "futex.hpp"
@@ -114,6 +115,11 @@ class ShmTransport final : public Transport {
     s.since = 0;
     s.died = false;
     s.violation.store(nullptr, std::memory_order_relaxed);
+    s.killed.store(false, std::memory_order_relaxed);
+    // The pool's first workers share one reading, taken before the fork server was forked
+    // (reading it costs 10 to 50 us, which a large pool would pay per worker).
+    s.oom_kills_before = s.started_once ? oom_kills_so_far() : oom_kills_at_construction_;
+    s.started_once = true;
     shared.running.store(0, std::memory_order_relaxed);
     shared.running_since_ns.store(0, std::memory_order_relaxed);
     shared.quiet.store(0, std::memory_order_relaxed);
@@ -134,7 +140,10 @@ class ShmTransport final : public Transport {
     }
   }
 
-  void kill(unsigned k) noexcept override { command({ZygoteCommand::kill, k}); }
+  void kill(unsigned k) noexcept override {
+    slots_[k].killed.store(true, std::memory_order_relaxed);
+    command({ZygoteCommand::kill, k});
+  }
 
   void resume() noexcept override {
     if (zygote_ > 0) ::kill(zygote_, SIGCONT);  // a stopped fork server could not pass it on
@@ -337,6 +346,9 @@ class ShmTransport final : public Transport {
     bool died = false;                     // reported; nothing more until start()
     Death death;
     std::atomic<const char*> violation{nullptr};  // the worker broke the protocol: how
+    std::atomic<bool> killed{false};     // kill() was asked for this worker: no OOM killer's doing
+    std::uint64_t oom_kills_before = 0;  // oom_kills_so_far() as it was started
+    bool started_once = false;
   };
 
   SlotShared& slot(unsigned k) const noexcept { return *layout_.slot(region_.data(), k); }
@@ -386,6 +398,8 @@ class ShmTransport final : public Transport {
       d.text.assign(shared.start_error, strnlen(shared.start_error, sizeof shared.start_error));
     } else if (shared.replaced_program.load(std::memory_order_acquire) != 0) {
       d.cause = Death::Cause::replaced_program;
+    } else if (d.signal == SIGKILL && !slots_[k].killed.load(std::memory_order_relaxed)) {
+      d.out_of_memory = oom_kills_so_far() > slots_[k].oom_kills_before;
     }
     return d;
   }
@@ -553,6 +567,7 @@ class ShmTransport final : public Transport {
   SpinBudget spin_;
   int command_fd_ = -1;
   pid_t zygote_ = 0;
+  std::uint64_t oom_kills_at_construction_ = oom_kills_so_far();
 };
 
 }  // namespace multicore::detail
