@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: MIT
 // Tasks that crash, exit, are killed or throw: only that task fails, with exactly what happened,
 // and the pool keeps its size with replacements indistinguishable from the originals.
+#include <dirent.h>
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,7 +16,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <future>
+#include <iterator>
 #include <memory>
 #include <multicore/multicore.hpp>
 #include <new>
@@ -289,6 +294,78 @@ int replace_the_program_after_forking_a_child(int seconds) {
 // as the program ran.
 TEST(Crash, TaskThatReplacesItsWorkersProgramAfterForkingAChildFailsAtOnce) {
   expect_replacing_the_program_fails_at_once(replace_the_program_after_forking_a_child);
+}
+
+/// Descriptors process `pid` has open (-1 if /proc cannot tell).
+int open_descriptors(pid_t pid) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return -1;
+  int n = 0;
+  while (const dirent* e = readdir(d)) n += e->d_name[0] != '.' ? 1 : 0;
+  closedir(d);
+  return n;
+}
+
+/// The state letter /proc gives process `pid` ('S': asleep, 'R': running, ...), '?' if none.
+char process_state(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  const std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  const auto paren = text.rfind(')');  // "pid (comm) state ...", comm may hold anything
+  return paren != std::string::npos && paren + 2 < text.size() ? text[paren + 2] : '?';
+}
+
+/// Closes every descriptor of its worker above stderr, as a daemon does, or code tidying up
+/// before it drops privileges; then waits until the fork server has dealt with that (it closes
+/// its end of the worker's exec watch first, then goes back to sleep in poll: by then a worker
+/// it meant to kill has its SIGKILL, and dies on its next system call), and returns its pid.
+/// -1: the fork server did not react within 20 s.
+int close_descriptors_then_wait_for_the_fork_server() {
+  const pid_t server = getppid();
+  const int before = open_descriptors(server);
+  syscall(SYS_close_range, 3u, ~0u, 0u);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  bool seen = false;  // the fork server closed its end
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!seen) {
+      seen = open_descriptors(server) < before;
+    } else if (process_state(server) == 'S') {
+      return getpid();
+    }
+    sched_yield();
+  }
+  return -1;
+}
+
+// A task that closes its worker's descriptors (all of them above stderr) has not replaced the
+// worker's program: it completes, and the worker goes on serving. Regression test: the fork
+// server took the closed exec watch for an exec and killed the worker (WorkerLost "replaced
+// the worker's program").
+TEST(Crash, TaskThatClosesItsWorkersDescriptorsCompletesAndTheWorkerStays) {
+  Pool pool(PoolOptions{.workers = 1});
+  const pid_t worker = pool.call(own_pid);
+  EXPECT_EQ(pool.call(close_descriptors_then_wait_for_the_fork_server), worker);
+  EXPECT_EQ(pool.call(own_pid), worker);
+  EXPECT_EQ(pool.stats().replaced.crashed, 0u);
+}
+
+// Its later exec is still seen: such a worker is watched otherwise (its memory looked at), and
+// a task of it that replaces the program gets WorkerLost saying so, not a future that waits.
+TEST(Crash, TaskThatReplacesTheProgramOfAWorkerWithoutDescriptorsFailsAtOnce) {
+  using namespace std::chrono_literals;
+  Pool pool(PoolOptions{.workers = 1});
+  ASSERT_GT(pool.call(close_descriptors_then_wait_for_the_fork_server), 0);
+  auto replaced = pool.submit(replace_the_program, 3600);
+  if (replaced.wait_for(30s) != std::future_status::ready) {
+    pool.terminate();
+    FAIL() << "the future waited for the program its task started";
+  }
+  const auto lost = error_of<WorkerLost>(replaced);
+  ASSERT_TRUE(lost);
+  EXPECT_NE(std::string(lost->what()).find("replaced the worker's program (exec"),
+            std::string::npos)
+      << lost->what();
+  EXPECT_GT(pool.call(own_pid), 0) << "the pool goes on";
 }
 
 // With one worker and more tasks than it may hold in flight (at most 256), some tasks are queued
