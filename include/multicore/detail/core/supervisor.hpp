@@ -302,9 +302,8 @@ inline void Supervisor::blame(unsigned k, const Death& death,
   } else if (death.cause == Death::Cause::replaced_program) {
     error = std::make_exception_ptr(worker_lost(
         death,
-        "while running this task, which replaced the worker's program (exec) or closed its "
-        "descriptors: start another program from a child process (posix_spawn, or fork then "
-        "exec)"));
+        "while running this task, which replaced the worker's program (exec): start another "
+        "program from a child process (posix_spawn, or fork then exec)"));
   } else if (s.timed_out_task == 0) {
     error = std::make_exception_ptr(
         worker_lost(death, "while running this task" + out_of_memory_note(death)));

@@ -77,6 +77,10 @@ struct PoolShared {
   /// then publish answers without ringing parent_bell, which would only wake a collector that
   /// has nothing to do.
   std::atomic<std::uint32_t> parent_polling{0};
+  /// Parent, before the fork server is forked: a random number that only the processes of this
+  /// pool hold at this address. The fork server reads it in a worker's memory to tell one that
+  /// closed its descriptors from one that ran exec (see Zygote::still_ours).
+  std::uint64_t identity = 0;
 };
 
 /// Carves the region: [PoolShared][SlotShared x n][request data, response data] x n.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -70,10 +71,12 @@ class ShmTransport final : public Transport {
     std::byte* base = region_.data();
     layout_.construct(base);
     pool_ = layout_.pool(base);
+    pool_->identity = random_identity();
     ZygoteSetup setup;
     setup.parent = getpid();
     setup.pids.assign(options_.workers, 0);
     setup.exec_watches.assign(options_.workers, -1);
+    setup.unwatched.assign(options_.workers, 0);
     setup.poll_set.resize(2 + std::size_t{options_.workers});
     for (unsigned k = 0; k < options_.workers; ++k) {
       setup.workers.push_back({pool_, layout_.slot(base, k), layout_.requests(base, k),
@@ -352,6 +355,18 @@ class ShmTransport final : public Transport {
   };
 
   SlotShared& slot(unsigned k) const noexcept { return *layout_.slot(region_.data(), k); }
+
+  /// What PoolShared::identity holds: random, so that no program a worker runs by exec has it at
+  /// that address.
+  static std::uint64_t random_identity() noexcept {
+    std::uint64_t value = 0;
+    if (getrandom(&value, sizeof value, GRND_NONBLOCK) == static_cast<ssize_t>(sizeof value)) {
+      return value;
+    }
+    // No entropy yet (early boot): the time and the process tell pools apart well enough.
+    return (static_cast<std::uint64_t>(steady_now_ns()) * 0x9e3779b97f4a7c15) ^
+           (static_cast<std::uint64_t>(getpid()) << 32);
+  }
 
   static Event event(Event::Kind kind, std::uint64_t task_id) noexcept {
     Event e;

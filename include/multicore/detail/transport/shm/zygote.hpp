@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,7 +54,10 @@ struct ZygoteSetup {
   std::vector<ShmWorkerSetup> workers;  // one per slot
   std::vector<pid_t> pids;              // one per slot: the live worker's pid, or 0
   std::vector<int> exec_watches;        // one per slot: its worker's exec watch, or -1
-  std::vector<pollfd> poll_set;         // command socket, signalfd, then one per slot
+  /// One per slot: 1 when its worker closed its exec watch without exec (its task closed its
+  /// descriptors): its memory is looked at instead, on every wake-up (see watch_closed).
+  std::vector<char> unwatched;
+  std::vector<pollfd> poll_set;  // command socket, signalfd, then one per slot
 };
 
 /// How much stack a program's main thread may use: the soft RLIMIT_STACK, or 8 MiB when it is
@@ -197,6 +201,7 @@ class Zygote {
         }
       }
       if (fds[0].revents != 0) command();
+      look_at_unwatched();
     }
   }
 
@@ -272,6 +277,7 @@ class Zygote {
     slot.pid.store(pid, std::memory_order_relaxed);
     close_exec_watch(k);  // the previous worker's, had its death not been read yet
     s_.exec_watches[k] = watch[0];
+    s_.unwatched[k] = 0;
   }
 
   void close_exec_watch(std::size_t k) noexcept {
@@ -281,14 +287,49 @@ class Zygote {
 
   /// Slot k's exec watch closed: its worker died, is dying, or replaced its program by exec (a
   /// task calling exec where fork then exec, posix_spawn or system() was meant), or closed the
-  /// descriptor. In the last two cases it can never answer, and its task's future would wait
-  /// for as long as that program runs: it is killed, and the parent told why.
+  /// descriptor (a task closing every descriptor it does not know, as daemons do). After exec
+  /// it can never answer, and its task's future would wait for as long as that program runs:
+  /// it is killed, and the parent told why. A worker that only closed the descriptor goes on;
+  /// from now on its memory tells whether it ran exec (look_at_unwatched).
   void watch_closed(std::size_t k) noexcept {
     close_exec_watch(k);
     const pid_t pid = s_.pids[k];
     if (pid <= 0 || !runs(pid)) return;
+    if (still_ours(k)) {
+      s_.unwatched[k] = 1;
+      return;
+    }
+    replaced_program(k);
+  }
+
+  /// Workers without an exec watch: killed if they ran exec since the last look. Every
+  /// wake-up, so within the poll timeout.
+  void look_at_unwatched() noexcept {
+    for (std::size_t k = 0; k < s_.unwatched.size(); ++k) {
+      if (s_.unwatched[k] == 0 || s_.pids[k] <= 0 || !runs(s_.pids[k])) continue;
+      // Looked at again after a failed read: a worker that ended meanwhile did not exec.
+      if (!still_ours(k) && runs(s_.pids[k])) replaced_program(k);
+    }
+  }
+
+  void replaced_program(std::size_t k) noexcept {
+    s_.unwatched[k] = 0;
     s_.workers[k].slot->replaced_program.store(1, std::memory_order_release);
-    kill_worker(pid);
+    kill_worker(s_.pids[k]);
+  }
+
+  /// Whether worker k still has the pool's memory where it was forked with it, as no program
+  /// it ran by exec would: reads the pool's identity there. False too where the kernel lets no
+  /// process read another's memory (a worker made non-dumpable, a Yama ptrace_scope of 3):
+  /// closing the exec watch then counts as exec, as it did before workers were looked at.
+  bool still_ours(std::size_t k) noexcept {
+    const std::uint64_t& identity = s_.workers[k].pool->identity;
+    std::uint64_t seen = 0;
+    iovec local{&seen, sizeof seen};
+    iovec remote{const_cast<std::uint64_t*>(&identity), sizeof seen};
+    return process_vm_readv(s_.pids[k], &local, 1, &remote, 1, 0) ==
+               static_cast<ssize_t>(sizeof seen) &&
+           seen == identity;
   }
 
   /// Whether our child `pid` runs, neither exited nor on its way out (a process closes its
@@ -372,6 +413,7 @@ class Zygote {
           continue;
         }
         s_.pids[k] = 0;
+        s_.unwatched[k] = 0;
         close_exec_watch(k);
         slot.wait_status.store(status, std::memory_order_relaxed);
         slot.state.store(SlotState::dead, std::memory_order_release);
