@@ -420,6 +420,43 @@ TEST(WorkerOutput, ALineWithoutEndGoesOnInBoundedPiecesWhileItsTaskRuns) {
 
 namespace {
 
+int print_to_stderr(int n) {
+  for (int i = 0; i < n; ++i) std::fprintf(stderr, "line %d of a task that prints a lot\n", i);
+  return n;
+}
+
+// A callback that uses its own pool waits for tasks while it holds up the pool's output, which
+// the pool's workers wait on (one that fills its pipe blocks): it fails at once, with an error
+// that says so, and every future of the pool completes. Regression test: the pool hung.
+TEST(WorkerOutput, UsingThePoolFromItsOwnOutputCallbackFailsAtOnce) {
+  constexpr int lines = 20'003;
+  std::vector<std::string> errors;  // what the callback's calls threw; only its thread touches it
+  std::promise<void> all_lines;
+  auto all_lines_came = all_lines.get_future();
+  std::atomic<Pool*> the_pool{nullptr};  // set after the reader thread started
+  PoolOptions options;
+  options.workers = 1;
+  options.on_worker_output = [&](unsigned, WorkerStream, std::string_view) {
+    try {
+      the_pool.load()->call(print_to_stderr, 0);
+    } catch (const multicore::Error& e) {
+      errors.emplace_back(e.what());
+    }
+    if (errors.size() == lines) all_lines.set_value();
+  };
+  Pool pool(options);
+  the_pool.store(&pool);
+  auto few = pool.submit(print_to_stderr, 3);
+  auto many = pool.submit(print_to_stderr, lines - 3);  // ~800 KiB: more than a pipe holds
+  ASSERT_TRUE(ready_within(few));
+  ASSERT_TRUE(ready_within(many));
+  EXPECT_EQ(few.get() + many.get(), lines);
+  ASSERT_TRUE(ready_within(all_lines_came));  // lines may come after their task's answer
+  EXPECT_NE(errors.front().find("cannot be used from its on_worker_output callback"),
+            std::string::npos)
+      << errors.front();
+}
+
 TEST(WorkerOutput, TailIsCompleteWhileAChildOfTheWorkerHoldsItsStderr) {
   Lines lines;
   {
