@@ -64,7 +64,8 @@ struct PoolOptions {
   /// instead, whatever `worker_output` says: `(worker, stream, line)`, `worker` being the
   /// worker's number (0 to workers - 1). Called on one thread of the pool's, one line at a
   /// time, in the order each worker printed them; what it throws is ignored. A slow callback
-  /// slows only the workers that print.
+  /// slows only the workers that print. It must not use its own pool (that throws Error) nor
+  /// wait for its results: the pool's output, and workers that fill their pipe, wait for it.
   std::function<void(unsigned, WorkerStream, std::string_view)> on_worker_output{};
 };
 

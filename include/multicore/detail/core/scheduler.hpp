@@ -245,6 +245,13 @@ inline void Scheduler::submit(std::unique_ptr<Job> job) {
         "multicore: a Pool cannot be used from code that runs while that pool's answers are "
         "read (a Codec<T>::decode, say): it would wait for this very thread");
   }
+  if (transport_->delivering_output_here()) {
+    throw Error(
+        "multicore: a Pool cannot be used from its on_worker_output callback: the pool's output "
+        "waits for the callback to return, and so may its workers (one that fills its output "
+        "pipe stops), so a task sent from there could wait for ever; hand the work to another "
+        "thread");
+  }
   {
     std::lock_guard lock(mutex_);
     if (closed_) throw PoolClosed(closed_reason_);

@@ -149,6 +149,10 @@ class CompositeTransport final : public Transport {
   void release_cold_buffers() noexcept override {
     for (Transport* p : parts_) p->release_cold_buffers();
   }
+  bool delivering_output_here() const noexcept override {
+    return std::any_of(parts_.begin(), parts_.end(),
+                       [](const Transport* p) { return p->delivering_output_here(); });
+  }
   std::string broken() noexcept override {
     for (Transport* p : parts_) {
       if (std::string reason = p->broken(); !reason.empty()) return reason;

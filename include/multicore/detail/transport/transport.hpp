@@ -179,6 +179,11 @@ class Transport {
   /// called now and then.
   virtual void release_cold_buffers() noexcept = 0;
 
+  /// Whether the calling thread runs the application's on_worker_output callback for these
+  /// workers right now. Their output waits for it meanwhile, and so may they (one that fills
+  /// its pipe blocks): a task sent from there could wait for ever (see Scheduler::submit).
+  virtual bool delivering_output_here() const noexcept { return false; }
+
   /// Why no worker can run any more (the fork server is gone, say), or "" while all is well.
   /// Once broken, every slot's worker is gone or going, and start() throws.
   virtual std::string broken() noexcept = 0;

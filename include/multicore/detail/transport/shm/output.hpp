@@ -117,6 +117,10 @@ class WorkerOutputs {
   WorkerOutputs(const WorkerOutputs&) = delete;
   WorkerOutputs& operator=(const WorkerOutputs&) = delete;
 
+  /// Whether the calling thread is handing this object's lines to the application's callback
+  /// (or writing them) right now.
+  bool delivering_here() const noexcept { return delivering() == this; }
+
   /// Makes slot k's pipes for its next worker; the caller hands `WorkerPipes` to it and then
   /// closes them. Throws SystemError when no pipe can be made.
   WorkerPipes open(unsigned k) {
@@ -419,8 +423,21 @@ class WorkerOutputs {
     }
   }
 
+  /// The object whose deliver() the calling thread is in, if any (see delivering_here()).
+  static const WorkerOutputs*& delivering() noexcept {
+    thread_local const WorkerOutputs* outputs = nullptr;
+    return outputs;
+  }
+  struct Delivering {
+    explicit Delivering(const WorkerOutputs* o) noexcept { delivering() = o; }
+    ~Delivering() { delivering() = nullptr; }
+    Delivering(const Delivering&) = delete;
+    Delivering& operator=(const Delivering&) = delete;
+  };
+
   /// Writes (or hands to the callback) what was read; only this thread does.
   void deliver(const std::vector<Piece>& pieces) {
+    const Delivering marked(this);
     std::string out[2];  // batches for stdout, stderr: whole lines, at most PIPE_BUF if possible
     // "[worker 3 pid 4242] " ("[worker 5 pid 4242 rank 1 (node07)] " over MPI), made again
     // when the worker changes.

@@ -331,6 +331,8 @@ class ShmTransport final : public Transport {
     }
   }
 
+  bool delivering_output_here() const noexcept override { return outputs_.delivering_here(); }
+
   void release_cold_buffers() noexcept override {
     const auto now = WarmBuffer::Clock::now();
     for (Slot& s : slots_) s.receiver.release_if_cold(now);
