@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
@@ -50,9 +51,24 @@ struct PrintedLine {
 std::mutex printed_mutex;
 std::vector<PrintedLine> printed;
 
+/// While set, record_line also submits a task to this pool, and keeps what that threw here.
+std::atomic<Pool*> pool_in_callback{nullptr};
+std::vector<std::string> callback_errors;  // under printed_mutex
+
+long square(long x);
+
 void record_line(unsigned worker, multicore::WorkerStream stream, std::string_view text) {
+  std::string error;
+  if (Pool* pool = pool_in_callback.load()) {
+    try {
+      pool->submit(square, 2L);
+    } catch (const multicore::Error& e) {
+      error = e.what();
+    }
+  }
   std::lock_guard lock(printed_mutex);
   printed.push_back({worker, stream, std::string(text)});
+  if (pool_in_callback.load() != nullptr) callback_errors.push_back(error);
 }
 
 /// This process's MPI rank, as mpirun announces it, read before the Cluster is made: workers see
@@ -775,6 +791,42 @@ TEST(Cluster, WorkersOfEveryRankPrintToTheCallbackOnRankZero) {
   }
   std::lock_guard lock(printed_mutex);
   printed.clear();
+}
+
+// As on one machine, the callback cannot use its own pool, whichever rank printed the line: that
+// fails at once (the lines of every rank wait for the callback, on rank 0's output thread).
+TEST(Cluster, UsingThePoolFromItsOutputCallbackFailsAtOnceForLinesOfEveryRank) {
+  Pool pool(*the_cluster);
+  pool_in_callback.store(&pool);
+  Gate gate;
+  std::vector<std::future<int>> futures;
+  for (unsigned k = 0; k < pool.size(); ++k)
+    futures.push_back(pool.submit(print_lines, gate.path()));
+  gate.open();
+  for (auto& f : futures) f.get();
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  for (;;) {
+    {
+      std::lock_guard lock(printed_mutex);
+      if (callback_errors.size() >= 2 * pool.size()) break;
+    }
+    ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "the lines did not all arrive";
+    sched_yield();
+  }
+  pool_in_callback.store(nullptr);
+  std::lock_guard lock(printed_mutex);
+  std::set<int> ranks_printed;
+  for (const PrintedLine& line : printed) {
+    ranks_printed.insert(
+        static_cast<int>(line.worker / (pool.size() / static_cast<unsigned>(ranks()))));
+  }
+  EXPECT_EQ(ranks_printed.size(), static_cast<std::size_t>(ranks()));
+  for (const std::string& error : callback_errors) {
+    EXPECT_NE(error.find("cannot be used from its on_worker_output callback"), std::string::npos)
+        << "[" << error << "]";
+  }
+  printed.clear();
+  callback_errors.clear();
 }
 
 // Whatever rank a worker died on, its WorkerLost carries the end of its stderr.
