@@ -249,10 +249,14 @@ int replace_the_program(int seconds) {
 }
 
 /// Submits `task(3600)`, which replaces its worker's program: the task must get WorkerLost
-/// saying so, at once, and the pool go on.
-void expect_replacing_the_program_fails_at_once(int (*task)(int)) {
+/// saying so, at once, and the pool go on. `first`, if given, is called on the worker before,
+/// and must return a positive number.
+void expect_replacing_the_program_fails_at_once(int (*task)(int), int (*first)() = nullptr) {
   using namespace std::chrono_literals;
   Pool pool(PoolOptions{.workers = 1});
+  if (first != nullptr) {
+    ASSERT_GT(pool.call(first), 0);
+  }
   auto replaced = pool.submit(task, 3600);
   // A liveness bound, not a timing assertion: before, this waited the hour.
   if (replaced.wait_for(30s) != std::future_status::ready) {
@@ -352,20 +356,8 @@ TEST(Crash, TaskThatClosesItsWorkersDescriptorsCompletesAndTheWorkerStays) {
 // Its later exec is still seen: such a worker is watched otherwise (its memory looked at), and
 // a task of it that replaces the program gets WorkerLost saying so, not a future that waits.
 TEST(Crash, TaskThatReplacesTheProgramOfAWorkerWithoutDescriptorsFailsAtOnce) {
-  using namespace std::chrono_literals;
-  Pool pool(PoolOptions{.workers = 1});
-  ASSERT_GT(pool.call(close_descriptors_then_wait_for_the_fork_server), 0);
-  auto replaced = pool.submit(replace_the_program, 3600);
-  if (replaced.wait_for(30s) != std::future_status::ready) {
-    pool.terminate();
-    FAIL() << "the future waited for the program its task started";
-  }
-  const auto lost = error_of<WorkerLost>(replaced);
-  ASSERT_TRUE(lost);
-  EXPECT_NE(std::string(lost->what()).find("replaced the worker's program (exec"),
-            std::string::npos)
-      << lost->what();
-  EXPECT_GT(pool.call(own_pid), 0) << "the pool goes on";
+  expect_replacing_the_program_fails_at_once(replace_the_program,
+                                             close_descriptors_then_wait_for_the_fork_server);
 }
 
 // With one worker and more tasks than it may hold in flight (at most 256), some tasks are queued
