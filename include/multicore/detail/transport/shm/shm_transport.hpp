@@ -72,6 +72,8 @@ class ShmTransport final : public Transport {
     layout_.construct(base);
     pool_ = layout_.pool(base);
     pool_->identity = random_identity();
+    const std::uint64_t oom_kills = oom_kills_so_far();
+    for (Slot& s : slots_) s.oom_kills_before = oom_kills;
     ZygoteSetup setup;
     setup.parent = getpid();
     setup.pids.assign(options_.workers, 0);
@@ -113,16 +115,18 @@ class ShmTransport final : public Transport {
     senders_[k].reset();
     Slot& s = slots_[k];
     s.receiver.reset();
+    // A replacement reads the count afresh; the pool's first workers keep the reading the
+    // constructor took for them all (it costs 10 to 50 us, which a large pool would pay per
+    // worker).
+    if (s.seen.load(std::memory_order_relaxed) != SlotState::empty) {
+      s.oom_kills_before = oom_kills_so_far();
+    }
     s.seen.store(SlotState::spawning, std::memory_order_relaxed);
     s.task = 0;
     s.since = 0;
     s.died = false;
     s.violation.store(nullptr, std::memory_order_relaxed);
     s.killed.store(false, std::memory_order_relaxed);
-    // The pool's first workers share one reading, taken before the fork server was forked
-    // (reading it costs 10 to 50 us, which a large pool would pay per worker).
-    s.oom_kills_before = s.started_once ? oom_kills_so_far() : oom_kills_at_construction_;
-    s.started_once = true;
     shared.running.store(0, std::memory_order_relaxed);
     shared.running_since_ns.store(0, std::memory_order_relaxed);
     shared.quiet.store(0, std::memory_order_relaxed);
@@ -353,7 +357,6 @@ class ShmTransport final : public Transport {
     std::atomic<const char*> violation{nullptr};  // the worker broke the protocol: how
     std::atomic<bool> killed{false};     // kill() was asked for this worker: no OOM killer's doing
     std::uint64_t oom_kills_before = 0;  // oom_kills_so_far() as it was started
-    bool started_once = false;
   };
 
   SlotShared& slot(unsigned k) const noexcept { return *layout_.slot(region_.data(), k); }
@@ -584,7 +587,6 @@ class ShmTransport final : public Transport {
   SpinBudget spin_;
   int command_fd_ = -1;
   pid_t zygote_ = 0;
-  std::uint64_t oom_kills_at_construction_ = oom_kills_so_far();
 };
 
 }  // namespace multicore::detail
