@@ -23,6 +23,7 @@
 #include <initializer_list>
 #include <limits>
 #include <memory>
+#include <multicore/detail/transport/shm/shm_channel.hpp>  // current_worker(): the tests that corrupt a ring
 #include <multicore/multicore.hpp>
 #include <ranges>
 #include <sstream>
