@@ -8,6 +8,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -22,6 +23,7 @@
 #include <memory>
 #include <multicore/multicore.hpp>
 #include <new>
+#include <optional>
 #include <ostream>
 #include <set>
 #include <stdexcept>
@@ -201,6 +203,56 @@ TEST(Crash, WorkerKilledByTheOutOfMemoryKillerIsReportedSo) {
         << what;
     EXPECT_EQ(pool.submit([](int x) { return x * 3; }, 14).get(), 42);
   }  // the replacement, in the application's cgroup, ends before the cgroup is removed
+}
+
+/// Arms the worker's real-time timer, as alarm() does (in milliseconds), and returns at once,
+/// leaving it armed.
+int leave_a_timer_armed(int ms) {
+  itimerval timer{};
+  timer.it_value.tv_sec = ms / 1000;
+  timer.it_value.tv_usec = (ms % 1000) * 1000;
+  return setitimer(ITIMER_REAL, &timer, nullptr);
+}
+
+/// Runs until the worker's real-time timer, armed before this task, fires: its signal ends the
+/// worker. -1 when none is armed (the kernel reads an active timer as at least 1 us left, and
+/// the signal is sent as it expires, so this returns only on a worker that had none).
+int run_until_the_timer_fires() {
+  for (;;) {
+    itimerval left{};
+    getitimer(ITIMER_REAL, &left);
+    if (left.it_value.tv_sec == 0 && left.it_value.tv_usec == 0) return -1;
+    sched_yield();
+  }
+}
+
+// A task that leaves a timer armed kills its worker when the timer fires (SIGALRM ends a
+// process), which is often during a later task: that task's WorkerLost says so, since the task
+// it blames may be innocent. Regression test: the message said only "killed by signal 14
+// (Alarm clock)".
+TEST(Crash, WorkerKilledByATimerATaskLeftArmedSaysSo) {
+  Pool pool(PoolOptions{.workers = 1});
+  auto armed = pool.submit(leave_a_timer_armed, 500);
+  auto later = pool.submit(run_until_the_timer_fires);
+  ASSERT_EQ(armed.get(), 0);
+  std::optional<WorkerLost> lost;
+  try {
+    if (later.get() == -1) {
+      GTEST_SKIP() << "the timer fired between the two tasks (the worker waited 500 ms for the "
+                      "second one): the second ran on a replacement";
+    }
+  } catch (const WorkerLost& e) {
+    lost = e;
+  }
+  ASSERT_TRUE(lost) << "the later task did not fail with WorkerLost";
+  EXPECT_EQ(lost->signal(), SIGALRM);
+  const std::string what = lost->what();
+  EXPECT_NE(what.find("was killed by signal 14 (Alarm clock) while running this task, by a "
+                      "timer's signal: this task, or one that ran before it on this worker, "
+                      "armed a timer"),
+            std::string::npos)
+      << what;
+  EXPECT_EQ(pool.submit([](int x) { return x * 3; }, 14).get(), 42);
 }
 
 /// The process that set up exit_time_code(); in any other (a worker), its code says it ran.
