@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -40,6 +41,17 @@ inline std::string out_of_memory_note(const Death& d) {
   return ", most likely by the kernel's out-of-memory killer (it killed a process on that machine "
          "since the worker started): the work needed more memory than the machine, or its memory "
          "limit, had left";
+}
+
+/// What a worker killed by a timer's signal adds to its message. The task that armed the timer
+/// (alarm, setitimer, timer_create) may have returned long before, and the task blamed may be
+/// innocent: a worker runs many tasks, and the default action of these signals ends a process.
+inline std::string timer_note(const Death& d) {
+  if (d.signal != SIGALRM && d.signal != SIGVTALRM && d.signal != SIGPROF) return {};
+  return ", by a timer's signal: this task, or one that ran before it on this worker, armed a "
+         "timer (alarm, setitimer, timer_create) and left it armed; a worker runs many tasks, so "
+         "disarm timers before returning (alarm(0)), or set PoolOptions::max_tasks_per_worker "
+         "to 1";
 }
 
 inline WorkerLost worker_lost(const Death& d, const std::string& what) {
@@ -305,8 +317,8 @@ inline void Supervisor::blame(unsigned k, const Death& death,
         "while running this task, which replaced the worker's program (exec): start another "
         "program from a child process (posix_spawn, or fork then exec)"));
   } else if (s.timed_out_task == 0) {
-    error = std::make_exception_ptr(
-        worker_lost(death, "while running this task" + out_of_memory_note(death)));
+    error = std::make_exception_ptr(worker_lost(
+        death, "while running this task" + out_of_memory_note(death) + timer_note(death)));
   }
   // Otherwise we killed it for a task that finished just before: this one did nothing wrong
   // and runs again.
